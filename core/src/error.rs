@@ -1,0 +1,57 @@
+/// Errors from parsing idbridge's domain values.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Error {
+    /// A value was empty where one is required.
+    #[error("{what} must not be empty")]
+    Empty {
+        /// The kind of value, e.g. "account name".
+        what: &'static str,
+    },
+    /// A value was longer than its limit.
+    #[error("{what} is longer than {max} characters")]
+    TooLong {
+        /// The kind of value.
+        what: &'static str,
+        /// The limit.
+        max: usize,
+    },
+    /// A value used a reserved prefix such as `system:`.
+    #[error("{what} {value:?} uses the reserved prefix {prefix:?}")]
+    Reserved {
+        /// The kind of value.
+        what: &'static str,
+        /// The value as given.
+        value: String,
+        /// The reserved prefix.
+        prefix: &'static str,
+    },
+    /// A value held a character that is not allowed.
+    #[error("{what} {value:?} is not valid: {why}")]
+    Invalid {
+        /// The kind of value.
+        what: &'static str,
+        /// The value as given.
+        value: String,
+        /// Why it was refused.
+        why: &'static str,
+    },
+}
+
+/// Errors a [`crate::Store`] implementation reports.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// A uniqueness rule was violated (e.g. an account name already taken).
+    #[error("{0} already exists")]
+    Conflict(String),
+    /// The record to change does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// Stored data could not be decoded; the store is damaged or from a newer version.
+    #[error("stored data is invalid: {0}")]
+    Corrupt(String),
+    /// The backend failed (I/O, locking, connection).
+    #[error("store backend failed")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+}

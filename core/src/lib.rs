@@ -1,0 +1,26 @@
+//! idbridge's domain model, free of I/O.
+//!
+//! Every identity that reaches idbridge — a static token, a Kerberos principal, a directory entry,
+//! an upstream OIDC subject — resolves to exactly one [`UserAccount`]. The account's [`AccountUid`]
+//! is idbridge's own, assigned once and never reused, so renames and re-links never change who a
+//! Kubernetes audit record names. Identifiers are newtypes that can only be built by parsing, so a
+//! value that reaches a store or a token has already been checked.
+//!
+//! Adapters (the SQLite store today, PostgreSQL and the directory later) implement the traits
+//! defined here; nothing above this crate knows which implementation it holds.
+
+mod account;
+mod clock;
+mod duration;
+mod error;
+mod names;
+mod store;
+mod token;
+
+pub use account::{AccountUid, ExternalIdentity, Labels, NewAccount, UserAccount};
+pub use clock::{Clock, FixedClock, SystemClock, UnixTime};
+pub use duration::HumanDuration;
+pub use error::{Error, StoreError};
+pub use names::{AccountName, GroupName, LabelKey, Namespace, Principal};
+pub use store::Store;
+pub use token::{StaticToken, TokenHash, TokenId};

@@ -1,0 +1,266 @@
+//! Validating newtypes for names that end up in tokens, Kubernetes objects and LDAP queries.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+
+const RESERVED_PREFIX: &str = "system:";
+
+fn check_text(what: &'static str, s: &str, max: usize) -> Result<(), Error> {
+    if s.is_empty() {
+        return Err(Error::Empty { what });
+    }
+    if s.chars().count() > max {
+        return Err(Error::TooLong { what, max });
+    }
+    if s.chars().any(char::is_control) {
+        return Err(Error::Invalid {
+            what,
+            value: s.escape_debug().to_string(),
+            why: "control characters are not allowed",
+        });
+    }
+    if s.trim() != s {
+        return Err(Error::Invalid {
+            what,
+            value: s.to_owned(),
+            why: "leading or trailing white space is not allowed",
+        });
+    }
+    if s.starts_with(RESERVED_PREFIX) {
+        return Err(Error::Reserved {
+            what,
+            value: s.to_owned(),
+            prefix: RESERVED_PREFIX,
+        });
+    }
+    Ok(())
+}
+
+macro_rules! string_newtype {
+    ($(#[$doc:meta])* $name:ident, $what:literal, $check:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        impl $name {
+            /// The name as text.
+            #[must_use]
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = Error;
+            fn try_from(s: String) -> Result<Self, Error> {
+                let check: fn(&str) -> Result<(), Error> = $check;
+                check(&s)?;
+                Ok(Self(s))
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = Error;
+            fn from_str(s: &str) -> Result<Self, Error> {
+                Self::try_from(s.to_owned())
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(v: $name) -> String {
+                v.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+    };
+}
+
+string_newtype!(
+    /// A userAccount's unique, human-readable name; the Kubernetes username (before any prefix).
+    AccountName,
+    "account name",
+    |s| check_text("account name", s, 253)
+);
+
+string_newtype!(
+    /// A group name as it appears in tokens and TokenReview responses (before any prefix).
+    GroupName,
+    "group name",
+    |s| check_text("group name", s, 256)
+);
+
+string_newtype!(
+    /// A Kubernetes namespace name (an RFC 1123 DNS label).
+    Namespace,
+    "namespace",
+    check_namespace
+);
+
+string_newtype!(
+    /// A label key on a userAccount: an optional DNS-subdomain prefix and `/`, then a name.
+    LabelKey,
+    "label key",
+    check_label_key
+);
+
+string_newtype!(
+    /// A Kerberos principal (RFC 4120) in its text form `primary[/instance]@REALM`.
+    Principal,
+    "Kerberos principal",
+    check_principal
+);
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn check_namespace(s: &str) -> Result<(), Error> {
+    if s.is_empty() {
+        return Err(Error::Empty { what: "namespace" });
+    }
+    if !is_dns_label(s) {
+        return Err(Error::Invalid {
+            what: "namespace",
+            value: s.to_owned(),
+            why: "must be at most 63 lower-case letters, digits or '-', starting and ending with a letter or digit",
+        });
+    }
+    Ok(())
+}
+
+fn check_label_key(s: &str) -> Result<(), Error> {
+    const WHAT: &str = "label key";
+    if s.is_empty() {
+        return Err(Error::Empty { what: WHAT });
+    }
+    let (prefix, name) = match s.split_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, s),
+    };
+    let name_ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric();
+    let prefix_ok = prefix.is_none_or(|p| p.len() <= 253 && p.split('.').all(is_dns_label));
+    if name_ok && prefix_ok {
+        Ok(())
+    } else {
+        Err(Error::Invalid {
+            what: WHAT,
+            value: s.to_owned(),
+            why: "must be [prefix/]name as for Kubernetes labels",
+        })
+    }
+}
+
+fn check_principal(s: &str) -> Result<(), Error> {
+    const WHAT: &str = "Kerberos principal";
+    check_text(WHAT, s, 1024)?;
+    let Some((name, realm)) = s.rsplit_once('@') else {
+        return Err(Error::Invalid {
+            what: WHAT,
+            value: s.to_owned(),
+            why: "must name a realm: primary[/instance]@REALM",
+        });
+    };
+    if name.is_empty() || realm.is_empty() || name.split('/').any(str::is_empty) {
+        return Err(Error::Invalid {
+            what: WHAT,
+            value: s.to_owned(),
+            why: "must be primary[/instance]@REALM with no empty component",
+        });
+    }
+    Ok(())
+}
+
+impl Principal {
+    /// The realm, the part after the last `@`.
+    #[must_use]
+    pub fn realm(&self) -> &str {
+        self.0.rsplit_once('@').map_or("", |(_, r)| r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn account_names_refuse_reserved_and_control_characters() {
+        assert!("alice".parse::<AccountName>().is_ok());
+        assert!("alice@EXAMPLE.COM".parse::<AccountName>().is_ok());
+        assert!(matches!(
+            "system:admin".parse::<AccountName>(),
+            Err(Error::Reserved { .. })
+        ));
+        assert!(matches!(
+            "".parse::<AccountName>(),
+            Err(Error::Empty { .. })
+        ));
+        assert!(matches!(
+            "a\nb".parse::<AccountName>(),
+            Err(Error::Invalid { .. })
+        ));
+        assert!(matches!(
+            " alice".parse::<AccountName>(),
+            Err(Error::Invalid { .. })
+        ));
+        assert!("system:masters".parse::<GroupName>().is_err());
+    }
+
+    #[test]
+    fn namespaces_are_dns_labels() {
+        assert!("team-a".parse::<Namespace>().is_ok());
+        assert!("Team".parse::<Namespace>().is_err());
+        assert!("-a".parse::<Namespace>().is_err());
+        assert!("a".repeat(64).parse::<Namespace>().is_err());
+    }
+
+    #[test]
+    fn label_keys_follow_kubernetes_rules() {
+        assert!("team".parse::<LabelKey>().is_ok());
+        assert!("idbridge.io/department".parse::<LabelKey>().is_ok());
+        assert!("bad key".parse::<LabelKey>().is_err());
+        assert!("/x".parse::<LabelKey>().is_err());
+    }
+
+    #[test]
+    fn principals_need_a_realm() {
+        let p: Principal = "HTTP/host.example.com@EXAMPLE.COM".parse().unwrap();
+        assert_eq!(p.realm(), "EXAMPLE.COM");
+        assert!("alice".parse::<Principal>().is_err());
+        assert!("@EXAMPLE.COM".parse::<Principal>().is_err());
+        assert!("alice@".parse::<Principal>().is_err());
+    }
+
+    #[test]
+    fn serde_round_trip_validates() {
+        let n: AccountName = serde_json::from_str("\"bob\"").unwrap();
+        assert_eq!(serde_json::to_string(&n).unwrap(), "\"bob\"");
+        assert!(serde_json::from_str::<AccountName>("\"system:x\"").is_err());
+    }
+}

@@ -1,0 +1,89 @@
+//! Static (long-lived) tokens, kept only as hashes.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{AccountUid, Error, UnixTime};
+
+/// The public id of a static token, safe to show and log (it is not the secret).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct TokenId(uuid::Uuid);
+
+impl TokenId {
+    /// A fresh random id.
+    #[must_use]
+    pub fn random() -> Self {
+        Self(uuid::Uuid::new_v4())
+    }
+}
+
+impl FromStr for TokenId {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        uuid::Uuid::parse_str(s)
+            .map(Self)
+            .map_err(|_| Error::Invalid {
+                what: "token id",
+                value: s.to_owned(),
+                why: "must be a UUID as printed by `idbridge token list`",
+            })
+    }
+}
+
+impl TryFrom<String> for TokenId {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Self, Error> {
+        s.parse()
+    }
+}
+
+impl From<TokenId> for String {
+    fn from(t: TokenId) -> String {
+        t.to_string()
+    }
+}
+
+impl fmt::Display for TokenId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+/// SHA-256 of a token's secret; what the store keeps instead of the secret.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TokenHash(pub [u8; 32]);
+
+impl fmt::Debug for TokenHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // A hash of a high-entropy secret is not itself a secret, but there is no reason to print it.
+        f.write_str("TokenHash(..)")
+    }
+}
+
+/// A stored static token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StaticToken {
+    /// Public id.
+    pub id: TokenId,
+    /// The account the token authenticates as.
+    pub account: AccountUid,
+    /// A free-text note from whoever created it.
+    pub description: String,
+    /// Creation time.
+    pub created_at: UnixTime,
+    /// Expiry; `None` for a token that never expires.
+    pub expires_at: Option<UnixTime>,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<UnixTime>,
+}
+
+impl StaticToken {
+    /// Whether the token may be used at `now`.
+    #[must_use]
+    pub fn is_usable(&self, now: UnixTime) -> bool {
+        self.revoked_at.is_none() && self.expires_at.is_none_or(|e| now < e)
+    }
+}

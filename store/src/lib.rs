@@ -1,0 +1,42 @@
+//! Implementations of [`idbridge_core::Store`].
+//!
+//! The embedded default is one SQLite file in WAL mode with `synchronous = FULL`, so a write the
+//! caller saw acknowledged survives `kill -9` and power loss alike. Schema changes are numbered
+//! SQL files applied in order inside one transaction each; the applied version is recorded in the
+//! database itself, so an interrupted upgrade is simply retried at the next start.
+
+mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+/// Errors opening a store (operations report [`idbridge_core::StoreError`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// The database could not be opened or created.
+    #[error("cannot open the SQLite store at {path}")]
+    Open {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// A migration failed; the store is left at the last version that applied completely.
+    #[error("cannot upgrade the store schema to version {version}")]
+    Migrate {
+        /// The version that failed.
+        version: i64,
+        /// Why.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// The database was written by a newer idbridge.
+    #[error("the store has schema version {found}, newer than this idbridge knows ({known})")]
+    TooNew {
+        /// Version in the file.
+        found: i64,
+        /// Latest version this build knows.
+        known: i64,
+    },
+}
