@@ -1,1 +1,43 @@
-//! placeholder
+//! idbridge's HTTP service.
+//!
+//! One axum [`Router`](axum::Router) built by [`app`] serves every contract: the Kubernetes
+//! TokenReview webhook, OIDC discovery and JWKS for kube-apiserver's JWT authenticator, the OAuth
+//! token endpoint, the admin API, health and metrics. [`serve`] runs it behind rustls, attaching
+//! to each request who is on the other end of the connection ([`PeerInfo`]).
+//!
+//! Every credential, whatever its kind, goes through one [`Authenticator`], so TokenReview, the
+//! token endpoint and the admin API agree on who a token names. Reviews are cached by the hash of
+//! the token for a short time; any revocation or account change empties the cache before the
+//! admin call returns, so "revoked" takes effect at the next review.
+//!
+//! Handlers are thin: check the caller, parse, call one operation, map the result. Errors become
+//! HTTP responses in one place, [`ApiError`].
+
+mod admin;
+mod audit;
+mod auth;
+mod discovery;
+mod error;
+mod keys;
+mod metrics;
+mod oauth;
+mod ops;
+mod review;
+mod server;
+mod settings;
+mod state;
+mod tls;
+mod tokens;
+
+pub use audit::{Audit, AuditEvent, AuditSink};
+pub use auth::{Authenticated, Authenticator, Denial};
+pub use error::ApiError;
+pub use keys::{KeyError, KeySet};
+pub use metrics::Metrics;
+pub use ops::{AdminOps, CreatedToken, OpsError};
+pub use review::{TokenReview, TokenReviewSpec, TokenReviewStatus, UserInfo};
+pub use server::{PeerInfo, serve};
+pub use settings::{Secret, Settings};
+pub use state::{AppState, app};
+pub use tls::{ServerTls, TlsError, ensure_self_signed, server_config, write_private};
+pub use tokens::{AccessClaims, STATIC_TOKEN_PREFIX, hash_token, new_static_secret};

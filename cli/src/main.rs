@@ -1,1 +1,104 @@
-fn main() {}
+//! `idbridge`: one binary for the bridge service and its administration.
+
+mod admin_cmd;
+mod config;
+mod profile;
+mod serve;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Bring an enterprise's identity into Kubernetes.
+///
+/// Start with `idbridge serve`: with no config it creates ./idbridge-data holding a store, a
+/// signing key, a TLS certificate, an `admin` account with its token (admin.token), and the two
+/// files kube-apiserver needs (webhook.kubeconfig, authentication-config.yaml).
+#[derive(Debug, Parser)]
+#[command(name = "idbridge", version, about, long_about)]
+struct Cli {
+    /// Log format on standard error.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "text",
+        global = true,
+        env = "IDBRIDGE_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the bridge: TokenReview webhook, OIDC discovery and JWKS, token endpoint, admin API.
+    ///
+    /// SIGTERM drains open requests and stops; SIGHUP re-reads the config and accounts file.
+    Serve(serve::ServeArgs),
+    /// Manage user accounts (through the running server, or --offline).
+    User {
+        #[command(subcommand)]
+        cmd: admin_cmd::UserCmd,
+        #[command(flatten)]
+        target: admin_cmd::Target,
+    },
+    /// Manage static tokens (through the running server, or --offline).
+    Token {
+        #[command(subcommand)]
+        cmd: admin_cmd::TokenCmd,
+        #[command(flatten)]
+        target: admin_cmd::Target,
+    },
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("IDBRIDGE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => b.init(),
+        LogFormat::Json => b.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => serve::run(args).await,
+            Command::User { cmd, target } => admin_cmd::user(cmd, &target).await,
+            Command::Token { cmd, target } => admin_cmd::token(cmd, &target).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<serve::ConfigErrorMarker>().is_some() => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! The admin API under `/admin/v1`, used by `idbridge user|token` against a running server so
+//! caches see every change at once.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use idbridge_core::{
+    AccountName, AccountUid, HumanDuration, NewAccount, StaticToken, TokenId, UserAccount,
+};
+use serde::Deserialize;
+
+use crate::error::ApiError;
+use crate::ops::CreatedToken;
+use crate::state::{AppState, RequestCtx};
+
+/// An authenticated caller in an admin group.
+pub(crate) struct Admin {
+    name: String,
+    uid: AccountUid,
+    ctx: RequestCtx,
+}
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let Ok(ctx) = RequestCtx::from_request_parts(parts, state).await;
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or(ApiError::Unauthorized("an admin bearer token is required"))?;
+        let settings = state.settings();
+        let deny = |reason: &str, who: Option<(&str, AccountUid)>| {
+            let mut ev = ctx.event("admin.auth", "denied");
+            ev.reason = Some(reason);
+            ev.account = who.map(|w| w.0);
+            ev.uid = who.map(|w| w.1.to_string());
+            state.audit().record(&ev);
+        };
+        let who = match state
+            .authenticate(token, std::slice::from_ref(&settings.issuer))
+            .await
+        {
+            Ok(w) => w,
+            Err(r) => {
+                deny(&r.denial.to_string(), None);
+                return Err(ApiError::Unauthorized("the admin token is invalid"));
+            }
+        };
+        let is_admin = who
+            .groups
+            .iter()
+            .any(|g| settings.admin_groups.iter().any(|a| a.as_str() == g));
+        if !is_admin {
+            deny("not in an admin group", Some((&who.name, who.uid)));
+            return Err(ApiError::Forbidden(
+                "this account may not use the admin API",
+            ));
+        }
+        Ok(Self {
+            name: who.name,
+            uid: who.uid,
+            ctx,
+        })
+    }
+}
+
+impl Admin {
+    fn record(&self, state: &AppState, event: &str, account: &UserAccount, object: Option<String>) {
+        let mut ev = self.ctx.event(event, "ok");
+        ev.actor = Some(&self.name);
+        ev.actor_uid = Some(self.uid.to_string());
+        let name = account.name.to_string();
+        ev.account = Some(&name);
+        ev.uid = Some(account.uid.to_string());
+        ev.object = object;
+        state.audit().record(&ev);
+    }
+}
+
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/accounts", get(list_accounts).post(add_account))
+        .route("/accounts/{name}", get(get_account))
+        .route("/accounts/{name}/disable", post(disable))
+        .route("/accounts/{name}/enable", post(enable))
+        .route("/tokens", get(list_tokens).post(create_token))
+        .route("/tokens/{id}/revoke", post(revoke_token))
+}
+
+fn account_name(raw: &str) -> Result<AccountName, ApiError> {
+    raw.parse()
+        .map_err(|e| ApiError::BadRequest(format!("account name: {e}")))
+}
+
+async fn list_accounts(
+    State(state): State<AppState>,
+    _admin: Admin,
+) -> Result<Json<Vec<UserAccount>>, ApiError> {
+    Ok(Json(state.ops().accounts().await?))
+}
+
+async fn get_account(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(name): Path<String>,
+) -> Result<Json<UserAccount>, ApiError> {
+    Ok(Json(state.ops().account(&account_name(&name)?).await?))
+}
+
+async fn add_account(
+    State(state): State<AppState>,
+    admin: Admin,
+    body: Result<Json<NewAccount>, JsonRejection>,
+) -> Result<(StatusCode, Json<UserAccount>), ApiError> {
+    let Json(new) = body?;
+    let account = state.ops().add_account(new).await?;
+    admin.record(&state, "account.add", &account, None);
+    Ok((StatusCode::CREATED, Json(account)))
+}
+
+async fn set_disabled(
+    state: &AppState,
+    admin: &Admin,
+    name: &str,
+    disabled: bool,
+) -> Result<Json<UserAccount>, ApiError> {
+    let account = state
+        .ops()
+        .set_disabled(&account_name(name)?, disabled)
+        .await?;
+    state.invalidate();
+    let event = if disabled {
+        "account.disable"
+    } else {
+        "account.enable"
+    };
+    admin.record(state, event, &account, None);
+    Ok(Json(account))
+}
+
+async fn disable(
+    State(state): State<AppState>,
+    admin: Admin,
+    Path(name): Path<String>,
+) -> Result<Json<UserAccount>, ApiError> {
+    set_disabled(&state, &admin, &name, true).await
+}
+
+async fn enable(
+    State(state): State<AppState>,
+    admin: Admin,
+    Path(name): Path<String>,
+) -> Result<Json<UserAccount>, ApiError> {
+    set_disabled(&state, &admin, &name, false).await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokensQuery {
+    user: Option<String>,
+}
+
+async fn list_tokens(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Query(q): Query<TokensQuery>,
+) -> Result<Json<Vec<StaticToken>>, ApiError> {
+    let name = q.user.as_deref().map(account_name).transpose()?;
+    Ok(Json(state.ops().tokens(name.as_ref()).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateToken {
+    user: AccountName,
+    #[serde(default)]
+    ttl: Option<HumanDuration>,
+    #[serde(default)]
+    description: String,
+}
+
+async fn create_token(
+    State(state): State<AppState>,
+    admin: Admin,
+    body: Result<Json<CreateToken>, JsonRejection>,
+) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
+    let Json(req) = body?;
+    let created = state
+        .ops()
+        .create_token(&req.user, req.ttl, req.description)
+        .await?;
+    let account = state.ops().account(&created.account_name).await?;
+    admin.record(
+        &state,
+        "token.create",
+        &account,
+        Some(format!("token={}", created.token.id)),
+    );
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+async fn revoke_token(
+    State(state): State<AppState>,
+    admin: Admin,
+    Path(id): Path<String>,
+) -> Result<Json<StaticToken>, ApiError> {
+    let id: TokenId = id
+        .parse()
+        .map_err(|e| ApiError::BadRequest(format!("token id: {e}")))?;
+    let token = state.ops().revoke_token(id).await?;
+    state.invalidate();
+    if let Some(account) = state.store().account(token.account).await? {
+        admin.record(
+            &state,
+            "token.revoke",
+            &account,
+            Some(format!("token={id}")),
+        );
+    }
+    Ok(Json(token))
+}

@@ -1,0 +1,349 @@
+//! One authenticator for every bearer credential: static tokens and idbridge access tokens.
+//!
+//! A review result is cached under SHA-256 of the token and the audiences asked for. Any change
+//! that can revoke access bumps a generation counter and empties the caches; a result computed
+//! while such a change was in flight carries the old generation and is not cached, so a revoked
+//! token can never be re-cached by a review that raced its revocation.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_lc_rs::digest;
+use cached::Cached;
+use cached::stores::LruTtlCache;
+use idbridge_core::{AccountUid, Clock, Store, UserAccount};
+use jsonwebtoken::{Algorithm, Validation};
+
+use crate::keys::KeySet;
+use crate::settings::Settings;
+use crate::tokens::{AccessClaims, STATIC_TOKEN_PREFIX, hash_token};
+
+/// Who a credential names, shaped for Kubernetes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authenticated {
+    /// Account name, without the Kubernetes prefix.
+    pub name: String,
+    /// Account UID.
+    pub uid: AccountUid,
+    /// Group names, without the Kubernetes prefix.
+    pub groups: Vec<String>,
+    /// Default namespace.
+    pub namespace: Option<String>,
+    /// Authentication methods.
+    pub amr: Vec<String>,
+    /// The requested audiences this credential is valid for.
+    pub audiences: Vec<String>,
+    /// When the credential expires, if it does.
+    pub expires_at: Option<i64>,
+    /// Whether the result came from the cache.
+    pub cached: bool,
+}
+
+/// Why a credential was refused. The message is safe to return to the caller.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Denial {
+    /// Not a token idbridge issued, or malformed.
+    #[error("token is malformed or not issued by idbridge")]
+    Malformed,
+    /// The token is unknown, revoked, or its signature does not verify.
+    #[error("token is invalid or revoked")]
+    Invalid,
+    /// The token has expired or is not yet valid.
+    #[error("token is expired or not yet valid")]
+    Expired,
+    /// The token was issued for other audiences.
+    #[error("token is not valid for the requested audiences")]
+    Audience,
+    /// The account is disabled or gone.
+    #[error("account is disabled")]
+    Disabled,
+    /// The store failed; the caller should retry.
+    #[error("authentication is temporarily unavailable")]
+    Unavailable,
+}
+
+/// A denial together with what the audit log should record about the account, if known.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    /// Why.
+    pub denial: Denial,
+    /// The account the token named, if it got that far.
+    pub account: Option<(String, AccountUid)>,
+}
+
+impl From<Denial> for Refusal {
+    fn from(denial: Denial) -> Self {
+        Self {
+            denial,
+            account: None,
+        }
+    }
+}
+
+type CacheKey = [u8; 32];
+
+/// Authenticates bearer credentials; shared by every route.
+#[derive(Debug)]
+pub struct Authenticator {
+    generation: AtomicU64,
+    reviews: Mutex<Option<LruTtlCache<CacheKey, (u64, Authenticated)>>>,
+    accounts: Mutex<Option<LruTtlCache<AccountUid, Arc<UserAccount>>>>,
+}
+
+fn lru<K: std::hash::Hash + Eq + Clone, V>(
+    size: usize,
+    ttl: Duration,
+) -> Option<LruTtlCache<K, V>> {
+    if size == 0 || ttl.is_zero() {
+        return None;
+    }
+    LruTtlCache::builder().max_size(size).ttl(ttl).build().ok()
+}
+
+impl Authenticator {
+    /// A new authenticator with caches sized by `settings`.
+    #[must_use]
+    pub fn new(settings: &Settings) -> Self {
+        Self {
+            generation: AtomicU64::new(0),
+            reviews: Mutex::new(lru(settings.review_cache_size, settings.review_cache_ttl)),
+            // Account state is cached just long enough to spare the store on bursts; any change
+            // goes through `invalidate`.
+            accounts: Mutex::new(lru(
+                settings.review_cache_size,
+                settings.review_cache_ttl.max(Duration::from_secs(5)),
+            )),
+        }
+    }
+
+    /// Empties every cache; call after any change that could revoke access.
+    pub fn invalidate(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        if let Some(c) = lock(&self.reviews).as_mut() {
+            c.cache_clear();
+        }
+        if let Some(c) = lock(&self.accounts).as_mut() {
+            c.cache_clear();
+        }
+    }
+
+    /// Replaces the caches after a settings change.
+    pub fn resize(&self, settings: &Settings) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        *lock(&self.reviews) = lru(settings.review_cache_size, settings.review_cache_ttl);
+    }
+
+    /// Authenticates `token` for any of `audiences` (the default audience when empty).
+    ///
+    /// # Errors
+    /// A [`Refusal`] saying why, safe to show the caller.
+    pub async fn authenticate(
+        &self,
+        token: &str,
+        audiences: &[String],
+        settings: &Settings,
+        keys: &KeySet,
+        store: &dyn Store,
+        clock: &dyn Clock,
+    ) -> Result<Authenticated, Refusal> {
+        let default_aud;
+        let audiences = if audiences.is_empty() {
+            default_aud = [settings.default_audience().to_owned()];
+            &default_aud[..]
+        } else {
+            audiences
+        };
+        let now = clock.now().0;
+        let key = cache_key(token, audiences);
+        let generation = self.generation.load(Ordering::SeqCst);
+        if let Some(c) = lock(&self.reviews).as_mut()
+            && let Some((_, hit)) = c.cache_get(&key)
+            && hit.expires_at.is_none_or(|e| now < e)
+        {
+            let mut hit = hit.clone();
+            hit.cached = true;
+            return Ok(hit);
+        }
+        let result = if token.starts_with(STATIC_TOKEN_PREFIX) {
+            self.authenticate_static(token, audiences, settings, store, clock)
+                .await?
+        } else if token.bytes().filter(|b| *b == b'.').count() == 2 {
+            self.authenticate_jwt(token, audiences, settings, keys, store, now)
+                .await?
+        } else {
+            return Err(Denial::Malformed.into());
+        };
+        if let Some(c) = lock(&self.reviews).as_mut()
+            && self.generation.load(Ordering::SeqCst) == generation
+        {
+            c.cache_set(key, (generation, result.clone()));
+        }
+        Ok(result)
+    }
+
+    async fn account(
+        &self,
+        uid: AccountUid,
+        store: &dyn Store,
+    ) -> Result<Arc<UserAccount>, Refusal> {
+        let generation = self.generation.load(Ordering::SeqCst);
+        if let Some(c) = lock(&self.accounts).as_mut()
+            && let Some(a) = c.cache_get(&uid)
+        {
+            return Ok(a.clone());
+        }
+        let account = match store.account(uid).await {
+            Ok(Some(a)) => Arc::new(a),
+            Ok(None) => return Err(Denial::Disabled.into()),
+            Err(e) => {
+                tracing::error!(error = %e, "store lookup failed during authentication");
+                return Err(Denial::Unavailable.into());
+            }
+        };
+        if let Some(c) = lock(&self.accounts).as_mut()
+            && self.generation.load(Ordering::SeqCst) == generation
+        {
+            c.cache_set(uid, account.clone());
+        }
+        Ok(account)
+    }
+
+    async fn authenticate_static(
+        &self,
+        token: &str,
+        audiences: &[String],
+        settings: &Settings,
+        store: &dyn Store,
+        clock: &dyn Clock,
+    ) -> Result<Authenticated, Refusal> {
+        let record = match store.static_token_by_hash(hash_token(token)).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return Err(Denial::Invalid.into()),
+            Err(e) => {
+                tracing::error!(error = %e, "store lookup failed during authentication");
+                return Err(Denial::Unavailable.into());
+            }
+        };
+        let account = self.account(record.account, store).await?;
+        let named = Some((account.name.to_string(), account.uid));
+        if !record.is_usable(clock.now()) {
+            let denial = if record.revoked_at.is_some() {
+                Denial::Invalid
+            } else {
+                Denial::Expired
+            };
+            return Err(Refusal {
+                denial,
+                account: named,
+            });
+        }
+        if account.disabled {
+            return Err(Refusal {
+                denial: Denial::Disabled,
+                account: named,
+            });
+        }
+        // Static tokens carry no audience of their own: they are good for the Kubernetes
+        // audiences and for idbridge itself (the admin API and token exchange).
+        let valid: Vec<String> = audiences
+            .iter()
+            .filter(|a| settings.audiences.contains(a) || **a == settings.issuer)
+            .cloned()
+            .collect();
+        if valid.is_empty() {
+            return Err(Refusal {
+                denial: Denial::Audience,
+                account: named,
+            });
+        }
+        Ok(Authenticated {
+            name: account.name.to_string(),
+            uid: account.uid,
+            groups: account.groups.iter().map(ToString::to_string).collect(),
+            namespace: account.default_namespace.as_ref().map(ToString::to_string),
+            amr: vec!["static".to_owned()],
+            audiences: valid,
+            expires_at: record.expires_at.map(|t| t.0),
+            cached: false,
+        })
+    }
+
+    async fn authenticate_jwt(
+        &self,
+        token: &str,
+        audiences: &[String],
+        settings: &Settings,
+        keys: &KeySet,
+        store: &dyn Store,
+        now: i64,
+    ) -> Result<Authenticated, Refusal> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| Denial::Malformed)?;
+        if header.alg != Algorithm::ES256 {
+            return Err(Denial::Invalid.into());
+        }
+        let kid = header.kid.ok_or(Denial::Invalid)?;
+        let key = keys.verifier(&kid).ok_or(Denial::Invalid)?;
+        let mut v = Validation::new(Algorithm::ES256);
+        v.leeway = settings.clock_skew.as_secs();
+        v.validate_nbf = true;
+        v.set_audience(audiences);
+        v.set_issuer(&[&settings.issuer]);
+        v.set_required_spec_claims(&["exp", "nbf", "iat", "aud", "iss", "sub"]);
+        let data = jsonwebtoken::decode::<AccessClaims>(token, key, &v).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind as K;
+            match e.kind() {
+                K::ExpiredSignature | K::ImmatureSignature => Denial::Expired,
+                K::InvalidAudience => Denial::Audience,
+                _ => Denial::Invalid,
+            }
+        })?;
+        let claims = data.claims;
+        // jsonwebtoken checks exp and nbf against the system clock; the injected clock decides too.
+        let skew = i64::try_from(settings.clock_skew.as_secs()).unwrap_or(0);
+        if claims.exp + skew <= now || claims.nbf - skew > now {
+            return Err(Denial::Expired.into());
+        }
+        let uid: AccountUid = claims.sub.parse().map_err(|_| Denial::Invalid)?;
+        let account = self.account(uid, store).await?;
+        if account.disabled {
+            return Err(Refusal {
+                denial: Denial::Disabled,
+                account: Some((account.name.to_string(), account.uid)),
+            });
+        }
+        let valid = audiences
+            .iter()
+            .filter(|a| claims.aud.contains(a))
+            .cloned()
+            .collect();
+        Ok(Authenticated {
+            name: claims.name,
+            uid,
+            groups: claims.groups,
+            namespace: claims.namespace,
+            amr: claims.amr,
+            audiences: valid,
+            expires_at: Some(claims.exp),
+            cached: false,
+        })
+    }
+}
+
+fn cache_key(token: &str, audiences: &[String]) -> CacheKey {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    ctx.update(token.as_bytes());
+    for a in audiences {
+        ctx.update(&[0]);
+        ctx.update(a.as_bytes());
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding a cache lock leaves only a cache behind; keep using it.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

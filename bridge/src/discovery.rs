@@ -1,0 +1,47 @@
+//! OIDC discovery (`/.well-known/openid-configuration`) and the JWKS it names.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::state::AppState;
+
+/// The grant types the token endpoint accepts.
+pub(crate) const GRANT_TYPES: [&str; 1] = ["urn:ietf:params:oauth:grant-type:token-exchange"];
+
+pub(crate) async fn openid_configuration(State(state): State<AppState>) -> Response {
+    let s = state.settings();
+    let iss = s.issuer.trim_end_matches('/');
+    (
+        [(header::CACHE_CONTROL, "public, max-age=60")],
+        Json(json!({
+            "issuer": s.issuer,
+            "jwks_uri": format!("{iss}/oauth2/jwks"),
+            "token_endpoint": format!("{iss}/oauth2/token"),
+            "grant_types_supported": GRANT_TYPES,
+            "response_types_supported": ["token"],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": ["ES256"],
+            "token_endpoint_auth_methods_supported": ["none"],
+            "claims_supported": [
+                "iss", "sub", "aud", "exp", "iat", "nbf", "jti",
+                "name", "groups", "namespace", "amr", "scope"
+            ],
+        })),
+    )
+        .into_response()
+}
+
+pub(crate) async fn jwks(State(state): State<AppState>) -> Response {
+    let keys = state.keys();
+    (
+        [
+            (header::CONTENT_TYPE, "application/jwk-set+json"),
+            (header::CACHE_CONTROL, "public, max-age=60"),
+        ],
+        keys.jwks().to_vec(),
+    )
+        .into_response()
+}

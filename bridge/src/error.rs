@@ -1,0 +1,165 @@
+//! Every error becomes an HTTP response here, and only here.
+
+use axum::Json;
+use axum::extract::rejection::{FormRejection, JsonRejection};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use idbridge_core::StoreError;
+use serde_json::json;
+
+use crate::ops::OpsError;
+
+/// An error answered to an HTTP client.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiError {
+    /// The request is malformed; the message says what is wrong.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The body is not of the required content type.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// The body exceeds the configured limit.
+    #[error("request body is too large")]
+    PayloadTooLarge,
+    /// No or bad credentials; answered with `WWW-Authenticate`.
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// Authenticated, but not allowed.
+    #[error("{0}")]
+    Forbidden(&'static str),
+    /// The named object does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The object already exists.
+    #[error("{0}")]
+    Conflict(String),
+    /// An OAuth 2.0 error response (RFC 6749 section 5.2).
+    #[error("{error}: {description}")]
+    OAuth {
+        /// HTTP status.
+        status: StatusCode,
+        /// The `error` code.
+        error: &'static str,
+        /// `error_description`.
+        description: String,
+    },
+    /// A dependency (the store) is unavailable; retry later.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A bug or an unexpected failure; details are logged, not returned.
+    #[error("internal error")]
+    Internal,
+}
+
+impl ApiError {
+    /// An OAuth `invalid_request`.
+    #[must_use]
+    pub fn invalid_request(description: impl Into<String>) -> Self {
+        Self::OAuth {
+            status: StatusCode::BAD_REQUEST,
+            error: "invalid_request",
+            description: description.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, body) = match &self {
+            Self::OAuth {
+                status,
+                error,
+                description,
+            } => {
+                let mut r = (
+                    *status,
+                    Json(json!({"error": error, "error_description": description})),
+                )
+                    .into_response();
+                r.headers_mut()
+                    .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                if *status == StatusCode::UNAUTHORIZED {
+                    r.headers_mut().insert(
+                        header::WWW_AUTHENTICATE,
+                        HeaderValue::from_static("Basic realm=\"idbridge\""),
+                    );
+                }
+                return r;
+            }
+            Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            Self::UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            Self::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Self::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        let mut r = (
+            status,
+            Json(json!({"error": body, "message": self.to_string()})),
+        )
+            .into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"idbridge\""),
+            );
+        }
+        r
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        match r {
+            JsonRejection::MissingJsonContentType(_) => {
+                Self::UnsupportedMediaType("Content-Type must be application/json".into())
+            }
+            JsonRejection::BytesRejection(b) if b.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Self::PayloadTooLarge
+            }
+            other => Self::BadRequest(format!("invalid JSON body: {}", other.body_text())),
+        }
+    }
+}
+
+impl From<FormRejection> for ApiError {
+    fn from(r: FormRejection) -> Self {
+        match r {
+            FormRejection::InvalidFormContentType(_) => {
+                ApiError::invalid_request("Content-Type must be application/x-www-form-urlencoded")
+            }
+            FormRejection::BytesRejection(b) if b.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Self::PayloadTooLarge
+            }
+            other => ApiError::invalid_request(other.body_text()),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict(what) => Self::Conflict(format!("{what} already exists")),
+            StoreError::NotFound(what) => Self::NotFound(format!("{what} not found")),
+            other => {
+                tracing::error!(error = %other, "store failure");
+                Self::Unavailable("the store is unavailable; retry shortly".into())
+            }
+        }
+    }
+}
+
+impl From<OpsError> for ApiError {
+    fn from(e: OpsError) -> Self {
+        match e {
+            OpsError::NoSuchAccount(_) | OpsError::NoSuchToken(_) => Self::NotFound(e.to_string()),
+            OpsError::Store(s) => s.into(),
+        }
+    }
+}

@@ -1,0 +1,292 @@
+//! Shared state and the router.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, FromRequestParts, MatchedPath, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use idbridge_core::{Clock, Store};
+
+use crate::audit::{Audit, AuditEvent};
+use crate::auth::{Authenticated, Authenticator, Refusal};
+use crate::keys::KeySet;
+use crate::metrics::Metrics;
+use crate::ops::AdminOps;
+use crate::server::PeerInfo;
+use crate::settings::Settings;
+use crate::{admin, discovery, oauth, review};
+
+struct Inner {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    keys: RwLock<Arc<KeySet>>,
+    settings: RwLock<Arc<Settings>>,
+    auth: Authenticator,
+    audit: Audit,
+    metrics: Metrics,
+    ops: AdminOps,
+    ready: AtomicBool,
+}
+
+/// The service's shared state; cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").finish_non_exhaustive()
+    }
+}
+
+fn read<T: Clone>(l: &RwLock<T>) -> T {
+    l.read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
+}
+
+impl AppState {
+    /// State over a store, keys and settings.
+    #[must_use]
+    pub fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        keys: KeySet,
+        settings: Settings,
+        audit: Audit,
+    ) -> Self {
+        Self(Arc::new(Inner {
+            ops: AdminOps::new(store.clone(), clock.clone()),
+            auth: Authenticator::new(&settings),
+            store,
+            clock,
+            keys: RwLock::new(Arc::new(keys)),
+            settings: RwLock::new(Arc::new(settings)),
+            audit,
+            metrics: Metrics::default(),
+            ready: AtomicBool::new(true),
+        }))
+    }
+
+    /// Current settings.
+    #[must_use]
+    pub fn settings(&self) -> Arc<Settings> {
+        read(&self.0.settings)
+    }
+
+    /// Replaces the settings (on reload); caches are emptied so new mappings apply at once.
+    pub fn set_settings(&self, settings: Settings) {
+        self.0.auth.resize(&settings);
+        self.0.auth.invalidate();
+        *self
+            .0
+            .settings
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(settings);
+    }
+
+    /// Current keys.
+    #[must_use]
+    pub fn keys(&self) -> Arc<KeySet> {
+        read(&self.0.keys)
+    }
+
+    /// The store.
+    #[must_use]
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.0.store
+    }
+
+    /// The clock.
+    #[must_use]
+    pub fn clock(&self) -> &dyn Clock {
+        &*self.0.clock
+    }
+
+    /// Administrative operations.
+    #[must_use]
+    pub fn ops(&self) -> &AdminOps {
+        &self.0.ops
+    }
+
+    /// The audit log.
+    #[must_use]
+    pub fn audit(&self) -> &Audit {
+        &self.0.audit
+    }
+
+    /// Metrics.
+    #[must_use]
+    pub fn metrics(&self) -> &Metrics {
+        &self.0.metrics
+    }
+
+    /// Empties authentication caches after a change that may revoke access.
+    pub fn invalidate(&self) {
+        self.0.auth.invalidate();
+    }
+
+    /// Marks the service as not ready (shutting down).
+    pub fn set_not_ready(&self) {
+        self.0.ready.store(false, Ordering::SeqCst);
+    }
+
+    /// Authenticates a bearer credential.
+    ///
+    /// # Errors
+    /// A refusal that says why.
+    pub async fn authenticate(
+        &self,
+        token: &str,
+        audiences: &[String],
+    ) -> Result<Authenticated, Refusal> {
+        let settings = self.settings();
+        let keys = self.keys();
+        self.0
+            .auth
+            .authenticate(
+                token,
+                audiences,
+                &settings,
+                &keys,
+                &*self.0.store,
+                &*self.0.clock,
+            )
+            .await
+    }
+}
+
+/// Per-request context: correlation id and peer.
+#[derive(Debug, Clone)]
+pub struct RequestCtx {
+    /// Correlation id (from `X-Request-Id`, or generated).
+    pub id: String,
+    /// The peer address.
+    pub source: Option<SocketAddr>,
+    /// Whether the peer presented a client certificate that verified against a configured CA.
+    pub client_cert: bool,
+}
+
+#[derive(Debug, Clone)]
+struct RequestId(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestCtx {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let peer = parts.extensions.get::<PeerInfo>();
+        Ok(Self {
+            id: parts
+                .extensions
+                .get::<RequestId>()
+                .map_or_else(String::new, |r| r.0.clone()),
+            source: peer.map(|p| p.addr),
+            client_cert: peer.is_some_and(|p| p.client_cert),
+        })
+    }
+}
+
+impl RequestCtx {
+    /// An audit event pre-filled with this request's id and source.
+    #[must_use]
+    pub fn event<'a>(&'a self, event: &'a str, outcome: &'a str) -> AuditEvent<'a> {
+        AuditEvent {
+            event,
+            outcome,
+            account: None,
+            uid: None,
+            actor: None,
+            actor_uid: None,
+            source: self.source,
+            correlation_id: &self.id,
+            reason: None,
+            object: None,
+        }
+    }
+}
+
+fn request_id(req: &Request) -> String {
+    req.headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 128
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        })
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
+}
+
+async fn observe(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let id = request_id(&req);
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str)
+        .to_owned();
+    let span =
+        tracing::debug_span!("request", method = %req.method(), route = %route, request_id = %id);
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let mut resp = {
+        let _g = span.enter();
+        next.run(req).await
+    };
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    state
+        .metrics()
+        .observe(&route, resp.status().as_u16(), start.elapsed());
+    resp
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.0.ready.load(Ordering::SeqCst) {
+        "ready\n".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics().render(),
+    )
+        .into_response()
+}
+
+/// The whole service as a router; tests drive it with `oneshot`, `serve` puts it behind TLS.
+pub fn app(state: AppState) -> Router {
+    let limit = state.settings().max_body_bytes;
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route(
+            "/.well-known/openid-configuration",
+            get(discovery::openid_configuration),
+        )
+        .route("/oauth2/jwks", get(discovery::jwks))
+        .route("/oauth2/token", post(oauth::token))
+        .route("/webhooks/tokenreview", post(review::token_review))
+        .nest("/admin/v1", admin::routes())
+        .layer(DefaultBodyLimit::max(limit))
+        .route_layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}

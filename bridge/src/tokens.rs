@@ -1,0 +1,83 @@
+//! Token formats: opaque static tokens and JWT access-token claims.
+
+use aws_lc_rs::digest;
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use idbridge_core::TokenHash;
+use serde::{Deserialize, Serialize};
+
+/// Every static token starts with this, so it is recognisable in a leak scan and never mistaken
+/// for a JWT.
+pub const STATIC_TOKEN_PREFIX: &str = "idb_st_";
+
+/// A fresh static token secret: the prefix and 256 random bits.
+///
+/// # Panics
+/// If the operating system's random source fails, which leaves no safe way to continue.
+#[must_use]
+pub fn new_static_secret() -> String {
+    let mut bytes = [0u8; 32];
+    #[allow(clippy::expect_used)] // invariant: a failing OS RNG must stop token creation outright
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .expect("operating system random source failed");
+    format!("{STATIC_TOKEN_PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// SHA-256 of a token; tokens carry 256 random bits, so a fast hash is enough at rest.
+#[must_use]
+pub fn hash_token(token: &str) -> TokenHash {
+    let d = digest::digest(&digest::SHA256, token.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    TokenHash(out)
+}
+
+/// The claims of an idbridge access token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessClaims {
+    /// Issuer.
+    pub iss: String,
+    /// The account UID.
+    pub sub: String,
+    /// Audiences.
+    pub aud: Vec<String>,
+    /// Expiry (seconds since the epoch).
+    pub exp: i64,
+    /// Issued at.
+    pub iat: i64,
+    /// Not before.
+    pub nbf: i64,
+    /// Unique token id.
+    pub jti: String,
+    /// The account name.
+    pub name: String,
+    /// Group names.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Default namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Authentication methods behind this token (`static`, `krb5`, `ldap`, `oidc`, `sa`).
+    #[serde(default)]
+    pub amr: Vec<String>,
+    /// Space-separated scopes.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub scope: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn static_secrets_are_unique_and_prefixed() {
+        let a = new_static_secret();
+        let b = new_static_secret();
+        assert_ne!(a, b);
+        assert!(a.starts_with(STATIC_TOKEN_PREFIX));
+        assert_eq!(a.len(), STATIC_TOKEN_PREFIX.len() + 43);
+        assert_ne!(hash_token(&a), hash_token(&b));
+    }
+}

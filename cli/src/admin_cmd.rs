@@ -1,0 +1,387 @@
+//! `idbridge user …` and `idbridge token …`: through the running server's admin API, or straight
+//! into the store with `--offline` when no server runs.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use idbridge_bridge::{AdminOps, CreatedToken};
+use idbridge_core::{
+    AccountName, GroupName, HumanDuration, LabelKey, Namespace, NewAccount, StaticToken,
+    SystemClock, TokenId, UserAccount,
+};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+use crate::config;
+use crate::profile;
+
+/// Where admin commands send their changes.
+#[derive(Debug, Clone, Args)]
+pub struct Target {
+    /// URL of the running idbridge.
+    #[arg(
+        long,
+        env = "IDBRIDGE_SERVER",
+        default_value = "https://127.0.0.1:8443",
+        global = true
+    )]
+    pub server: String,
+    /// File holding an admin token [default: <data-dir>/admin.token].
+    #[arg(long, env = "IDBRIDGE_TOKEN_FILE", global = true)]
+    pub token_file: Option<PathBuf>,
+    /// CA bundle to trust for the server [default: <data-dir>/ca.crt when it exists, else the
+    /// system's roots].
+    #[arg(long, env = "IDBRIDGE_CA_FILE", global = true)]
+    pub ca_file: Option<PathBuf>,
+    /// The server's data directory (for default files, and the store with --offline).
+    #[arg(
+        long,
+        env = "IDBRIDGE_DATA_DIR",
+        default_value = "idbridge-data",
+        global = true
+    )]
+    pub data_dir: PathBuf,
+    /// Write the store directly; only while no server runs on it.
+    #[arg(long, global = true)]
+    pub offline: bool,
+    /// With --offline: the server's config file, to find its store.
+    #[arg(long, short = 'c', env = "IDBRIDGE_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// `idbridge user`.
+#[derive(Debug, Subcommand)]
+pub enum UserCmd {
+    /// Create an account.
+    Add {
+        /// The unique account name (the Kubernetes username).
+        name: AccountName,
+        /// A group (repeatable).
+        #[arg(long = "group", short = 'g')]
+        groups: Vec<GroupName>,
+        /// Default namespace.
+        #[arg(long)]
+        namespace: Option<Namespace>,
+        /// A label KEY=VALUE (repeatable).
+        #[arg(long = "label", short = 'l', value_parser = parse_label)]
+        labels: Vec<(LabelKey, String)>,
+    },
+    /// List accounts.
+    List,
+    /// Disable an account: its tokens stop working at the next review.
+    Disable {
+        /// Account name.
+        name: AccountName,
+    },
+    /// Re-enable a disabled account.
+    Enable {
+        /// Account name.
+        name: AccountName,
+    },
+}
+
+/// `idbridge token`.
+#[derive(Debug, Subcommand)]
+pub enum TokenCmd {
+    /// Create a static token and print it (once; only its hash is stored).
+    Create {
+        /// The account the token authenticates as.
+        #[arg(long)]
+        user: AccountName,
+        /// Lifetime, e.g. 30d or 12h [default: never expires].
+        #[arg(long)]
+        ttl: Option<HumanDuration>,
+        /// A note to recognise the token by.
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List static tokens (ids and state, never the secrets).
+    List {
+        /// Only this account's tokens.
+        #[arg(long)]
+        user: Option<AccountName>,
+    },
+    /// Revoke a static token by id; it fails at the next review.
+    Revoke {
+        /// The token id from `token list`.
+        id: TokenId,
+    },
+}
+
+fn parse_label(s: &str) -> Result<(LabelKey, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("label {s:?} must be KEY=VALUE"))?;
+    Ok((k.parse().map_err(|e| format!("{e}"))?, v.to_owned()))
+}
+
+enum Backend {
+    Remote {
+        http: reqwest::Client,
+        base: String,
+        token: String,
+    },
+    Offline(AdminOps),
+}
+
+impl Backend {
+    async fn new(t: &Target) -> anyhow::Result<Self> {
+        if t.offline {
+            let mut cfg = config::load(t.config.as_deref())?;
+            if t.config.is_none() {
+                cfg.data_dir.clone_from(&t.data_dir);
+            }
+            let store = profile::open_store(&cfg).await?;
+            return Ok(Self::Offline(AdminOps::new(store, Arc::new(SystemClock))));
+        }
+        let token_file = t
+            .token_file
+            .clone()
+            .unwrap_or_else(|| t.data_dir.join("admin.token"));
+        let token = std::fs::read_to_string(&token_file)
+            .with_context(|| {
+                format!(
+                    "cannot read the admin token from {} (set --token-file, or use --offline when no server runs)",
+                    token_file.display()
+                )
+            })?
+            .trim()
+            .to_owned();
+        let mut b = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(30))
+            .user_agent(concat!("idbridge/", env!("CARGO_PKG_VERSION")));
+        let ca = t.ca_file.clone().or_else(|| {
+            let p = t.data_dir.join("ca.crt");
+            p.exists().then_some(p)
+        });
+        if let Some(ca) = ca {
+            let pem =
+                std::fs::read(&ca).with_context(|| format!("cannot read {}", ca.display()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("{}: not a PEM certificate bundle", ca.display()))?;
+            b = b.tls_certs_only(certs);
+        }
+        Ok(Self::Remote {
+            http: b.build()?,
+            base: format!("{}/admin/v1", t.server.trim_end_matches('/')),
+            token,
+        })
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<T> {
+        let Self::Remote { http, base, token } = self else {
+            bail!("internal: remote call on an offline backend");
+        };
+        let mut req = http
+            .request(method, format!("{base}{path}"))
+            .bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.with_context(|| {
+            format!("cannot reach {base} (is `idbridge serve` running? use --offline if not)")
+        })?;
+        let status = resp.status();
+        if !status.is_success() {
+            let text = resp.text().await.unwrap_or_default();
+            let msg = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
+                .unwrap_or(text);
+            bail!("server refused ({status}): {msg}");
+        }
+        Ok(resp.json().await?)
+    }
+}
+
+fn print_accounts(accounts: &[UserAccount], as_json: bool) -> anyhow::Result<()> {
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(accounts)?);
+        return Ok(());
+    }
+    println!(
+        "{:<24} {:<36} {:<9} {:<16} GROUPS",
+        "NAME", "UID", "DISABLED", "NAMESPACE"
+    );
+    for a in accounts {
+        println!(
+            "{:<24} {:<36} {:<9} {:<16} {}",
+            a.name,
+            a.uid,
+            a.disabled,
+            a.default_namespace.as_ref().map_or("-", Namespace::as_str),
+            a.groups
+                .iter()
+                .map(GroupName::as_str)
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+    }
+    Ok(())
+}
+
+fn fmt_time(t: Option<i64>) -> String {
+    t.and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+        .and_then(|d| {
+            d.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| "-".to_owned())
+}
+
+fn print_tokens(tokens: &[StaticToken], as_json: bool) -> anyhow::Result<()> {
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(tokens)?);
+        return Ok(());
+    }
+    println!(
+        "{:<36} {:<36} {:<20} {:<20} {:<20} DESCRIPTION",
+        "ID", "ACCOUNT UID", "CREATED", "EXPIRES", "REVOKED"
+    );
+    for t in tokens {
+        println!(
+            "{:<36} {:<36} {:<20} {:<20} {:<20} {}",
+            t.id,
+            t.account,
+            fmt_time(Some(t.created_at.0)),
+            fmt_time(t.expires_at.map(|e| e.0)),
+            fmt_time(t.revoked_at.map(|e| e.0)),
+            t.description
+        );
+    }
+    Ok(())
+}
+
+pub async fn user(cmd: UserCmd, target: &Target) -> anyhow::Result<()> {
+    let backend = Backend::new(target).await?;
+    use reqwest::Method as M;
+    match cmd {
+        UserCmd::Add {
+            name,
+            groups,
+            namespace,
+            labels,
+        } => {
+            let mut new = NewAccount::named(name);
+            new.groups = groups.into_iter().collect();
+            new.default_namespace = namespace;
+            new.labels = labels.into_iter().collect();
+            let a: UserAccount = match &backend {
+                Backend::Offline(ops) => ops.add_account(new).await?,
+                Backend::Remote { .. } => {
+                    backend
+                        .call(M::POST, "/accounts", Some(serde_json::to_value(&new)?))
+                        .await?
+                }
+            };
+            eprintln!("created account {} (uid {})", a.name, a.uid);
+            print_accounts(&[a], target.json)
+        }
+        UserCmd::List => {
+            let all: Vec<UserAccount> = match &backend {
+                Backend::Offline(ops) => ops.accounts().await?,
+                Backend::Remote { .. } => backend.call(M::GET, "/accounts", None).await?,
+            };
+            print_accounts(&all, target.json)
+        }
+        UserCmd::Disable { name } => set_disabled(&backend, &name, true, target.json).await,
+        UserCmd::Enable { name } => set_disabled(&backend, &name, false, target.json).await,
+    }
+}
+
+async fn set_disabled(
+    backend: &Backend,
+    name: &AccountName,
+    disabled: bool,
+    as_json: bool,
+) -> anyhow::Result<()> {
+    let verb = if disabled { "disable" } else { "enable" };
+    let a: UserAccount = match backend {
+        Backend::Offline(ops) => ops.set_disabled(name, disabled).await?,
+        Backend::Remote { .. } => {
+            let path = format!("/accounts/{}/{verb}", urlencode(name.as_str()));
+            backend.call(reqwest::Method::POST, &path, None).await?
+        }
+    };
+    eprintln!("{verb}d account {} (uid {})", a.name, a.uid);
+    print_accounts(&[a], as_json)
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+pub async fn token(cmd: TokenCmd, target: &Target) -> anyhow::Result<()> {
+    let backend = Backend::new(target).await?;
+    use reqwest::Method as M;
+    match cmd {
+        TokenCmd::Create {
+            user,
+            ttl,
+            description,
+        } => {
+            let created: CreatedToken = match &backend {
+                Backend::Offline(ops) => ops.create_token(&user, ttl, description).await?,
+                Backend::Remote { .. } => {
+                    let body = json!({"user": user, "ttl": ttl, "description": description});
+                    backend.call(M::POST, "/tokens", Some(body)).await?
+                }
+            };
+            eprintln!(
+                "created token {} for {} (expires {}); it is shown only now:",
+                created.token.id,
+                created.account_name,
+                fmt_time(created.token.expires_at.map(|e| e.0))
+            );
+            if target.json {
+                println!("{}", serde_json::to_string_pretty(&created)?);
+            } else {
+                println!("{}", created.secret);
+            }
+            Ok(())
+        }
+        TokenCmd::List { user } => {
+            let tokens: Vec<StaticToken> = match &backend {
+                Backend::Offline(ops) => ops.tokens(user.as_ref()).await?,
+                Backend::Remote { .. } => {
+                    let path = match &user {
+                        Some(u) => format!("/tokens?user={}", urlencode(u.as_str())),
+                        None => "/tokens".to_owned(),
+                    };
+                    backend.call(M::GET, &path, None).await?
+                }
+            };
+            print_tokens(&tokens, target.json)
+        }
+        TokenCmd::Revoke { id } => {
+            let t: StaticToken = match &backend {
+                Backend::Offline(ops) => ops.revoke_token(id).await?,
+                Backend::Remote { .. } => {
+                    backend
+                        .call(M::POST, &format!("/tokens/{id}/revoke"), None)
+                        .await?
+                }
+            };
+            eprintln!("revoked token {} (account uid {})", t.id, t.account);
+            Ok(())
+        }
+    }
+}

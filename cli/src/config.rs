@@ -1,0 +1,413 @@
+//! The one typed configuration of `idbridge serve`: defaults, then the YAML file, then
+//! environment variables, then command-line flags. Unknown fields are refused; every problem is
+//! reported with its field path, and with the file line when it came from the file.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use idbridge_core::{GroupName, HumanDuration};
+use serde::Deserialize;
+
+/// Environment variables `IDBRIDGE__SECTION__FIELD=value` override the field `section.field`.
+pub const ENV_PREFIX: &str = "IDBRIDGE__";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Directory for the store, keys, certificates and generated files.
+    pub data_dir: PathBuf,
+    /// Issuer URL; default `https://<listen>`.
+    pub issuer: Option<String>,
+    pub tls: TlsConfig,
+    pub store: StoreConfig,
+    pub tokens: TokensConfig,
+    pub kubernetes: KubernetesConfig,
+    pub webhooks: WebhooksConfig,
+    pub review_cache: ReviewCacheConfig,
+    pub admin: AdminConfig,
+    pub audit: AuditConfig,
+    /// A YAML list of accounts created or updated at start and on reload.
+    pub accounts_file: Option<PathBuf>,
+    pub limits: LimitsConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            data_dir: PathBuf::from("idbridge-data"),
+            issuer: None,
+            tls: TlsConfig::default(),
+            store: StoreConfig::default(),
+            tokens: TokensConfig::default(),
+            kubernetes: KubernetesConfig::default(),
+            webhooks: WebhooksConfig::default(),
+            review_cache: ReviewCacheConfig::default(),
+            admin: AdminConfig::default(),
+            audit: AuditConfig::default(),
+            accounts_file: None,
+            limits: LimitsConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain; with `key_file`. Absent: a local CA and certificate in the data dir.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// CA for client certificates (webhook callers).
+    pub client_ca_file: Option<PathBuf>,
+    /// Extra names for the generated certificate.
+    pub sans: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// SQLite file; default `<data_dir>/idbridge.db`.
+    pub sqlite: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokensConfig {
+    pub access_token_ttl: HumanDuration,
+    pub clock_skew: HumanDuration,
+}
+
+impl Default for TokensConfig {
+    fn default() -> Self {
+        Self {
+            access_token_ttl: HumanDuration::from_secs(15 * 60),
+            clock_skew: HumanDuration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KubernetesConfig {
+    pub audiences: Vec<String>,
+    pub username_prefix: String,
+    pub groups_prefix: String,
+}
+
+impl Default for KubernetesConfig {
+    fn default() -> Self {
+        Self {
+            audiences: vec!["kubernetes".to_owned()],
+            username_prefix: String::new(),
+            groups_prefix: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksConfig {
+    /// File holding the bearer token kube-apiserver presents; default `<data_dir>/webhook.token`
+    /// (generated when absent).
+    pub bearer_token_file: Option<PathBuf>,
+    /// Accept callers with a client certificate from `tls.client_ca_file`.
+    pub client_certificates: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReviewCacheConfig {
+    /// How long a review result is reused; `0s` turns the cache off.
+    pub ttl: HumanDuration,
+    pub max_entries: usize,
+}
+
+impl Default for ReviewCacheConfig {
+    fn default() -> Self {
+        Self {
+            ttl: HumanDuration::from_secs(10),
+            max_entries: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Members of these groups may use the admin API.
+    pub groups: BTreeSet<GroupName>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            groups: BTreeSet::from([admin_group()]),
+        }
+    }
+}
+
+/// The group the simple profile's `admin` account is in.
+pub fn admin_group() -> GroupName {
+    #[allow(clippy::expect_used)] // invariant: a literal that satisfies GroupName's rules
+    "idbridge-admins".parse().expect("valid group name")
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// `-` for standard output; default `<data_dir>/audit.log`.
+    pub file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub max_body_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// Parses YAML into `T`, naming the field path and the line of the first problem.
+pub fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str, origin: &str) -> anyhow::Result<T> {
+    let de = serde_yaml_ng::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." || path.is_empty() {
+            anyhow::anyhow!("{origin}: {inner}")
+        } else {
+            anyhow::anyhow!("{origin}: field `{path}`: {inner}")
+        }
+    })
+}
+
+fn env_overrides() -> Vec<(String, String)> {
+    std::env::vars()
+        .filter_map(|(k, v)| {
+            k.strip_prefix(ENV_PREFIX)
+                .map(|rest| (rest.to_ascii_lowercase(), v))
+        })
+        .collect()
+}
+
+fn apply_env(
+    root: &mut serde_yaml_ng::Value,
+    overrides: &[(String, String)],
+) -> anyhow::Result<()> {
+    use serde_yaml_ng::Value;
+    for (key, raw) in overrides {
+        let parts: Vec<&str> = key.split("__").collect();
+        let mut node = &mut *root;
+        for (i, p) in parts.iter().enumerate() {
+            if node.is_null() {
+                *node = Value::Mapping(serde_yaml_ng::Mapping::new());
+            }
+            let Value::Mapping(m) = node else {
+                bail!(
+                    "{ENV_PREFIX}{}: `{}` is not a section",
+                    key.to_ascii_uppercase(),
+                    parts[..i].join(".")
+                );
+            };
+            node = m
+                .entry(Value::String((*p).to_owned()))
+                .or_insert(Value::Null);
+        }
+        *node = env_value(raw).with_context(|| {
+            format!(
+                "{ENV_PREFIX}{}: not a valid YAML value",
+                key.to_ascii_uppercase()
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// Lists and maps are written in YAML flow style (`[a, b]`); numbers and booleans are taken as
+/// such; anything else is a plain string, so `idb:` stays a string.
+fn env_value(raw: &str) -> anyhow::Result<serde_yaml_ng::Value> {
+    use serde_yaml_ng::Value;
+    let t = raw.trim_start();
+    if t.starts_with('[') || t.starts_with('{') {
+        return Ok(serde_yaml_ng::from_str(raw)?);
+    }
+    Ok(match serde_yaml_ng::from_str::<Value>(raw) {
+        Ok(v @ (Value::Number(_) | Value::Bool(_))) => v,
+        _ => Value::String(raw.to_owned()),
+    })
+}
+
+/// Loads the configuration: the file if given (or nothing), with environment overrides.
+pub fn load(path: Option<&Path>) -> anyhow::Result<Config> {
+    let overrides = env_overrides();
+    let (text, origin) = match path {
+        Some(p) => (
+            std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read config file {}", p.display()))?,
+            p.display().to_string(),
+        ),
+        None => (String::new(), "configuration".to_owned()),
+    };
+    if overrides.is_empty() {
+        if text.trim().is_empty() {
+            return Ok(Config::default());
+        }
+        return parse_yaml(&text, &origin);
+    }
+    let mut value: serde_yaml_ng::Value = if text.trim().is_empty() {
+        serde_yaml_ng::Value::Null
+    } else {
+        parse_yaml(&text, &origin)?
+    };
+    apply_env(&mut value, &overrides)?;
+    let origin = format!("{origin} with {ENV_PREFIX}* overrides");
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        anyhow::anyhow!("{origin}: field `{path}`: {}", e.into_inner())
+    })
+}
+
+impl Config {
+    /// The issuer URL, explicit or derived from the listen address.
+    pub fn issuer(&self) -> String {
+        self.issuer
+            .clone()
+            .unwrap_or_else(|| format!("https://{}", self.listen))
+    }
+
+    /// Checks rules that span fields; each error names its field.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let issuer = self.issuer();
+        if !issuer.starts_with("https://") || issuer.len() <= "https://".len() {
+            bail!("field `issuer`: must be an https:// URL, got {issuer:?}");
+        }
+        if issuer.contains(['?', '#']) || issuer.ends_with('/') {
+            bail!("field `issuer`: must have no query, fragment or trailing slash, got {issuer:?}");
+        }
+        if self.kubernetes.audiences.is_empty() {
+            bail!("field `kubernetes.audiences`: must name at least one audience");
+        }
+        if let Some(i) = self.kubernetes.audiences.iter().position(String::is_empty) {
+            bail!("field `kubernetes.audiences[{i}]`: must not be empty");
+        }
+        for (field, v) in [
+            (
+                "kubernetes.username_prefix",
+                &self.kubernetes.username_prefix,
+            ),
+            ("kubernetes.groups_prefix", &self.kubernetes.groups_prefix),
+        ] {
+            if v.starts_with("system:") || "system:".starts_with(v.as_str()) && !v.is_empty() {
+                bail!("field `{field}`: must not produce names starting with `system:`");
+            }
+        }
+        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
+            bail!("field `tls.cert_file`/`tls.key_file`: give both or neither");
+        }
+        if self.webhooks.client_certificates && self.tls.client_ca_file.is_none() {
+            bail!("field `webhooks.client_certificates`: needs `tls.client_ca_file`");
+        }
+        if self.review_cache.max_entries > 10_000_000 {
+            bail!("field `review_cache.max_entries`: at most 10000000");
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&self.limits.max_body_bytes) {
+            bail!("field `limits.max_body_bytes`: must be between 1024 and 16777216");
+        }
+        if self.tokens.access_token_ttl.as_secs() < 60 {
+            bail!("field `tokens.access_token_ttl`: must be at least 1m");
+        }
+        if self.admin.groups.is_empty() {
+            bail!("field `admin.groups`: name at least one group, or nobody can administer");
+        }
+        Ok(())
+    }
+
+    /// The SQLite file.
+    pub fn sqlite_path(&self) -> PathBuf {
+        self.store
+            .sqlite
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("idbridge.db"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_fields_are_refused_with_path_and_line() {
+        let err = parse_yaml::<Config>(
+            "listen: 127.0.0.1:9000\nkubernetes:\n  audience: [x]\n",
+            "c.yaml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("c.yaml"), "{err}");
+        assert!(err.contains("kubernetes"), "{err}");
+        assert!(err.contains("audience"), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        let err = parse_yaml::<Config>("tokens:\n  access_token_ttl: 15 minutes\n", "c.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tokens.access_token_ttl"), "{err}");
+        let err = parse_yaml::<Config>("admin:\n  groups: [\"system:masters\"]\n", "c.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("admin.groups"), "{err}");
+    }
+
+    #[test]
+    fn validation_names_fields() {
+        let mut c = Config::default();
+        c.validate().unwrap();
+        c.issuer = Some("http://x".into());
+        assert!(c.validate().unwrap_err().to_string().contains("`issuer`"));
+        let mut c = Config::default();
+        c.kubernetes.username_prefix = "system:".into();
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("username_prefix")
+        );
+        let mut c = Config::default();
+        c.kubernetes.groups_prefix = "sys".into();
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("groups_prefix")
+        );
+    }
+
+    #[test]
+    fn env_overrides_reach_nested_fields() {
+        let mut v: serde_yaml_ng::Value = serde_yaml_ng::from_str("listen: 127.0.0.1:1\n").unwrap();
+        apply_env(
+            &mut v,
+            &[
+                ("kubernetes__username_prefix".into(), "idb:".into()),
+                ("kubernetes__audiences".into(), "[a, b]".into()),
+            ],
+        )
+        .unwrap();
+        let c: Config = serde_yaml_ng::from_value(v).unwrap();
+        assert_eq!(c.kubernetes.username_prefix, "idb:");
+        assert_eq!(c.kubernetes.audiences, vec!["a", "b"]);
+    }
+}

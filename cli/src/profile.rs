@@ -1,0 +1,343 @@
+//! Start-up: everything `serve` needs on disk, created on first start and reused afterwards.
+//!
+//! The simple profile (no `--config`) also creates the `admin` account and its token. Both
+//! profiles write `webhook.kubeconfig` and `authentication-config.yaml` for kube-apiserver.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use base64::Engine;
+use idbridge_bridge::{AdminOps, KeySet, ServerTls, ensure_self_signed, new_static_secret};
+use idbridge_core::{AccountName, Clock, NewAccount, Store, UserAccount};
+use idbridge_store::SqliteStore;
+
+use crate::config::{Config, admin_group, parse_yaml};
+
+/// What start-up produced.
+pub struct Boot {
+    pub store: Arc<dyn Store>,
+    pub keys: KeySet,
+    pub tls: ServerTls,
+    /// The CA clients should trust, when idbridge made its own certificates.
+    pub ca_file: Option<PathBuf>,
+    pub webhook_token: String,
+}
+
+/// Creates the data directory readable only by its owner.
+pub fn ensure_data_dir(dir: &Path) -> anyhow::Result<()> {
+    if !dir.exists() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create data dir {} (--data-dir)", dir.display()))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+    }
+    Ok(())
+}
+
+pub async fn open_store(cfg: &Config) -> anyhow::Result<Arc<SqliteStore>> {
+    ensure_data_dir(&cfg.data_dir)?;
+    let path = cfg.sqlite_path();
+    Ok(Arc::new(SqliteStore::open(&path).await.with_context(
+        || format!("field `store.sqlite`: cannot open {}", path.display()),
+    )?))
+}
+
+fn read_secret_file(path: &Path, field: &str) -> anyhow::Result<String> {
+    let s = std::fs::read_to_string(path)
+        .with_context(|| format!("field `{field}`: cannot read {}", path.display()))?;
+    let s = s.trim().to_owned();
+    if s.is_empty() {
+        bail!("field `{field}`: {} is empty", path.display());
+    }
+    Ok(s)
+}
+
+fn sans_for(cfg: &Config, issuer: &str, bound: SocketAddr) -> Vec<String> {
+    let mut sans = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
+    if !bound.ip().is_unspecified() {
+        sans.push(bound.ip().to_string());
+    }
+    if let Some(host) = issuer
+        .strip_prefix("https://")
+        .and_then(|r| r.split('/').next())
+    {
+        let host = if host.starts_with('[') {
+            host.split(']')
+                .next()
+                .unwrap_or(host)
+                .trim_start_matches('[')
+        } else {
+            host.rsplit_once(':').map_or(host, |(h, _)| h)
+        };
+        sans.push(host.to_owned());
+    }
+    sans.extend(cfg.tls.sans.iter().cloned());
+    sans
+}
+
+pub async fn bootstrap(
+    cfg: &Config,
+    issuer: &str,
+    bound: SocketAddr,
+    simple: bool,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<Boot> {
+    let store: Arc<dyn Store> = open_store(cfg).await?;
+    let now = clock.now();
+
+    let mut stored = store.signing_keys().await?;
+    if stored.is_empty() {
+        let (kid, der) = KeySet::generate()?;
+        store.add_signing_key(&kid, &der, now).await?;
+        tracing::info!(kid = %kid, "generated a signing key");
+        stored = store.signing_keys().await?;
+    }
+    let keys = KeySet::from_pkcs8(
+        &stored
+            .into_iter()
+            .map(|(kid, der, _)| (kid, der))
+            .collect::<Vec<_>>(),
+    )?;
+
+    let (tls, ca_file) = match (&cfg.tls.cert_file, &cfg.tls.key_file) {
+        (Some(cert), Some(key)) => (
+            ServerTls {
+                cert_file: cert.clone(),
+                key_file: key.clone(),
+                client_ca_file: None,
+            },
+            None,
+        ),
+        _ => {
+            let (tls, ca) = ensure_self_signed(&cfg.data_dir, &sans_for(cfg, issuer, bound))
+                .context("cannot create the TLS certificate in the data dir")?;
+            (tls, Some(ca))
+        }
+    };
+    let tls = ServerTls {
+        client_ca_file: cfg.tls.client_ca_file.clone(),
+        ..tls
+    };
+
+    let webhook_token = webhook_token(cfg)?;
+
+    if simple {
+        ensure_admin(cfg, store.clone(), clock.clone()).await?;
+    }
+    if let Some(file) = &cfg.accounts_file {
+        sync_accounts_file(file, &AdminOps::new(store.clone(), clock.clone()), &*store).await?;
+    }
+    write_kube_files(cfg, issuer, ca_file.as_deref(), &webhook_token)?;
+    Ok(Boot {
+        store,
+        keys,
+        tls,
+        ca_file,
+        webhook_token,
+    })
+}
+
+/// The webhook bearer token: from the configured file, or generated into the data dir.
+pub fn webhook_token(cfg: &Config) -> anyhow::Result<String> {
+    match &cfg.webhooks.bearer_token_file {
+        Some(p) => read_secret_file(p, "webhooks.bearer_token_file"),
+        None => {
+            let p = cfg.data_dir.join("webhook.token");
+            if !p.exists() {
+                let secret = new_static_secret().replacen("idb_st_", "idb_wh_", 1);
+                write_file(&p, secret.as_bytes())?;
+            }
+            read_secret_file(&p, "webhooks.bearer_token_file")
+        }
+    }
+}
+
+fn write_file(p: &Path, data: &[u8]) -> anyhow::Result<()> {
+    idbridge_bridge::write_private(p, data).with_context(|| format!("cannot write {}", p.display()))
+}
+
+async fn ensure_admin(
+    cfg: &Config,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<()> {
+    let (store_ref, clock_ref) = (store.clone(), clock.clone());
+    let ops = AdminOps::new(store, clock);
+    let name: AccountName = "admin".parse()?;
+    let token_file = cfg.data_dir.join("admin.token");
+    let account = match ops.account(&name).await {
+        Ok(a) => a,
+        Err(idbridge_bridge::OpsError::NoSuchAccount(_)) => {
+            let mut new = NewAccount::named(name.clone());
+            new.groups.insert(admin_group());
+            let a = ops.add_account(new).await?;
+            tracing::info!(account = %a.name, uid = %a.uid, "created the admin account");
+            a
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if let Ok(existing) = std::fs::read_to_string(&token_file) {
+        // Reuse the token on disk if the store still knows it (the store may have been reset).
+        let hash = idbridge_bridge::hash_token(existing.trim());
+        if let Some(t) = store_ref.static_token_by_hash(hash).await?
+            && t.account == account.uid
+            && t.is_usable(clock_ref.now())
+        {
+            return Ok(());
+        }
+        tracing::warn!(file = %token_file.display(), "admin.token is not valid in this store; creating a new one");
+    }
+    let created = ops
+        .create_token(&account.name, None, "simple profile admin token".into())
+        .await?;
+    write_file(&token_file, format!("{}\n", created.secret).as_bytes())?;
+    tracing::info!(token_id = %created.token.id, file = %token_file.display(), "created the admin token");
+    if std::io::stdout().is_terminal() {
+        println!(
+            "admin token (also in {}): {}",
+            token_file.display(),
+            created.secret
+        );
+    } else {
+        println!("admin token written to {}", token_file.display());
+    }
+    Ok(())
+}
+
+/// Creates or updates the accounts listed in a YAML file, matched by name; the UID of an existing
+/// account never changes. Accounts not in the file are left alone.
+pub async fn sync_accounts_file(
+    file: &Path,
+    ops: &AdminOps,
+    store: &dyn Store,
+) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("field `accounts_file`: cannot read {}", file.display()))?;
+    let wanted: Vec<NewAccount> = parse_yaml(&text, &file.display().to_string())?;
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, a) in wanted.iter().enumerate() {
+        if !seen.insert(&a.name) {
+            bail!(
+                "{}: entry [{i}]: account {} is listed twice",
+                file.display(),
+                a.name
+            );
+        }
+    }
+    let (mut created, mut updated) = (0, 0);
+    for new in wanted {
+        match ops.account(&new.name).await {
+            Ok(existing) => {
+                let merged = UserAccount {
+                    groups: new.groups,
+                    labels: new.labels,
+                    default_namespace: new.default_namespace,
+                    disabled: new.disabled,
+                    identities: new.identities,
+                    ..existing.clone()
+                };
+                if merged != existing {
+                    store.update_account(&merged).await?;
+                    updated += 1;
+                }
+            }
+            Err(idbridge_bridge::OpsError::NoSuchAccount(_)) => {
+                ops.add_account(new).await?;
+                created += 1;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    tracing::info!(file = %file.display(), created, updated, "accounts file applied");
+    Ok(())
+}
+
+fn write_kube_files(
+    cfg: &Config,
+    issuer: &str,
+    ca_file: Option<&Path>,
+    webhook_token: &str,
+) -> anyhow::Result<()> {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let ca_pem = match ca_file {
+        Some(p) => Some(std::fs::read_to_string(p)?),
+        None => None,
+    };
+    let ca_data = ca_pem
+        .as_ref()
+        .map(|pem| format!("\n    certificate-authority-data: {}", b64.encode(pem)))
+        .unwrap_or_default();
+    let kubeconfig = format!(
+        "# kube-apiserver --authentication-token-webhook-config-file=<this file>\n\
+         apiVersion: v1\n\
+         kind: Config\n\
+         clusters:\n\
+         - name: idbridge\n  cluster:\n    server: {issuer}/webhooks/tokenreview{ca_data}\n\
+         users:\n\
+         - name: kube-apiserver\n  user:\n    token: {webhook_token}\n\
+         contexts:\n\
+         - name: webhook\n  context:\n    cluster: idbridge\n    user: kube-apiserver\n\
+         current-context: webhook\n"
+    );
+    write_file(
+        &cfg.data_dir.join("webhook.kubeconfig"),
+        kubeconfig.as_bytes(),
+    )?;
+
+    let audiences = cfg
+        .kubernetes
+        .audiences
+        .iter()
+        .map(|a| format!("      - {}", yaml_str(a)))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let ca_block = ca_pem
+        .map(|pem| {
+            let indented: String = pem.lines().map(|l| format!("      {l}\n")).collect();
+            format!("    certificateAuthority: |\n{indented}")
+        })
+        .unwrap_or_default();
+    let policy = if cfg.kubernetes.audiences.len() > 1 {
+        "    audienceMatchPolicy: MatchAny\n"
+    } else {
+        ""
+    };
+    let authn = format!(
+        "# kube-apiserver --authentication-config=<this file>\n\
+         # Maps idbridge access tokens to the same user TokenReview returns.\n\
+         apiVersion: apiserver.config.k8s.io/v1beta1\n\
+         kind: AuthenticationConfiguration\n\
+         jwt:\n\
+         - issuer:\n    url: {issuer}\n    audiences:\n{audiences}\n{policy}{ca_block}\
+         \x20 claimValidationRules:\n\
+         \x20 - expression: \"!claims.name.startsWith('system:')\"\n\
+         \x20   message: usernames starting with system: are refused\n\
+         \x20 claimMappings:\n\
+         \x20   username:\n      claim: name\n      prefix: {}\n\
+         \x20   groups:\n      claim: groups\n      prefix: {}\n\
+         \x20   uid:\n      claim: sub\n\
+         \x20   extra:\n\
+         \x20   - key: idbridge.io/amr\n      valueExpression: \"has(claims.amr) ? claims.amr : []\"\n\
+         \x20   - key: idbridge.io/namespace\n      valueExpression: \"has(claims.namespace) ? [claims.namespace] : []\"\n",
+        yaml_str(&cfg.kubernetes.username_prefix),
+        yaml_str(&cfg.kubernetes.groups_prefix),
+    );
+    write_file(
+        &cfg.data_dir.join("authentication-config.yaml"),
+        authn.as_bytes(),
+    )
+}
+
+fn yaml_str(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_owned())
+}

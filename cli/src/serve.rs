@@ -1,0 +1,193 @@
+//! `idbridge serve`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+use idbridge_bridge::{AdminOps, AppState, Audit, AuditSink, Secret, Settings, app, serve};
+use idbridge_core::{Clock, SystemClock};
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::config::{self, Config};
+use crate::profile;
+
+/// Flags of `idbridge serve`; each overrides the config file and the environment.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// YAML config file (the enterprise profile). Without it, the simple profile runs: one
+    /// `admin` account, its token in <data-dir>/admin.token, everything created on first start.
+    #[arg(long, short = 'c', env = "IDBRIDGE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Directory for the store, keys, certificates and generated kube-apiserver files
+    /// [default: ./idbridge-data].
+    #[arg(long, env = "IDBRIDGE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8443]; port 0 picks a free port.
+    #[arg(long, env = "IDBRIDGE_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Issuer URL written into tokens and discovery [default: https://<listen address>].
+    #[arg(long, env = "IDBRIDGE_ISSUER")]
+    pub issuer: Option<String>,
+    /// Extra DNS name or IP for the generated TLS certificate (repeatable).
+    #[arg(long = "tls-san", value_name = "NAME")]
+    pub tls_san: Vec<String>,
+}
+
+impl ServeArgs {
+    fn load(&self) -> anyhow::Result<Config> {
+        let mut cfg = config::load(self.config.as_deref())?;
+        if let Some(d) = &self.data_dir {
+            cfg.data_dir.clone_from(d);
+        }
+        if let Some(l) = self.listen {
+            cfg.listen = l;
+        }
+        if let Some(i) = &self.issuer {
+            cfg.issuer = Some(i.clone());
+        }
+        cfg.tls.sans.extend(self.tls_san.iter().cloned());
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+fn settings(cfg: &Config, issuer: &str, webhook_token: String) -> Settings {
+    let mut s = Settings::new(issuer.to_owned());
+    s.audiences.clone_from(&cfg.kubernetes.audiences);
+    s.username_prefix
+        .clone_from(&cfg.kubernetes.username_prefix);
+    s.groups_prefix.clone_from(&cfg.kubernetes.groups_prefix);
+    s.access_token_ttl = cfg.tokens.access_token_ttl.get();
+    s.clock_skew = cfg.tokens.clock_skew.get();
+    s.review_cache_ttl = cfg.review_cache.ttl.get();
+    s.review_cache_size = cfg.review_cache.max_entries;
+    s.webhook_tokens = vec![Secret::new(webhook_token)];
+    s.webhook_client_cert = cfg.webhooks.client_certificates;
+    s.admin_groups.clone_from(&cfg.admin.groups);
+    s.max_body_bytes = cfg.limits.max_body_bytes;
+    s
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let cfg = args
+        .load()
+        .map_err(|e| anyhow::Error::new(ConfigErrorMarker).context(format!("{e:#}")))?;
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("field `listen`: cannot listen on {}", cfg.listen))?;
+    let bound = listener.local_addr()?;
+    // With port 0 the issuer can only be known once bound.
+    let issuer = cfg
+        .issuer
+        .clone()
+        .unwrap_or_else(|| format!("https://{bound}"));
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let simple = args.config.is_none();
+    let boot = profile::bootstrap(&cfg, &issuer, bound, simple, clock.clone()).await?;
+    let tls = idbridge_bridge::server_config(&boot.tls)?;
+    let sink = match &cfg.audit.file {
+        Some(p) if p.as_os_str() == "-" => AuditSink::Stdout,
+        Some(p) => AuditSink::File(p.clone()),
+        None => AuditSink::File(cfg.data_dir.join("audit.log")),
+    };
+    let audit = Audit::open(&sink).context("field `audit.file`: cannot open the audit log")?;
+    let state = AppState::new(
+        boot.store.clone(),
+        clock.clone(),
+        boot.keys,
+        settings(&cfg, &issuer, boot.webhook_token),
+        audit.clone(),
+    );
+    if cfg.tls.client_ca_file.is_none() && boot.ca_file.is_some() {
+        tracing::info!(ca = %boot.ca_file.as_deref().map(|p| p.display().to_string()).unwrap_or_default(), "clients should trust the generated CA");
+    }
+    tracing::info!(
+        listen = %bound,
+        issuer = %issuer,
+        data_dir = %cfg.data_dir.display(),
+        profile = if simple { "simple" } else { "enterprise" },
+        "idbridge is serving"
+    );
+    // One line on stdout that scripts (and the test kit) can wait for.
+    println!("idbridge listening on https://{bound}");
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let reload_state = state.clone();
+    let reload_args = args.clone();
+    let reload_cfg = cfg.clone();
+    let reload_issuer = issuer.clone();
+    let reloader = tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            reload(&reload_args, &reload_cfg, &reload_issuer, &reload_state).await;
+        }
+    });
+    let stop_state = state.clone();
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: draining connections"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: draining connections"),
+        }
+        stop_state.set_not_ready();
+    };
+    serve(listener, tls, app(state.clone()), shutdown).await?;
+    reloader.abort();
+    drop(state);
+    audit.close();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn reload(args: &ServeArgs, running: &Config, issuer: &str, state: &AppState) {
+    let result = async {
+        let cfg = args.load()?;
+        for (field, changed) in [
+            ("listen", cfg.listen != running.listen),
+            ("data_dir", cfg.data_dir != running.data_dir),
+            ("store", cfg.sqlite_path() != running.sqlite_path()),
+            (
+                "tls",
+                format!("{:?}", cfg.tls) != format!("{:?}", running.tls),
+            ),
+            ("issuer", cfg.issuer != running.issuer),
+            ("audit", cfg.audit.file != running.audit.file),
+            (
+                "limits",
+                cfg.limits.max_body_bytes != running.limits.max_body_bytes,
+            ),
+        ] {
+            if changed {
+                tracing::warn!(field, "this setting changes only on restart");
+            }
+        }
+        let token = profile::webhook_token(&cfg)?;
+        if let Some(file) = &cfg.accounts_file {
+            let ops = AdminOps::new(state.store().clone(), Arc::new(SystemClock));
+            profile::sync_accounts_file(file, &ops, &**state.store()).await?;
+        }
+        state.set_settings(settings(&cfg, issuer, token));
+        anyhow::Ok(())
+    }
+    .await;
+    match result {
+        Ok(()) => tracing::info!("configuration reloaded"),
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "reload failed; keeping the running configuration")
+        }
+    }
+}
+
+/// Marks an error as a configuration error (exit code 2).
+#[derive(Debug)]
+pub struct ConfigErrorMarker;
+
+impl std::fmt::Display for ConfigErrorMarker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("invalid configuration")
+    }
+}
+
+impl std::error::Error for ConfigErrorMarker {}
