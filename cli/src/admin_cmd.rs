@@ -43,7 +43,8 @@ pub struct Target {
         global = true
     )]
     pub data_dir: PathBuf,
-    /// Write the store directly; only while no server runs on it.
+    /// Write the store directly instead of calling the server. Meant for a stopped server: a
+    /// running one sees offline disables and revocations only when its caches expire.
     #[arg(long, global = true)]
     pub offline: bool,
     /// With --offline: the server's config file, to find its store.

@@ -1,1 +1,382 @@
-//! placeholder
+//! The testkit: starts real servers for end-to-end tests, each on an ephemeral port in its own
+//! temporary directory, and waits until they are ready without sleeping.
+//!
+//! The `idbridge` binary is found through `IDBRIDGE_BIN`, or in the workspace's target directory
+//! (`scripts/test` builds it first). A missing binary is a test failure that says how to build it.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The `idbridge` binary under test.
+///
+/// # Panics
+/// When it does not exist, saying how to build it.
+#[must_use]
+pub fn idbridge_bin() -> PathBuf {
+    let p = std::env::var_os("IDBRIDGE_BIN").map_or_else(
+        || {
+            let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+                || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
+                PathBuf::from,
+            );
+            target.join("debug/idbridge")
+        },
+        PathBuf::from,
+    );
+    assert!(
+        p.exists(),
+        "idbridge binary not found at {}: run scripts/test, or `cargo build -p idbridge`, or set IDBRIDGE_BIN",
+        p.display()
+    );
+    p
+}
+
+/// How to start an idbridge.
+#[derive(Debug, Default, Clone)]
+pub struct Options {
+    /// YAML config; written to `<dir>/config.yaml` and passed with `--config`. None: simple profile.
+    pub config: Option<String>,
+    /// Extra arguments to `serve`.
+    pub args: Vec<String>,
+    /// Extra environment.
+    pub env: Vec<(String, String)>,
+}
+
+/// A running `idbridge serve`.
+#[derive(Debug)]
+pub struct Idbridge {
+    child: Child,
+    /// The directory holding the data dir, config and logs.
+    pub root: PathBuf,
+    /// The data dir.
+    pub data_dir: PathBuf,
+    /// `https://127.0.0.1:PORT`.
+    pub base: String,
+    /// An HTTP client trusting the generated CA.
+    pub http: reqwest::Client,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+    log_changed: tokio::sync::watch::Receiver<usize>,
+}
+
+/// A scratch directory that outlives restarts of the server using it.
+#[must_use]
+pub fn scratch() -> tempfile::TempDir {
+    #[allow(clippy::expect_used)]
+    tempfile::Builder::new()
+        .prefix("idbridge-test-")
+        .tempdir()
+        .expect("create a temporary directory")
+}
+
+impl Idbridge {
+    /// Starts the simple profile in `root`.
+    ///
+    /// # Errors
+    /// If it does not become ready.
+    pub async fn start(root: &Path) -> anyhow::Result<Self> {
+        Self::start_with(root, Options::default()).await
+    }
+
+    /// Starts with options in `root` (a data dir `root/data` is used, or reused).
+    ///
+    /// # Errors
+    /// If it exits or does not become ready; the error holds its standard error.
+    pub async fn start_with(root: &Path, opts: Options) -> anyhow::Result<Self> {
+        let data_dir = root.join("data");
+        let mut cmd = Command::new(idbridge_bin());
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(&data_dir);
+        if let Some(cfg) = &opts.config {
+            let p = root.join("config.yaml");
+            std::fs::write(&p, cfg)?;
+            cmd.arg("--config").arg(p);
+        }
+        cmd.args(&opts.args)
+            .envs(opts.env.iter().map(|(k, v)| (k, v)))
+            .env("IDBRIDGE_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().context("cannot start idbridge")?;
+        // The server's log is collected as it comes, so tests can wait for a line without polling.
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (tx, log_changed) = tokio::sync::watch::channel(0usize);
+        let mut err_lines = BufReader::new(child.stderr.take().context("no stderr")?).lines();
+        let sink = log.clone();
+        tokio::spawn(async move {
+            let mut n = 0;
+            while let Ok(Some(line)) = err_lines.next_line().await {
+                {
+                    let mut l = sink
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+                n += 1;
+                let _ = tx.send(n);
+            }
+        });
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = tokio::time::timeout(START_TIMEOUT, async {
+            while let Some(line) = lines.next_line().await? {
+                if let Some(url) = line.strip_prefix("idbridge listening on ") {
+                    return anyhow::Ok(Some(url.to_owned()));
+                }
+            }
+            Ok(None)
+        })
+        .await;
+        let log_now = || {
+            log.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone()
+        };
+        let base = match addr {
+            Ok(Ok(Some(url))) => url,
+            Ok(Ok(None)) => {
+                let status = child.wait().await?;
+                let mut rx = log_changed.clone();
+                // Let the log reader reach the end of the exited process's output.
+                while rx.changed().await.is_ok() {}
+                bail!(
+                    "idbridge exited ({status}) before listening:\n{}",
+                    log_now()
+                );
+            }
+            Ok(Err(e)) => bail!("reading idbridge's output failed: {e}\n{}", log_now()),
+            Err(_) => bail!(
+                "idbridge did not start within {START_TIMEOUT:?}:\n{}",
+                log_now()
+            ),
+        };
+        // Keep draining stdout so the server never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let http = client_trusting(&data_dir.join("ca.crt"))?;
+        let me = Self {
+            child,
+            root: root.to_owned(),
+            data_dir,
+            base,
+            http,
+            log,
+            log_changed,
+        };
+        let ready = me
+            .http
+            .get(me.url("/readyz"))
+            .send()
+            .await
+            .context("GET /readyz")?;
+        if !ready.status().is_success() {
+            bail!("/readyz answered {}", ready.status());
+        }
+        Ok(me)
+    }
+
+    /// An absolute URL on this server.
+    #[must_use]
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// The server's standard error so far.
+    #[must_use]
+    pub fn log(&self) -> String {
+        self.log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Waits until the server's log holds `needle` at least `count` times.
+    ///
+    /// # Errors
+    /// If that does not happen within 30 s, or the server's log ends first.
+    pub async fn wait_for_log(&self, needle: &str, count: usize) -> anyhow::Result<()> {
+        let mut rx = self.log_changed.clone();
+        let found = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                if self.log().matches(needle).count() >= count {
+                    return true;
+                }
+                if rx.changed().await.is_err() {
+                    return self.log().matches(needle).count() >= count;
+                }
+            }
+        })
+        .await;
+        match found {
+            Ok(true) => Ok(()),
+            _ => bail!("{needle:?} did not appear in the log:\n{}", self.log()),
+        }
+    }
+
+    /// The generated admin token.
+    ///
+    /// # Panics
+    /// When the simple profile did not write it.
+    #[must_use]
+    pub fn admin_token(&self) -> String {
+        read_trimmed(&self.data_dir.join("admin.token"))
+    }
+
+    /// The generated webhook caller token.
+    ///
+    /// # Panics
+    /// When it was not written.
+    #[must_use]
+    pub fn webhook_token(&self) -> String {
+        read_trimmed(&self.data_dir.join("webhook.token"))
+    }
+
+    /// The audit log so far.
+    #[must_use]
+    pub fn audit_log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("audit.log")).unwrap_or_default()
+    }
+
+    /// Posts a v1 TokenReview as kube-apiserver does and returns the answer's `status`.
+    ///
+    /// # Errors
+    /// If the HTTP call fails or the answer is not a TokenReview.
+    pub async fn review(&self, token: &str, audiences: &[&str]) -> anyhow::Result<Value> {
+        let body = json!({
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenReview",
+            "spec": {"token": token, "audiences": audiences},
+        });
+        let resp = self
+            .http
+            .post(self.url("/webhooks/tokenreview?timeout=30s"))
+            .bearer_auth(self.webhook_token())
+            .json(&body)
+            .send()
+            .await?;
+        let status = resp.status();
+        let v: Value = resp.json().await?;
+        if !status.is_success() || v["kind"] != "TokenReview" {
+            bail!("unexpected TokenReview answer {status}: {v}");
+        }
+        Ok(v["status"].clone())
+    }
+
+    /// Runs `idbridge <args>` against this server (admin commands get `--server` and
+    /// `--data-dir`), returning exit status, stdout and stderr.
+    ///
+    /// # Errors
+    /// If the process cannot run.
+    pub async fn cli(&self, args: &[&str]) -> anyhow::Result<(i32, String, String)> {
+        let out = Command::new(idbridge_bin())
+            .args(args)
+            .arg("--server")
+            .arg(&self.base)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .output()
+            .await?;
+        Ok((
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+
+    /// Like [`Idbridge::cli`], failing unless the command succeeds; returns stdout.
+    ///
+    /// # Errors
+    /// If the command fails.
+    pub async fn cli_ok(&self, args: &[&str]) -> anyhow::Result<String> {
+        let (code, out, err) = self.cli(args).await?;
+        if code != 0 {
+            bail!("idbridge {args:?} exited {code}: {err}");
+        }
+        Ok(out)
+    }
+
+    /// The process id.
+    #[must_use]
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Sends a signal (`TERM`, `HUP`, `KILL`).
+    ///
+    /// # Errors
+    /// If `kill` fails.
+    pub async fn signal(&self, sig: &str) -> anyhow::Result<()> {
+        let pid = self.pid().context("already exited")?;
+        let st = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(pid.to_string())
+            .status()
+            .await?;
+        if !st.success() {
+            bail!("kill -{sig} {pid} failed");
+        }
+        Ok(())
+    }
+
+    /// Stops with SIGTERM and waits; returns the exit code.
+    ///
+    /// # Errors
+    /// If it cannot be signalled.
+    pub async fn stop(mut self) -> anyhow::Result<Option<i32>> {
+        self.signal("TERM").await?;
+        Ok(self.child.wait().await?.code())
+    }
+
+    /// Kills with SIGKILL and waits.
+    ///
+    /// # Errors
+    /// If it cannot be killed.
+    pub async fn kill9(mut self) -> anyhow::Result<()> {
+        self.child.kill().await?;
+        Ok(())
+    }
+}
+
+fn read_trimmed(p: &Path) -> String {
+    std::fs::read_to_string(p)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", p.display()))
+        .trim()
+        .to_owned()
+}
+
+/// An HTTP client that trusts only the CA in `ca_pem`.
+///
+/// # Errors
+/// If the file is not a PEM bundle.
+pub fn client_trusting(ca_pem: &Path) -> anyhow::Result<reqwest::Client> {
+    let pem = std::fs::read(ca_pem).with_context(|| format!("read {}", ca_pem.display()))?;
+    Ok(reqwest::Client::builder()
+        .tls_certs_only(reqwest::Certificate::from_pem_bundle(&pem)?)
+        .timeout(Duration::from_secs(30))
+        .build()?)
+}
+
+/// Runs the binary with arguments, returning exit code, stdout and stderr.
+///
+/// # Errors
+/// If it cannot run.
+pub async fn run_idbridge(args: &[&str]) -> anyhow::Result<(i32, String, String)> {
+    let out = Command::new(idbridge_bin()).args(args).output().await?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}

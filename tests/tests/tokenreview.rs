@@ -1,0 +1,479 @@
+//! TokenReview against a real `idbridge serve`: the Kubernetes user mapping, revocation and
+//! disabling taking effect at once, caller authentication, and hostile input.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // end-to-end tests fail loudly by design
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use idbridge_bridge::{AccessClaims, KeySet};
+use idbridge_core::Store;
+use idbridge_tests::{Idbridge, Options, scratch};
+use serde_json::{Value, json};
+
+async fn account_uid(s: &Idbridge, name: &str) -> String {
+    let out = s.cli_ok(&["user", "list", "--json"]).await.unwrap();
+    let all: Vec<Value> = serde_json::from_str(&out).unwrap();
+    all.iter()
+        .find(|a| a["name"] == name)
+        .map(|a| a["uid"].as_str().unwrap().to_owned())
+        .unwrap_or_else(|| panic!("no account {name} in {out}"))
+}
+
+async fn exchange(s: &Idbridge, static_token: &str, audience: Option<&str>) -> reqwest::Response {
+    let mut form = vec![
+        (
+            "grant_type",
+            "urn:ietf:params:oauth:grant-type:token-exchange",
+        ),
+        ("subject_token", static_token),
+        (
+            "subject_token_type",
+            "urn:idbridge:params:oauth:token-type:static",
+        ),
+    ];
+    if let Some(a) = audience {
+        form.push(("audience", a));
+    }
+    s.http
+        .post(s.url("/oauth2/token"))
+        .form(&form)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn access_token(s: &Idbridge, static_token: &str) -> String {
+    let r = exchange(s, static_token, None).await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    v["access_token"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn admin_token_passes_with_the_design_mapping() {
+    let dir = scratch();
+    let s = Idbridge::start(dir.path()).await.unwrap();
+    let uid = account_uid(&s, "admin").await;
+    let st = s.review(&s.admin_token(), &[]).await.unwrap();
+    assert_eq!(st["authenticated"], true, "{st}");
+    assert_eq!(st["user"]["username"], "admin");
+    assert_eq!(st["user"]["uid"], uid.as_str());
+    assert_eq!(st["user"]["groups"], json!(["idbridge-admins"]));
+    assert_eq!(st["user"]["extra"]["idbridge.io/amr"], json!(["static"]));
+    assert_eq!(st["audiences"], json!(["kubernetes"]));
+    // An audience idbridge does not serve is refused.
+    let st = s.review(&s.admin_token(), &["vault"]).await.unwrap();
+    assert_eq!(st["authenticated"], false);
+    // Any matching audience among several is enough, and only it is returned.
+    let st = s
+        .review(&s.admin_token(), &["vault", "kubernetes"])
+        .await
+        .unwrap();
+    assert_eq!(st["audiences"], json!(["kubernetes"]));
+    // The audit log names user and UID and never holds the secret.
+    let audit = s.audit_log();
+    assert!(
+        audit.contains(&uid) && audit.contains("\"account\":\"admin\""),
+        "{audit}"
+    );
+    assert!(!audit.contains(&s.admin_token()));
+}
+
+#[tokio::test]
+async fn prefixes_namespace_and_accounts_file_apply_to_static_and_jwt_alike() {
+    let dir = scratch();
+    std::fs::write(
+        dir.path().join("accounts.yaml"),
+        "- name: alice\n  groups: [dev, ops]\n  default_namespace: team-a\n",
+    )
+    .unwrap();
+    let cfg = format!(
+        "kubernetes:\n  username_prefix: 'idb:'\n  groups_prefix: 'idb:'\naccounts_file: {}\n",
+        dir.path().join("accounts.yaml").display()
+    );
+    let s = Idbridge::start_with(
+        dir.path(),
+        Options {
+            config: Some(cfg),
+            ..Options::default()
+        },
+    )
+    .await
+    .unwrap();
+    // The enterprise profile creates no admin account; administer it offline.
+    let secret = s
+        .cli_ok(&["token", "create", "--user", "alice", "--offline"])
+        .await
+        .unwrap();
+    let secret = secret.trim();
+    let uid = account_uid_offline(&s, "alice").await;
+    let by_static = s.review(secret, &[]).await.unwrap();
+    assert_eq!(by_static["authenticated"], true, "{by_static}");
+    assert_eq!(by_static["user"]["username"], "idb:alice");
+    assert_eq!(by_static["user"]["uid"], uid.as_str());
+    assert_eq!(by_static["user"]["groups"], json!(["idb:dev", "idb:ops"]));
+    assert_eq!(
+        by_static["user"]["extra"]["idbridge.io/namespace"],
+        json!(["team-a"])
+    );
+    let jwt = access_token(&s, secret).await;
+    let by_jwt = s.review(&jwt, &[]).await.unwrap();
+    assert_eq!(
+        by_jwt["user"], by_static["user"],
+        "TokenReview must map both the same way"
+    );
+}
+
+async fn account_uid_offline(s: &Idbridge, name: &str) -> String {
+    let out = s
+        .cli_ok(&["user", "list", "--json", "--offline"])
+        .await
+        .unwrap();
+    let all: Vec<Value> = serde_json::from_str(&out).unwrap();
+    all.iter()
+        .find(|a| a["name"] == name)
+        .map(|a| a["uid"].as_str().unwrap().to_owned())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn disabling_and_revoking_take_effect_at_the_next_review() {
+    let dir = scratch();
+    let s = Idbridge::start(dir.path()).await.unwrap();
+    s.cli_ok(&["user", "add", "bob", "--group", "dev"])
+        .await
+        .unwrap();
+    let secret = s
+        .cli_ok(&["token", "create", "--user", "bob"])
+        .await
+        .unwrap();
+    let secret = secret.trim();
+    let jwt = access_token(&s, secret).await;
+    // Twice, so the second answer comes from the cache.
+    for _ in 0..2 {
+        assert_eq!(s.review(secret, &[]).await.unwrap()["authenticated"], true);
+        assert_eq!(s.review(&jwt, &[]).await.unwrap()["authenticated"], true);
+    }
+    s.cli_ok(&["user", "disable", "bob"]).await.unwrap();
+    for t in [secret, jwt.as_str()] {
+        let st = s.review(t, &[]).await.unwrap();
+        assert_eq!(st["authenticated"], false, "{st}");
+        assert_eq!(st["error"], "account is disabled");
+    }
+    s.cli_ok(&["user", "enable", "bob"]).await.unwrap();
+    assert_eq!(s.review(secret, &[]).await.unwrap()["authenticated"], true);
+    let list: Vec<Value> = serde_json::from_str(
+        &s.cli_ok(&["token", "list", "--user", "bob", "--json"])
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(list.len(), 1);
+    let id = list[0]["id"].as_str().unwrap();
+    s.cli_ok(&["token", "revoke", id]).await.unwrap();
+    let st = s.review(secret, &[]).await.unwrap();
+    assert_eq!(st["authenticated"], false);
+    assert_eq!(st["error"], "token is invalid or revoked");
+    // A revoked static token can no longer be exchanged either.
+    assert_eq!(exchange(&s, secret, None).await.status(), 400);
+    let metrics = s
+        .http
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("idbridge_review_cache_total{result=\"hit\"}"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("idbridge_review_cache_total{result=\"hit\"} 0\n"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn webhook_callers_must_authenticate() {
+    let dir = scratch();
+    let s = Idbridge::start(dir.path()).await.unwrap();
+    let body = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+                      "spec": {"token": s.admin_token()}});
+    let url = s.url("/webhooks/tokenreview?timeout=30s");
+    let none = s.http.post(&url).json(&body).send().await.unwrap();
+    assert_eq!(none.status(), 401);
+    assert!(none.headers().contains_key("www-authenticate"));
+    let wrong = s
+        .http
+        .post(&url)
+        .bearer_auth("idb_wh_wrong")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    // A user's own token is not a caller credential.
+    let user = s
+        .http
+        .post(&url)
+        .bearer_auth(s.admin_token())
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(user.status(), 401);
+    assert!(
+        s.audit_log()
+            .contains("\"event\":\"webhook.caller\",\"outcome\":\"denied\"")
+    );
+}
+
+#[tokio::test]
+async fn v1beta1_reviews_are_answered_in_kind() {
+    let dir = scratch();
+    let s = Idbridge::start(dir.path()).await.unwrap();
+    let body = json!({"apiVersion": "authentication.k8s.io/v1beta1", "kind": "TokenReview",
+                      "metadata": {"creationTimestamp": null},
+                      "spec": {"token": s.admin_token()}});
+    let v: Value = s
+        .http
+        .post(s.url("/webhooks/tokenreview"))
+        .bearer_auth(s.webhook_token())
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["apiVersion"], "authentication.k8s.io/v1beta1");
+    assert_eq!(v["status"]["authenticated"], true);
+    assert_eq!(v["spec"]["token"], "", "the token must not be echoed back");
+}
+
+#[tokio::test]
+async fn malformed_requests_are_refused_without_harm() {
+    let dir = scratch();
+    let s = Idbridge::start(dir.path()).await.unwrap();
+    let url = s.url("/webhooks/tokenreview");
+    let post = |body: Vec<u8>, ctype: &'static str| {
+        s.http
+            .post(&url)
+            .bearer_auth(s.webhook_token())
+            .header("content-type", ctype)
+            .body(body)
+            .send()
+    };
+    assert_eq!(
+        post(b"{not json".to_vec(), "application/json")
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
+    assert_eq!(
+        post(
+            b"{\"apiVersion\":\"authentication.k8s.io/v1\"}".to_vec(),
+            "text/plain"
+        )
+        .await
+        .unwrap()
+        .status(),
+        415
+    );
+    let big = format!(
+        "{{\"apiVersion\":\"authentication.k8s.io/v1\",\"kind\":\"TokenReview\",\"spec\":{{\"token\":\"{}\"}}}}",
+        "a".repeat(70 * 1024)
+    );
+    assert_eq!(
+        post(big.into_bytes(), "application/json")
+            .await
+            .unwrap()
+            .status(),
+        413
+    );
+    let wrong_kind = json!({"apiVersion": "v1", "kind": "Pod", "spec": {}}).to_string();
+    assert_eq!(
+        post(wrong_kind.into_bytes(), "application/json")
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
+    for token in ["", "garbage", "a.b.c", "..", "idb_st_", "\u{0}"] {
+        let st = s.review(token, &[]).await.unwrap();
+        assert_eq!(st["authenticated"], false, "{token:?}: {st}");
+        assert!(st["error"].is_string());
+    }
+    assert_eq!(
+        s.http.get(s.url("/healthz")).send().await.unwrap().status(),
+        200
+    );
+}
+
+fn b64(v: &Value) -> String {
+    URL_SAFE_NO_PAD.encode(v.to_string())
+}
+
+#[tokio::test]
+async fn hostile_jwts_are_refused() {
+    let dir = scratch();
+    let s = Idbridge::start(dir.path()).await.unwrap();
+    let good = access_token(&s, &s.admin_token()).await;
+    assert_eq!(s.review(&good, &[]).await.unwrap()["authenticated"], true);
+    let parts: Vec<&str> = good.split('.').collect();
+    let header: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[0]).unwrap()).unwrap();
+    let claims: AccessClaims =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+    let kid = header["kid"].as_str().unwrap().to_owned();
+
+    // The server's own key, read from its store, signs tokens whose claims are wrong.
+    let store = idbridge_store::SqliteStore::open(&s.data_dir.join("idbridge.db"))
+        .await
+        .unwrap();
+    let stored: Vec<(String, Vec<u8>)> = store
+        .signing_keys()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(k, d, _)| (k, d))
+        .collect();
+    let ours = KeySet::from_pkcs8(&stored).unwrap();
+    let now = claims.iat;
+    let with = |f: &dyn Fn(&mut AccessClaims)| {
+        let mut c = claims.clone();
+        f(&mut c);
+        c
+    };
+    let mut cases: Vec<(&str, String)> = vec![
+        (
+            "expired",
+            ours.sign(&with(&|c| {
+                c.exp = now - 3600;
+                c.iat = now - 7200;
+                c.nbf = now - 7200;
+            }))
+            .unwrap(),
+        ),
+        (
+            "not yet valid",
+            ours.sign(&with(&|c| {
+                c.nbf = now + 3600;
+            }))
+            .unwrap(),
+        ),
+        (
+            "wrong audience",
+            ours.sign(&with(&|c| {
+                c.aud = vec!["vault".into()];
+            }))
+            .unwrap(),
+        ),
+        (
+            "wrong issuer",
+            ours.sign(&with(&|c| {
+                c.iss = "https://evil.example".into();
+            }))
+            .unwrap(),
+        ),
+        (
+            "unknown subject",
+            ours.sign(&with(&|c| {
+                c.sub = "00000000-0000-4000-8000-000000000000".into();
+            }))
+            .unwrap(),
+        ),
+    ];
+    // Same claims, someone else's key.
+    let (other_kid, other_der) = KeySet::generate().unwrap();
+    let other = KeySet::from_pkcs8(&[(other_kid, other_der)]).unwrap();
+    cases.push(("unknown kid", other.sign(&claims).unwrap()));
+    // Someone else's key claiming our kid.
+    let forged_header = b64(&json!({"alg": "ES256", "typ": "JWT", "kid": kid}));
+    let foreign = other.sign(&claims).unwrap();
+    let fparts: Vec<&str> = foreign.split('.').collect();
+    cases.push((
+        "foreign key, our kid",
+        format!("{forged_header}.{}.{}", fparts[1], fparts[2]),
+    ));
+    // alg none.
+    let none_header = b64(&json!({"alg": "none", "typ": "JWT"}));
+    cases.push(("alg none", format!("{none_header}.{}.", parts[1])));
+    cases.push((
+        "alg none with kid",
+        format!("{}.{}.", b64(&json!({"alg": "none", "kid": kid})), parts[1]),
+    ));
+    // HS256 keyed with our public key (algorithm confusion).
+    let jwks: Value = s
+        .http
+        .get(s.url("/oauth2/jwks"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let hs_header = b64(&json!({"alg": "HS256", "typ": "JWT", "kid": kid}));
+    let input = format!("{hs_header}.{}", parts[1]);
+    for secret in [
+        jwks.to_string(),
+        jwks["keys"][0]["x"].as_str().unwrap().to_owned(),
+    ] {
+        let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret.as_bytes());
+        let tag = aws_lc_rs::hmac::sign(&key, input.as_bytes());
+        cases.push((
+            "HS256 with the public key",
+            format!("{input}.{}", URL_SAFE_NO_PAD.encode(tag)),
+        ));
+    }
+    // Tampering.
+    let mut sig = parts[2].as_bytes().to_vec();
+    sig[10] = if sig[10] == b'A' { b'B' } else { b'A' };
+    cases.push((
+        "tampered signature",
+        format!(
+            "{}.{}.{}",
+            parts[0],
+            parts[1],
+            String::from_utf8(sig).unwrap()
+        ),
+    ));
+    let evil = with(&|c| {
+        c.name = "root".into();
+        c.groups = vec!["idbridge-admins".into(), "cluster-admins".into()];
+    });
+    cases.push((
+        "tampered claims",
+        format!(
+            "{}.{}.{}",
+            parts[0],
+            b64(&serde_json::to_value(&evil).unwrap()),
+            parts[2]
+        ),
+    ));
+    cases.push(("truncated", good[..good.len() - 5].to_owned()));
+
+    for (what, token) in &cases {
+        let st = s.review(token, &[]).await.unwrap();
+        assert_eq!(st["authenticated"], false, "{what} was accepted: {st}");
+        assert!(st.get("user").is_none(), "{what}: {st}");
+    }
+    // Refused tokens must not be usable against the admin API either.
+    for (what, token) in &cases {
+        let r = s
+            .http
+            .get(s.url("/admin/v1/accounts"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{what}");
+    }
+    assert_eq!(s.review(&good, &[]).await.unwrap()["authenticated"], true);
+    assert_eq!(
+        s.http.get(s.url("/healthz")).send().await.unwrap().status(),
+        200
+    );
+}
