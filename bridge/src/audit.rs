@@ -1,14 +1,13 @@
 //! The audit log: one JSON object per line for every review, admin action and denial.
 //!
-//! Lines are handed to a writer thread so that a slow disk never holds a request; the thread
-//! flushes whenever it has drained what was queued, so a line is on disk moments after the event.
+//! Each line is written with a single unbuffered `write` before the response leaves, so an
+//! acknowledged action is already in the log, and a crash cannot lose or tear a line that was
+//! reported done (files are opened in append mode, so concurrent writers never interleave).
 
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 
 use serde::Serialize;
 
@@ -63,68 +62,62 @@ struct Line<'a> {
 }
 
 /// A handle to the audit log; cheap to clone.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Audit {
-    tx: Option<mpsc::Sender<Vec<u8>>>,
-    worker: Arc<Mutex<Option<JoinHandle<()>>>>,
+    out: Option<Arc<Mutex<Box<dyn Write + Send>>>>,
+}
+
+impl std::fmt::Debug for Audit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Audit")
+            .field("enabled", &self.out.is_some())
+            .finish()
+    }
 }
 
 impl Audit {
-    /// Opens the sink and starts the writer.
+    /// Opens the sink.
     ///
     /// # Errors
     /// If the file cannot be opened for appending.
     pub fn open(sink: &AuditSink) -> std::io::Result<Self> {
         let out: Box<dyn Write + Send> = match sink {
-            AuditSink::Discard => {
-                return Ok(Self {
-                    tx: None,
-                    worker: Arc::default(),
-                });
-            }
+            AuditSink::Discard => return Ok(Self { out: None }),
             AuditSink::Stdout => Box::new(std::io::stdout()),
             AuditSink::File(p) => Box::new(open_append(p)?),
         };
-        let (tx, rx) = mpsc::channel::<Vec<u8>>();
-        let worker = std::thread::Builder::new()
-            .name("audit-writer".into())
-            .spawn(move || write_loop(&rx, out))?;
         Ok(Self {
-            tx: Some(tx),
-            worker: Arc::new(Mutex::new(Some(worker))),
+            out: Some(Arc::new(Mutex::new(out))),
         })
     }
 
     /// Records an event.
     pub fn record(&self, event: &AuditEvent<'_>) {
-        let Some(tx) = &self.tx else { return };
+        let Some(out) = &self.out else { return };
         let ts = time::OffsetDateTime::now_utc()
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default();
         match serde_json::to_vec(&Line { ts, event }) {
             Ok(mut line) => {
                 line.push(b'\n');
-                if tx.send(line).is_err() {
-                    tracing::error!("audit writer has stopped; an audit event was lost");
+                let mut w = out
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if let Err(e) = w.write_all(&line).and_then(|()| w.flush()) {
+                    tracing::error!(error = %e, event = event.event, "cannot write the audit log");
                 }
             }
             Err(e) => tracing::error!(error = %e, "cannot serialize an audit event"),
         }
     }
 
-    /// Stops the writer after it has written everything queued.
-    pub fn close(mut self) {
-        self.tx = None;
-        let handle = self
-            .worker
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        if let Some(h) = handle {
-            // Other clones may still hold senders; the thread ends when the last one drops.
-            if Arc::strong_count(&self.worker) == 1 {
-                let _ = h.join();
-            }
+    /// Flushes and releases the sink.
+    pub fn close(self) {
+        if let Some(out) = self.out {
+            let mut w = out
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let _ = w.flush();
         }
     }
 }
@@ -138,19 +131,4 @@ fn open_append(p: &Path) -> std::io::Result<std::fs::File> {
         o.mode(0o600);
     }
     o.open(p)
-}
-
-fn write_loop(rx: &mpsc::Receiver<Vec<u8>>, out: Box<dyn Write + Send>) {
-    let mut out = std::io::BufWriter::new(out);
-    while let Ok(line) = rx.recv() {
-        let mut ok = out.write_all(&line).is_ok();
-        while let Ok(more) = rx.try_recv() {
-            ok &= out.write_all(&more).is_ok();
-        }
-        ok &= out.flush().is_ok();
-        if !ok {
-            tracing::error!("cannot write the audit log");
-        }
-    }
-    let _ = out.flush();
 }

@@ -33,6 +33,9 @@ pub struct Config {
     /// A YAML list of accounts created or updated at start and on reload.
     pub accounts_file: Option<PathBuf>,
     pub limits: LimitsConfig,
+    /// Create the `admin` account and `<data_dir>/admin.token` on first start. Default: true
+    /// without a config file (the simple profile), false with one.
+    pub bootstrap_admin: Option<bool>,
 }
 
 impl Default for Config {
@@ -51,6 +54,7 @@ impl Default for Config {
             audit: AuditConfig::default(),
             accounts_file: None,
             limits: LimitsConfig::default(),
+            bootstrap_admin: None,
         }
     }
 }

@@ -89,7 +89,7 @@ pub async fn bootstrap(
     cfg: &Config,
     issuer: &str,
     bound: SocketAddr,
-    simple: bool,
+    bootstrap_admin: bool,
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<Boot> {
     let store: Arc<dyn Store> = open_store(cfg).await?;
@@ -131,7 +131,7 @@ pub async fn bootstrap(
 
     let webhook_token = webhook_token(cfg)?;
 
-    if simple {
+    if bootstrap_admin {
         ensure_admin(cfg, store.clone(), clock.clone()).await?;
     }
     if let Some(file) = &cfg.accounts_file {
@@ -145,6 +145,29 @@ pub async fn bootstrap(
         ca_file,
         webhook_token,
     })
+}
+
+/// Checks that every file the configuration names can be read and parsed, without writing.
+pub fn check_files(cfg: &Config) -> anyhow::Result<()> {
+    for (field, path) in [
+        ("tls.cert_file", &cfg.tls.cert_file),
+        ("tls.key_file", &cfg.tls.key_file),
+        ("tls.client_ca_file", &cfg.tls.client_ca_file),
+    ] {
+        if let Some(p) = path {
+            std::fs::metadata(p)
+                .with_context(|| format!("field `{field}`: cannot read {}", p.display()))?;
+        }
+    }
+    if let Some(p) = &cfg.webhooks.bearer_token_file {
+        read_secret_file(p, "webhooks.bearer_token_file")?;
+    }
+    if let Some(file) = &cfg.accounts_file {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("field `accounts_file`: cannot read {}", file.display()))?;
+        let _: Vec<NewAccount> = parse_yaml(&text, &file.display().to_string())?;
+    }
+    Ok(())
 }
 
 /// The webhook bearer token: from the configured file, or generated into the data dir.

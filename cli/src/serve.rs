@@ -34,6 +34,10 @@ pub struct ServeArgs {
     /// Extra DNS name or IP for the generated TLS certificate (repeatable).
     #[arg(long = "tls-san", value_name = "NAME")]
     pub tls_san: Vec<String>,
+    /// Check the configuration (and the files it names) and exit without starting or writing
+    /// anything.
+    #[arg(long)]
+    pub check: bool,
 }
 
 impl ServeArgs {
@@ -71,10 +75,17 @@ fn settings(cfg: &Config, issuer: &str, webhook_token: String) -> Settings {
     s
 }
 
+fn config_error(e: &anyhow::Error) -> anyhow::Error {
+    anyhow::Error::new(ConfigErrorMarker).context(format!("{e:#}"))
+}
+
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let cfg = args
-        .load()
-        .map_err(|e| anyhow::Error::new(ConfigErrorMarker).context(format!("{e:#}")))?;
+    let cfg = args.load().map_err(|e| config_error(&e))?;
+    if args.check {
+        profile::check_files(&cfg).map_err(|e| config_error(&e))?;
+        println!("configuration OK");
+        return Ok(());
+    }
     let listener = TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("field `listen`: cannot listen on {}", cfg.listen))?;
@@ -85,8 +96,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| format!("https://{bound}"));
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let simple = args.config.is_none();
-    let boot = profile::bootstrap(&cfg, &issuer, bound, simple, clock.clone()).await?;
+    let bootstrap_admin = cfg.bootstrap_admin.unwrap_or(args.config.is_none());
+    let boot = profile::bootstrap(&cfg, &issuer, bound, bootstrap_admin, clock.clone()).await?;
     let tls = idbridge_bridge::server_config(&boot.tls)?;
     let sink = match &cfg.audit.file {
         Some(p) if p.as_os_str() == "-" => AuditSink::Stdout,
@@ -108,7 +119,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         listen = %bound,
         issuer = %issuer,
         data_dir = %cfg.data_dir.display(),
-        profile = if simple { "simple" } else { "enterprise" },
+        profile = if args.config.is_none() { "simple" } else { "config file" },
         "idbridge is serving"
     );
     // One line on stdout that scripts (and the test kit) can wait for.

@@ -44,6 +44,10 @@ pub fn idbridge_bin() -> PathBuf {
 pub struct Options {
     /// YAML config; written to `<dir>/config.yaml` and passed with `--config`. None: simple profile.
     pub config: Option<String>,
+    /// An existing config file to pass with `--config` (instead of `config`).
+    pub config_file: Option<PathBuf>,
+    /// Working directory of the server (default: the test's).
+    pub cwd: Option<PathBuf>,
     /// Extra arguments to `serve`.
     pub args: Vec<String>,
     /// Extra environment.
@@ -101,6 +105,12 @@ impl Idbridge {
             let p = root.join("config.yaml");
             std::fs::write(&p, cfg)?;
             cmd.arg("--config").arg(p);
+        }
+        if let Some(p) = &opts.config_file {
+            cmd.arg("--config").arg(p);
+        }
+        if let Some(d) = &opts.cwd {
+            cmd.current_dir(d);
         }
         cmd.args(&opts.args)
             .envs(opts.env.iter().map(|(k, v)| (k, v)))
@@ -366,6 +376,14 @@ pub fn client_trusting(ca_pem: &Path) -> anyhow::Result<reqwest::Client> {
         .tls_certs_only(reqwest::Certificate::from_pem_bundle(&pem)?)
         .timeout(Duration::from_secs(30))
         .build()?)
+}
+
+/// The repository root (where `examples/` lives).
+#[must_use]
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
 
 /// Runs the binary with arguments, returning exit code, stdout and stderr.

@@ -1,0 +1,94 @@
+//! The configurations in `examples/` run as written.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // end-to-end tests fail loudly by design
+
+use idbridge_tests::{Idbridge, Options, repo_root, scratch};
+use serde_json::json;
+
+#[tokio::test]
+async fn example_configs_pass_the_check() {
+    for f in ["examples/simple.yaml", "examples/enterprise.yaml"] {
+        let out = tokio::process::Command::new(idbridge_tests::idbridge_bin())
+            .args(["serve", "--check", "--config", f])
+            .current_dir(repo_root())
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{f}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "configuration OK"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_enterprise_example_serves_its_accounts() {
+    let dir = scratch();
+    let s = Idbridge::start_with(
+        dir.path(),
+        Options {
+            config_file: Some(repo_root().join("examples/enterprise.yaml")),
+            cwd: Some(repo_root()),
+            ..Options::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        !s.data_dir.join("admin.token").exists(),
+        "only the simple profile makes an admin"
+    );
+    let secret = s
+        .cli_ok(&["token", "create", "--user", "alice", "--offline"])
+        .await
+        .unwrap();
+    let st = s.review(secret.trim(), &[]).await.unwrap();
+    assert_eq!(st["user"]["username"], "idb:alice");
+    assert_eq!(
+        st["user"]["groups"],
+        json!(["idb:developers", "idb:team-a"])
+    );
+    assert_eq!(
+        st["user"]["extra"]["idbridge.io/namespace"],
+        json!(["team-a"])
+    );
+    let gone = s
+        .cli_ok(&["token", "create", "--user", "former-employee", "--offline"])
+        .await
+        .unwrap();
+    let st = s.review(gone.trim(), &[]).await.unwrap();
+    assert_eq!(st["authenticated"], false);
+}
+
+#[tokio::test]
+async fn the_simple_example_is_the_simple_profile() {
+    let dir = scratch();
+    let s = Idbridge::start_with(
+        dir.path(),
+        Options {
+            config_file: Some(repo_root().join("examples/simple.yaml")),
+            cwd: Some(repo_root()),
+            ..Options::default()
+        },
+    )
+    .await
+    .unwrap();
+    let st = s.review(&s.admin_token(), &[]).await.unwrap();
+    assert_eq!(st["user"]["username"], "admin");
+    assert_eq!(st["user"]["groups"], json!(["idbridge-admins"]));
+    let disc: serde_json::Value = s
+        .http
+        .get(s.url("/.well-known/openid-configuration"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(disc["issuer"], s.base.as_str());
+}
