@@ -63,7 +63,7 @@ impl FromRequestParts<AppState> for Admin {
             ));
         }
         Ok(Self {
-            name: who.name,
+            name: who.name.clone(),
             uid: who.uid,
             ctx,
         })

@@ -88,7 +88,7 @@ type CacheKey = [u8; 32];
 #[derive(Debug)]
 pub struct Authenticator {
     generation: AtomicU64,
-    reviews: Mutex<Option<LruTtlCache<CacheKey, (u64, Authenticated)>>>,
+    reviews: Mutex<Option<LruTtlCache<CacheKey, Arc<Authenticated>>>>,
     accounts: Mutex<Option<LruTtlCache<AccountUid, Arc<UserAccount>>>>,
 }
 
@@ -147,7 +147,7 @@ impl Authenticator {
         keys: &KeySet,
         store: &dyn Store,
         clock: &dyn Clock,
-    ) -> Result<Authenticated, Refusal> {
+    ) -> Result<Arc<Authenticated>, Refusal> {
         let default_aud;
         let audiences = if audiences.is_empty() {
             default_aud = [settings.default_audience().to_owned()];
@@ -159,12 +159,10 @@ impl Authenticator {
         let key = cache_key(token, audiences);
         let generation = self.generation.load(Ordering::SeqCst);
         if let Some(c) = lock(&self.reviews).as_mut()
-            && let Some((_, hit)) = c.cache_get(&key)
+            && let Some(hit) = c.cache_get(&key)
             && hit.expires_at.is_none_or(|e| now < e)
         {
-            let mut hit = hit.clone();
-            hit.cached = true;
-            return Ok(hit);
+            return Ok(hit.clone());
         }
         let result = if token.starts_with(STATIC_TOKEN_PREFIX) {
             self.authenticate_static(token, audiences, settings, store, clock)
@@ -175,10 +173,14 @@ impl Authenticator {
         } else {
             return Err(Denial::Malformed.into());
         };
+        let result = Arc::new(result);
         if let Some(c) = lock(&self.reviews).as_mut()
             && self.generation.load(Ordering::SeqCst) == generation
         {
-            c.cache_set(key, (generation, result.clone()));
+            // What is stored is marked as cached; the caller of this call gets the fresh copy.
+            let mut stored = (*result).clone();
+            stored.cached = true;
+            c.cache_set(key, Arc::new(stored));
         }
         Ok(result)
     }

@@ -21,7 +21,7 @@ struct Histogram {
 /// Counters and histograms for `/metrics`.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    requests: Mutex<BTreeMap<(String, u16), Histogram>>,
+    requests: Mutex<BTreeMap<String, BTreeMap<u16, Histogram>>>,
     reviews_allowed: AtomicU64,
     reviews_denied: AtomicU64,
     cache_hits: AtomicU64,
@@ -36,7 +36,12 @@ impl Metrics {
             .requests
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let h = map.entry((route.to_owned(), status)).or_default();
+        // Look up by &str first so the common case allocates nothing.
+        let by_status = match map.get_mut(route) {
+            Some(m) => m,
+            None => map.entry(route.to_owned()).or_default(),
+        };
+        let h = by_status.entry(status).or_default();
         for (i, b) in BUCKETS.iter().enumerate() {
             if secs <= *b {
                 h.counts[i] += 1;
@@ -74,7 +79,10 @@ impl Metrics {
             .requests
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for ((route, status), h) in map.iter() {
+        for (route, status, h) in map
+            .iter()
+            .flat_map(|(r, m)| m.iter().map(move |(s, h)| (r, s, h)))
+        {
             let labels = format!("route=\"{route}\",status=\"{status}\"");
             for (i, b) in BUCKETS.iter().enumerate() {
                 let _ = writeln!(

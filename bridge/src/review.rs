@@ -174,7 +174,7 @@ pub(crate) async fn token_review(
                     &settings.username_prefix,
                     &settings.groups_prefix,
                 )),
-                audiences: who.audiences,
+                audiences: who.audiences.clone(),
                 error: None,
             }
         }

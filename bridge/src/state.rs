@@ -145,7 +145,7 @@ impl AppState {
         &self,
         token: &str,
         audiences: &[String],
-    ) -> Result<Authenticated, Refusal> {
+    ) -> Result<Arc<Authenticated>, Refusal> {
         let settings = self.settings();
         let keys = self.keys();
         self.0
@@ -211,6 +211,17 @@ impl RequestCtx {
     }
 }
 
+/// Correlation ids are a per-process random prefix and a counter: unique without a system call
+/// per request (they identify, they do not authorise).
+fn next_request_id() -> String {
+    use std::sync::OnceLock;
+    use std::sync::atomic::AtomicU64;
+    static PREFIX: OnceLock<String> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = PREFIX.get_or_init(|| uuid::Uuid::new_v4().simple().to_string()[..12].to_owned());
+    format!("{prefix}-{}", COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
 fn request_id(req: &Request) -> String {
     req.headers()
         .get("x-request-id")
@@ -221,19 +232,15 @@ fn request_id(req: &Request) -> String {
                 && v.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
         })
-        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
+        .map_or_else(next_request_id, str::to_owned)
 }
 
 async fn observe(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let start = Instant::now();
     let id = request_id(&req);
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", MatchedPath::as_str)
-        .to_owned();
-    let span =
-        tracing::debug_span!("request", method = %req.method(), route = %route, request_id = %id);
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let route_str = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    let span = tracing::debug_span!("request", method = %req.method(), route = %route_str, request_id = %id);
     req.extensions_mut().insert(RequestId(id.clone()));
     let mut resp = {
         let _g = span.enter();
@@ -244,7 +251,7 @@ async fn observe(State(state): State<AppState>, mut req: Request, next: Next) ->
     }
     state
         .metrics()
-        .observe(&route, resp.status().as_u16(), start.elapsed());
+        .observe(route_str, resp.status().as_u16(), start.elapsed());
     resp
 }
 

@@ -14,6 +14,7 @@ use rcgen::{
     Issuer, KeyPair, KeyUsagePurpose,
 };
 use rustls::RootCertStore;
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 
@@ -74,9 +75,12 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TlsError + '_ {
 
 fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let data = fs::read(path).map_err(io(path))?;
-    let certs = rustls_pemfile::certs(&mut &data[..])
+    let certs = CertificateDer::pem_slice_iter(&data)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(io(path))?;
+        .map_err(|_| TlsError::Pem {
+            path: path.to_owned(),
+            what: "not a valid PEM certificate file",
+        })?;
     if certs.is_empty() {
         return Err(TlsError::Pem {
             path: path.to_owned(),
@@ -95,12 +99,10 @@ pub fn server_config(tls: &ServerTls) -> Result<Arc<rustls::ServerConfig>, TlsEr
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let certs = load_certs(&tls.cert_file)?;
     let key_data = fs::read(&tls.key_file).map_err(io(&tls.key_file))?;
-    let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut &key_data[..])
-        .map_err(io(&tls.key_file))?
-        .ok_or_else(|| TlsError::Pem {
-            path: tls.key_file.clone(),
-            what: "no PEM private key found",
-        })?;
+    let key = PrivateKeyDer::from_pem_slice(&key_data).map_err(|_| TlsError::Pem {
+        path: tls.key_file.clone(),
+        what: "no valid PEM private key found",
+    })?;
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?;
     let builder = match &tls.client_ca_file {

@@ -1,0 +1,431 @@
+//! TokenReview throughput and latency over loopback TLS with keep-alive, beside a bare axum
+//! hello-world served by the same TLS stack, and beside the in-process floor (parse the review,
+//! verify the JWT, serialize the answer) — all in one run, so the ratios hold on a noisy machine.
+//!
+//! Run: `cargo bench -p idbridge-bridge --bench tokenreview` (BENCH_SECS, BENCH_ROUNDS,
+//! BENCH_CONNS tune it). Prints medians over rounds, interleaved so drift hits every case alike.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    missing_debug_implementations
+)] // a benchmark binary
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::routing::post;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use idbridge_bridge::{
+    AccessClaims, AppState, Audit, AuditSink, KeySet, Secret, Settings, TokenReview, app,
+    ensure_self_signed, server_config,
+};
+use idbridge_core::{GroupName, NewAccount, Store, SystemClock};
+use idbridge_store::SqliteStore;
+use jsonwebtoken::{Algorithm, Validation};
+use rustls::pki_types::pem::PemObject;
+use tokio::net::TcpListener;
+
+const WEBHOOK_TOKEN: &str = "idb_wh_benchmark";
+
+fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+struct Case {
+    name: &'static str,
+    addr: SocketAddr,
+    path: &'static str,
+}
+
+#[derive(Clone, Copy)]
+struct Sample {
+    rps: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+async fn start(app: Router, tls: Arc<rustls::ServerConfig>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(idbridge_bridge::serve(
+        listener,
+        tls,
+        app,
+        std::future::pending(),
+    ));
+    addr
+}
+
+/// Drives `conns` keep-alive HTTP/1.1 connections for `secs` seconds.
+async fn load(
+    addr: SocketAddr,
+    path: &'static str,
+    body: Bytes,
+    client: Arc<rustls::ClientConfig>,
+    conns: u64,
+    secs: u64,
+) -> Sample {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut tasks = Vec::new();
+    for _ in 0..conns {
+        let client = client.clone();
+        let body = body.clone();
+        tasks.push(tokio::spawn(async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            tcp.set_nodelay(true).unwrap();
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            let tls = tokio_rustls::TlsConnector::from(client)
+                .connect(name, tcp)
+                .await
+                .unwrap();
+            let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            let mut lat = Vec::with_capacity(100_000);
+            while Instant::now() < deadline {
+                let req = hyper::Request::post(path)
+                    .header("host", "localhost")
+                    .header("content-type", "application/json")
+                    .header("authorization", format!("Bearer {WEBHOOK_TOKEN}"))
+                    .body(Full::new(body.clone()))
+                    .unwrap();
+                let t = Instant::now();
+                let resp = tx.send_request(req).await.unwrap();
+                assert!(resp.status().is_success(), "{}", resp.status());
+                let b = resp.into_body().collect().await.unwrap().to_bytes();
+                lat.push(t.elapsed());
+                std::hint::black_box(b);
+            }
+            lat
+        }));
+    }
+    let started = Instant::now();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    all.sort();
+    let pct = |p: f64| all[((all.len() as f64 - 1.0) * p) as usize].as_secs_f64() * 1e6;
+    Sample {
+        rps: all.len() as f64 / elapsed,
+        p50_us: pct(0.50),
+        p99_us: pct(0.99),
+    }
+}
+
+fn main() {
+    let secs = env_num("BENCH_SECS", 3);
+    let rounds = env_num("BENCH_ROUNDS", 5);
+    let conns = env_num("BENCH_CONNS", 16);
+    let dir = tempfile::tempdir().unwrap();
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("server")
+        .enable_all()
+        .build()
+        .unwrap();
+    let client_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("client")
+        .enable_all()
+        .build()
+        .unwrap();
+
+    let (server_tls, ca) = ensure_self_signed(dir.path(), &["localhost".into()]).unwrap();
+    let tls = server_config(&server_tls).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    let ca_pem = std::fs::read(ca).unwrap();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(&ca_pem) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let client = Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    );
+
+    // A realistic token: an account in 20 groups.
+    let (jwt, body, keys_pkcs8, issuer, store) = server_rt.block_on(async {
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(&dir.path().join("b.db")).await.unwrap());
+        let mut new = NewAccount::named("alice.example".parse().unwrap());
+        for i in 0..20 {
+            new.groups.insert(
+                format!("corp-engineering-team-{i:02}-developers")
+                    .parse::<GroupName>()
+                    .unwrap(),
+            );
+        }
+        new.default_namespace = Some("team-a".parse().unwrap());
+        let account = store
+            .create_account(new, idbridge_core::UnixTime(0))
+            .await
+            .unwrap();
+        let (kid, der) = KeySet::generate().unwrap();
+        let keys = KeySet::from_pkcs8(&[(kid.clone(), der.clone())]).unwrap();
+        let issuer = "https://idbridge.bench".to_owned();
+        let now = SystemClock.now_secs();
+        let claims = AccessClaims {
+            iss: issuer.clone(),
+            sub: account.uid.to_string(),
+            aud: vec!["kubernetes".into()],
+            exp: now + 3600,
+            iat: now,
+            nbf: now,
+            jti: "bench".into(),
+            name: account.name.to_string(),
+            groups: account.groups.iter().map(ToString::to_string).collect(),
+            namespace: Some("team-a".into()),
+            amr: vec!["static".into()],
+            scope: String::new(),
+        };
+        let jwt = keys.sign(&claims).unwrap();
+        let body = serde_json::to_vec(&serde_json::json!({
+            "apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+            "spec": {"token": jwt}
+        }))
+        .unwrap();
+        (jwt, Bytes::from(body), vec![(kid, der)], issuer, store)
+    });
+
+    let make_state = |cache_ttl: u64| {
+        let mut s = Settings::new(issuer.clone());
+        s.webhook_tokens = vec![Secret::new(WEBHOOK_TOKEN.into())];
+        s.review_cache_ttl = Duration::from_secs(cache_ttl);
+        let audit = if std::env::var_os("BENCH_NO_AUDIT").is_some() {
+            Audit::open(&AuditSink::Discard).unwrap()
+        } else {
+            Audit::open(&AuditSink::File(
+                dir.path().join(format!("audit-{cache_ttl}.log")),
+            ))
+            .unwrap()
+        };
+        AppState::new(
+            store.clone(),
+            Arc::new(SystemClock),
+            KeySet::from_pkcs8(&keys_pkcs8).unwrap(),
+            s,
+            audit,
+        )
+    };
+    let (hello, cached, uncached) = server_rt.block_on(async {
+        let hello_app = if std::env::var_os("BENCH_HELLO_BIG").is_some() {
+            // Diagnostic: reads the body and answers with a TokenReview-sized static body.
+            static BIG: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+            Router::new().route(
+                "/hello",
+                post(|b: Bytes| async move {
+                    std::hint::black_box(b);
+                    BIG.get_or_init(|| vec![b'x'; 1500]).as_slice()
+                }),
+            )
+        } else {
+            Router::new().route("/hello", post(|| async { "Hello, World!" }))
+        };
+        (
+            start(hello_app, tls.clone()).await,
+            start(app(make_state(300)), tls.clone()).await,
+            start(app(make_state(0)), tls.clone()).await,
+        )
+    });
+    let cases = [
+        Case {
+            name: "hello-world (axum, same TLS stack)",
+            addr: hello,
+            path: "/hello",
+        },
+        Case {
+            name: "TokenReview, cached",
+            addr: cached,
+            path: "/webhooks/tokenreview?timeout=30s",
+        },
+        Case {
+            name: "TokenReview, uncached",
+            addr: uncached,
+            path: "/webhooks/tokenreview?timeout=30s",
+        },
+    ];
+
+    // The floor: what one review costs with no HTTP and no TLS, on one thread.
+    let keys = KeySet::from_pkcs8(&keys_pkcs8).unwrap();
+    let kid = jsonwebtoken::decode_header(&jwt).unwrap().kid.unwrap();
+    let floor_round = || {
+        let mut v = Validation::new(Algorithm::ES256);
+        v.set_audience(&["kubernetes"]);
+        v.set_issuer(&[&issuer]);
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        let mut n = 0u64;
+        while Instant::now() < deadline {
+            for _ in 0..64 {
+                let mut review: TokenReview = serde_json::from_slice(&body).unwrap();
+                let data = jsonwebtoken::decode::<AccessClaims>(
+                    &review.spec.token,
+                    keys.verifier(&kid).unwrap(),
+                    &v,
+                )
+                .unwrap();
+                review.spec.token.clear();
+                review.status = Some(idbridge_bridge::TokenReviewStatus {
+                    authenticated: true,
+                    user: Some(idbridge_bridge::UserInfo {
+                        username: data.claims.name,
+                        uid: data.claims.sub,
+                        groups: data.claims.groups,
+                        extra: Default::default(),
+                    }),
+                    audiences: vec!["kubernetes".into()],
+                    error: None,
+                });
+                std::hint::black_box(serde_json::to_vec(&review).unwrap());
+            }
+            n += 64;
+        }
+        n as f64 / secs as f64
+    };
+
+    println!(
+        "# TokenReview benchmark: {rounds} rounds x {secs}s, {conns} keep-alive TLS connections, JWT with 20 groups"
+    );
+    // BENCH_SERVE=1: print the three servers' addresses and the request body file, then serve
+    // until killed, for an external load generator (scripts/bench-wrk).
+    if std::env::var_os("BENCH_SERVE").is_some() {
+        let body_file = dir.path().join("review.json");
+        std::fs::write(&body_file, &body).unwrap();
+        println!(
+            "hello=https://localhost:{} cached=https://localhost:{} uncached=https://localhost:{} body={} token={WEBHOOK_TOKEN}",
+            hello.port(),
+            cached.port(),
+            uncached.port(),
+            body_file.display()
+        );
+        server_rt.block_on(std::future::pending::<()>());
+    }
+    // BENCH_INPROC=1: the cached handler alone through `oneshot`, no TLS and no sockets.
+    if std::env::var_os("BENCH_INPROC").is_some() {
+        use tower::ServiceExt;
+        let router = app(make_state(300));
+        let n = 200_000;
+        let t = server_rt.block_on(async {
+            let start = Instant::now();
+            for _ in 0..n {
+                let req = axum::http::Request::post("/webhooks/tokenreview?timeout=30s")
+                    .header("content-type", "application/json")
+                    .header("authorization", format!("Bearer {WEBHOOK_TOKEN}"))
+                    .body(axum::body::Body::from(body.clone()))
+                    .unwrap();
+                let resp = router.clone().oneshot(req).await.unwrap();
+                std::hint::black_box(resp.into_body().collect().await.unwrap().to_bytes());
+            }
+            start.elapsed()
+        });
+        println!(
+            "in-process cached review: {:.2} us/op",
+            t.as_secs_f64() * 1e6 / f64::from(n)
+        );
+        return;
+    }
+    // BENCH_ONLY=1 (say) runs only that case, for profiling.
+    let only: Option<Vec<usize>> = std::env::var("BENCH_ONLY")
+        .ok()
+        .map(|v| v.split(',').filter_map(|x| x.parse().ok()).collect());
+    if only.is_some() {
+        for (i, c) in cases.iter().enumerate() {
+            if only.as_ref().is_some_and(|o| o.contains(&i)) {
+                let s = client_rt.block_on(load(
+                    c.addr,
+                    c.path,
+                    body.clone(),
+                    client.clone(),
+                    conns,
+                    secs,
+                ));
+                println!(
+                    "{}: {:.0} req/s p50 {:.0} us p99 {:.0} us",
+                    c.name, s.rps, s.p50_us, s.p99_us
+                );
+            }
+        }
+        return;
+    }
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); cases.len()];
+    let mut floor = Vec::new();
+    for r in 0..rounds {
+        for (i, c) in cases.iter().enumerate() {
+            if only.as_ref().is_some_and(|o| !o.contains(&i)) {
+                continue;
+            }
+            let s = client_rt.block_on(load(
+                c.addr,
+                c.path,
+                body.clone(),
+                client.clone(),
+                conns,
+                secs,
+            ));
+            eprintln!(
+                "round {r}: {:<36} {:>9.0} req/s  p50 {:>7.0} us  p99 {:>7.0} us",
+                c.name, s.rps, s.p50_us, s.p99_us
+            );
+            samples[i].push(s);
+        }
+        let f = floor_round();
+        eprintln!(
+            "round {r}: {:<36} {:>9.0} reviews/s (one thread)",
+            "floor: parse+verify+serialize", f
+        );
+        floor.push(f);
+    }
+    let med = |i: usize, f: fn(&Sample) -> f64| median(samples[i].iter().map(f).collect());
+    let floor = median(floor);
+    let hello_rps = med(0, |s| s.rps);
+    println!("\n| case | req/s (median) | p50 latency | p99 latency | ratio |");
+    println!("| --- | ---: | ---: | ---: | --- |");
+    for (i, c) in cases.iter().enumerate() {
+        let rps = med(i, |s| s.rps);
+        let ratio = match i {
+            0 => "1.00 (reference)".to_owned(),
+            1 => format!("{:.2} of hello-world", rps / hello_rps),
+            _ => format!("{:.2} of the floor", rps / floor),
+        };
+        println!(
+            "| {} | {:.0} | {:.0} µs | {:.0} µs | {ratio} |",
+            c.name,
+            rps,
+            med(i, |s| s.p50_us),
+            med(i, |s| s.p99_us)
+        );
+    }
+    println!(
+        "| floor: parse+verify+serialize, in process, one thread | {floor:.0} | | | 1.00 (reference) |"
+    );
+}
+
+trait NowSecs {
+    fn now_secs(&self) -> i64;
+}
+
+impl NowSecs for SystemClock {
+    fn now_secs(&self) -> i64 {
+        use idbridge_core::Clock;
+        self.now().0
+    }
+}
