@@ -71,7 +71,13 @@ impl FromRequestParts<AppState> for Admin {
 }
 
 impl Admin {
-    fn record(&self, state: &AppState, event: &str, account: &UserAccount, object: Option<String>) {
+    async fn record(
+        &self,
+        state: &AppState,
+        event: &str,
+        account: &UserAccount,
+        object: Option<String>,
+    ) {
         let mut ev = self.ctx.event(event, "ok");
         ev.actor = Some(&self.name);
         ev.actor_uid = Some(self.uid.to_string());
@@ -79,7 +85,7 @@ impl Admin {
         ev.account = Some(&name);
         ev.uid = Some(account.uid.to_string());
         ev.object = object;
-        state.audit().record(&ev);
+        state.audit().record_durable(&ev).await;
     }
 }
 
@@ -120,7 +126,7 @@ async fn add_account(
 ) -> Result<(StatusCode, Json<UserAccount>), ApiError> {
     let Json(new) = body?;
     let account = state.ops().add_account(new).await?;
-    admin.record(&state, "account.add", &account, None);
+    admin.record(&state, "account.add", &account, None).await;
     Ok((StatusCode::CREATED, Json(account)))
 }
 
@@ -140,7 +146,7 @@ async fn set_disabled(
     } else {
         "account.enable"
     };
-    admin.record(state, event, &account, None);
+    admin.record(state, event, &account, None).await;
     Ok(Json(account))
 }
 
@@ -196,12 +202,14 @@ async fn create_token(
         .create_token(&req.user, req.ttl, req.description)
         .await?;
     let account = state.ops().account(&created.account_name).await?;
-    admin.record(
-        &state,
-        "token.create",
-        &account,
-        Some(format!("token={}", created.token.id)),
-    );
+    admin
+        .record(
+            &state,
+            "token.create",
+            &account,
+            Some(format!("token={}", created.token.id)),
+        )
+        .await;
     Ok((StatusCode::CREATED, Json(created)))
 }
 
@@ -216,12 +224,14 @@ async fn revoke_token(
     let token = state.ops().revoke_token(id).await?;
     state.invalidate();
     if let Some(account) = state.store().account(token.account).await? {
-        admin.record(
-            &state,
-            "token.revoke",
-            &account,
-            Some(format!("token={id}")),
-        );
+        admin
+            .record(
+                &state,
+                "token.revoke",
+                &account,
+                Some(format!("token={id}")),
+            )
+            .await;
     }
     Ok(Json(token))
 }

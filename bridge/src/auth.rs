@@ -20,7 +20,7 @@ use crate::settings::Settings;
 use crate::tokens::{AccessClaims, STATIC_TOKEN_PREFIX, hash_token};
 
 /// Who a credential names, shaped for Kubernetes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Authenticated {
     /// Account name, without the Kubernetes prefix.
     pub name: String,
@@ -38,6 +38,9 @@ pub struct Authenticated {
     pub expires_at: Option<i64>,
     /// Whether the result came from the cache.
     pub cached: bool,
+    /// The TokenReview `status` for this result, serialized once and reused while cached. Settings
+    /// that shape it (prefixes) empty the cache when they change.
+    pub(crate) review_status: std::sync::OnceLock<Box<serde_json::value::RawValue>>,
 }
 
 /// Why a credential was refused. The message is safe to return to the caller.
@@ -269,6 +272,7 @@ impl Authenticator {
             audiences: valid,
             expires_at: record.expires_at.map(|t| t.0),
             cached: false,
+            review_status: std::sync::OnceLock::new(),
         })
     }
 
@@ -329,6 +333,7 @@ impl Authenticator {
             audiences: valid,
             expires_at: Some(claims.exp),
             cached: false,
+            review_status: std::sync::OnceLock::new(),
         })
     }
 }

@@ -143,7 +143,7 @@ pub(crate) async fn token(
     ev.account = Some(&who.name);
     ev.uid = Some(who.uid.to_string());
     ev.object = Some(format!("jti={} aud={audience}", claims.jti));
-    state.audit().record(&ev);
+    state.audit().record_durable(&ev).await;
     Ok((
         [(header::CACHE_CONTROL, "no-store")],
         Json(json!({

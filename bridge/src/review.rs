@@ -6,11 +6,15 @@
 
 use std::collections::BTreeMap;
 
-use axum::Json;
-use axum::extract::State;
-use axum::extract::rejection::JsonRejection;
-use axum::http::{HeaderMap, header};
+use std::borrow::Cow;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
+use axum::http::header;
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use crate::auth::Authenticated;
 use crate::error::ApiError;
@@ -102,48 +106,132 @@ pub fn user_info(who: &Authenticated, username_prefix: &str, groups_prefix: &str
     }
 }
 
-/// Checks the webhook caller: a verified client certificate (when enabled) or a configured bearer
-/// token, compared in constant time.
-pub(crate) fn check_webhook_caller(
-    state: &AppState,
-    ctx: &RequestCtx,
-    headers: &HeaderMap,
-) -> Result<(), ApiError> {
-    let settings = state.settings();
-    if settings.webhook_client_cert && ctx.client_cert {
-        return Ok(());
-    }
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if let Some(p) = presented {
-        // Check every configured token so the time taken does not say which one matched.
-        let matched = settings
-            .webhook_tokens
-            .iter()
-            .fold(false, |acc, t| t.matches(p) | acc);
-        if matched {
-            return Ok(());
+/// A caller allowed to use the webhooks: it presented a verified client certificate (when those
+/// are enabled) or a configured bearer token, compared in constant time.
+pub(crate) struct WebhookCaller;
+
+impl FromRequestParts<AppState> for WebhookCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let Ok(ctx) = RequestCtx::from_request_parts(parts, state).await;
+        let settings = state.settings();
+        if settings.webhook_client_cert && ctx.client_cert {
+            return Ok(Self);
         }
+        let presented = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if let Some(p) = presented {
+            // Check every configured token so the time taken does not say which one matched.
+            let matched = settings
+                .webhook_tokens
+                .iter()
+                .fold(false, |acc, t| t.matches(p) | acc);
+            if matched {
+                return Ok(Self);
+            }
+        }
+        let mut ev = ctx.event("webhook.caller", "denied");
+        ev.reason = Some("no valid caller credentials");
+        state.audit().record(&ev);
+        Err(ApiError::Unauthorized(
+            "webhook callers must present a client certificate or bearer token",
+        ))
     }
-    let mut ev = ctx.event("webhook.caller", "denied");
-    ev.reason = Some("no valid caller credentials");
-    state.audit().record(&ev);
-    Err(ApiError::Unauthorized(
-        "webhook callers must present a client certificate or bearer token",
-    ))
+}
+
+/// A request body that must be JSON, as raw bytes (parsed by the handler, borrowing from it).
+pub(crate) struct JsonBytes(Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for JsonBytes {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let is_json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"));
+        if !is_json {
+            return Err(ApiError::UnsupportedMediaType(
+                "Content-Type must be application/json".into(),
+            ));
+        }
+        Bytes::from_request(req, state)
+            .await
+            .map(Self)
+            .map_err(|r| {
+                if r.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::PayloadTooLarge
+                } else {
+                    ApiError::BadRequest(r.body_text())
+                }
+            })
+    }
+}
+
+/// The request as kube-apiserver sends it, borrowed from the body: the token is not copied and
+/// `metadata` is passed back untouched.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ReviewIn<'a> {
+    #[serde(borrow)]
+    api_version: Cow<'a, str>,
+    #[serde(borrow)]
+    kind: Cow<'a, str>,
+    #[serde(default, borrow)]
+    metadata: Option<&'a RawValue>,
+    #[serde(borrow)]
+    spec: SpecIn<'a>,
+}
+
+#[derive(Deserialize)]
+struct SpecIn<'a> {
+    #[serde(default, borrow)]
+    token: Cow<'a, str>,
+    #[serde(default)]
+    audiences: Vec<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ReviewOut<'a> {
+    api_version: &'a str,
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metadata: Option<&'a RawValue>,
+    spec: SpecOut<'a>,
+    status: &'a RawValue,
+}
+
+/// The spec echoed back, without the token.
+#[derive(Serialize)]
+struct SpecOut<'a> {
+    token: &'static str,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    audiences: &'a [String],
+}
+
+fn to_raw<T: Serialize>(v: &T) -> Result<Box<RawValue>, ApiError> {
+    serde_json::value::to_raw_value(v).map_err(|e| {
+        tracing::error!(error = %e, "cannot serialize a TokenReview status");
+        ApiError::Internal
+    })
 }
 
 pub(crate) async fn token_review(
     State(state): State<AppState>,
+    _caller: WebhookCaller,
     ctx: RequestCtx,
-    headers: HeaderMap,
-    body: Result<Json<TokenReview>, JsonRejection>,
-) -> Result<Json<TokenReview>, ApiError> {
-    check_webhook_caller(&state, &ctx, &headers)?;
-    let Json(mut review) = body?;
-    if !API_VERSIONS.contains(&review.api_version.as_str()) || review.kind != "TokenReview" {
+    JsonBytes(body): JsonBytes,
+) -> Result<Response, ApiError> {
+    let review: ReviewIn<'_> = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("invalid TokenReview: {e}")))?;
+    if !API_VERSIONS.contains(&&*review.api_version) || review.kind != "TokenReview" {
         return Err(ApiError::BadRequest(format!(
             "expected kind TokenReview in {}, got {} {}",
             API_VERSIONS.join(" or "),
@@ -151,14 +239,15 @@ pub(crate) async fn token_review(
             review.api_version
         )));
     }
-    let token = std::mem::take(&mut review.spec.token);
-    let result = if token.is_empty() {
+    let result = if review.spec.token.is_empty() {
         Err(crate::auth::Denial::Malformed.into())
     } else {
-        state.authenticate(&token, &review.spec.audiences).await
+        state
+            .authenticate(&review.spec.token, &review.spec.audiences)
+            .await
     };
-    let settings = state.settings();
-    let status = match result {
+    let denied;
+    let status: &RawValue = match &result {
         Ok(who) => {
             state.metrics().review(true, who.cached);
             let mut ev = ctx.event("tokenreview", "allowed");
@@ -167,15 +256,21 @@ pub(crate) async fn token_review(
             ev.object = Some(who.audiences.join(","));
             ev.reason = Some(if who.cached { "cached" } else { "verified" });
             state.audit().record(&ev);
-            TokenReviewStatus {
-                authenticated: true,
-                user: Some(user_info(
-                    &who,
-                    &settings.username_prefix,
-                    &settings.groups_prefix,
-                )),
-                audiences: who.audiences.clone(),
-                error: None,
+            if let Some(s) = who.review_status.get() {
+                s
+            } else {
+                let settings = state.settings();
+                let raw = to_raw(&TokenReviewStatus {
+                    authenticated: true,
+                    user: Some(user_info(
+                        who,
+                        &settings.username_prefix,
+                        &settings.groups_prefix,
+                    )),
+                    audiences: who.audiences.clone(),
+                    error: None,
+                })?;
+                who.review_status.get_or_init(|| raw)
             }
         }
         Err(refusal) => {
@@ -187,15 +282,27 @@ pub(crate) async fn token_review(
             ev.uid = named.map(|(_, u)| u.to_string());
             ev.reason = Some(&reason);
             state.audit().record(&ev);
-            TokenReviewStatus {
+            denied = to_raw(&TokenReviewStatus {
                 authenticated: false,
                 error: Some(reason),
                 ..TokenReviewStatus::default()
-            }
+            })?;
+            &denied
         }
     };
-    review.status = Some(status);
-    Ok(Json(review))
+    let out = ReviewOut {
+        api_version: &review.api_version,
+        kind: "TokenReview",
+        metadata: review.metadata,
+        spec: SpecOut {
+            token: "",
+            audiences: &review.spec.audiences,
+        },
+        status,
+    };
+    let mut buf = Vec::with_capacity(256 + status.get().len());
+    serde_json::to_writer(&mut buf, &out).map_err(|_| ApiError::Internal)?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], buf).into_response())
 }
 
 #[cfg(test)]
@@ -214,6 +321,7 @@ mod tests {
             audiences: vec!["kubernetes".into()],
             expires_at: None,
             cached: false,
+            review_status: std::sync::OnceLock::new(),
         };
         let u = user_info(&who, "idb:", "idb:");
         assert_eq!(u.username, "idb:alice");

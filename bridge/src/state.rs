@@ -82,13 +82,16 @@ impl AppState {
 
     /// Replaces the settings (on reload); caches are emptied so new mappings apply at once.
     pub fn set_settings(&self, settings: Settings) {
-        self.0.auth.resize(&settings);
-        self.0.auth.invalidate();
+        let settings = Arc::new(settings);
         *self
             .0
             .settings
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(settings);
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = settings.clone();
+        // Only after the new settings are visible: a review racing this call either sees the
+        // new settings or has its result discarded by the generation bump.
+        self.0.auth.resize(&settings);
+        self.0.auth.invalidate();
     }
 
     /// Current keys.

@@ -253,10 +253,24 @@ impl Idbridge {
         read_trimmed(&self.data_dir.join("webhook.token"))
     }
 
-    /// The audit log so far.
+    /// The audit log so far. Lines of acknowledged changes are always there; review lines are
+    /// written moments later, so to see every line use [`Idbridge::stop_and_read_audit`].
     #[must_use]
     pub fn audit_log(&self) -> String {
         std::fs::read_to_string(self.data_dir.join("audit.log")).unwrap_or_default()
+    }
+
+    /// Stops the server gracefully (which drains the audit queue) and returns the whole audit log.
+    ///
+    /// # Errors
+    /// If the server does not stop cleanly.
+    pub async fn stop_and_read_audit(self) -> anyhow::Result<String> {
+        let path = self.data_dir.join("audit.log");
+        let code = self.stop().await?;
+        if code != Some(0) {
+            bail!("idbridge exited with {code:?}");
+        }
+        Ok(std::fs::read_to_string(path)?)
     }
 
     /// Posts a v1 TokenReview as kube-apiserver does and returns the answer's `status`.

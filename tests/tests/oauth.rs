@@ -204,7 +204,12 @@ async fn the_token_endpoint_refuses_what_it_must() {
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
-    assert!(!s.audit_log().contains(&admin));
+    let audit = s.stop_and_read_audit().await.unwrap();
+    assert!(
+        audit.contains("\"event\":\"token.exchange\",\"outcome\":\"denied\""),
+        "{audit}"
+    );
+    assert!(!audit.contains(&admin));
 }
 
 #[tokio::test]
@@ -269,12 +274,13 @@ async fn the_admin_api_needs_an_admin() {
         .unwrap();
     assert_ne!(code, 0);
     assert!(err.contains("nobody"), "{err}");
-    let audit = s.audit_log();
+    // A change the caller saw acknowledged is in the log already, before any shutdown.
+    assert!(s.audit_log().contains("\"event\":\"token.create\""));
+    let audit = s.stop_and_read_audit().await.unwrap();
     assert!(
         audit.contains("\"event\":\"admin.auth\",\"outcome\":\"denied\""),
         "{audit}"
     );
-    assert!(audit.contains("\"event\":\"token.create\""), "{audit}");
     assert!(!audit.contains(eve.trim()));
 }
 
