@@ -291,76 +291,119 @@ fn write_kube_files(
     ca_file: Option<&Path>,
     webhook_token: &str,
 ) -> anyhow::Result<()> {
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let ca_pem = match ca_file {
-        Some(p) => Some(std::fs::read_to_string(p)?),
-        None => None,
-    };
-    let ca_data = ca_pem
-        .as_ref()
-        .map(|pem| format!("\n    certificate-authority-data: {}", b64.encode(pem)))
-        .unwrap_or_default();
-    let kubeconfig = format!(
-        "# kube-apiserver --authentication-token-webhook-config-file=<this file>\n\
-         apiVersion: v1\n\
-         kind: Config\n\
-         clusters:\n\
-         - name: idbridge\n  cluster:\n    server: {issuer}/webhooks/tokenreview{ca_data}\n\
-         users:\n\
-         - name: kube-apiserver\n  user:\n    token: {webhook_token}\n\
-         contexts:\n\
-         - name: webhook\n  context:\n    cluster: idbridge\n    user: kube-apiserver\n\
-         current-context: webhook\n"
-    );
+    let (kubeconfig, authn) = kube_files(cfg, issuer, ca_file, webhook_token)?;
     write_file(
         &cfg.data_dir.join("webhook.kubeconfig"),
         kubeconfig.as_bytes(),
     )?;
-
-    let audiences = cfg
-        .kubernetes
-        .audiences
-        .iter()
-        .map(|a| format!("      - {}", yaml_str(a)))
-        .collect::<Vec<_>>()
-        .join("\n");
-    let ca_block = ca_pem
-        .map(|pem| {
-            let indented: String = pem.lines().map(|l| format!("      {l}\n")).collect();
-            format!("    certificateAuthority: |\n{indented}")
-        })
-        .unwrap_or_default();
-    let policy = if cfg.kubernetes.audiences.len() > 1 {
-        "    audienceMatchPolicy: MatchAny\n"
-    } else {
-        ""
-    };
-    let authn = format!(
-        "# kube-apiserver --authentication-config=<this file>\n\
-         # Maps idbridge access tokens to the same user TokenReview returns.\n\
-         apiVersion: apiserver.config.k8s.io/v1beta1\n\
-         kind: AuthenticationConfiguration\n\
-         jwt:\n\
-         - issuer:\n    url: {issuer}\n    audiences:\n{audiences}\n{policy}{ca_block}\
-         \x20 claimValidationRules:\n\
-         \x20 - expression: \"!claims.name.startsWith('system:')\"\n\
-         \x20   message: usernames starting with system: are refused\n\
-         \x20 claimMappings:\n\
-         \x20   username:\n      claim: name\n      prefix: {}\n\
-         \x20   groups:\n      claim: groups\n      prefix: {}\n\
-         \x20   uid:\n      claim: sub\n\
-         \x20   extra:\n\
-         \x20   - key: idbridge.io/amr\n      valueExpression: \"has(claims.amr) ? claims.amr : []\"\n\
-         \x20   - key: idbridge.io/namespace\n      valueExpression: \"has(claims.namespace) ? [claims.namespace] : []\"\n",
-        yaml_str(&cfg.kubernetes.username_prefix),
-        yaml_str(&cfg.kubernetes.groups_prefix),
-    );
     write_file(
         &cfg.data_dir.join("authentication-config.yaml"),
         authn.as_bytes(),
     )
 }
 
-fn yaml_str(s: &str) -> String {
-    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_owned())
+/// The webhook kubeconfig and the JWT authenticator configuration, as YAML text.
+fn kube_files(
+    cfg: &Config,
+    issuer: &str,
+    ca_file: Option<&Path>,
+    webhook_token: &str,
+) -> anyhow::Result<(String, String)> {
+    use serde_json::json;
+    let ca_pem = ca_file.map(std::fs::read_to_string).transpose()?;
+    let mut cluster = json!({ "server": format!("{issuer}/webhooks/tokenreview") });
+    if let Some(pem) = &ca_pem {
+        cluster["certificate-authority-data"] =
+            json!(base64::engine::general_purpose::STANDARD.encode(pem));
+    }
+    let kubeconfig = json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{ "name": "idbridge", "cluster": cluster }],
+        "users": [{ "name": "kube-apiserver", "user": { "token": webhook_token } }],
+        "contexts": [{ "name": "webhook", "context": { "cluster": "idbridge", "user": "kube-apiserver" } }],
+        "current-context": "webhook",
+    });
+    let mut jwt_issuer = json!({ "url": issuer, "audiences": cfg.kubernetes.audiences });
+    if cfg.kubernetes.audiences.len() > 1 {
+        jwt_issuer["audienceMatchPolicy"] = json!("MatchAny");
+    }
+    if let Some(pem) = &ca_pem {
+        jwt_issuer["certificateAuthority"] = json!(pem);
+    }
+    let authn = json!({
+        "apiVersion": "apiserver.config.k8s.io/v1beta1",
+        "kind": "AuthenticationConfiguration",
+        "jwt": [{
+            "issuer": jwt_issuer,
+            "claimValidationRules": [{
+                "expression": "!claims.name.startsWith('system:')",
+                "message": "usernames starting with system: are refused",
+            }],
+            "claimMappings": {
+                "username": { "claim": "name", "prefix": cfg.kubernetes.username_prefix },
+                "groups": { "claim": "groups", "prefix": cfg.kubernetes.groups_prefix },
+                "uid": { "claim": "sub" },
+                "extra": [
+                    { "key": "idbridge.io/amr", "valueExpression": "has(claims.amr) ? claims.amr : []" },
+                    { "key": "idbridge.io/namespace", "valueExpression": "has(claims.namespace) ? [claims.namespace] : []" },
+                ],
+            },
+        }],
+    });
+    Ok((
+        format!(
+            "# kube-apiserver --authentication-token-webhook-config-file=<this file>\n{}",
+            serde_yaml_ng::to_string(&kubeconfig)?
+        ),
+        format!(
+            "# kube-apiserver --authentication-config=<this file>\n\
+             # Maps idbridge access tokens to the same user TokenReview returns.\n{}",
+            serde_yaml_ng::to_string(&authn)?
+        ),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_kube_files_parse_and_carry_the_mapping() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.crt");
+        std::fs::write(
+            &ca,
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let mut cfg = Config::default();
+        cfg.kubernetes.username_prefix = "idb:".into();
+        cfg.kubernetes.audiences = vec!["kubernetes".into(), "other".into()];
+        let (kubeconfig, authn) =
+            kube_files(&cfg, "https://idbridge.example:8443", Some(&ca), "idb_wh_x").unwrap();
+        let k: serde_json::Value = serde_yaml_ng::from_str(&kubeconfig).unwrap();
+        assert_eq!(
+            k["clusters"][0]["cluster"]["server"],
+            "https://idbridge.example:8443/webhooks/tokenreview"
+        );
+        assert_eq!(k["users"][0]["user"]["token"], "idb_wh_x");
+        assert!(k["clusters"][0]["cluster"]["certificate-authority-data"].is_string());
+        let a: serde_json::Value = serde_yaml_ng::from_str(&authn).unwrap();
+        let jwt = &a["jwt"][0];
+        assert_eq!(jwt["issuer"]["url"], "https://idbridge.example:8443");
+        assert_eq!(jwt["issuer"]["audienceMatchPolicy"], "MatchAny");
+        assert!(
+            jwt["issuer"]["certificateAuthority"]
+                .as_str()
+                .unwrap()
+                .contains("BEGIN CERTIFICATE")
+        );
+        assert_eq!(jwt["claimMappings"]["username"]["prefix"], "idb:");
+        assert_eq!(jwt["claimMappings"]["uid"]["claim"], "sub");
+        assert_eq!(
+            jwt["claimValidationRules"][0]["message"],
+            "usernames starting with system: are refused"
+        );
+    }
 }
