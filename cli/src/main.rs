@@ -15,7 +15,18 @@ use clap::{Parser, Subcommand};
 /// signing key, a TLS certificate, an `admin` account with its token (admin.token), and the two
 /// files kube-apiserver needs (webhook.kubeconfig, authentication-config.yaml).
 #[derive(Debug, Parser)]
-#[command(name = "idbridge", version, about, long_about)]
+#[command(
+    name = "idbridge",
+    version,
+    about,
+    long_about,
+    after_help = "Examples:\n  \
+        idbridge serve                                   # simple profile in ./idbridge-data\n  \
+        idbridge serve --config idbridge.yaml --check    # validate a configuration\n  \
+        idbridge user add alice --group dev --namespace team-a\n  \
+        idbridge token create --user alice --ttl 30d     # prints the token once\n  \
+        idbridge user disable alice                      # her tokens fail at the next review"
+)]
 struct Cli {
     /// Log format on standard error.
     #[arg(
