@@ -76,6 +76,25 @@ pub struct Refusal {
     pub account: Option<(String, AccountUid)>,
 }
 
+impl Refusal {
+    /// Records the refusal in the audit log as `event`/`denied`; returns the reason for the caller.
+    pub(crate) fn audit(
+        &self,
+        state: &crate::AppState,
+        ctx: &crate::state::RequestCtx,
+        event: &str,
+    ) -> String {
+        let reason = self.denial.to_string();
+        let mut ev = ctx.event(event, "denied");
+        let named = self.account.as_ref();
+        ev.account = named.map(|(n, _)| n.as_str());
+        ev.uid = named.map(|(_, u)| u.to_string());
+        ev.reason = Some(&reason);
+        state.audit().record(&ev);
+        reason
+    }
+}
+
 impl From<Denial> for Refusal {
     fn from(denial: Denial) -> Self {
         Self {

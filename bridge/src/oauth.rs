@@ -106,13 +106,7 @@ pub(crate) async fn token(
     {
         Ok(w) => w,
         Err(refusal) => {
-            let reason = refusal.denial.to_string();
-            let mut ev = ctx.event("token.exchange", "denied");
-            let named = refusal.account.as_ref();
-            ev.account = named.map(|(n, _)| n.as_str());
-            ev.uid = named.map(|(_, u)| u.to_string());
-            ev.reason = Some(&reason);
-            state.audit().record(&ev);
+            let reason = refusal.audit(&state, &ctx, "token.exchange");
             if refusal.denial == Denial::Unavailable {
                 return Err(ApiError::Unavailable(reason));
             }

@@ -275,13 +275,7 @@ pub(crate) async fn token_review(
         }
         Err(refusal) => {
             state.metrics().review(false, false);
-            let reason = refusal.denial.to_string();
-            let mut ev = ctx.event("tokenreview", "denied");
-            let named = refusal.account.as_ref();
-            ev.account = named.map(|(n, _)| n.as_str());
-            ev.uid = named.map(|(_, u)| u.to_string());
-            ev.reason = Some(&reason);
-            state.audit().record(&ev);
+            let reason = refusal.audit(&state, &ctx, "tokenreview");
             denied = to_raw(&TokenReviewStatus {
                 authenticated: false,
                 error: Some(reason),

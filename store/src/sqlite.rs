@@ -38,6 +38,15 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
 }
 
+/// A uniqueness violation becomes `Conflict(what)`; anything else a backend failure.
+fn conflict_or_backend(e: sqlx::Error, what: impl FnOnce() -> String) -> StoreError {
+    if is_unique_violation(&e) {
+        StoreError::Conflict(what())
+    } else {
+        backend(e)
+    }
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the database file and brings its schema up to date.
     ///
@@ -156,13 +165,7 @@ impl SqliteStore {
             .bind(json)
             .execute(&mut *tx)
             .await
-            .map_err(|e| {
-                if is_unique_violation(&e) {
-                    StoreError::Conflict(format!("identity {}", id.key()))
-                } else {
-                    backend(e)
-                }
-            })?;
+            .map_err(|e| conflict_or_backend(e, || format!("identity {}", id.key())))?;
         }
         Ok(())
     }
@@ -217,13 +220,7 @@ impl Store for SqliteStore {
         .bind(now.0)
         .execute(&mut *tx)
         .await
-        .map_err(|e| {
-            if is_unique_violation(&e) {
-                StoreError::Conflict(format!("account {}", account.name))
-            } else {
-                backend(e)
-            }
-        })?;
+        .map_err(|e| conflict_or_backend(e, || format!("account {}", account.name)))?;
         Self::write_identities(&mut tx, &uid, &account.identities).await?;
         tx.commit().await.map_err(backend)?;
         Ok(account)
@@ -280,13 +277,7 @@ impl Store for SqliteStore {
         .bind(&uid)
         .execute(&mut *tx)
         .await
-        .map_err(|e| {
-            if is_unique_violation(&e) {
-                StoreError::Conflict(format!("account {}", account.name))
-            } else {
-                backend(e)
-            }
-        })?;
+        .map_err(|e| conflict_or_backend(e, || format!("account {}", account.name)))?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound(format!("account {uid}")));
         }
@@ -313,12 +304,10 @@ impl Store for SqliteStore {
         .execute(&self.pool)
         .await
         .map_err(|e| {
-            if is_unique_violation(&e) {
-                StoreError::Conflict(format!("token {}", token.id))
-            } else if matches!(&e, sqlx::Error::Database(d) if d.is_foreign_key_violation()) {
+            if matches!(&e, sqlx::Error::Database(d) if d.is_foreign_key_violation()) {
                 StoreError::NotFound(format!("account {}", token.account))
             } else {
-                backend(e)
+                conflict_or_backend(e, || format!("token {}", token.id))
             }
         })?;
         Ok(())

@@ -331,6 +331,106 @@ impl Idbridge {
         Ok(out)
     }
 
+    /// Starts with a YAML configuration in `root`.
+    ///
+    /// # Errors
+    /// As [`Idbridge::start_with`].
+    pub async fn start_config(root: &Path, yaml: String) -> anyhow::Result<Self> {
+        Self::start_with(
+            root,
+            Options {
+                config: Some(yaml),
+                ..Options::default()
+            },
+        )
+        .await
+    }
+
+    /// GETs a path and parses the JSON answer.
+    ///
+    /// # Errors
+    /// If the call fails or the answer is not JSON.
+    pub async fn get_json(&self, path: &str) -> anyhow::Result<Value> {
+        Ok(self.http.get(self.url(path)).send().await?.json().await?)
+    }
+
+    /// Creates a static token for `user` with the CLI (through the admin API, or `--offline`)
+    /// and returns it.
+    ///
+    /// # Errors
+    /// If the command fails.
+    pub async fn create_token(&self, user: &str, offline: bool) -> anyhow::Result<String> {
+        let mut args = vec!["token", "create", "--user", user];
+        if offline {
+            args.push("--offline");
+        }
+        Ok(self.cli_ok(&args).await?.trim().to_owned())
+    }
+
+    /// The UID of the account `name`, read with `idbridge user list`.
+    ///
+    /// # Errors
+    /// If the command fails or there is no such account.
+    pub async fn account_uid(&self, name: &str, offline: bool) -> anyhow::Result<String> {
+        let mut args = vec!["user", "list", "--json"];
+        if offline {
+            args.push("--offline");
+        }
+        let all: Vec<Value> = serde_json::from_str(&self.cli_ok(&args).await?)?;
+        all.iter()
+            .find(|a| a["name"] == name)
+            .and_then(|a| a["uid"].as_str())
+            .map(str::to_owned)
+            .with_context(|| format!("no account {name}"))
+    }
+
+    /// Posts the RFC 8693 exchange of a static token for an access token.
+    ///
+    /// # Errors
+    /// If the HTTP call fails.
+    pub async fn exchange(
+        &self,
+        static_token: &str,
+        audience: Option<&str>,
+    ) -> anyhow::Result<reqwest::Response> {
+        let mut form = vec![
+            (
+                "grant_type",
+                "urn:ietf:params:oauth:grant-type:token-exchange",
+            ),
+            ("subject_token", static_token),
+            (
+                "subject_token_type",
+                "urn:idbridge:params:oauth:token-type:static",
+            ),
+        ];
+        if let Some(a) = audience {
+            form.push(("audience", a));
+        }
+        Ok(self
+            .http
+            .post(self.url("/oauth2/token"))
+            .form(&form)
+            .send()
+            .await?)
+    }
+
+    /// Exchanges a static token for an access token and returns the access token.
+    ///
+    /// # Errors
+    /// If the exchange is refused.
+    pub async fn access_token(&self, static_token: &str) -> anyhow::Result<String> {
+        let r = self.exchange(static_token, None).await?;
+        if !r.status().is_success() {
+            bail!("exchange refused: {}", r.text().await?);
+        }
+        let v: Value = r.json().await?;
+        v["access_token"]
+            .as_str()
+            .map(str::to_owned)
+            .context("no access_token in the answer")
+    }
+
     /// The process id.
     #[must_use]
     pub fn pid(&self) -> Option<u32> {

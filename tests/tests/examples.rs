@@ -43,10 +43,7 @@ async fn the_enterprise_example_serves_its_accounts() {
         !s.data_dir.join("admin.token").exists(),
         "only the simple profile makes an admin"
     );
-    let secret = s
-        .cli_ok(&["token", "create", "--user", "alice", "--offline"])
-        .await
-        .unwrap();
+    let secret = s.create_token("alice", true).await.unwrap();
     let st = s.review(secret.trim(), &[]).await.unwrap();
     assert_eq!(st["user"]["username"], "idb:alice");
     assert_eq!(
@@ -57,10 +54,7 @@ async fn the_enterprise_example_serves_its_accounts() {
         st["user"]["extra"]["idbridge.io/namespace"],
         json!(["team-a"])
     );
-    let gone = s
-        .cli_ok(&["token", "create", "--user", "former-employee", "--offline"])
-        .await
-        .unwrap();
+    let gone = s.create_token("former-employee", true).await.unwrap();
     let st = s.review(gone.trim(), &[]).await.unwrap();
     assert_eq!(st["authenticated"], false);
 }
@@ -82,12 +76,7 @@ async fn the_simple_example_is_the_simple_profile() {
     assert_eq!(st["user"]["username"], "admin");
     assert_eq!(st["user"]["groups"], json!(["idbridge-admins"]));
     let disc: serde_json::Value = s
-        .http
-        .get(s.url("/.well-known/openid-configuration"))
-        .send()
-        .await
-        .unwrap()
-        .json()
+        .get_json("/.well-known/openid-configuration")
         .await
         .unwrap();
     assert_eq!(disc["issuer"], s.base.as_str());

@@ -2,7 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // end-to-end tests fail loudly by design
 
-use idbridge_tests::{Idbridge, Options, run_idbridge, scratch};
+use idbridge_tests::{Idbridge, run_idbridge, scratch};
 use serde_json::{Value, json};
 
 async fn file_hashes(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
@@ -27,20 +27,9 @@ async fn a_restart_keeps_everything() {
     s.cli_ok(&["user", "add", "carol", "--namespace", "team-c"])
         .await
         .unwrap();
-    let secret = s
-        .cli_ok(&["token", "create", "--user", "carol"])
-        .await
-        .unwrap();
+    let secret = s.create_token("carol", false).await.unwrap();
     let before = s.review(secret.trim(), &[]).await.unwrap();
-    let jwks_before: Value = s
-        .http
-        .get(s.url("/oauth2/jwks"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let jwks_before: Value = s.get_json("/oauth2/jwks").await.unwrap();
     let files_before = file_hashes(&s.data_dir).await;
     assert_eq!(
         s.stop().await.unwrap(),
@@ -57,15 +46,7 @@ async fn a_restart_keeps_everything() {
         }
     }
     assert_eq!(s.review(secret.trim(), &[]).await.unwrap(), before);
-    let jwks_after: Value = s
-        .http
-        .get(s.url("/oauth2/jwks"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let jwks_after: Value = s.get_json("/oauth2/jwks").await.unwrap();
     assert_eq!(
         jwks_before, jwks_after,
         "the signing key must survive a restart"
@@ -205,19 +186,8 @@ async fn sighup_reloads_mappings_and_accounts() {
             accounts.display()
         )
     };
-    let s = Idbridge::start_with(
-        dir.path(),
-        Options {
-            config: Some(cfg("a:")),
-            ..Options::default()
-        },
-    )
-    .await
-    .unwrap();
-    let secret = s
-        .cli_ok(&["token", "create", "--user", "dave", "--offline"])
-        .await
-        .unwrap();
+    let s = Idbridge::start_config(dir.path(), cfg("a:")).await.unwrap();
+    let secret = s.create_token("dave", true).await.unwrap();
     let st = s.review(secret.trim(), &[]).await.unwrap();
     assert_eq!(st["user"]["username"], "a:dave");
     assert_eq!(st["user"]["groups"], json!(["dev"]));

@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // end-to-end tests fail loudly by design
 
-use idbridge_tests::{Idbridge, Options, client_trusting, scratch};
+use idbridge_tests::{Idbridge, client_trusting, scratch};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Value, json};
 
@@ -28,12 +28,7 @@ async fn exchanged_tokens_verify_against_the_published_jwks() {
     let dir = scratch();
     let s = Idbridge::start(dir.path()).await.unwrap();
     let disc: Value = s
-        .http
-        .get(s.url("/.well-known/openid-configuration"))
-        .send()
-        .await
-        .unwrap()
-        .json()
+        .get_json("/.well-known/openid-configuration")
         .await
         .unwrap();
     assert_eq!(disc["issuer"], s.base.as_str());
@@ -221,10 +216,7 @@ async fn the_admin_api_needs_an_admin() {
     assert_eq!(r.status(), 401);
     assert_eq!(r.headers()["www-authenticate"], "Bearer realm=\"idbridge\"");
     s.cli_ok(&["user", "add", "eve"]).await.unwrap();
-    let eve = s
-        .cli_ok(&["token", "create", "--user", "eve"])
-        .await
-        .unwrap();
+    let eve = s.create_token("eve", false).await.unwrap();
     let r = s
         .http
         .get(&url)
@@ -307,15 +299,7 @@ async fn webhook_callers_may_use_a_client_certificate() {
         "tls:\n  client_ca_file: {}\nwebhooks:\n  client_certificates: true\n",
         ca_file.display()
     );
-    let s = Idbridge::start_with(
-        dir.path(),
-        Options {
-            config: Some(cfg),
-            ..Options::default()
-        },
-    )
-    .await
-    .unwrap();
+    let s = Idbridge::start_config(dir.path(), cfg).await.unwrap();
     let secret = s
         .cli_ok(&["token", "create", "--user", "nobody-yet", "--offline"])
         .await;
@@ -323,10 +307,7 @@ async fn webhook_callers_may_use_a_client_certificate() {
     s.cli_ok(&["user", "add", "frank", "--offline"])
         .await
         .unwrap();
-    let secret = s
-        .cli_ok(&["token", "create", "--user", "frank", "--offline"])
-        .await
-        .unwrap();
+    let secret = s.create_token("frank", true).await.unwrap();
     let body = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
                       "spec": {"token": secret.trim()}});
     let url = s.url("/webhooks/tokenreview");

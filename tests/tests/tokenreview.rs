@@ -7,53 +7,14 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use idbridge_bridge::{AccessClaims, KeySet};
 use idbridge_core::Store;
-use idbridge_tests::{Idbridge, Options, scratch};
+use idbridge_tests::{Idbridge, scratch};
 use serde_json::{Value, json};
-
-async fn account_uid(s: &Idbridge, name: &str) -> String {
-    let out = s.cli_ok(&["user", "list", "--json"]).await.unwrap();
-    let all: Vec<Value> = serde_json::from_str(&out).unwrap();
-    all.iter()
-        .find(|a| a["name"] == name)
-        .map(|a| a["uid"].as_str().unwrap().to_owned())
-        .unwrap_or_else(|| panic!("no account {name} in {out}"))
-}
-
-async fn exchange(s: &Idbridge, static_token: &str, audience: Option<&str>) -> reqwest::Response {
-    let mut form = vec![
-        (
-            "grant_type",
-            "urn:ietf:params:oauth:grant-type:token-exchange",
-        ),
-        ("subject_token", static_token),
-        (
-            "subject_token_type",
-            "urn:idbridge:params:oauth:token-type:static",
-        ),
-    ];
-    if let Some(a) = audience {
-        form.push(("audience", a));
-    }
-    s.http
-        .post(s.url("/oauth2/token"))
-        .form(&form)
-        .send()
-        .await
-        .unwrap()
-}
-
-async fn access_token(s: &Idbridge, static_token: &str) -> String {
-    let r = exchange(s, static_token, None).await;
-    assert_eq!(r.status(), 200);
-    let v: Value = r.json().await.unwrap();
-    v["access_token"].as_str().unwrap().to_owned()
-}
 
 #[tokio::test]
 async fn admin_token_passes_with_the_design_mapping() {
     let dir = scratch();
     let s = Idbridge::start(dir.path()).await.unwrap();
-    let uid = account_uid(&s, "admin").await;
+    let uid = s.account_uid("admin", false).await.unwrap();
     let st = s.review(&s.admin_token(), &[]).await.unwrap();
     assert_eq!(st["authenticated"], true, "{st}");
     assert_eq!(st["user"]["username"], "admin");
@@ -93,22 +54,11 @@ async fn prefixes_namespace_and_accounts_file_apply_to_static_and_jwt_alike() {
         "kubernetes:\n  username_prefix: 'idb:'\n  groups_prefix: 'idb:'\naccounts_file: {}\n",
         dir.path().join("accounts.yaml").display()
     );
-    let s = Idbridge::start_with(
-        dir.path(),
-        Options {
-            config: Some(cfg),
-            ..Options::default()
-        },
-    )
-    .await
-    .unwrap();
+    let s = Idbridge::start_config(dir.path(), cfg).await.unwrap();
     // The enterprise profile creates no admin account; administer it offline.
-    let secret = s
-        .cli_ok(&["token", "create", "--user", "alice", "--offline"])
-        .await
-        .unwrap();
+    let secret = s.create_token("alice", true).await.unwrap();
     let secret = secret.trim();
-    let uid = account_uid_offline(&s, "alice").await;
+    let uid = s.account_uid("alice", true).await.unwrap();
     let by_static = s.review(secret, &[]).await.unwrap();
     assert_eq!(by_static["authenticated"], true, "{by_static}");
     assert_eq!(by_static["user"]["username"], "idb:alice");
@@ -118,24 +68,12 @@ async fn prefixes_namespace_and_accounts_file_apply_to_static_and_jwt_alike() {
         by_static["user"]["extra"]["idbridge.io/namespace"],
         json!(["team-a"])
     );
-    let jwt = access_token(&s, secret).await;
+    let jwt = s.access_token(secret).await.unwrap();
     let by_jwt = s.review(&jwt, &[]).await.unwrap();
     assert_eq!(
         by_jwt["user"], by_static["user"],
         "TokenReview must map both the same way"
     );
-}
-
-async fn account_uid_offline(s: &Idbridge, name: &str) -> String {
-    let out = s
-        .cli_ok(&["user", "list", "--json", "--offline"])
-        .await
-        .unwrap();
-    let all: Vec<Value> = serde_json::from_str(&out).unwrap();
-    all.iter()
-        .find(|a| a["name"] == name)
-        .map(|a| a["uid"].as_str().unwrap().to_owned())
-        .unwrap()
 }
 
 #[tokio::test]
@@ -145,12 +83,9 @@ async fn disabling_and_revoking_take_effect_at_the_next_review() {
     s.cli_ok(&["user", "add", "bob", "--group", "dev"])
         .await
         .unwrap();
-    let secret = s
-        .cli_ok(&["token", "create", "--user", "bob"])
-        .await
-        .unwrap();
+    let secret = s.create_token("bob", false).await.unwrap();
     let secret = secret.trim();
-    let jwt = access_token(&s, secret).await;
+    let jwt = s.access_token(secret).await.unwrap();
     // Twice, so the second answer comes from the cache.
     for _ in 0..2 {
         assert_eq!(s.review(secret, &[]).await.unwrap()["authenticated"], true);
@@ -177,7 +112,7 @@ async fn disabling_and_revoking_take_effect_at_the_next_review() {
     assert_eq!(st["authenticated"], false);
     assert_eq!(st["error"], "token is invalid or revoked");
     // A revoked static token can no longer be exchanged either.
-    assert_eq!(exchange(&s, secret, None).await.status(), 400);
+    assert_eq!(s.exchange(secret, None).await.unwrap().status(), 400);
     let metrics = s
         .http
         .get(s.url("/metrics"))
@@ -321,7 +256,7 @@ fn b64(v: &Value) -> String {
 async fn hostile_jwts_are_refused() {
     let dir = scratch();
     let s = Idbridge::start(dir.path()).await.unwrap();
-    let good = access_token(&s, &s.admin_token()).await;
+    let good = s.access_token(&s.admin_token()).await.unwrap();
     assert_eq!(s.review(&good, &[]).await.unwrap()["authenticated"], true);
     let parts: Vec<&str> = good.split('.').collect();
     let header: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[0]).unwrap()).unwrap();
@@ -406,15 +341,7 @@ async fn hostile_jwts_are_refused() {
         format!("{}.{}.", b64(&json!({"alg": "none", "kid": kid})), parts[1]),
     ));
     // HS256 keyed with our public key (algorithm confusion).
-    let jwks: Value = s
-        .http
-        .get(s.url("/oauth2/jwks"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let jwks: Value = s.get_json("/oauth2/jwks").await.unwrap();
     let hs_header = b64(&json!({"alg": "HS256", "typ": "JWT", "kid": kid}));
     let input = format!("{hs_header}.{}", parts[1]);
     for secret in [
