@@ -311,8 +311,10 @@ impl Authenticator {
         let kid = header.kid.ok_or(Denial::Invalid)?;
         let key = keys.verifier(&kid).ok_or(Denial::Invalid)?;
         let mut v = Validation::new(Algorithm::ES256);
-        v.leeway = settings.clock_skew.as_secs();
-        v.validate_nbf = true;
+        // Time is judged below by the injected clock alone, so tests are exact and every
+        // replica applies the same skew; jsonwebtoken still requires the claims to be present.
+        v.validate_exp = false;
+        v.validate_nbf = false;
         v.set_audience(audiences);
         v.set_issuer(&[&settings.issuer]);
         v.set_required_spec_claims(&["exp", "nbf", "iat", "aud", "iss", "sub"]);
@@ -325,7 +327,6 @@ impl Authenticator {
             }
         })?;
         let claims = data.claims;
-        // jsonwebtoken checks exp and nbf against the system clock; the injected clock decides too.
         let skew = i64::try_from(settings.clock_skew.as_secs()).unwrap_or(0);
         if claims.exp + skew <= now || claims.nbf - skew > now {
             return Err(Denial::Expired.into());
@@ -372,4 +373,171 @@ fn cache_key(token: &str, audiences: &[String]) -> CacheKey {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding a cache lock leaves only a cache behind; keep using it.
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use idbridge_core::{FixedClock, NewAccount, StaticToken, TokenId, UnixTime};
+    use idbridge_store::SqliteStore;
+
+    const T0: i64 = 1_900_000_000;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        store: SqliteStore,
+        clock: FixedClock,
+        keys: KeySet,
+        settings: Settings,
+        auth: Authenticator,
+        uid: AccountUid,
+    }
+
+    async fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.db")).await.unwrap();
+        let mut new = NewAccount::named("alice".parse().unwrap());
+        new.groups.insert("dev".parse().unwrap());
+        let uid = store.create_account(new, UnixTime(T0)).await.unwrap().uid;
+        let (kid, der) = KeySet::generate().unwrap();
+        let settings = Settings::new("https://idbridge.test".into());
+        Fixture {
+            auth: Authenticator::new(&settings),
+            _dir: dir,
+            store,
+            clock: FixedClock::at(UnixTime(T0)),
+            keys: KeySet::from_pkcs8(&[(kid, der)]).unwrap(),
+            settings,
+            uid,
+        }
+    }
+
+    impl Fixture {
+        async fn check(&self, token: &str, aud: &[&str]) -> Result<Arc<Authenticated>, Denial> {
+            let aud: Vec<String> = aud.iter().map(|a| (*a).to_owned()).collect();
+            self.auth
+                .authenticate(
+                    token,
+                    &aud,
+                    &self.settings,
+                    &self.keys,
+                    &self.store,
+                    &self.clock,
+                )
+                .await
+                .map_err(|r| r.denial)
+        }
+
+        async fn static_token(&self, expires_at: Option<i64>) -> String {
+            let secret = crate::tokens::new_static_secret();
+            let t = StaticToken {
+                id: TokenId::random(),
+                account: self.uid,
+                description: String::new(),
+                created_at: UnixTime(T0),
+                expires_at: expires_at.map(UnixTime),
+                revoked_at: None,
+            };
+            self.store
+                .create_static_token(&t, hash_token(&secret))
+                .await
+                .unwrap();
+            secret
+        }
+
+        fn jwt(&self, exp: i64, aud: &str) -> String {
+            self.keys
+                .sign(&AccessClaims {
+                    iss: self.settings.issuer.clone(),
+                    sub: self.uid.to_string(),
+                    aud: vec![aud.into()],
+                    exp,
+                    iat: T0,
+                    nbf: T0,
+                    jti: "j".into(),
+                    name: "alice".into(),
+                    groups: vec!["dev".into()],
+                    namespace: None,
+                    amr: vec!["static".into()],
+                    scope: String::new(),
+                })
+                .unwrap()
+        }
+    }
+
+    #[tokio::test]
+    async fn static_tokens_expire_by_the_injected_clock_even_when_cached() {
+        let f = fixture().await;
+        let t = f.static_token(Some(T0 + 60)).await;
+        assert!(!f.check(&t, &[]).await.unwrap().cached);
+        assert!(f.check(&t, &[]).await.unwrap().cached);
+        f.clock.advance(60);
+        assert_eq!(f.check(&t, &[]).await.unwrap_err(), Denial::Expired);
+    }
+
+    #[tokio::test]
+    async fn jwts_expire_by_the_injected_clock_with_the_configured_skew() {
+        let f = fixture().await;
+        let exp = T0 + 600;
+        let t = f.jwt(exp, "kubernetes");
+        assert_eq!(f.check(&t, &[]).await.unwrap().groups, vec!["dev"]);
+        f.clock.advance(600 + 29);
+        assert!(f.check(&t, &[]).await.is_ok(), "within the 30 s skew");
+        f.clock.advance(2);
+        assert_eq!(f.check(&t, &[]).await.unwrap_err(), Denial::Expired);
+    }
+
+    #[tokio::test]
+    async fn audiences_are_enforced_for_both_kinds() {
+        let f = fixture().await;
+        let st = f.static_token(None).await;
+        assert_eq!(
+            f.check(&st, &["vault"]).await.unwrap_err(),
+            Denial::Audience
+        );
+        assert_eq!(
+            f.check(&st, &["vault", "kubernetes"])
+                .await
+                .unwrap()
+                .audiences,
+            vec!["kubernetes"]
+        );
+        let jwt = f.jwt(T0 + 600, "vault");
+        assert_eq!(f.check(&jwt, &[]).await.unwrap_err(), Denial::Audience);
+        assert_eq!(
+            f.check(&jwt, &["vault"]).await.unwrap().audiences,
+            vec!["vault"]
+        );
+    }
+
+    #[tokio::test]
+    async fn invalidate_forgets_cached_answers() {
+        let f = fixture().await;
+        let st = f.static_token(None).await;
+        f.check(&st, &[]).await.unwrap();
+        let mut a = f.store.account(f.uid).await.unwrap().unwrap();
+        a.disabled = true;
+        f.store.update_account(&a).await.unwrap();
+        // A change made behind the authenticator's back is seen once the cache is emptied,
+        // which every admin path does before it answers.
+        assert!(f.check(&st, &[]).await.unwrap().cached);
+        f.auth.invalidate();
+        assert_eq!(f.check(&st, &[]).await.unwrap_err(), Denial::Disabled);
+    }
+
+    #[tokio::test]
+    async fn garbage_is_malformed_not_a_panic() {
+        let f = fixture().await;
+        for t in [
+            "",
+            "x",
+            "a.b",
+            "a.b.c",
+            "..",
+            "idb_st_",
+            "\u{0}.\u{0}.\u{0}",
+        ] {
+            assert!(f.check(t, &[]).await.is_err(), "{t:?}");
+        }
+    }
 }

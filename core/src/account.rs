@@ -56,7 +56,11 @@ impl From<AccountUid> for String {
 
 impl fmt::Display for AccountUid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.hyphenated().fmt(f)
+        f.pad(
+            self.0
+                .hyphenated()
+                .encode_lower(&mut uuid::Uuid::encode_buffer()),
+        )
     }
 }
 

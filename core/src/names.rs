@@ -79,7 +79,8 @@ macro_rules! string_newtype {
 
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
+                // `pad` so that width and alignment (`{:<24}`) work in tables.
+                f.pad(&self.0)
             }
         }
 
@@ -255,6 +256,12 @@ mod tests {
         assert!("alice".parse::<Principal>().is_err());
         assert!("@EXAMPLE.COM".parse::<Principal>().is_err());
         assert!("alice@".parse::<Principal>().is_err());
+    }
+
+    #[test]
+    fn display_honours_width() {
+        let n: AccountName = "bob".parse().unwrap();
+        assert_eq!(format!("[{n:<5}]"), "[bob  ]");
     }
 
     #[test]
