@@ -67,6 +67,7 @@ pub struct Idbridge {
     /// An HTTP client trusting the generated CA.
     pub http: reqwest::Client,
     log: std::sync::Arc<std::sync::Mutex<String>>,
+    stdout: std::sync::Arc<std::sync::Mutex<String>>,
     log_changed: tokio::sync::watch::Receiver<usize>,
 }
 
@@ -141,11 +142,14 @@ impl Idbridge {
         });
         let stdout = child.stdout.take().context("no stdout")?;
         let mut lines = BufReader::new(stdout).lines();
+        let mut seen_stdout = String::new();
         let addr = tokio::time::timeout(START_TIMEOUT, async {
             while let Some(line) = lines.next_line().await? {
                 if let Some(url) = line.strip_prefix("idbridge listening on ") {
                     return anyhow::Ok(Some(url.to_owned()));
                 }
+                seen_stdout.push_str(&line);
+                seen_stdout.push('\n');
             }
             Ok(None)
         })
@@ -173,8 +177,18 @@ impl Idbridge {
                 log_now()
             ),
         };
-        // Keep draining stdout so the server never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        // Keep reading stdout (kept for tests) so the server never blocks on a full pipe.
+        let stdout_seen = std::sync::Arc::new(std::sync::Mutex::new(seen_stdout));
+        let sink = stdout_seen.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut s = sink
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
         let http = client_trusting(&data_dir.join("ca.crt"))?;
         let me = Self {
             child,
@@ -183,6 +197,7 @@ impl Idbridge {
             base,
             http,
             log,
+            stdout: stdout_seen,
             log_changed,
         };
         let ready = me
@@ -207,6 +222,15 @@ impl Idbridge {
     #[must_use]
     pub fn log(&self) -> String {
         self.log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// What the server printed on standard output (not a terminal here).
+    #[must_use]
+    pub fn stdout(&self) -> String {
+        self.stdout
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()

@@ -29,6 +29,14 @@ async fn a_restart_keeps_everything() {
         .unwrap();
     let secret = s.create_token("carol", false).await.unwrap();
     let before = s.review(secret.trim(), &[]).await.unwrap();
+    // Standard output is not a terminal here: it names the file, never the token.
+    let printed = s.stdout();
+    assert!(printed.contains("admin token written to"), "{printed:?}");
+    assert!(!printed.contains(&s.admin_token()));
+    assert!(
+        !s.log().contains(&s.admin_token()),
+        "the log must not hold the token"
+    );
     let jwks_before: Value = s.get_json("/oauth2/jwks").await.unwrap();
     let files_before = file_hashes(&s.data_dir).await;
     assert_eq!(
