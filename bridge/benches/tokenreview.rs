@@ -347,17 +347,20 @@ fn main() {
     let only: Option<Vec<usize>> = std::env::var("BENCH_ONLY")
         .ok()
         .map(|v| v.split(',').filter_map(|x| x.parse().ok()).collect());
+    let run = |c: &Case| {
+        client_rt.block_on(load(
+            c.addr,
+            c.path,
+            body.clone(),
+            client.clone(),
+            conns,
+            secs,
+        ))
+    };
     if only.is_some() {
         for (i, c) in cases.iter().enumerate() {
             if only.as_ref().is_some_and(|o| o.contains(&i)) {
-                let s = client_rt.block_on(load(
-                    c.addr,
-                    c.path,
-                    body.clone(),
-                    client.clone(),
-                    conns,
-                    secs,
-                ));
+                let s = run(c);
                 println!(
                     "{}: {:.0} req/s p50 {:.0} us p99 {:.0} us",
                     c.name, s.rps, s.p50_us, s.p99_us
@@ -370,17 +373,7 @@ fn main() {
     let mut floor = Vec::new();
     for r in 0..rounds {
         for (i, c) in cases.iter().enumerate() {
-            if only.as_ref().is_some_and(|o| !o.contains(&i)) {
-                continue;
-            }
-            let s = client_rt.block_on(load(
-                c.addr,
-                c.path,
-                body.clone(),
-                client.clone(),
-                conns,
-                secs,
-            ));
+            let s = run(c);
             eprintln!(
                 "round {r}: {:<36} {:>9.0} req/s  p50 {:>7.0} us  p99 {:>7.0} us",
                 c.name, s.rps, s.p50_us, s.p99_us
