@@ -31,6 +31,20 @@ async fn admin_token_passes_with_the_design_mapping() {
         .await
         .unwrap();
     assert_eq!(st["audiences"], json!(["kubernetes"]));
+    // A caller's correlation id is echoed and recorded.
+    let r = s
+        .http
+        .post(s.url("/webhooks/tokenreview"))
+        .bearer_auth(s.webhook_token())
+        .header("x-request-id", "corr-42.a")
+        .json(
+            &json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+                      "spec": {"token": s.admin_token()}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-request-id"], "corr-42.a");
     // The audit log names user and UID and never holds the secret.
     let secret = s.admin_token();
     let audit = s.stop_and_read_audit().await.unwrap();
@@ -40,6 +54,19 @@ async fn admin_token_passes_with_the_design_mapping() {
     );
     assert!(audit.contains("\"event\":\"tokenreview\",\"outcome\":\"denied\""));
     assert!(!audit.contains(&secret));
+    let line: serde_json::Value = serde_json::from_str(
+        audit
+            .lines()
+            .find(|l| l.contains("corr-42.a"))
+            .expect("the correlated line"),
+    )
+    .unwrap();
+    assert_eq!(line["event"], "tokenreview");
+    assert_eq!(line["outcome"], "allowed");
+    assert_eq!(line["account"], "admin");
+    assert_eq!(line["uid"], uid.as_str());
+    assert!(line["source"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert!(line["ts"].is_string());
 }
 
 #[tokio::test]
