@@ -81,8 +81,8 @@ fn config_error(e: &anyhow::Error) -> anyhow::Error {
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let cfg = args.load().map_err(|e| config_error(&e))?;
+    profile::check_files(&cfg).map_err(|e| config_error(&e))?;
     if args.check {
-        profile::check_files(&cfg).map_err(|e| config_error(&e))?;
         println!("configuration OK");
         return Ok(());
     }

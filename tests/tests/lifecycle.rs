@@ -132,6 +132,16 @@ async fn invalid_configuration_exits_2_naming_the_field() {
             None,
         ),
         ("- just\n- a list\n", "config.yaml", None),
+        (
+            "webhooks:\n  bearer_token_file: /nonexistent/wh.token\n",
+            "webhooks.bearer_token_file",
+            None,
+        ),
+        (
+            "accounts_file: /nonexistent/accounts.yaml\n",
+            "accounts_file",
+            None,
+        ),
     ];
     for (yaml, field, line) in cases {
         let path = dir.path().join("config.yaml");
@@ -164,6 +174,32 @@ async fn invalid_configuration_exits_2_naming_the_field() {
             "a bad config must change nothing"
         );
     }
+    // A bad accounts file is a configuration error too, named down to the entry and line.
+    let accounts = dir.path().join("accounts.yaml");
+    std::fs::write(&accounts, "- name: bob\n- name: carol\n  group: [dev]\n").unwrap();
+    std::fs::write(
+        dir.path().join("config.yaml"),
+        format!("accounts_file: {}\n", accounts.display()),
+    )
+    .unwrap();
+    let (code, _, err) = run_idbridge(&[
+        "serve",
+        "--config",
+        dir.path().join("config.yaml").to_str().unwrap(),
+        "--data-dir",
+        dir.path().join("data").to_str().unwrap(),
+        "--check",
+    ])
+    .await
+    .unwrap();
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("accounts.yaml")
+            && err.contains("[1]")
+            && err.contains("group")
+            && err.contains("line 3"),
+        "{err}"
+    );
     // Environment overrides are checked the same way.
     let (code, _, err) = {
         let out = tokio::process::Command::new(idbridge_tests::idbridge_bin())

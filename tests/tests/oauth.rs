@@ -332,3 +332,37 @@ async fn webhook_callers_may_use_a_client_certificate() {
         401
     );
 }
+
+#[tokio::test]
+async fn the_webhook_token_can_come_from_a_file() {
+    let dir = scratch();
+    let token_file = dir.path().join("wh.token");
+    std::fs::write(&token_file, "idb_wh_from_a_file\n").unwrap();
+    let s = Idbridge::start_config(
+        dir.path(),
+        format!("webhooks:\n  bearer_token_file: {}\n", token_file.display()),
+    )
+    .await
+    .unwrap();
+    let kubeconfig = std::fs::read_to_string(s.data_dir.join("webhook.kubeconfig")).unwrap();
+    assert!(
+        kubeconfig.contains("token: idb_wh_from_a_file"),
+        "{kubeconfig}"
+    );
+    assert!(!s.data_dir.join("webhook.token").exists());
+    let body = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+                      "spec": {"token": "idb_st_x"}});
+    let r = s
+        .http
+        .post(s.url("/webhooks/tokenreview"))
+        .bearer_auth("idb_wh_from_a_file")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        !s.log().contains("idb_wh_from_a_file"),
+        "a secret reached the log"
+    );
+}
