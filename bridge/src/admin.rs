@@ -45,6 +45,7 @@ impl FromRequestParts<AppState> for Admin {
         let who = match state
             .authenticate(token, std::slice::from_ref(&settings.issuer))
             .await
+            .and_then(|w| w.require_audience().map(|()| w))
         {
             Ok(w) => w,
             Err(r) => {

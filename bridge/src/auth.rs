@@ -32,8 +32,12 @@ pub struct Authenticated {
     pub namespace: Option<String>,
     /// Authentication methods.
     pub amr: Vec<String>,
-    /// The requested audiences this credential is valid for.
+    /// The requested audiences this credential is valid for (empty: none of them).
     pub audiences: Vec<String>,
+    /// Whether the credential is for this cluster's Kubernetes API server (one of the configured
+    /// Kubernetes audiences). A TokenReview answer with no audiences means exactly that, which is
+    /// how kube-apiserver, asking with its own API audiences, accepts our tokens.
+    pub for_api_server: bool,
     /// When the credential expires, if it does.
     pub expires_at: Option<i64>,
     /// Whether the result came from the cache.
@@ -74,6 +78,24 @@ pub struct Refusal {
     pub denial: Denial,
     /// The account the token named, if it got that far.
     pub account: Option<(String, AccountUid)>,
+}
+
+impl Authenticated {
+    /// Refuses the credential unless it names one of the requested audiences outright: the rule
+    /// for idbridge's own endpoints, which have no "API server audience" to fall back on.
+    ///
+    /// # Errors
+    /// `Denial::Audience`, with the account named.
+    pub fn require_audience(&self) -> Result<(), Refusal> {
+        if self.audiences.is_empty() {
+            Err(Refusal {
+                denial: Denial::Audience,
+                account: Some((self.name.clone(), self.uid)),
+            })
+        } else {
+            Ok(())
+        }
+    }
 }
 
 impl Refusal {
@@ -276,12 +298,6 @@ impl Authenticator {
             .filter(|a| settings.audiences.contains(a) || **a == settings.issuer)
             .cloned()
             .collect();
-        if valid.is_empty() {
-            return Err(Refusal {
-                denial: Denial::Audience,
-                account: named,
-            });
-        }
         Ok(Authenticated {
             name: account.name.to_string(),
             uid: account.uid,
@@ -289,6 +305,7 @@ impl Authenticator {
             namespace: account.default_namespace.as_ref().map(ToString::to_string),
             amr: vec!["static".to_owned()],
             audiences: valid,
+            for_api_server: true,
             expires_at: record.expires_at.map(|t| t.0),
             cached: false,
             review_status: std::sync::OnceLock::new(),
@@ -315,7 +332,9 @@ impl Authenticator {
         // replica applies the same skew; jsonwebtoken still requires the claims to be present.
         v.validate_exp = false;
         v.validate_nbf = false;
-        v.set_audience(audiences);
+        // Audiences are matched below: a token for this cluster's API server is answered even
+        // when kube-apiserver asks with its own API audiences.
+        v.validate_aud = false;
         v.set_issuer(&[&settings.issuer]);
         v.set_required_spec_claims(&["exp", "nbf", "iat", "aud", "iss", "sub"]);
         let data = jsonwebtoken::decode::<AccessClaims>(token, key, &v).map_err(|e| {
@@ -339,11 +358,18 @@ impl Authenticator {
                 account: Some((account.name.to_string(), account.uid)),
             });
         }
-        let valid = audiences
+        let valid: Vec<String> = audiences
             .iter()
             .filter(|a| claims.aud.contains(a))
             .cloned()
             .collect();
+        let for_api_server = claims.aud.iter().any(|a| settings.audiences.contains(a));
+        if valid.is_empty() && !for_api_server {
+            return Err(Refusal {
+                denial: Denial::Audience,
+                account: Some((account.name.to_string(), account.uid)),
+            });
+        }
         Ok(Authenticated {
             name: claims.name,
             uid,
@@ -351,6 +377,7 @@ impl Authenticator {
             namespace: claims.namespace,
             amr: claims.amr,
             audiences: valid,
+            for_api_server,
             expires_at: Some(claims.exp),
             cached: false,
             review_status: std::sync::OnceLock::new(),
@@ -491,23 +518,34 @@ mod tests {
     async fn audiences_are_enforced_for_both_kinds() {
         let f = fixture().await;
         let st = f.static_token(None).await;
-        assert_eq!(
-            f.check(&st, &["vault"]).await.unwrap_err(),
-            Denial::Audience
+        // kube-apiserver asks with its own API audiences: the answer names none, which means
+        // "valid for the Kubernetes API server".
+        let api = f
+            .check(&st, &["https://kubernetes.default.svc"])
+            .await
+            .unwrap();
+        assert!(api.audiences.is_empty() && api.for_api_server);
+        assert!(
+            api.require_audience().is_err(),
+            "idbridge's own endpoints stay strict"
         );
-        assert_eq!(
-            f.check(&st, &["vault", "kubernetes"])
-                .await
-                .unwrap()
-                .audiences,
-            vec!["kubernetes"]
-        );
+        let both = f.check(&st, &["vault", "kubernetes"]).await.unwrap();
+        assert_eq!(both.audiences, vec!["kubernetes"]);
+        let k8s = f.jwt(T0 + 600, "kubernetes");
+        let api = f
+            .check(&k8s, &["https://kubernetes.default.svc"])
+            .await
+            .unwrap();
+        assert!(api.audiences.is_empty() && api.for_api_server);
+        // A token for another service is refused by the API server's reviews...
         let jwt = f.jwt(T0 + 600, "vault");
         assert_eq!(f.check(&jwt, &[]).await.unwrap_err(), Denial::Audience);
-        assert_eq!(
-            f.check(&jwt, &["vault"]).await.unwrap().audiences,
-            vec!["vault"]
-        );
+        let asked = ["https://kubernetes.default.svc"];
+        assert_eq!(f.check(&jwt, &asked).await.unwrap_err(), Denial::Audience);
+        // ...and answered, with its audience, to that service.
+        let v = f.check(&jwt, &["vault"]).await.unwrap();
+        assert_eq!(v.audiences, vec!["vault"]);
+        assert!(!v.for_api_server);
     }
 
     #[tokio::test]

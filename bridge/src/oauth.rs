@@ -103,6 +103,7 @@ pub(crate) async fn token(
     let who = match state
         .authenticate(&subject, std::slice::from_ref(&audience))
         .await
+        .and_then(|w| w.require_audience().map(|()| w))
     {
         Ok(w) => w,
         Err(refusal) => {

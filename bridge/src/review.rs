@@ -253,7 +253,11 @@ pub(crate) async fn token_review(
             let mut ev = ctx.event("tokenreview", "allowed");
             ev.account = Some(&who.name);
             ev.uid = Some(who.uid.to_string());
-            ev.object = Some(who.audiences.join(","));
+            ev.object = Some(if who.audiences.is_empty() {
+                "api-server".to_owned()
+            } else {
+                who.audiences.join(",")
+            });
             ev.reason = Some(if who.cached { "cached" } else { "verified" });
             state.audit().record(&ev);
             if let Some(s) = who.review_status.get() {
@@ -313,6 +317,7 @@ mod tests {
             namespace: Some("team-a".into()),
             amr: vec!["static".into()],
             audiences: vec!["kubernetes".into()],
+            for_api_server: true,
             expires_at: None,
             cached: false,
             review_status: std::sync::OnceLock::new(),

@@ -246,6 +246,10 @@ async fn the_admin_api_needs_an_admin() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    // An access token minted for Kubernetes is not an admin credential, even the admin's.
+    let jwt = s.access_token(&s.admin_token()).await.unwrap();
+    let r = s.http.get(&url).bearer_auth(jwt).send().await.unwrap();
+    assert_eq!(r.status(), 401);
     // Bad input names the problem and changes nothing.
     let r = s
         .http

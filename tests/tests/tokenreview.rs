@@ -22,9 +22,17 @@ async fn admin_token_passes_with_the_design_mapping() {
     assert_eq!(st["user"]["groups"], json!(["idbridge-admins"]));
     assert_eq!(st["user"]["extra"]["idbridge.io/amr"], json!(["static"]));
     assert_eq!(st["audiences"], json!(["kubernetes"]));
-    // An audience idbridge does not serve is refused.
-    let st = s.review(&s.admin_token(), &["vault"]).await.unwrap();
-    assert_eq!(st["authenticated"], false);
+    // kube-apiserver asks with its own API audiences (kubeadm's default below). A token for this
+    // cluster's API server is answered with no audiences, which the TokenReview contract defines
+    // as "valid against the audience of the Kubernetes API server".
+    const API_AUDIENCE: &str = "https://kubernetes.default.svc.cluster.local";
+    let jwt = s.access_token(&s.admin_token()).await.unwrap();
+    for token in [s.admin_token(), jwt] {
+        let st = s.review(&token, &[API_AUDIENCE]).await.unwrap();
+        assert_eq!(st["authenticated"], true, "{st}");
+        assert!(st.get("audiences").is_none(), "{st}");
+        assert_eq!(st["user"]["uid"], uid.as_str());
+    }
     // Any matching audience among several is enough, and only it is returned.
     let st = s
         .review(&s.admin_token(), &["vault", "kubernetes"])
@@ -45,6 +53,8 @@ async fn admin_token_passes_with_the_design_mapping() {
         .await
         .unwrap();
     assert_eq!(r.headers()["x-request-id"], "corr-42.a");
+    let st = s.review("idb_st_unknown", &[]).await.unwrap();
+    assert_eq!(st["authenticated"], false);
     // The audit log names user and UID and never holds the secret.
     let secret = s.admin_token();
     let audit = s.stop_and_read_audit().await.unwrap();
