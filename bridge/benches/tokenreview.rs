@@ -388,21 +388,30 @@ fn main() {
         floor.push(f);
     }
     let med = |i: usize, f: fn(&Sample) -> f64| median(samples[i].iter().map(f).collect());
+    // Each ratio pairs measurements taken back to back in the same round (cached right after
+    // hello-world, the floor right after uncached), then takes the median over rounds.
+    let ratios = |num: &[f64], den: &[f64]| {
+        let r: Vec<f64> = num.iter().zip(den).map(|(n, d)| n / d).collect();
+        let lo = r.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = r.iter().copied().fold(0.0, f64::max);
+        (median(r), lo, hi)
+    };
+    let rps = |i: usize| samples[i].iter().map(|s| s.rps).collect::<Vec<_>>();
+    let (cached_ratio, c_lo, c_hi) = ratios(&rps(1), &rps(0));
+    let (uncached_ratio, u_lo, u_hi) = ratios(&rps(2), &floor);
     let floor = median(floor);
-    let hello_rps = med(0, |s| s.rps);
-    println!("\n| case | req/s (median) | p50 latency | p99 latency | ratio |");
+    println!("\n| case | req/s (median) | p50 latency | p99 latency | ratio (median of rounds, range) |");
     println!("| --- | ---: | ---: | ---: | --- |");
     for (i, c) in cases.iter().enumerate() {
-        let rps = med(i, |s| s.rps);
         let ratio = match i {
             0 => "1.00 (reference)".to_owned(),
-            1 => format!("{:.2} of hello-world", rps / hello_rps),
-            _ => format!("{:.2} of the floor", rps / floor),
+            1 => format!("{cached_ratio:.2} of hello-world ({c_lo:.2}–{c_hi:.2})"),
+            _ => format!("{uncached_ratio:.2} of the floor ({u_lo:.2}–{u_hi:.2})"),
         };
         println!(
             "| {} | {:.0} | {:.0} µs | {:.0} µs | {ratio} |",
             c.name,
-            rps,
+            med(i, |s| s.rps),
             med(i, |s| s.p50_us),
             med(i, |s| s.p99_us)
         );

@@ -6,12 +6,12 @@
 //! token can never be re-cached by a review that raced its revocation.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use aws_lc_rs::digest;
-use cached::Cached;
 use cached::stores::LruTtlCache;
+use cached::{Cached, CachedPeek};
 use idbridge_core::{AccountUid, Clock, Store, UserAccount};
 use jsonwebtoken::{Algorithm, Validation};
 
@@ -132,8 +132,10 @@ type CacheKey = [u8; 32];
 #[derive(Debug)]
 pub struct Authenticator {
     generation: AtomicU64,
-    reviews: Mutex<Option<LruTtlCache<CacheKey, Arc<Authenticated>>>>,
-    accounts: Mutex<Option<LruTtlCache<AccountUid, Arc<UserAccount>>>>,
+    // Hits only read (a peek does not reorder), so concurrent reviews share the lock; entries
+    // leave in insertion order or when their short TTL ends.
+    reviews: RwLock<Option<LruTtlCache<CacheKey, Arc<Authenticated>>>>,
+    accounts: RwLock<Option<LruTtlCache<AccountUid, Arc<UserAccount>>>>,
 }
 
 fn lru<K: std::hash::Hash + Eq + Clone, V>(
@@ -152,10 +154,10 @@ impl Authenticator {
     pub fn new(settings: &Settings) -> Self {
         Self {
             generation: AtomicU64::new(0),
-            reviews: Mutex::new(lru(settings.review_cache_size, settings.review_cache_ttl)),
+            reviews: RwLock::new(lru(settings.review_cache_size, settings.review_cache_ttl)),
             // Account state is cached just long enough to spare the store on bursts; any change
             // goes through `invalidate`.
-            accounts: Mutex::new(lru(
+            accounts: RwLock::new(lru(
                 settings.review_cache_size,
                 settings.review_cache_ttl.max(Duration::from_secs(5)),
             )),
@@ -165,10 +167,10 @@ impl Authenticator {
     /// Empties every cache; call after any change that could revoke access.
     pub fn invalidate(&self) {
         self.generation.fetch_add(1, Ordering::SeqCst);
-        if let Some(c) = lock(&self.reviews).as_mut() {
+        if let Some(c) = write(&self.reviews).as_mut() {
             c.cache_clear();
         }
-        if let Some(c) = lock(&self.accounts).as_mut() {
+        if let Some(c) = write(&self.accounts).as_mut() {
             c.cache_clear();
         }
     }
@@ -176,7 +178,7 @@ impl Authenticator {
     /// Replaces the caches after a settings change.
     pub fn resize(&self, settings: &Settings) {
         self.generation.fetch_add(1, Ordering::SeqCst);
-        *lock(&self.reviews) = lru(settings.review_cache_size, settings.review_cache_ttl);
+        *write(&self.reviews) = lru(settings.review_cache_size, settings.review_cache_ttl);
     }
 
     /// Authenticates `token` for any of `audiences` (the default audience when empty).
@@ -188,7 +190,7 @@ impl Authenticator {
         token: &str,
         audiences: &[String],
         settings: &Settings,
-        keys: &KeySet,
+        keys: impl FnOnce() -> Arc<KeySet>,
         store: &dyn Store,
         clock: &dyn Clock,
     ) -> Result<Arc<Authenticated>, Refusal> {
@@ -202,8 +204,8 @@ impl Authenticator {
         let now = clock.now().0;
         let key = cache_key(token, audiences);
         let generation = self.generation.load(Ordering::SeqCst);
-        if let Some(c) = lock(&self.reviews).as_mut()
-            && let Some(hit) = c.cache_get(&key)
+        if let Some(c) = read(&self.reviews).as_ref()
+            && let Some(hit) = c.cache_peek(&key)
             && hit.expires_at.is_none_or(|e| now < e)
         {
             return Ok(hit.clone());
@@ -212,13 +214,14 @@ impl Authenticator {
             self.authenticate_static(token, audiences, settings, store, clock)
                 .await?
         } else if token.bytes().filter(|b| *b == b'.').count() == 2 {
-            self.authenticate_jwt(token, audiences, settings, keys, store, now)
+            // Keys are fetched only here: a cache hit needs none.
+            self.authenticate_jwt(token, audiences, settings, &keys(), store, now)
                 .await?
         } else {
             return Err(Denial::Malformed.into());
         };
         let result = Arc::new(result);
-        if let Some(c) = lock(&self.reviews).as_mut()
+        if let Some(c) = write(&self.reviews).as_mut()
             && self.generation.load(Ordering::SeqCst) == generation
         {
             // What is stored is marked as cached; the caller of this call gets the fresh copy.
@@ -235,8 +238,8 @@ impl Authenticator {
         store: &dyn Store,
     ) -> Result<Arc<UserAccount>, Refusal> {
         let generation = self.generation.load(Ordering::SeqCst);
-        if let Some(c) = lock(&self.accounts).as_mut()
-            && let Some(a) = c.cache_get(&uid)
+        if let Some(c) = read(&self.accounts).as_ref()
+            && let Some(a) = c.cache_peek(&uid)
         {
             return Ok(a.clone());
         }
@@ -248,7 +251,7 @@ impl Authenticator {
                 return Err(Denial::Unavailable.into());
             }
         };
-        if let Some(c) = lock(&self.accounts).as_mut()
+        if let Some(c) = write(&self.accounts).as_mut()
             && self.generation.load(Ordering::SeqCst) == generation
         {
             c.cache_set(uid, account.clone());
@@ -397,9 +400,13 @@ fn cache_key(token: &str, audiences: &[String]) -> CacheKey {
     out
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic while holding a cache lock leaves only a cache behind; keep using it.
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+// A panic while holding a cache lock leaves only a cache behind; keep using it.
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]
@@ -414,7 +421,7 @@ mod tests {
         _dir: tempfile::TempDir,
         store: SqliteStore,
         clock: FixedClock,
-        keys: KeySet,
+        keys: Arc<KeySet>,
         settings: Settings,
         auth: Authenticator,
         uid: AccountUid,
@@ -433,7 +440,7 @@ mod tests {
             _dir: dir,
             store,
             clock: FixedClock::at(UnixTime(T0)),
-            keys: KeySet::from_pkcs8(&[(kid, der)]).unwrap(),
+            keys: Arc::new(KeySet::from_pkcs8(&[(kid, der)]).unwrap()),
             settings,
             uid,
         }
@@ -447,7 +454,7 @@ mod tests {
                     token,
                     &aud,
                     &self.settings,
-                    &self.keys,
+                    || self.keys.clone(),
                     &self.store,
                     &self.clock,
                 )

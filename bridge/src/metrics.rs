@@ -1,54 +1,91 @@
 //! Prometheus text metrics: requests by route and status with latency histograms, reviews by
 //! outcome, and review-cache hits.
+//!
+//! Every request updates a few atomics in a cell fixed at start (route × status); nothing on the
+//! request path takes a lock or allocates.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 const BUCKETS: [f64; 12] = [
     0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
+/// Status codes with a cell of their own; the rest share the last cell, labelled `other`.
+const STATUSES: [u16; 13] = [
+    200, 201, 204, 400, 401, 403, 404, 409, 413, 415, 429, 500, 503,
+];
+const OTHER_ROUTE: &str = "other";
 
 #[derive(Debug, Default)]
-struct Histogram {
-    counts: [u64; BUCKETS.len()],
-    total: u64,
-    sum: f64,
+struct Cell {
+    /// Per bucket, not cumulative; the last counts what exceeds every bound.
+    buckets: [AtomicU64; BUCKETS.len() + 1],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct RouteStats {
+    cells: [Cell; STATUSES.len() + 1],
 }
 
 /// Counters and histograms for `/metrics`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
-    requests: Mutex<BTreeMap<String, BTreeMap<u16, Histogram>>>,
+    routes: BTreeMap<&'static str, RouteStats>,
     reviews_allowed: AtomicU64,
     reviews_denied: AtomicU64,
     cache_hits: AtomicU64,
     cache_misses: AtomicU64,
 }
 
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new(&[])
+    }
+}
+
 impl Metrics {
+    /// Metrics for these routes (as axum's `MatchedPath` names them); others count as `other`.
+    #[must_use]
+    pub fn new(routes: &[&'static str]) -> Self {
+        let mut map: BTreeMap<&'static str, RouteStats> =
+            routes.iter().map(|r| (*r, RouteStats::default())).collect();
+        map.entry(OTHER_ROUTE).or_default();
+        Self {
+            routes: map,
+            reviews_allowed: AtomicU64::new(0),
+            reviews_denied: AtomicU64::new(0),
+            cache_hits: AtomicU64::new(0),
+            cache_misses: AtomicU64::new(0),
+        }
+    }
+
     /// Records one request.
     pub fn observe(&self, route: &str, status: u16, elapsed: Duration) {
+        let stats = self
+            .routes
+            .get(route)
+            .or_else(|| self.routes.get(OTHER_ROUTE));
+        let Some(stats) = stats else { return };
+        let idx = STATUSES
+            .iter()
+            .position(|s| *s == status)
+            .unwrap_or(STATUSES.len());
+        let cell = &stats.cells[idx];
         let secs = elapsed.as_secs_f64();
-        let mut map = self
-            .requests
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // Look up by &str first so the common case allocates nothing.
-        let by_status = match map.get_mut(route) {
-            Some(m) => m,
-            None => map.entry(route.to_owned()).or_default(),
-        };
-        let h = by_status.entry(status).or_default();
-        for (i, b) in BUCKETS.iter().enumerate() {
-            if secs <= *b {
-                h.counts[i] += 1;
-            }
-        }
-        h.total += 1;
-        h.sum += secs;
+        let b = BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(BUCKETS.len());
+        cell.buckets[b].fetch_add(1, Ordering::Relaxed);
+        cell.count.fetch_add(1, Ordering::Relaxed);
+        cell.sum_micros.fetch_add(
+            u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
     }
 
     /// Records a review outcome and whether it was served from the cache.
@@ -70,45 +107,39 @@ impl Metrics {
     /// The Prometheus text exposition.
     #[must_use]
     pub fn render(&self) -> String {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let mut out = String::new();
         out.push_str(
-            "# HELP idbridge_http_request_duration_seconds HTTP requests by route and status.\n",
+            "# HELP idbridge_http_request_duration_seconds HTTP requests by route and status.\n\
+             # TYPE idbridge_http_request_duration_seconds histogram\n",
         );
-        out.push_str("# TYPE idbridge_http_request_duration_seconds histogram\n");
-        let map = self
-            .requests
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for (route, status, h) in map
-            .iter()
-            .flat_map(|(r, m)| m.iter().map(move |(s, h)| (r, s, h)))
-        {
-            let labels = format!("route=\"{route}\",status=\"{status}\"");
-            for (i, b) in BUCKETS.iter().enumerate() {
+        for (route, stats) in &self.routes {
+            for (i, cell) in stats.cells.iter().enumerate() {
+                let count = load(&cell.count);
+                if count == 0 {
+                    continue;
+                }
+                let status = STATUSES
+                    .get(i)
+                    .map_or_else(|| "other".to_owned(), ToString::to_string);
+                let labels = format!("route=\"{route}\",status=\"{status}\"");
+                let mut cumulative = 0;
+                for (j, b) in BUCKETS.iter().enumerate() {
+                    cumulative += load(&cell.buckets[j]);
+                    let _ = writeln!(
+                        out,
+                        "idbridge_http_request_duration_seconds_bucket{{{labels},le=\"{b}\"}} {cumulative}"
+                    );
+                }
                 let _ = writeln!(
                     out,
-                    "idbridge_http_request_duration_seconds_bucket{{{labels},le=\"{b}\"}} {}",
-                    h.counts[i]
+                    "idbridge_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {count}\n\
+                     idbridge_http_request_duration_seconds_sum{{{labels}}} {}\n\
+                     idbridge_http_request_duration_seconds_count{{{labels}}} {count}",
+                    micros_to_secs(load(&cell.sum_micros)),
                 );
             }
-            let _ = writeln!(
-                out,
-                "idbridge_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
-                h.total
-            );
-            let _ = writeln!(
-                out,
-                "idbridge_http_request_duration_seconds_sum{{{labels}}} {}",
-                h.sum
-            );
-            let _ = writeln!(
-                out,
-                "idbridge_http_request_duration_seconds_count{{{labels}}} {}",
-                h.total
-            );
         }
-        drop(map);
-        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let _ = write!(
             out,
             "# HELP idbridge_token_reviews_total TokenReviews by outcome.\n\
@@ -128,23 +159,42 @@ impl Metrics {
     }
 }
 
+// Exact up to 2^53 µs (285 years of summed latency).
+#[allow(clippy::cast_precision_loss)]
+fn micros_to_secs(us: u64) -> f64 {
+    us as f64 / 1e6
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn renders_histograms_and_counters() {
-        let m = Metrics::default();
+    fn renders_cumulative_histograms_and_counters() {
+        let m = Metrics::new(&["/healthz"]);
         m.observe("/healthz", 200, Duration::from_millis(2));
+        m.observe("/healthz", 200, Duration::from_micros(300));
+        m.observe("/nowhere", 418, Duration::from_secs(9));
         m.review(true, true);
         let text = m.render();
-        assert!(text.contains(
-            "idbridge_http_request_duration_seconds_bucket{route=\"/healthz\",status=\"200\",le=\"0.0025\"} 1"
-        ));
-        assert!(text.contains(
-            "idbridge_http_request_duration_seconds_bucket{route=\"/healthz\",status=\"200\",le=\"0.001\"} 0"
-        ));
-        assert!(text.contains("idbridge_token_reviews_total{outcome=\"allowed\"} 1"));
-        assert!(text.contains("idbridge_review_cache_total{result=\"hit\"} 1"));
+        let has = |s: &str| assert!(text.contains(s), "{s} missing from\n{text}");
+        has(
+            "idbridge_http_request_duration_seconds_bucket{route=\"/healthz\",status=\"200\",le=\"0.0005\"} 1\n",
+        );
+        has(
+            "idbridge_http_request_duration_seconds_bucket{route=\"/healthz\",status=\"200\",le=\"0.0025\"} 2\n",
+        );
+        has("idbridge_http_request_duration_seconds_count{route=\"/healthz\",status=\"200\"} 2\n");
+        has(
+            "idbridge_http_request_duration_seconds_sum{route=\"/healthz\",status=\"200\"} 0.0023\n",
+        );
+        has(
+            "idbridge_http_request_duration_seconds_bucket{route=\"other\",status=\"other\",le=\"2.5\"} 0\n",
+        );
+        has(
+            "idbridge_http_request_duration_seconds_bucket{route=\"other\",status=\"other\",le=\"+Inf\"} 1\n",
+        );
+        has("idbridge_token_reviews_total{outcome=\"allowed\"} 1");
+        has("idbridge_review_cache_total{result=\"hit\"} 1");
     }
 }

@@ -69,7 +69,7 @@ impl AppState {
             keys: RwLock::new(Arc::new(keys)),
             settings: RwLock::new(Arc::new(settings)),
             audit,
-            metrics: Metrics::default(),
+            metrics: Metrics::new(&ROUTES),
             ready: AtomicBool::new(true),
         }))
     }
@@ -150,14 +150,13 @@ impl AppState {
         audiences: &[String],
     ) -> Result<Arc<Authenticated>, Refusal> {
         let settings = self.settings();
-        let keys = self.keys();
         self.0
             .auth
             .authenticate(
                 token,
                 audiences,
                 &settings,
-                &keys,
+                || self.keys(),
                 &*self.0.store,
                 &*self.0.clock,
             )
@@ -280,6 +279,23 @@ async fn metrics(State(state): State<AppState>) -> Response {
     )
         .into_response()
 }
+
+/// Every route, as axum's `MatchedPath` names it (metrics keep a cell for each).
+const ROUTES: [&str; 13] = [
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/.well-known/openid-configuration",
+    "/oauth2/jwks",
+    "/oauth2/token",
+    "/webhooks/tokenreview",
+    "/admin/v1/accounts",
+    "/admin/v1/accounts/{name}",
+    "/admin/v1/accounts/{name}/disable",
+    "/admin/v1/accounts/{name}/enable",
+    "/admin/v1/tokens",
+    "/admin/v1/tokens/{id}/revoke",
+];
 
 /// The whole service as a router; tests drive it with `oneshot`, `serve` puts it behind TLS.
 pub fn app(state: AppState) -> Router {
