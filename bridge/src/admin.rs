@@ -76,15 +76,14 @@ impl Admin {
         &self,
         state: &AppState,
         event: &str,
-        account: &UserAccount,
+        (name, uid): (&AccountName, AccountUid),
         object: Option<String>,
     ) {
         let mut ev = self.ctx.event(event, "ok");
         ev.actor = Some(&self.name);
         ev.actor_uid = Some(self.uid.to_string());
-        let name = account.name.to_string();
-        ev.account = Some(&name);
-        ev.uid = Some(account.uid.to_string());
+        ev.account = Some(name.as_str());
+        ev.uid = Some(uid.to_string());
         ev.object = object;
         state.audit().record_durable(&ev).await;
     }
@@ -127,7 +126,9 @@ async fn add_account(
 ) -> Result<(StatusCode, Json<UserAccount>), ApiError> {
     let Json(new) = body?;
     let account = state.ops().add_account(new).await?;
-    admin.record(&state, "account.add", &account, None).await;
+    admin
+        .record(&state, "account.add", (&account.name, account.uid), None)
+        .await;
     Ok((StatusCode::CREATED, Json(account)))
 }
 
@@ -147,7 +148,9 @@ async fn set_disabled(
     } else {
         "account.enable"
     };
-    admin.record(state, event, &account, None).await;
+    admin
+        .record(state, event, (&account.name, account.uid), None)
+        .await;
     Ok(Json(account))
 }
 
@@ -202,12 +205,12 @@ async fn create_token(
         .ops()
         .create_token(&req.user, req.ttl, req.description)
         .await?;
-    let account = state.ops().account(&created.account_name).await?;
+    // The account was just read by the operation; its name and UID are in the answer.
     admin
         .record(
             &state,
             "token.create",
-            &account,
+            (&created.account_name, created.token.account),
             Some(format!("token={}", created.token.id)),
         )
         .await;
@@ -229,7 +232,7 @@ async fn revoke_token(
             .record(
                 &state,
                 "token.revoke",
-                &account,
+                (&account.name, account.uid),
                 Some(format!("token={id}")),
             )
             .await;

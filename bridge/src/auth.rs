@@ -12,7 +12,7 @@ use std::time::Duration;
 use aws_lc_rs::digest;
 use cached::stores::LruTtlCache;
 use cached::{Cached, CachedPeek};
-use idbridge_core::{AccountUid, Clock, Store, UserAccount};
+use idbridge_core::{AccountUid, Clock, Store, UnixTime, UserAccount};
 use jsonwebtoken::{Algorithm, Validation};
 
 use crate::keys::KeySet;
@@ -211,7 +211,7 @@ impl Authenticator {
             return Ok(hit.clone());
         }
         let result = if token.starts_with(STATIC_TOKEN_PREFIX) {
-            self.authenticate_static(token, audiences, settings, store, clock)
+            self.authenticate_static(token, audiences, settings, store, now)
                 .await?
         } else if token.bytes().filter(|b| *b == b'.').count() == 2 {
             // Keys are fetched only here: a cache hit needs none.
@@ -265,7 +265,7 @@ impl Authenticator {
         audiences: &[String],
         settings: &Settings,
         store: &dyn Store,
-        clock: &dyn Clock,
+        now: i64,
     ) -> Result<Authenticated, Refusal> {
         let record = match store.static_token_by_hash(hash_token(token)).await {
             Ok(Some(r)) => r,
@@ -277,7 +277,7 @@ impl Authenticator {
         };
         let account = self.account(record.account, store).await?;
         let named = Some((account.name.to_string(), account.uid));
-        if !record.is_usable(clock.now()) {
+        if !record.is_usable(UnixTime(now)) {
             let denial = if record.revoked_at.is_some() {
                 Denial::Invalid
             } else {

@@ -35,9 +35,12 @@ pub use error::ApiError;
 pub use keys::{KeyError, KeySet};
 pub use metrics::Metrics;
 pub use ops::{AdminOps, CreatedToken, OpsError};
-pub use review::{TokenReview, TokenReviewSpec, TokenReviewStatus, UserInfo};
+pub use review::{TokenReviewRequest, TokenReviewSpec, TokenReviewStatus, UserInfo};
 pub use server::{PeerInfo, serve};
 pub use settings::{Secret, Settings};
 pub use state::{AppState, app};
 pub use tls::{ServerTls, TlsError, ensure_self_signed, server_config, write_private};
-pub use tokens::{AccessClaims, STATIC_TOKEN_PREFIX, hash_token, new_static_secret};
+pub use tokens::{
+    AccessClaims, STATIC_TOKEN_PREFIX, WEBHOOK_TOKEN_PREFIX, hash_token, new_secret,
+    new_static_secret,
+};

@@ -22,36 +22,6 @@ use crate::state::{AppState, RequestCtx};
 
 const API_VERSIONS: [&str; 2] = ["authentication.k8s.io/v1", "authentication.k8s.io/v1beta1"];
 
-/// A TokenReview object.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TokenReview {
-    /// `authentication.k8s.io/v1` or `v1beta1`.
-    pub api_version: String,
-    /// `TokenReview`.
-    pub kind: String,
-    /// Object metadata, passed through.
-    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
-    pub metadata: serde_json::Value,
-    /// The request.
-    pub spec: TokenReviewSpec,
-    /// The answer.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<TokenReviewStatus>,
-}
-
-/// What kube-apiserver asks.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TokenReviewSpec {
-    /// The bearer token.
-    #[serde(default)]
-    pub token: String,
-    /// Audiences the token must be valid for (any of them).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub audiences: Vec<String>,
-}
-
 /// The answer.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -107,8 +77,9 @@ pub fn user_info(who: &Authenticated, username_prefix: &str, groups_prefix: &str
 }
 
 /// A caller allowed to use the webhooks: it presented a verified client certificate (when those
-/// are enabled) or a configured bearer token, compared in constant time.
-pub(crate) struct WebhookCaller;
+/// are enabled) or a configured bearer token, compared in constant time. It carries the request's
+/// context, so the handler does not build it again.
+pub(crate) struct WebhookCaller(RequestCtx);
 
 impl FromRequestParts<AppState> for WebhookCaller {
     type Rejection = ApiError;
@@ -117,7 +88,7 @@ impl FromRequestParts<AppState> for WebhookCaller {
         let Ok(ctx) = RequestCtx::from_request_parts(parts, state).await;
         let settings = state.settings();
         if settings.webhook_client_cert && ctx.client_cert {
-            return Ok(Self);
+            return Ok(Self(ctx));
         }
         let presented = parts
             .headers
@@ -131,7 +102,7 @@ impl FromRequestParts<AppState> for WebhookCaller {
                 .iter()
                 .fold(false, |acc, t| t.matches(p) | acc);
             if matched {
-                return Ok(Self);
+                return Ok(Self(ctx));
             }
         }
         let mut ev = ctx.event("webhook.caller", "denied");
@@ -174,27 +145,31 @@ impl<S: Send + Sync> FromRequest<S> for JsonBytes {
     }
 }
 
-/// The request as kube-apiserver sends it, borrowed from the body: the token is not copied and
-/// `metadata` is passed back untouched.
-#[derive(Deserialize)]
+/// A TokenReview as kube-apiserver sends it, borrowed from the request body: the token is not
+/// copied and `metadata` is passed back untouched.
+#[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct ReviewIn<'a> {
+pub struct TokenReviewRequest<'a> {
     #[serde(borrow)]
     api_version: Cow<'a, str>,
     #[serde(borrow)]
     kind: Cow<'a, str>,
     #[serde(default, borrow)]
     metadata: Option<&'a RawValue>,
+    /// What is asked.
     #[serde(borrow)]
-    spec: SpecIn<'a>,
+    pub spec: TokenReviewSpec<'a>,
 }
 
-#[derive(Deserialize)]
-struct SpecIn<'a> {
+/// What kube-apiserver asks.
+#[derive(Debug, Deserialize)]
+pub struct TokenReviewSpec<'a> {
+    /// The bearer token.
     #[serde(default, borrow)]
-    token: Cow<'a, str>,
+    pub token: Cow<'a, str>,
+    /// Audiences the token must be valid for (any of them).
     #[serde(default)]
-    audiences: Vec<String>,
+    pub audiences: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -216,6 +191,46 @@ struct SpecOut<'a> {
     audiences: &'a [String],
 }
 
+impl<'a> TokenReviewRequest<'a> {
+    /// Parses a request body and checks its kind and version.
+    ///
+    /// # Errors
+    /// A message saying what is wrong with the body.
+    pub fn parse(body: &'a [u8]) -> Result<Self, String> {
+        let review: Self =
+            serde_json::from_slice(body).map_err(|e| format!("invalid TokenReview: {e}"))?;
+        if !API_VERSIONS.contains(&&*review.api_version) || review.kind != "TokenReview" {
+            return Err(format!(
+                "expected kind TokenReview in {}, got {} {}",
+                API_VERSIONS.join(" or "),
+                review.kind,
+                review.api_version
+            ));
+        }
+        Ok(review)
+    }
+
+    /// The answer: this review in its own version, with `status` and without the token.
+    ///
+    /// # Errors
+    /// If serialization fails.
+    pub fn answer(&self, status: &RawValue) -> Result<Vec<u8>, serde_json::Error> {
+        let out = ReviewOut {
+            api_version: &self.api_version,
+            kind: "TokenReview",
+            metadata: self.metadata,
+            spec: SpecOut {
+                token: "",
+                audiences: &self.spec.audiences,
+            },
+            status,
+        };
+        let mut buf = Vec::with_capacity(256 + status.get().len());
+        serde_json::to_writer(&mut buf, &out)?;
+        Ok(buf)
+    }
+}
+
 fn to_raw<T: Serialize>(v: &T) -> Result<Box<RawValue>, ApiError> {
     serde_json::value::to_raw_value(v).map_err(|e| {
         tracing::error!(error = %e, "cannot serialize a TokenReview status");
@@ -225,20 +240,10 @@ fn to_raw<T: Serialize>(v: &T) -> Result<Box<RawValue>, ApiError> {
 
 pub(crate) async fn token_review(
     State(state): State<AppState>,
-    _caller: WebhookCaller,
-    ctx: RequestCtx,
+    WebhookCaller(ctx): WebhookCaller,
     JsonBytes(body): JsonBytes,
 ) -> Result<Response, ApiError> {
-    let review: ReviewIn<'_> = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::BadRequest(format!("invalid TokenReview: {e}")))?;
-    if !API_VERSIONS.contains(&&*review.api_version) || review.kind != "TokenReview" {
-        return Err(ApiError::BadRequest(format!(
-            "expected kind TokenReview in {}, got {} {}",
-            API_VERSIONS.join(" or "),
-            review.kind,
-            review.api_version
-        )));
-    }
+    let review = TokenReviewRequest::parse(&body).map_err(ApiError::BadRequest)?;
     let result = if review.spec.token.is_empty() {
         Err(crate::auth::Denial::Malformed.into())
     } else {
@@ -288,18 +293,7 @@ pub(crate) async fn token_review(
             &denied
         }
     };
-    let out = ReviewOut {
-        api_version: &review.api_version,
-        kind: "TokenReview",
-        metadata: review.metadata,
-        spec: SpecOut {
-            token: "",
-            audiences: &review.spec.audiences,
-        },
-        status,
-    };
-    let mut buf = Vec::with_capacity(256 + status.get().len());
-    serde_json::to_writer(&mut buf, &out).map_err(|_| ApiError::Internal)?;
+    let buf = review.answer(status).map_err(|_| ApiError::Internal)?;
     Ok(([(header::CONTENT_TYPE, "application/json")], buf).into_response())
 }
 

@@ -11,18 +11,27 @@ use serde::{Deserialize, Serialize};
 /// for a JWT.
 pub const STATIC_TOKEN_PREFIX: &str = "idb_st_";
 
-/// A fresh static token secret: the prefix and 256 random bits.
+/// Every webhook caller token idbridge generates starts with this.
+pub const WEBHOOK_TOKEN_PREFIX: &str = "idb_wh_";
+
+/// A fresh secret: `prefix` and 256 random bits, base64url.
 ///
 /// # Panics
 /// If the operating system's random source fails, which leaves no safe way to continue.
 #[must_use]
-pub fn new_static_secret() -> String {
+pub fn new_secret(prefix: &str) -> String {
     let mut bytes = [0u8; 32];
-    #[allow(clippy::expect_used)] // invariant: a failing OS RNG must stop token creation outright
+    #[allow(clippy::expect_used)] // invariant: a failing OS RNG must stop secret creation outright
     SystemRandom::new()
         .fill(&mut bytes)
         .expect("operating system random source failed");
-    format!("{STATIC_TOKEN_PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes))
+    format!("{prefix}{}", URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// A fresh static token secret.
+#[must_use]
+pub fn new_static_secret() -> String {
+    new_secret(STATIC_TOKEN_PREFIX)
 }
 
 /// SHA-256 of a token; tokens carry 256 random bits, so a fast hash is enough at rest.

@@ -352,6 +352,9 @@ pub async fn token(cmd: TokenCmd, target: &Target) -> anyhow::Result<()> {
                 created.account_name,
                 fmt_time(created.token.expires_at.map(|e| e.0))
             );
+            // Printing the secret is this command's purpose: only its hash is stored, so this is
+            // the one time it can be seen. It goes to stdout alone (notes go to stderr) so that
+            // `idbridge token create … > file` captures just the token.
             if target.json {
                 println!("{}", serde_json::to_string_pretty(&created)?);
             } else {

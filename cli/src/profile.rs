@@ -10,7 +10,9 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use base64::Engine;
-use idbridge_bridge::{AdminOps, KeySet, ServerTls, ensure_self_signed, new_static_secret};
+use idbridge_bridge::{
+    AdminOps, KeySet, ServerTls, WEBHOOK_TOKEN_PREFIX, ensure_self_signed, new_secret,
+};
 use idbridge_core::{AccountName, Clock, NewAccount, Store, UserAccount};
 use idbridge_store::SqliteStore;
 
@@ -177,7 +179,7 @@ pub fn webhook_token(cfg: &Config) -> anyhow::Result<String> {
         None => {
             let p = cfg.data_dir.join("webhook.token");
             if !p.exists() {
-                let secret = new_static_secret().replacen("idb_st_", "idb_wh_", 1);
+                let secret = new_secret(WEBHOOK_TOKEN_PREFIX);
                 write_file(&p, secret.as_bytes())?;
             }
             read_secret_file(&p, "webhooks.bearer_token_file")
@@ -225,6 +227,8 @@ async fn ensure_admin(
         .await?;
     write_file(&token_file, format!("{}\n", created.secret).as_bytes())?;
     tracing::info!(token_id = %created.token.id, file = %token_file.display(), "created the admin token");
+    // The one place the admin token is shown: to a person at a terminal, once, when it is made.
+    // Redirected output (a service manager, a log collector) gets only the file's path.
     if std::io::stdout().is_terminal() {
         println!(
             "admin token (also in {}): {}",

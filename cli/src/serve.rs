@@ -159,10 +159,7 @@ async fn reload(args: &ServeArgs, running: &Config, issuer: &str, state: &AppSta
             ("listen", cfg.listen != running.listen),
             ("data_dir", cfg.data_dir != running.data_dir),
             ("store", cfg.sqlite_path() != running.sqlite_path()),
-            (
-                "tls",
-                format!("{:?}", cfg.tls) != format!("{:?}", running.tls),
-            ),
+            ("tls", cfg.tls != running.tls),
             ("issuer", cfg.issuer != running.issuer),
             ("audit", cfg.audit.file != running.audit.file),
             (

@@ -5,6 +5,20 @@
 use idbridge_tests::{Idbridge, Options, repo_root, scratch};
 use serde_json::json;
 
+/// Starts idbridge with `examples/<file>` from the repository root, as a reader would.
+async fn start_example(dir: &std::path::Path, file: &str) -> Idbridge {
+    Idbridge::start_with(
+        dir,
+        Options {
+            config_file: Some(repo_root().join("examples").join(file)),
+            cwd: Some(repo_root()),
+            ..Options::default()
+        },
+    )
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
 async fn example_configs_pass_the_check() {
     for f in ["examples/simple.yaml", "examples/enterprise.yaml"] {
@@ -29,16 +43,7 @@ async fn example_configs_pass_the_check() {
 #[tokio::test]
 async fn the_enterprise_example_serves_its_accounts() {
     let dir = scratch();
-    let s = Idbridge::start_with(
-        dir.path(),
-        Options {
-            config_file: Some(repo_root().join("examples/enterprise.yaml")),
-            cwd: Some(repo_root()),
-            ..Options::default()
-        },
-    )
-    .await
-    .unwrap();
+    let s = start_example(dir.path(), "enterprise.yaml").await;
     assert!(
         !s.data_dir.join("admin.token").exists(),
         "only the simple profile makes an admin"
@@ -62,16 +67,7 @@ async fn the_enterprise_example_serves_its_accounts() {
 #[tokio::test]
 async fn the_simple_example_is_the_simple_profile() {
     let dir = scratch();
-    let s = Idbridge::start_with(
-        dir.path(),
-        Options {
-            config_file: Some(repo_root().join("examples/simple.yaml")),
-            cwd: Some(repo_root()),
-            ..Options::default()
-        },
-    )
-    .await
-    .unwrap();
+    let s = start_example(dir.path(), "simple.yaml").await;
     let st = s.review(&s.admin_token(), &[]).await.unwrap();
     assert_eq!(st["user"]["username"], "admin");
     assert_eq!(st["user"]["groups"], json!(["idbridge-admins"]));
