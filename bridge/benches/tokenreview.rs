@@ -197,6 +197,9 @@ fn main() {
             namespace: Some("team-a".into()),
             amr: vec!["static".into()],
             scope: String::new(),
+            sid: idbridge_core::SessionId::random().to_string(),
+            client_id: "idbridge-cli".into(),
+            act: None,
         };
         let jwt = keys.sign(&claims).unwrap();
         let body = serde_json::to_vec(&serde_json::json!({

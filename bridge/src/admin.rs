@@ -13,7 +13,8 @@ use idbridge_core::{
 use serde::Deserialize;
 
 use crate::error::ApiError;
-use crate::ops::CreatedToken;
+use crate::keys::Rotate;
+use crate::ops::{CreatedToken, KeyInfo, SessionInfo, UserRevocation};
 use crate::state::{AppState, RequestCtx};
 
 /// An authenticated caller in an admin group.
@@ -97,6 +98,11 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/accounts/{name}/enable", post(enable))
         .route("/tokens", get(list_tokens).post(create_token))
         .route("/tokens/{id}/revoke", post(revoke_token))
+        .route("/sessions", get(list_sessions))
+        .route("/sessions/{id}/revoke", post(revoke_session))
+        .route("/revoke", post(revoke))
+        .route("/keys", get(list_keys))
+        .route("/keys/rotate", post(rotate_keys))
 }
 
 fn account_name(raw: &str) -> Result<AccountName, ApiError> {
@@ -238,4 +244,122 @@ async fn revoke_token(
             .await;
     }
     Ok(Json(token))
+}
+
+async fn list_sessions(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Query(q): Query<TokensQuery>,
+) -> Result<Json<Vec<SessionInfo>>, ApiError> {
+    let name = q.user.as_deref().map(account_name).transpose()?;
+    let idle = state.settings().session_idle_timeout.as_secs();
+    Ok(Json(state.ops().sessions(name.as_ref(), idle).await?))
+}
+
+async fn revoke_session(
+    State(state): State<AppState>,
+    admin: Admin,
+    Path(id): Path<String>,
+) -> Result<Json<idbridge_core::Session>, ApiError> {
+    let id: idbridge_core::SessionId = id
+        .parse()
+        .map_err(|e| ApiError::BadRequest(format!("session id: {e}")))?;
+    let session = state.ops().revoke_session(id).await?;
+    state.invalidate();
+    if let Some(account) = state.store().account(session.account).await? {
+        admin
+            .record(
+                &state,
+                "session.revoke",
+                (&account.name, account.uid),
+                Some(format!("session={id}")),
+            )
+            .await;
+    }
+    Ok(Json(session))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeRequest {
+    #[serde(default)]
+    user: Option<AccountName>,
+    #[serde(default)]
+    static_tokens: bool,
+    #[serde(default)]
+    jti: Option<String>,
+}
+
+async fn revoke(
+    State(state): State<AppState>,
+    admin: Admin,
+    body: Result<Json<RevokeRequest>, JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Json(req) = body?;
+    match (req.user, req.jti) {
+        (Some(user), None) => {
+            let done: UserRevocation = state.ops().revoke_user(&user, req.static_tokens).await?;
+            state.invalidate();
+            admin
+                .record(
+                    &state,
+                    "user.revoke",
+                    (&done.account, done.uid),
+                    Some(format!(
+                        "sessions={} static_tokens={}",
+                        done.sessions, done.static_tokens
+                    )),
+                )
+                .await;
+            Ok(Json(
+                serde_json::to_value(done).map_err(|_| ApiError::Internal)?,
+            ))
+        }
+        (None, Some(jti)) if !jti.is_empty() && jti.len() <= 128 => {
+            let s = state.settings();
+            let max = s.access_token_ttl.as_secs() + s.clock_skew.as_secs();
+            state.ops().revoke_jti(&jti, max).await?;
+            state.invalidate();
+            let mut ev = admin.ctx.event("token.revoke", "ok");
+            ev.actor = Some(&admin.name);
+            ev.actor_uid = Some(admin.uid.to_string());
+            ev.object = Some(format!("jti={jti}"));
+            state.audit().record_durable(&ev).await;
+            Ok(Json(serde_json::json!({ "jti": jti })))
+        }
+        _ => Err(ApiError::BadRequest(
+            "give exactly one of `user` or `jti` (at most 128 characters)".to_owned(),
+        )),
+    }
+}
+
+async fn list_keys(
+    State(state): State<AppState>,
+    _admin: Admin,
+) -> Result<Json<Vec<KeyInfo>>, ApiError> {
+    Ok(Json(state.ops().keys().await?))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RotateRequest {
+    #[serde(default)]
+    now: bool,
+}
+
+async fn rotate_keys(
+    State(state): State<AppState>,
+    admin: Admin,
+    body: Option<Json<RotateRequest>>,
+) -> Result<Json<Vec<KeyInfo>>, ApiError> {
+    let now = body.is_some_and(|Json(b)| b.now);
+    state
+        .maintain_keys(if now { Rotate::Now } else { Rotate::Soon })
+        .await?;
+    let mut ev = admin.ctx.event("keys.rotate", "ok");
+    ev.actor = Some(&admin.name);
+    ev.actor_uid = Some(admin.uid.to_string());
+    ev.object = Some(format!("now={now} signing={}", state.keys().signing_kid()));
+    state.audit().record_durable(&ev).await;
+    Ok(Json(state.ops().keys().await?))
 }

@@ -32,6 +32,8 @@ pub struct Authenticated {
     pub namespace: Option<String>,
     /// Authentication methods.
     pub amr: Vec<String>,
+    /// The account acting for the subject (delegation, the outermost `act`), if any.
+    pub actor: Option<String>,
     /// The requested audiences this credential is valid for (empty: none of them).
     pub audiences: Vec<String>,
     /// Whether the credential is for this cluster's Kubernetes API server (one of the configured
@@ -136,6 +138,7 @@ pub struct Authenticator {
     // leave in insertion order or when their short TTL ends.
     reviews: RwLock<Option<LruTtlCache<CacheKey, Arc<Authenticated>>>>,
     accounts: RwLock<Option<LruTtlCache<AccountUid, Arc<UserAccount>>>>,
+    revocations: tokio::sync::RwLock<RevocationSnapshot>,
 }
 
 fn lru<K: std::hash::Hash + Eq + Clone, V>(
@@ -161,6 +164,12 @@ impl Authenticator {
                 settings.review_cache_size,
                 settings.review_cache_ttl.max(Duration::from_secs(5)),
             )),
+            revocations: tokio::sync::RwLock::new(RevocationSnapshot {
+                generation: None,
+                loaded: std::time::Instant::now(),
+                sessions: std::collections::HashSet::new(),
+                jtis: std::collections::HashSet::new(),
+            }),
         }
     }
 
@@ -179,6 +188,10 @@ impl Authenticator {
     pub fn resize(&self, settings: &Settings) {
         self.generation.fetch_add(1, Ordering::SeqCst);
         *write(&self.reviews) = lru(settings.review_cache_size, settings.review_cache_ttl);
+        *write(&self.accounts) = lru(
+            settings.review_cache_size,
+            settings.review_cache_ttl.max(Duration::from_secs(5)),
+        );
     }
 
     /// Authenticates `token` for any of `audiences` (the default audience when empty).
@@ -307,6 +320,7 @@ impl Authenticator {
             groups: account.groups.iter().map(ToString::to_string).collect(),
             namespace: account.default_namespace.as_ref().map(ToString::to_string),
             amr: vec!["static".to_owned()],
+            actor: None,
             audiences: valid,
             for_api_server: true,
             expires_at: record.expires_at.map(|t| t.0),
@@ -324,6 +338,50 @@ impl Authenticator {
         store: &dyn Store,
         now: i64,
     ) -> Result<Authenticated, Refusal> {
+        let claims = self
+            .access_claims(token, settings, keys, store, now)
+            .await?;
+        let uid: AccountUid = claims.sub.parse().map_err(|_| Denial::Invalid)?;
+        let valid: Vec<String> = audiences
+            .iter()
+            .filter(|a| claims.aud.contains(a))
+            .cloned()
+            .collect();
+        let for_api_server = claims.aud.iter().any(|a| settings.audiences.contains(a));
+        if valid.is_empty() && !for_api_server {
+            return Err(Refusal {
+                denial: Denial::Audience,
+                account: Some((claims.name, uid)),
+            });
+        }
+        Ok(Authenticated {
+            name: claims.name,
+            uid,
+            groups: claims.groups,
+            namespace: claims.namespace,
+            amr: claims.amr,
+            actor: claims.act.as_ref().map(|a| a.name.clone()),
+            audiences: valid,
+            for_api_server,
+            expires_at: Some(claims.exp),
+            cached: false,
+            review_status: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// Verifies an idbridge access token: pinned algorithm and key, issuer, time by the injected
+    /// clock, session and `jti` not revoked, account enabled. Audiences are the caller's to judge.
+    ///
+    /// # Errors
+    /// A [`Refusal`] saying why.
+    pub(crate) async fn access_claims(
+        &self,
+        token: &str,
+        settings: &Settings,
+        keys: &KeySet,
+        store: &dyn Store,
+        now: i64,
+    ) -> Result<AccessClaims, Refusal> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| Denial::Malformed)?;
         if header.alg != Algorithm::ES256 {
             return Err(Denial::Invalid.into());
@@ -335,8 +393,8 @@ impl Authenticator {
         // replica applies the same skew; jsonwebtoken still requires the claims to be present.
         v.validate_exp = false;
         v.validate_nbf = false;
-        // Audiences are matched below: a token for this cluster's API server is answered even
-        // when kube-apiserver asks with its own API audiences.
+        // Audiences are matched by the caller: a token for this cluster's API server is answered
+        // even when kube-apiserver asks with its own API audiences.
         v.validate_aud = false;
         v.set_issuer(&[&settings.issuer]);
         v.set_required_spec_claims(&["exp", "nbf", "iat", "aud", "iss", "sub"]);
@@ -354,37 +412,76 @@ impl Authenticator {
             return Err(Denial::Expired.into());
         }
         let uid: AccountUid = claims.sub.parse().map_err(|_| Denial::Invalid)?;
+        let named = || Some((claims.name.clone(), uid));
+        if self
+            .is_revoked(&claims.sid, &claims.jti, store, now)
+            .await?
+        {
+            return Err(Refusal {
+                denial: Denial::Invalid,
+                account: named(),
+            });
+        }
         let account = self.account(uid, store).await?;
         if account.disabled {
             return Err(Refusal {
                 denial: Denial::Disabled,
-                account: Some((account.name.to_string(), account.uid)),
+                account: named(),
             });
         }
-        let valid: Vec<String> = audiences
-            .iter()
-            .filter(|a| claims.aud.contains(a))
-            .cloned()
-            .collect();
-        let for_api_server = claims.aud.iter().any(|a| settings.audiences.contains(a));
-        if valid.is_empty() && !for_api_server {
-            return Err(Refusal {
-                denial: Denial::Audience,
-                account: Some((account.name.to_string(), account.uid)),
-            });
+        Ok(claims)
+    }
+
+    /// Whether the session `sid` or the token `jti` is revoked, by a snapshot of the store's
+    /// revocations that is reloaded after every [`invalidate`](Self::invalidate) and at least
+    /// every few seconds (so a change made by another process is seen soon).
+    async fn is_revoked(
+        &self,
+        sid: &str,
+        jti: &str,
+        store: &dyn Store,
+        now: i64,
+    ) -> Result<bool, Refusal> {
+        let generation = self.generation.load(Ordering::SeqCst);
+        let fresh = |r: &RevocationSnapshot| {
+            r.generation == Some(generation) && r.loaded.elapsed() < REVOCATIONS_MAX_AGE
+        };
+        {
+            let r = self.revocations.read().await;
+            if fresh(&r) {
+                return Ok(r.contains(sid, jti));
+            }
         }
-        Ok(Authenticated {
-            name: claims.name,
-            uid,
-            groups: claims.groups,
-            namespace: claims.namespace,
-            amr: claims.amr,
-            audiences: valid,
-            for_api_server,
-            expires_at: Some(claims.exp),
-            cached: false,
-            review_status: std::sync::OnceLock::new(),
-        })
+        let mut w = self.revocations.write().await;
+        if !fresh(&w) {
+            let list = store.revocations(UnixTime(now)).await.map_err(|e| {
+                tracing::error!(error = %e, "cannot load revocations");
+                Refusal::from(Denial::Unavailable)
+            })?;
+            *w = RevocationSnapshot {
+                generation: Some(generation),
+                loaded: std::time::Instant::now(),
+                sessions: list.sessions.iter().map(ToString::to_string).collect(),
+                jtis: list.jtis.into_iter().collect(),
+            };
+        }
+        Ok(w.contains(sid, jti))
+    }
+}
+
+const REVOCATIONS_MAX_AGE: Duration = Duration::from_secs(5);
+
+#[derive(Debug)]
+struct RevocationSnapshot {
+    generation: Option<u64>,
+    loaded: std::time::Instant,
+    sessions: std::collections::HashSet<String>,
+    jtis: std::collections::HashSet<String>,
+}
+
+impl RevocationSnapshot {
+    fn contains(&self, sid: &str, jti: &str) -> bool {
+        self.sessions.contains(sid) || self.jtis.contains(jti)
     }
 }
 
@@ -494,6 +591,9 @@ mod tests {
                     namespace: None,
                     amr: vec!["static".into()],
                     scope: String::new(),
+                    sid: idbridge_core::SessionId::random().to_string(),
+                    client_id: String::new(),
+                    act: None,
                 })
                 .unwrap()
         }

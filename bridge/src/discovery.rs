@@ -9,7 +9,10 @@ use serde_json::json;
 use crate::state::AppState;
 
 /// The grant types the token endpoint accepts.
-pub(crate) const GRANT_TYPES: [&str; 1] = ["urn:ietf:params:oauth:grant-type:token-exchange"];
+pub(crate) const GRANT_TYPES: [&str; 2] = [
+    "refresh_token",
+    "urn:ietf:params:oauth:grant-type:token-exchange",
+];
 
 pub(crate) async fn openid_configuration(State(state): State<AppState>) -> Response {
     let s = state.settings();
@@ -20,14 +23,18 @@ pub(crate) async fn openid_configuration(State(state): State<AppState>) -> Respo
             "issuer": s.issuer,
             "jwks_uri": format!("{iss}/oauth2/jwks"),
             "token_endpoint": format!("{iss}/oauth2/token"),
+            "revocation_endpoint": format!("{iss}/oauth2/revoke"),
+            "introspection_endpoint": format!("{iss}/oauth2/introspect"),
             "grant_types_supported": GRANT_TYPES,
             "response_types_supported": ["token"],
             "subject_types_supported": ["public"],
             "id_token_signing_alg_values_supported": ["ES256"],
-            "token_endpoint_auth_methods_supported": ["none"],
+            "token_endpoint_auth_methods_supported": ["none", "client_secret_basic", "client_secret_post"],
+            "revocation_endpoint_auth_methods_supported": ["none", "client_secret_basic", "client_secret_post"],
+            "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "bearer"],
             "claims_supported": [
                 "iss", "sub", "aud", "exp", "iat", "nbf", "jti",
-                "name", "groups", "namespace", "amr", "scope"
+                "name", "groups", "namespace", "amr", "scope", "sid", "client_id", "act"
             ],
         })),
     )

@@ -158,8 +158,14 @@ impl From<StoreError> for ApiError {
 impl From<OpsError> for ApiError {
     fn from(e: OpsError) -> Self {
         match e {
-            OpsError::NoSuchAccount(_) | OpsError::NoSuchToken(_) => Self::NotFound(e.to_string()),
+            OpsError::NoSuchAccount(_) | OpsError::NoSuchToken(_) | OpsError::NoSuchSession(_) => {
+                Self::NotFound(e.to_string())
+            }
             OpsError::Store(s) => s.into(),
+            OpsError::Key(k) => {
+                tracing::error!(error = %k, "signing keys");
+                Self::Internal
+            }
         }
     }
 }

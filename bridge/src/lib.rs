@@ -16,14 +16,17 @@
 mod admin;
 mod audit;
 mod auth;
+mod crypto;
 mod discovery;
 mod error;
 mod keys;
 mod metrics;
 mod oauth;
 mod ops;
+mod proxy;
 mod review;
 mod server;
+mod sessions;
 mod settings;
 mod state;
 mod tls;
@@ -31,16 +34,20 @@ mod tokens;
 
 pub use audit::{Audit, AuditEvent, AuditSink};
 pub use auth::{Authenticated, Authenticator, Denial};
+pub use crypto::{CryptoError, Kek, SealKey};
 pub use error::ApiError;
-pub use keys::{KeyError, KeySet};
+pub use keys::{KeyError, KeyPolicy, KeySet, Rotate, maintain};
 pub use metrics::Metrics;
-pub use ops::{AdminOps, CreatedToken, OpsError};
+pub use ops::{AdminOps, CreatedToken, KeyInfo, OpsError, SessionInfo, UserRevocation};
 pub use review::{TokenReviewRequest, TokenReviewSpec, TokenReviewStatus, UserInfo};
 pub use server::{PeerInfo, serve};
-pub use settings::{Secret, Settings};
+pub use settings::{Client, MayAct, ProxySettings, Secret, Settings, Who};
 pub use state::{AppState, app};
-pub use tls::{ServerTls, TlsError, ensure_self_signed, server_config, write_private};
+pub use tls::{
+    ServerTls, TlsError, client_verifier, ensure_self_signed, server_config, verify_chain,
+    write_private,
+};
 pub use tokens::{
-    AccessClaims, STATIC_TOKEN_PREFIX, WEBHOOK_TOKEN_PREFIX, hash_token, new_secret,
-    new_static_secret,
+    AccessClaims, Actor, REFRESH_TOKEN_PREFIX, STATIC_TOKEN_PREFIX, WEBHOOK_TOKEN_PREFIX,
+    hash_token, new_secret, new_static_secret,
 };

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use idbridge_core::{
-    AccountName, Clock, HumanDuration, NewAccount, StaticToken, Store, StoreError, TokenId,
-    UnixTime, UserAccount,
+    AccountName, Clock, HumanDuration, KeyState, NewAccount, Session, SessionId, SessionState,
+    StaticToken, Store, StoreError, TokenId, UnixTime, UserAccount,
 };
 use serde::{Deserialize, Serialize};
 
@@ -21,9 +21,57 @@ pub enum OpsError {
     /// No token has that id.
     #[error("no token with id {0}")]
     NoSuchToken(TokenId),
+    /// No session has that id.
+    #[error("no session with id {0}")]
+    NoSuchSession(SessionId),
     /// The store refused or failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The signing keys could not be handled.
+    #[error(transparent)]
+    Key(#[from] crate::keys::KeyError),
+}
+
+/// A session as listed: the stored record, its state now, and its account's name.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionInfo {
+    /// The stored session.
+    #[serde(flatten)]
+    pub session: Session,
+    /// Its state at the time of listing.
+    pub state: SessionState,
+    /// The account's name.
+    pub account_name: String,
+}
+
+/// What `revoke --user` did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserRevocation {
+    /// The account.
+    pub account: AccountName,
+    /// Its UID.
+    pub uid: idbridge_core::AccountUid,
+    /// Sessions revoked (with every access token minted for them).
+    pub sessions: u64,
+    /// Static tokens revoked, when asked for.
+    pub static_tokens: u64,
+}
+
+/// A signing key as listed (never its private part).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyInfo {
+    /// Key id.
+    pub kid: String,
+    /// `next`, `current` or `retired`.
+    pub state: KeyState,
+    /// Created and published.
+    pub created_at: UnixTime,
+    /// Started signing, or (for the next key) is scheduled to.
+    pub activated_at: Option<UnixTime>,
+    /// A retired key leaves the JWKS after this.
+    pub retire_after: Option<UnixTime>,
+    /// Whether it is encrypted at rest.
+    pub encrypted: bool,
 }
 
 /// A static token just created: the only time its secret exists outside the caller's hands.
@@ -146,6 +194,146 @@ impl AdminOps {
         match self.store.revoke_static_token(id, self.clock.now()).await {
             Err(StoreError::NotFound(_)) => Err(OpsError::NoSuchToken(id)),
             other => Ok(other?),
+        }
+    }
+
+    /// Sessions, of one account or all, with their state under `idle_timeout`.
+    ///
+    /// # Errors
+    /// `NoSuchAccount`, or a store failure.
+    pub async fn sessions(
+        &self,
+        name: Option<&AccountName>,
+        idle_timeout: u64,
+    ) -> Result<Vec<SessionInfo>, OpsError> {
+        let uid = match name {
+            Some(n) => Some(self.account(n).await?.uid),
+            None => None,
+        };
+        let now = self.clock.now();
+        let mut names: std::collections::HashMap<_, String> = std::collections::HashMap::new();
+        let mut out = Vec::new();
+        for session in self.store.sessions(uid).await? {
+            let account_name = match names.entry(session.account) {
+                std::collections::hash_map::Entry::Occupied(e) => e.get().clone(),
+                std::collections::hash_map::Entry::Vacant(e) => e
+                    .insert(
+                        self.store
+                            .account(session.account)
+                            .await?
+                            .map_or_else(|| "-".to_owned(), |a| a.name.to_string()),
+                    )
+                    .clone(),
+            };
+            out.push(SessionInfo {
+                state: session.state(now, idle_timeout),
+                account_name,
+                session,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Revokes one session and so every token minted for it.
+    ///
+    /// # Errors
+    /// `NoSuchSession`, or a store failure.
+    pub async fn revoke_session(&self, id: SessionId) -> Result<Session, OpsError> {
+        match self
+            .store
+            .revoke_session(id, "revoked by an administrator", self.clock.now())
+            .await
+        {
+            Err(StoreError::NotFound(_)) => Err(OpsError::NoSuchSession(id)),
+            other => Ok(other?),
+        }
+    }
+
+    /// Revokes every session of an account, and so every access token minted for them; with
+    /// `static_tokens`, its static tokens too.
+    ///
+    /// # Errors
+    /// `NoSuchAccount`, or a store failure.
+    pub async fn revoke_user(
+        &self,
+        name: &AccountName,
+        static_tokens: bool,
+    ) -> Result<UserRevocation, OpsError> {
+        let account = self.account(name).await?;
+        let now = self.clock.now();
+        let sessions = self
+            .store
+            .revoke_account_sessions(account.uid, "user revoked by an administrator", now)
+            .await?;
+        let mut revoked_static = 0;
+        if static_tokens {
+            for t in self.store.static_tokens(Some(account.uid)).await? {
+                if t.revoked_at.is_none() {
+                    self.store.revoke_static_token(t.id, now).await?;
+                    revoked_static += 1;
+                }
+            }
+        }
+        Ok(UserRevocation {
+            account: account.name,
+            uid: account.uid,
+            sessions,
+            static_tokens: revoked_static,
+        })
+    }
+
+    /// Revokes one access token by `jti`; it is refused until `max_lifetime` from now, by when
+    /// it has expired whatever it said.
+    ///
+    /// # Errors
+    /// A store failure.
+    pub async fn revoke_jti(&self, jti: &str, max_lifetime: u64) -> Result<(), OpsError> {
+        let now = self.clock.now();
+        Ok(self
+            .store
+            .revoke_jti(jti, now.plus_secs(max_lifetime), now)
+            .await?)
+    }
+
+    /// The signing keys, never their private parts.
+    ///
+    /// # Errors
+    /// A store failure.
+    pub async fn keys(&self) -> Result<Vec<KeyInfo>, OpsError> {
+        Ok(self
+            .store
+            .signing_keys()
+            .await?
+            .into_iter()
+            .map(|k| KeyInfo {
+                kid: k.kid,
+                state: k.state,
+                created_at: k.created_at,
+                activated_at: k.activated_at,
+                retire_after: k.retire_after,
+                encrypted: k.sealed_by.is_some(),
+            })
+            .collect())
+    }
+
+    /// Applies the key policy (and an operator's rotation) to the stored ring; returns whether it
+    /// changed.
+    ///
+    /// # Errors
+    /// A store or key failure.
+    pub async fn maintain_keys(
+        &self,
+        policy: &crate::keys::KeyPolicy,
+        rotate: crate::keys::Rotate,
+        kek: Option<&crate::crypto::Kek>,
+    ) -> Result<bool, OpsError> {
+        let stored = self.store.signing_keys().await?;
+        match crate::keys::maintain(&stored, self.clock.now(), policy, rotate, kek)? {
+            Some(ring) => {
+                self.store.replace_signing_keys(&ring).await?;
+                Ok(true)
+            }
+            None => Ok(false),
         }
     }
 

@@ -63,6 +63,9 @@ pub fn user_info(who: &Authenticated, username_prefix: &str, groups_prefix: &str
     if let Some(ns) = &who.namespace {
         extra.insert("idbridge.io/namespace".to_owned(), vec![ns.clone()]);
     }
+    if let Some(actor) = &who.actor {
+        extra.insert("idbridge.io/actor".to_owned(), vec![actor.clone()]);
+    }
     UserInfo {
         username: format!("{username_prefix}{}", who.name),
         uid: who.uid.to_string(),
@@ -87,7 +90,13 @@ impl FromRequestParts<AppState> for WebhookCaller {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let Ok(ctx) = RequestCtx::from_request_parts(parts, state).await;
         let settings = state.settings();
-        if settings.webhook_client_cert && ctx.client_cert {
+        if settings.webhook_client_cert
+            && ctx.client_cert
+            && settings
+                .webhook_client_verifier
+                .as_ref()
+                .is_none_or(|v| crate::tls::verify_chain(&**v, ctx.chain.as_deref()))
+        {
             return Ok(Self(ctx));
         }
         let presented = parts
@@ -310,6 +319,7 @@ mod tests {
             groups: vec!["dev".into(), "masters".into()],
             namespace: Some("team-a".into()),
             amr: vec!["static".into()],
+            actor: None,
             audiences: vec!["kubernetes".into()],
             for_api_server: true,
             expires_at: None,

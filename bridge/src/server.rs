@@ -18,12 +18,14 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Who is on the other end of the connection a request came in on.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct PeerInfo {
     /// The peer's address.
     pub addr: SocketAddr,
-    /// Whether it presented a client certificate that verified against the configured CA.
+    /// Whether it presented a client certificate that verified against a configured CA.
     pub client_cert: bool,
+    /// The certificate chain it presented, end entity first.
+    pub chain: Option<Arc<[rustls::pki_types::CertificateDer<'static>]>>,
 }
 
 /// Serves `app` over TLS on `listener` until `shutdown` completes, then stops accepting and waits
@@ -71,16 +73,19 @@ pub async fn serve(
                     return;
                 }
             };
+            let chain: Option<Arc<[_]>> = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .filter(|c| !c.is_empty())
+                .map(|c| c.iter().map(|d| d.clone().into_owned()).collect());
             let peer = PeerInfo {
                 addr,
-                client_cert: stream
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .is_some_and(|c| !c.is_empty()),
+                client_cert: chain.is_some(),
+                chain,
             };
             let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-                req.extensions_mut().insert(peer);
+                req.extensions_mut().insert(peer.clone());
                 app.clone().oneshot(req)
             });
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);

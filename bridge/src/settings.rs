@@ -37,8 +37,24 @@ impl fmt::Debug for Secret {
     }
 }
 
+impl Client {
+    /// The built-in first-party public client, allowed every grant, for `audiences`.
+    #[must_use]
+    pub fn cli(audiences: Vec<String>) -> Self {
+        Self {
+            id: crate::oauth::CLI_CLIENT.to_owned(),
+            secret: None,
+            grants: crate::discovery::GRANT_TYPES
+                .iter()
+                .map(|g| (*g).to_owned())
+                .collect(),
+            audiences,
+        }
+    }
+}
+
 /// Runtime settings of the bridge; replaced as a whole on reload.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Settings {
     /// Issuer URL (`iss`), also the base of every advertised endpoint.
     pub issuer: String,
@@ -60,10 +76,108 @@ pub struct Settings {
     pub webhook_tokens: Vec<Secret>,
     /// Whether a verified client certificate is enough to call the webhooks.
     pub webhook_client_cert: bool,
+    /// When the TLS layer trusts more than the webhook CA (the proxy's CA too), the webhook CA's
+    /// own verifier, checked per request.
+    pub webhook_client_verifier:
+        Option<std::sync::Arc<dyn rustls::server::danger::ClientCertVerifier>>,
     /// Accounts in any of these groups may call the admin API.
     pub admin_groups: BTreeSet<GroupName>,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// A session ends this long after its last refresh.
+    pub session_idle_timeout: Duration,
+    /// A session ends this long after it started, however active.
+    pub session_max_lifetime: Duration,
+    /// How long concurrent refreshes with one token get the same new pair.
+    pub refresh_grace: Duration,
+    /// OAuth clients, the built-in `idbridge-cli` first.
+    pub clients: Vec<Client>,
+    /// Who may act for whom (RFC 8693 delegation); nobody when empty.
+    pub may_act: Vec<MayAct>,
+    /// The trusted authenticating proxy, when enabled.
+    pub proxy: Option<ProxySettings>,
+    /// A signing key signs this long before the next takes over.
+    pub key_rotate_every: Duration,
+    /// A new signing key is published this long before it signs.
+    pub key_publish_lead: Duration,
+}
+
+/// An OAuth client.
+#[derive(Debug, Clone)]
+pub struct Client {
+    /// `client_id`.
+    pub id: String,
+    /// The secret of a confidential client; `None` for a public one.
+    pub secret: Option<Secret>,
+    /// Grant types it may use.
+    pub grants: Vec<String>,
+    /// Audiences it may obtain tokens for.
+    pub audiences: Vec<String>,
+}
+
+/// Names accounts by name or group.
+#[derive(Debug, Clone, Default)]
+pub struct Who {
+    /// Account names.
+    pub users: Vec<String>,
+    /// Group names.
+    pub groups: Vec<String>,
+}
+
+impl Who {
+    /// Whether the account `name` with `groups` is named.
+    #[must_use]
+    pub fn matches(&self, name: &str, groups: &[String]) -> bool {
+        self.users.iter().any(|u| u == name) || groups.iter().any(|g| self.groups.contains(g))
+    }
+}
+
+/// One delegation rule: these actors may act for these subjects, towards these audiences.
+#[derive(Debug, Clone)]
+pub struct MayAct {
+    /// Who may act.
+    pub actors: Who,
+    /// For whom.
+    pub subjects: Who,
+    /// Audiences the delegated token may carry.
+    pub audiences: Vec<String>,
+}
+
+/// The trusted authenticating proxy.
+#[derive(Clone)]
+pub struct ProxySettings {
+    /// Verifies the proxy's client certificate against the configured CA.
+    pub verifier: std::sync::Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    /// Names (CN or DNS SAN) the certificate must carry; any when empty.
+    pub allowed_names: Vec<String>,
+    /// The header naming the user.
+    pub user_header: String,
+    /// The header (repeatable) naming groups.
+    pub group_header: String,
+    /// Create an account on first sight.
+    pub jit: bool,
+}
+
+impl std::fmt::Debug for ProxySettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxySettings")
+            .field("allowed_names", &self.allowed_names)
+            .field("user_header", &self.user_header)
+            .field("group_header", &self.group_header)
+            .field("jit", &self.jit)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("issuer", &self.issuer)
+            .field("audiences", &self.audiences)
+            .field("clients", &self.clients)
+            .field("proxy", &self.proxy)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Settings {
@@ -81,9 +195,35 @@ impl Settings {
             review_cache_size: 10_000,
             webhook_tokens: Vec::new(),
             webhook_client_cert: false,
+            webhook_client_verifier: None,
             admin_groups: BTreeSet::new(),
             max_body_bytes: 64 * 1024,
+            session_idle_timeout: Duration::from_secs(8 * 3600),
+            session_max_lifetime: Duration::from_secs(7 * 86_400),
+            refresh_grace: Duration::from_secs(5),
+            clients: vec![Client::cli(vec!["kubernetes".to_owned()])],
+            may_act: Vec::new(),
+            proxy: None,
+            key_rotate_every: Duration::from_secs(30 * 86_400),
+            key_publish_lead: Duration::from_secs(86_400),
         }
+    }
+
+    /// The key-ring policy these settings imply.
+    #[must_use]
+    pub fn key_policy(&self) -> crate::keys::KeyPolicy {
+        crate::keys::KeyPolicy {
+            rotate_every: self.key_rotate_every.as_secs(),
+            publish_lead: self.key_publish_lead.as_secs(),
+            // A retired key stays until the longest-lived token it signed has expired.
+            retain: self.access_token_ttl.as_secs() + self.clock_skew.as_secs(),
+        }
+    }
+
+    /// The client with this id.
+    #[must_use]
+    pub fn client(&self, id: &str) -> Option<&Client> {
+        self.clients.iter().find(|c| c.id == id)
     }
 
     /// The audience assumed when a TokenReview names none.

@@ -16,12 +16,14 @@ use idbridge_core::{Clock, Store};
 
 use crate::audit::{Audit, AuditEvent};
 use crate::auth::{Authenticated, Authenticator, Refusal};
+use crate::crypto::Kek;
 use crate::keys::KeySet;
+use crate::keys::Rotate;
 use crate::metrics::Metrics;
-use crate::ops::AdminOps;
+use crate::ops::{AdminOps, OpsError};
 use crate::server::PeerInfo;
 use crate::settings::Settings;
-use crate::{admin, discovery, oauth, review};
+use crate::{admin, discovery, oauth, proxy, review};
 
 struct Inner {
     store: Arc<dyn Store>,
@@ -33,6 +35,9 @@ struct Inner {
     metrics: Metrics,
     ops: AdminOps,
     ready: AtomicBool,
+    kek: RwLock<Option<Kek>>,
+    // Key maintenance runs from a timer and from `keys rotate`; one at a time.
+    key_lock: tokio::sync::Mutex<()>,
 }
 
 /// The service's shared state; cheap to clone.
@@ -71,6 +76,8 @@ impl AppState {
             audit,
             metrics: Metrics::new(&ROUTES),
             ready: AtomicBool::new(true),
+            kek: RwLock::new(None),
+            key_lock: tokio::sync::Mutex::new(()),
         }))
     }
 
@@ -92,6 +99,43 @@ impl AppState {
         // new settings or has its result discarded by the generation bump.
         self.0.auth.resize(&settings);
         self.0.auth.invalidate();
+    }
+
+    /// Sets the key-encryption key that seals signing keys at rest.
+    pub fn set_kek(&self, kek: Option<Kek>) {
+        *self
+            .0
+            .kek
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = kek;
+    }
+
+    /// Applies the key policy (and an operator's rotation) to the stored ring, then reloads the
+    /// keys in use from the store, so a change made elsewhere is picked up too.
+    ///
+    /// # Errors
+    /// A store or key failure; the keys in use stay as they were.
+    pub async fn maintain_keys(&self, rotate: Rotate) -> Result<bool, OpsError> {
+        let _one = self.0.key_lock.lock().await;
+        let kek = read(&self.0.kek);
+        let policy = self.settings().key_policy();
+        let changed = self
+            .0
+            .ops
+            .maintain_keys(&policy, rotate, kek.as_ref())
+            .await?;
+        let stored = self.0.store.signing_keys().await?;
+        let keys = KeySet::from_stored(&stored, kek.as_ref())?;
+        let old = self.keys();
+        if changed || old.jwks() != keys.jwks() || old.signing_kid() != keys.signing_kid() {
+            tracing::info!(signing = %keys.signing_kid(), "signing keys updated");
+            *self
+                .0
+                .keys
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(keys);
+        }
+        Ok(changed)
     }
 
     /// Current keys.
@@ -128,6 +172,12 @@ impl AppState {
     #[must_use]
     pub fn metrics(&self) -> &Metrics {
         &self.0.metrics
+    }
+
+    /// The authenticator.
+    #[must_use]
+    pub fn authenticator(&self) -> &Authenticator {
+        &self.0.auth
     }
 
     /// Empties authentication caches after a change that may revoke access.
@@ -173,6 +223,8 @@ pub struct RequestCtx {
     pub source: Option<SocketAddr>,
     /// Whether the peer presented a client certificate that verified against a configured CA.
     pub client_cert: bool,
+    /// The peer's certificate chain, end entity first, when it presented one.
+    pub chain: Option<std::sync::Arc<[rustls::pki_types::CertificateDer<'static>]>>,
 }
 
 #[derive(Debug, Clone)]
@@ -190,6 +242,7 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestCtx {
                 .map_or_else(String::new, |r| r.0.clone()),
             source: peer.map(|p| p.addr),
             client_cert: peer.is_some_and(|p| p.client_cert),
+            chain: peer.and_then(|p| p.chain.clone()),
         })
     }
 }
@@ -281,13 +334,16 @@ async fn metrics(State(state): State<AppState>) -> Response {
 }
 
 /// Every route, as axum's `MatchedPath` names it (metrics keep a cell for each).
-const ROUTES: [&str; 13] = [
+const ROUTES: [&str; 21] = [
     "/healthz",
     "/readyz",
     "/metrics",
     "/.well-known/openid-configuration",
     "/oauth2/jwks",
     "/oauth2/token",
+    "/oauth2/revoke",
+    "/oauth2/introspect",
+    "/login/proxy",
     "/webhooks/tokenreview",
     "/admin/v1/accounts",
     "/admin/v1/accounts/{name}",
@@ -295,6 +351,11 @@ const ROUTES: [&str; 13] = [
     "/admin/v1/accounts/{name}/enable",
     "/admin/v1/tokens",
     "/admin/v1/tokens/{id}/revoke",
+    "/admin/v1/sessions",
+    "/admin/v1/sessions/{id}/revoke",
+    "/admin/v1/revoke",
+    "/admin/v1/keys",
+    "/admin/v1/keys/rotate",
 ];
 
 /// The whole service as a router; tests drive it with `oneshot`, `serve` puts it behind TLS.
@@ -310,6 +371,9 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/oauth2/jwks", get(discovery::jwks))
         .route("/oauth2/token", post(oauth::token))
+        .route("/oauth2/revoke", post(oauth::revoke))
+        .route("/oauth2/introspect", post(oauth::introspect))
+        .route("/login/proxy", post(proxy::login))
         .route("/webhooks/tokenreview", post(review::token_review))
         .nest("/admin/v1", admin::routes())
         .layer(DefaultBodyLimit::max(limit))

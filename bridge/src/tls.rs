@@ -64,6 +64,50 @@ pub struct ServerTls {
     pub key_file: PathBuf,
     /// PEM CA bundle for client certificates; none disables client certificates.
     pub client_ca_file: Option<PathBuf>,
+    /// PEM CA bundle for the trusted authenticating proxy's client certificate.
+    pub proxy_ca_file: Option<PathBuf>,
+}
+
+fn roots(ca: &Path, roots: &mut RootCertStore) -> Result<(), TlsError> {
+    for c in load_certs(ca)? {
+        roots.add(c).map_err(|e| TlsError::ClientCa {
+            path: ca.to_path_buf(),
+            why: e.to_string(),
+        })?;
+    }
+    Ok(())
+}
+
+/// A verifier that accepts only client certificates issued by the CA in `ca`.
+///
+/// # Errors
+/// If the file is unreadable or holds no usable CA.
+pub fn client_verifier(
+    ca: &Path,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut store = RootCertStore::empty();
+    roots(ca, &mut store)?;
+    WebPkiClientVerifier::builder_with_provider(Arc::new(store), provider)
+        .build()
+        .map_err(|e| TlsError::ClientCa {
+            path: ca.to_path_buf(),
+            why: e.to_string(),
+        })
+}
+
+/// Whether `chain` (end entity first) verifies with `verifier` now.
+#[must_use]
+pub fn verify_chain(
+    verifier: &dyn rustls::server::danger::ClientCertVerifier,
+    chain: Option<&[CertificateDer<'static>]>,
+) -> bool {
+    let Some((end, intermediates)) = chain.and_then(<[_]>::split_first) else {
+        return false;
+    };
+    verifier
+        .verify_client_cert(end, intermediates, rustls::pki_types::UnixTime::now())
+        .is_ok()
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TlsError + '_ {
@@ -105,16 +149,19 @@ pub fn server_config(tls: &ServerTls) -> Result<Arc<rustls::ServerConfig>, TlsEr
     })?;
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?;
-    let builder = match &tls.client_ca_file {
+    let cas: Vec<&PathBuf> = tls
+        .client_ca_file
+        .iter()
+        .chain(tls.proxy_ca_file.iter())
+        .collect();
+    let builder = match cas.first() {
         Some(ca) => {
-            let mut roots = RootCertStore::empty();
-            for c in load_certs(ca)? {
-                roots.add(c).map_err(|e| TlsError::ClientCa {
-                    path: ca.clone(),
-                    why: e.to_string(),
-                })?;
+            let ca = (*ca).clone();
+            let mut store = RootCertStore::empty();
+            for c in &cas {
+                roots(c, &mut store)?;
             }
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(store), provider)
                 .allow_unauthenticated()
                 .build()
                 .map_err(|e| TlsError::ClientCa {
@@ -219,6 +266,7 @@ pub fn ensure_self_signed(dir: &Path, sans: &[String]) -> Result<(ServerTls, Pat
     }
     Ok((
         ServerTls {
+            proxy_ca_file: None,
             cert_file: tls_crt,
             key_file: tls_key,
             client_ca_file: None,

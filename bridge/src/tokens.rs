@@ -14,6 +14,9 @@ pub const STATIC_TOKEN_PREFIX: &str = "idb_st_";
 /// Every webhook caller token idbridge generates starts with this.
 pub const WEBHOOK_TOKEN_PREFIX: &str = "idb_wh_";
 
+/// Every refresh token starts with this.
+pub const REFRESH_TOKEN_PREFIX: &str = "idb_rt_";
+
 /// A fresh secret: `prefix` and 256 random bits, base64url.
 ///
 /// # Panics
@@ -74,6 +77,26 @@ pub struct AccessClaims {
     /// Space-separated scopes.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub scope: String,
+    /// The session the token belongs to; revoking the session revokes the token.
+    pub sid: String,
+    /// The OAuth client it was issued to.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub client_id: String,
+    /// Who acts on the subject's behalf (RFC 8693 delegation), outermost first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act: Option<Actor>,
+}
+
+/// The `act` claim of RFC 8693: the party acting for the subject, and whoever acted for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    /// The actor's account UID.
+    pub sub: String,
+    /// The actor's account name.
+    pub name: String,
+    /// A prior actor in the chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act: Option<Box<Actor>>,
 }
 
 #[cfg(test)]

@@ -6,9 +6,11 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use idbridge_bridge::{AdminOps, CreatedToken};
+use idbridge_bridge::{
+    AdminOps, CreatedToken, KeyInfo, KeyPolicy, Rotate, SessionInfo, UserRevocation,
+};
 use idbridge_core::{
-    AccountName, GroupName, HumanDuration, LabelKey, Namespace, NewAccount, StaticToken,
+    AccountName, GroupName, HumanDuration, LabelKey, Namespace, NewAccount, SessionId, StaticToken,
     SystemClock, TokenId, UserAccount,
 };
 use serde::de::DeserializeOwned;
@@ -114,6 +116,55 @@ pub enum TokenCmd {
     },
 }
 
+/// `idbridge session`.
+#[derive(Debug, Subcommand)]
+pub enum SessionCmd {
+    /// List sessions (logins and their refresh-token families), newest first.
+    List {
+        /// Only this account's sessions.
+        #[arg(long)]
+        user: Option<AccountName>,
+    },
+    /// Revoke a session: its refresh token and every access token minted for it stop working
+    /// at once.
+    Revoke {
+        /// The session id from `session list`.
+        id: SessionId,
+    },
+}
+
+/// `idbridge keys`.
+#[derive(Debug, Subcommand)]
+pub enum KeysCmd {
+    /// List signing keys and their state (never the private keys).
+    List,
+    /// Rotate the signing key. The next key, already in the JWKS, starts signing once it has been
+    /// published for `keys.publish_lead`; the old key stays published until its last token
+    /// expires.
+    Rotate {
+        /// Start signing with the next key at once, however recently it was published (for a
+        /// compromised key). Clients that cached the old JWKS refuse new tokens until they
+        /// refetch it.
+        #[arg(long)]
+        now: bool,
+    },
+}
+
+/// What `idbridge revoke` revokes.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct RevokeArgs {
+    /// Every session of this account and every access token minted for them.
+    #[arg(long)]
+    user: Option<AccountName>,
+    /// One access token, by its `jti` claim.
+    #[arg(long)]
+    jti: Option<String>,
+    /// With --user: revoke the account's static tokens as well.
+    #[arg(long, requires = "user")]
+    static_tokens: bool,
+}
+
 fn parse_label(s: &str) -> Result<(LabelKey, String), String> {
     let (k, v) = s
         .split_once('=')
@@ -127,7 +178,7 @@ enum Backend {
         base: String,
         token: String,
     },
-    Offline(AdminOps),
+    Offline(AdminOps, Box<config::Config>),
 }
 
 impl Backend {
@@ -138,7 +189,10 @@ impl Backend {
                 cfg.data_dir.clone_from(&t.data_dir);
             }
             let store = profile::open_store(&cfg).await?;
-            return Ok(Self::Offline(AdminOps::new(store, Arc::new(SystemClock))));
+            return Ok(Self::Offline(
+                AdminOps::new(store, Arc::new(SystemClock)),
+                Box::new(cfg),
+            ));
         }
         let token_file = t
             .token_file
@@ -278,7 +332,7 @@ pub async fn user(cmd: UserCmd, target: &Target) -> anyhow::Result<()> {
             new.default_namespace = namespace;
             new.labels = labels.into_iter().collect();
             let a: UserAccount = match &backend {
-                Backend::Offline(ops) => ops.add_account(new).await?,
+                Backend::Offline(ops, _) => ops.add_account(new).await?,
                 Backend::Remote { .. } => {
                     backend
                         .call(M::POST, "/accounts", Some(serde_json::to_value(&new)?))
@@ -290,7 +344,7 @@ pub async fn user(cmd: UserCmd, target: &Target) -> anyhow::Result<()> {
         }
         UserCmd::List => {
             let all: Vec<UserAccount> = match &backend {
-                Backend::Offline(ops) => ops.accounts().await?,
+                Backend::Offline(ops, _) => ops.accounts().await?,
                 Backend::Remote { .. } => backend.call(M::GET, "/accounts", None).await?,
             };
             print_accounts(&all, target.json)
@@ -308,7 +362,7 @@ async fn set_disabled(
 ) -> anyhow::Result<()> {
     let verb = if disabled { "disable" } else { "enable" };
     let a: UserAccount = match backend {
-        Backend::Offline(ops) => ops.set_disabled(name, disabled).await?,
+        Backend::Offline(ops, _) => ops.set_disabled(name, disabled).await?,
         Backend::Remote { .. } => {
             let path = format!("/accounts/{}/{verb}", urlencode(name.as_str()));
             backend.call(reqwest::Method::POST, &path, None).await?
@@ -340,7 +394,7 @@ pub async fn token(cmd: TokenCmd, target: &Target) -> anyhow::Result<()> {
             description,
         } => {
             let created: CreatedToken = match &backend {
-                Backend::Offline(ops) => ops.create_token(&user, ttl, description).await?,
+                Backend::Offline(ops, _) => ops.create_token(&user, ttl, description).await?,
                 Backend::Remote { .. } => {
                     let body = json!({"user": user, "ttl": ttl, "description": description});
                     backend.call(M::POST, "/tokens", Some(body)).await?
@@ -364,7 +418,7 @@ pub async fn token(cmd: TokenCmd, target: &Target) -> anyhow::Result<()> {
         }
         TokenCmd::List { user } => {
             let tokens: Vec<StaticToken> = match &backend {
-                Backend::Offline(ops) => ops.tokens(user.as_ref()).await?,
+                Backend::Offline(ops, _) => ops.tokens(user.as_ref()).await?,
                 Backend::Remote { .. } => {
                     let path = match &user {
                         Some(u) => format!("/tokens?user={}", urlencode(u.as_str())),
@@ -377,7 +431,7 @@ pub async fn token(cmd: TokenCmd, target: &Target) -> anyhow::Result<()> {
         }
         TokenCmd::Revoke { id } => {
             let t: StaticToken = match &backend {
-                Backend::Offline(ops) => ops.revoke_token(id).await?,
+                Backend::Offline(ops, _) => ops.revoke_token(id).await?,
                 Backend::Remote { .. } => {
                     backend
                         .call(M::POST, &format!("/tokens/{id}/revoke"), None)
@@ -388,4 +442,156 @@ pub async fn token(cmd: TokenCmd, target: &Target) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn print_sessions(sessions: &[SessionInfo], as_json: bool) -> anyhow::Result<()> {
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(sessions)?);
+        return Ok(());
+    }
+    println!(
+        "{:<36} {:<20} {:<12} {:<8} {:<20} {:<20} {:<20} CLIENT",
+        "ID", "ACCOUNT", "STATE", "AMR", "STARTED", "LAST REFRESH", "ENDS"
+    );
+    for s in sessions {
+        println!(
+            "{:<36} {:<20} {:<12} {:<8} {:<20} {:<20} {:<20} {}",
+            s.session.id,
+            s.account_name,
+            s.state.to_string(),
+            s.session.amr.join(","),
+            fmt_time(Some(s.session.created_at.0)),
+            fmt_time(Some(s.session.last_used_at.0)),
+            fmt_time(Some(s.session.expires_at.0)),
+            s.session.client_id
+        );
+    }
+    Ok(())
+}
+
+pub async fn session(cmd: SessionCmd, target: &Target) -> anyhow::Result<()> {
+    let backend = Backend::new(target).await?;
+    use reqwest::Method as M;
+    match cmd {
+        SessionCmd::List { user } => {
+            let sessions: Vec<SessionInfo> = match &backend {
+                Backend::Offline(ops, cfg) => {
+                    ops.sessions(user.as_ref(), cfg.sessions.idle_timeout.as_secs())
+                        .await?
+                }
+                Backend::Remote { .. } => {
+                    let path = match &user {
+                        Some(u) => format!("/sessions?user={}", urlencode(u.as_str())),
+                        None => "/sessions".to_owned(),
+                    };
+                    backend.call(M::GET, &path, None).await?
+                }
+            };
+            print_sessions(&sessions, target.json)
+        }
+        SessionCmd::Revoke { id } => {
+            let s: idbridge_core::Session = match &backend {
+                Backend::Offline(ops, _) => ops.revoke_session(id).await?,
+                Backend::Remote { .. } => {
+                    backend
+                        .call(M::POST, &format!("/sessions/{id}/revoke"), None)
+                        .await?
+                }
+            };
+            eprintln!("revoked session {} (account uid {})", s.id, s.account);
+            Ok(())
+        }
+    }
+}
+
+pub async fn revoke(args: RevokeArgs, target: &Target) -> anyhow::Result<()> {
+    let backend = Backend::new(target).await?;
+    if let Some(user) = args.user {
+        let done: UserRevocation = match &backend {
+            Backend::Offline(ops, _) => ops.revoke_user(&user, args.static_tokens).await?,
+            Backend::Remote { .. } => {
+                let body = json!({"user": user, "static_tokens": args.static_tokens});
+                backend
+                    .call(reqwest::Method::POST, "/revoke", Some(body))
+                    .await?
+            }
+        };
+        eprintln!(
+            "revoked {} session(s) and {} static token(s) of {} (uid {})",
+            done.sessions, done.static_tokens, done.account, done.uid
+        );
+        if target.json {
+            println!("{}", serde_json::to_string_pretty(&done)?);
+        }
+        return Ok(());
+    }
+    let Some(jti) = args.jti else {
+        bail!("give --user NAME or --jti JTI");
+    };
+    match &backend {
+        Backend::Offline(ops, cfg) => {
+            let max = cfg.tokens.access_token_ttl.as_secs() + cfg.tokens.clock_skew.as_secs();
+            ops.revoke_jti(&jti, max).await?;
+        }
+        Backend::Remote { .. } => {
+            let _: serde_json::Value = backend
+                .call(
+                    reqwest::Method::POST,
+                    "/revoke",
+                    Some(json!({ "jti": jti })),
+                )
+                .await?;
+        }
+    }
+    eprintln!("revoked access token {jti}");
+    Ok(())
+}
+
+fn print_keys(keys: &[KeyInfo], as_json: bool) -> anyhow::Result<()> {
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(keys)?);
+        return Ok(());
+    }
+    println!(
+        "{:<44} {:<8} {:<20} {:<20} {:<20} ENCRYPTED",
+        "KID", "STATE", "PUBLISHED", "SIGNS FROM", "LEAVES JWKS"
+    );
+    for k in keys {
+        println!(
+            "{:<44} {:<8} {:<20} {:<20} {:<20} {}",
+            k.kid,
+            k.state.to_string(),
+            fmt_time(Some(k.created_at.0)),
+            fmt_time(k.activated_at.map(|t| t.0)),
+            fmt_time(k.retire_after.map(|t| t.0)),
+            k.encrypted
+        );
+    }
+    Ok(())
+}
+
+pub async fn keys(cmd: KeysCmd, target: &Target) -> anyhow::Result<()> {
+    let backend = Backend::new(target).await?;
+    use reqwest::Method as M;
+    let keys: Vec<KeyInfo> = match (&backend, cmd) {
+        (Backend::Offline(ops, _), KeysCmd::List) => ops.keys().await?,
+        (Backend::Remote { .. }, KeysCmd::List) => backend.call(M::GET, "/keys", None).await?,
+        (Backend::Offline(ops, cfg), KeysCmd::Rotate { now }) => {
+            let policy = KeyPolicy {
+                rotate_every: cfg.keys.rotate_every.as_secs(),
+                publish_lead: cfg.keys.publish_lead.as_secs(),
+                retain: cfg.tokens.access_token_ttl.as_secs() + cfg.tokens.clock_skew.as_secs(),
+            };
+            let rotate = if now { Rotate::Now } else { Rotate::Soon };
+            ops.maintain_keys(&policy, rotate, profile::kek(cfg)?.as_ref())
+                .await?;
+            ops.keys().await?
+        }
+        (Backend::Remote { .. }, KeysCmd::Rotate { now }) => {
+            backend
+                .call(M::POST, "/keys/rotate", Some(json!({ "now": now })))
+                .await?
+        }
+    };
+    print_keys(&keys, target.json)
 }

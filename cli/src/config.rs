@@ -25,6 +25,13 @@ pub struct Config {
     pub tls: TlsConfig,
     pub store: StoreConfig,
     pub tokens: TokensConfig,
+    pub sessions: SessionsConfig,
+    pub keys: KeysConfig,
+    /// OAuth clients besides the built-in `idbridge-cli` (an entry with that id replaces it).
+    pub clients: Vec<ClientConfig>,
+    /// Who may act for whom (RFC 8693 delegation); nobody when empty.
+    pub delegation: Vec<DelegationRule>,
+    pub proxy: ProxyConfig,
     pub kubernetes: KubernetesConfig,
     pub webhooks: WebhooksConfig,
     pub review_cache: ReviewCacheConfig,
@@ -47,6 +54,11 @@ impl Default for Config {
             tls: TlsConfig::default(),
             store: StoreConfig::default(),
             tokens: TokensConfig::default(),
+            sessions: SessionsConfig::default(),
+            keys: KeysConfig::default(),
+            clients: Vec::new(),
+            delegation: Vec::new(),
+            proxy: ProxyConfig::default(),
             kubernetes: KubernetesConfig::default(),
             webhooks: WebhooksConfig::default(),
             review_cache: ReviewCacheConfig::default(),
@@ -90,6 +102,120 @@ impl Default for TokensConfig {
         Self {
             access_token_ttl: HumanDuration::from_secs(15 * 60),
             clock_skew: HumanDuration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionsConfig {
+    /// A session ends this long after its last refresh.
+    pub idle_timeout: HumanDuration,
+    /// A session ends this long after login, however active.
+    pub max_lifetime: HumanDuration,
+    /// Concurrent refreshes with one token within this window get the same new pair.
+    pub refresh_grace: HumanDuration,
+}
+
+impl Default for SessionsConfig {
+    fn default() -> Self {
+        Self {
+            idle_timeout: HumanDuration::from_secs(8 * 3600),
+            max_lifetime: HumanDuration::from_secs(7 * 86_400),
+            refresh_grace: HumanDuration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeysConfig {
+    /// A signing key signs this long before the next one takes over.
+    pub rotate_every: HumanDuration,
+    /// A new key is in the JWKS this long before it signs (longer than kube-apiserver's JWKS
+    /// refresh).
+    pub publish_lead: HumanDuration,
+    /// File with a base64 256-bit key that encrypts the signing keys at rest.
+    pub encryption_key_file: Option<PathBuf>,
+}
+
+impl Default for KeysConfig {
+    fn default() -> Self {
+        Self {
+            rotate_every: HumanDuration::from_secs(30 * 86_400),
+            publish_lead: HumanDuration::from_secs(86_400),
+            encryption_key_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    /// `client_id`.
+    pub id: String,
+    /// File holding the secret of a confidential client; absent for a public client.
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    /// Grant types it may use (default: all).
+    #[serde(default)]
+    pub grants: Option<Vec<String>>,
+    /// Audiences it may obtain tokens for (default: `kubernetes.audiences`).
+    #[serde(default)]
+    pub audiences: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WhoConfig {
+    pub users: Vec<String>,
+    pub groups: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DelegationRule {
+    /// Who may act.
+    pub actors: WhoConfig,
+    /// For whom.
+    pub subjects: WhoConfig,
+    /// Audiences the delegated token may carry.
+    pub audiences: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Provisioning {
+    /// Only accounts that already exist may log in.
+    #[default]
+    Existing,
+    /// A first login creates the account.
+    Jit,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// Honour `X-Remote-User`/`X-Remote-Group` at `/login/proxy` (off by default).
+    pub enabled: bool,
+    /// CA that issued the proxy's client certificate.
+    pub client_ca_file: Option<PathBuf>,
+    /// DNS names the proxy's certificate must be valid for (any when empty).
+    pub allowed_names: Vec<String>,
+    pub user_header: String,
+    pub group_header: String,
+    pub provisioning: Provisioning,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            client_ca_file: None,
+            allowed_names: Vec::new(),
+            user_header: "X-Remote-User".to_owned(),
+            group_header: "X-Remote-Group".to_owned(),
+            provisioning: Provisioning::Existing,
         }
     }
 }
@@ -329,6 +455,58 @@ impl Config {
         }
         if self.tokens.access_token_ttl.as_secs() < 60 {
             bail!("field `tokens.access_token_ttl`: must be at least 1m");
+        }
+        let (idle, max, grace) = (
+            self.sessions.idle_timeout.as_secs(),
+            self.sessions.max_lifetime.as_secs(),
+            self.sessions.refresh_grace.as_secs(),
+        );
+        if idle < 60 || idle > max {
+            bail!(
+                "field `sessions.idle_timeout`: must be at least 1m and at most `sessions.max_lifetime`"
+            );
+        }
+        if grace > 60 {
+            bail!("field `sessions.refresh_grace`: at most 60s");
+        }
+        if self.keys.publish_lead.as_secs() >= self.keys.rotate_every.as_secs() {
+            bail!("field `keys.publish_lead`: must be shorter than `keys.rotate_every`");
+        }
+        let grants = [
+            "refresh_token",
+            "urn:ietf:params:oauth:grant-type:token-exchange",
+        ];
+        for (i, c) in self.clients.iter().enumerate() {
+            if c.id.is_empty() || c.id.len() > 128 || c.id.chars().any(char::is_control) {
+                bail!("field `clients[{i}].id`: must be 1-128 printable characters");
+            }
+            if self.clients[..i].iter().any(|o| o.id == c.id) {
+                bail!("field `clients[{i}].id`: {:?} is declared twice", c.id);
+            }
+            if c.id == "idbridge-cli" && c.secret_file.is_some() {
+                bail!("field `clients[{i}].secret_file`: idbridge-cli is a public client");
+            }
+            for g in c.grants.iter().flatten() {
+                if !grants.contains(&g.as_str()) {
+                    bail!("field `clients[{i}].grants`: unknown grant {g:?}; known: {grants:?}");
+                }
+            }
+            if c.audiences.as_ref().is_some_and(Vec::is_empty) {
+                bail!("field `clients[{i}].audiences`: name at least one audience");
+            }
+        }
+        for (i, r) in self.delegation.iter().enumerate() {
+            if r.audiences.is_empty() {
+                bail!("field `delegation[{i}].audiences`: name at least one audience");
+            }
+            for (what, w) in [("actors", &r.actors), ("subjects", &r.subjects)] {
+                if w.users.is_empty() && w.groups.is_empty() {
+                    bail!("field `delegation[{i}].{what}`: name users or groups");
+                }
+            }
+        }
+        if self.proxy.enabled && self.proxy.client_ca_file.is_none() {
+            bail!("field `proxy.client_ca_file`: required when `proxy.enabled` is true");
         }
         if self.admin.groups.is_empty() {
             bail!("field `admin.groups`: name at least one group, or nobody can administer");

@@ -25,7 +25,10 @@ use clap::{Parser, Subcommand};
         idbridge serve --config idbridge.yaml --check    # validate a configuration\n  \
         idbridge user add alice --group dev --namespace team-a\n  \
         idbridge token create --user alice --ttl 30d     # prints the token once\n  \
-        idbridge user disable alice                      # her tokens fail at the next review"
+        idbridge user disable alice                      # her tokens fail at the next review\n  \
+        idbridge session list --user alice\n  \
+        idbridge revoke --user alice                     # every session and access token\n  \
+        idbridge keys rotate                             # next key signs after its publish lead"
 )]
 struct Cli {
     /// Log format on standard error.
@@ -67,6 +70,28 @@ enum Command {
         #[command(flatten)]
         target: admin_cmd::Target,
     },
+    /// List and revoke sessions (through the running server, or --offline).
+    Session {
+        #[command(subcommand)]
+        cmd: admin_cmd::SessionCmd,
+        #[command(flatten)]
+        target: admin_cmd::Target,
+    },
+    /// Revoke every session and access token of a user, or one access token by jti; the next
+    /// TokenReview refuses them.
+    Revoke {
+        #[command(flatten)]
+        what: admin_cmd::RevokeArgs,
+        #[command(flatten)]
+        target: admin_cmd::Target,
+    },
+    /// List and rotate signing keys (through the running server, or --offline).
+    Keys {
+        #[command(subcommand)]
+        cmd: admin_cmd::KeysCmd,
+        #[command(flatten)]
+        target: admin_cmd::Target,
+    },
 }
 
 fn init_logging(format: LogFormat) {
@@ -99,6 +124,9 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve::run(args).await,
             Command::User { cmd, target } => admin_cmd::user(cmd, &target).await,
             Command::Token { cmd, target } => admin_cmd::token(cmd, &target).await,
+            Command::Session { cmd, target } => admin_cmd::session(cmd, &target).await,
+            Command::Revoke { what, target } => admin_cmd::revoke(what, &target).await,
+            Command::Keys { cmd, target } => admin_cmd::keys(cmd, &target).await,
         }
     });
     match result {

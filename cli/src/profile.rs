@@ -11,7 +11,8 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use base64::Engine;
 use idbridge_bridge::{
-    AdminOps, KeySet, ServerTls, WEBHOOK_TOKEN_PREFIX, ensure_self_signed, new_secret,
+    AdminOps, Kek, KeyPolicy, KeySet, Rotate, ServerTls, WEBHOOK_TOKEN_PREFIX, ensure_self_signed,
+    maintain, new_secret,
 };
 use idbridge_core::{AccountName, Clock, NewAccount, Store, UserAccount};
 use idbridge_store::SqliteStore;
@@ -22,6 +23,7 @@ use crate::config::{Config, admin_group, parse_yaml};
 pub struct Boot {
     pub store: Arc<dyn Store>,
     pub keys: KeySet,
+    pub kek: Option<Kek>,
     pub tls: ServerTls,
     /// The CA clients should trust, when idbridge made its own certificates.
     pub ca_file: Option<PathBuf>,
@@ -97,19 +99,27 @@ pub async fn bootstrap(
     let store: Arc<dyn Store> = open_store(cfg).await?;
     let now = clock.now();
 
-    let mut stored = store.signing_keys().await?;
-    if stored.is_empty() {
-        let (kid, der) = KeySet::generate()?;
-        store.add_signing_key(&kid, &der, now).await?;
-        tracing::info!(kid = %kid, "generated a signing key");
-        stored = store.signing_keys().await?;
-    }
-    let keys = KeySet::from_pkcs8(
-        &stored
-            .into_iter()
-            .map(|(kid, der, _)| (kid, der))
-            .collect::<Vec<_>>(),
-    )?;
+    let kek = kek(cfg)?;
+    let policy = KeyPolicy {
+        rotate_every: cfg.keys.rotate_every.as_secs(),
+        publish_lead: cfg.keys.publish_lead.as_secs(),
+        retain: cfg.tokens.access_token_ttl.as_secs() + cfg.tokens.clock_skew.as_secs(),
+    };
+    let stored = store.signing_keys().await?;
+    let stored = match maintain(&stored, now, &policy, Rotate::Policy, kek.as_ref())? {
+        Some(ring) => {
+            store.replace_signing_keys(&ring).await?;
+            tracing::info!(
+                keys = ring.len(),
+                encrypted = kek.is_some(),
+                "signing keys updated"
+            );
+            ring
+        }
+        None => stored,
+    };
+    let keys = KeySet::from_stored(&stored, kek.as_ref())
+        .map_err(|e| anyhow::Error::new(crate::serve::ConfigErrorMarker).context(e.to_string()))?;
 
     let (tls, ca_file) = match (&cfg.tls.cert_file, &cfg.tls.key_file) {
         (Some(cert), Some(key)) => (
@@ -117,6 +127,7 @@ pub async fn bootstrap(
                 cert_file: cert.clone(),
                 key_file: key.clone(),
                 client_ca_file: None,
+                proxy_ca_file: None,
             },
             None,
         ),
@@ -128,6 +139,11 @@ pub async fn bootstrap(
     };
     let tls = ServerTls {
         client_ca_file: cfg.tls.client_ca_file.clone(),
+        proxy_ca_file: cfg
+            .proxy
+            .enabled
+            .then(|| cfg.proxy.client_ca_file.clone())
+            .flatten(),
         ..tls
     };
 
@@ -143,6 +159,7 @@ pub async fn bootstrap(
     Ok(Boot {
         store,
         keys,
+        kek,
         tls,
         ca_file,
         webhook_token,
@@ -155,6 +172,7 @@ pub fn check_files(cfg: &Config) -> anyhow::Result<()> {
         ("tls.cert_file", &cfg.tls.cert_file),
         ("tls.key_file", &cfg.tls.key_file),
         ("tls.client_ca_file", &cfg.tls.client_ca_file),
+        ("proxy.client_ca_file", &cfg.proxy.client_ca_file),
     ] {
         if let Some(p) = path {
             std::fs::metadata(p)
@@ -164,12 +182,34 @@ pub fn check_files(cfg: &Config) -> anyhow::Result<()> {
     if let Some(p) = &cfg.webhooks.bearer_token_file {
         read_secret_file(p, "webhooks.bearer_token_file")?;
     }
+    kek(cfg)?;
+    for (i, c) in cfg.clients.iter().enumerate() {
+        if let Some(p) = &c.secret_file {
+            read_secret_file(p, &format!("clients[{i}].secret_file"))?;
+        }
+    }
     if let Some(file) = &cfg.accounts_file {
         let text = std::fs::read_to_string(file)
             .with_context(|| format!("field `accounts_file`: cannot read {}", file.display()))?;
         let _: Vec<NewAccount> = parse_yaml(&text, &file.display().to_string())?;
     }
     Ok(())
+}
+
+/// The key-encryption key, when one is configured.
+pub fn kek(cfg: &Config) -> anyhow::Result<Option<Kek>> {
+    cfg.keys
+        .encryption_key_file
+        .as_deref()
+        .map(|p| {
+            Kek::from_file(p).map_err(|e| anyhow::anyhow!("field `keys.encryption_key_file`: {e}"))
+        })
+        .transpose()
+}
+
+/// Reads a client's secret file.
+pub fn client_secret(path: &Path, field: &str) -> anyhow::Result<String> {
+    read_secret_file(path, field)
 }
 
 /// The webhook bearer token: from the configured file, or generated into the data dir.
@@ -351,6 +391,7 @@ fn kube_files(
                 "extra": [
                     { "key": "idbridge.io/amr", "valueExpression": "has(claims.amr) ? claims.amr : []" },
                     { "key": "idbridge.io/namespace", "valueExpression": "has(claims.namespace) ? [claims.namespace] : []" },
+                    { "key": "idbridge.io/actor", "valueExpression": "has(claims.act) ? [claims.act.name] : []" },
                 ],
             },
         }],

@@ -6,12 +6,15 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
-use idbridge_bridge::{AdminOps, AppState, Audit, AuditSink, Secret, Settings, app, serve};
+use idbridge_bridge::{
+    AdminOps, AppState, Audit, AuditSink, Client, MayAct, ProxySettings, Rotate, Secret, Settings,
+    Who, app, client_verifier, serve,
+};
 use idbridge_core::{Clock, SystemClock};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::config::{self, Config};
+use crate::config::{self, Config, Provisioning};
 use crate::profile;
 
 /// Flags of `idbridge serve`; each overrides the config file and the environment.
@@ -58,7 +61,7 @@ impl ServeArgs {
     }
 }
 
-fn settings(cfg: &Config, issuer: &str, webhook_token: String) -> Settings {
+fn settings(cfg: &Config, issuer: &str, webhook_token: String) -> anyhow::Result<Settings> {
     let mut s = Settings::new(issuer.to_owned());
     s.audiences.clone_from(&cfg.kubernetes.audiences);
     s.username_prefix
@@ -72,7 +75,67 @@ fn settings(cfg: &Config, issuer: &str, webhook_token: String) -> Settings {
     s.webhook_client_cert = cfg.webhooks.client_certificates;
     s.admin_groups.clone_from(&cfg.admin.groups);
     s.max_body_bytes = cfg.limits.max_body_bytes;
-    s
+    s.session_idle_timeout = cfg.sessions.idle_timeout.get();
+    s.session_max_lifetime = cfg.sessions.max_lifetime.get();
+    s.refresh_grace = cfg.sessions.refresh_grace.get();
+    s.key_rotate_every = cfg.keys.rotate_every.get();
+    s.key_publish_lead = cfg.keys.publish_lead.get();
+    s.clients = vec![Client::cli(cfg.kubernetes.audiences.clone())];
+    for (i, c) in cfg.clients.iter().enumerate() {
+        let secret = c
+            .secret_file
+            .as_deref()
+            .map(|p| profile::client_secret(p, &format!("clients[{i}].secret_file")))
+            .transpose()?
+            .map(Secret::new);
+        let mut client = Client::cli(
+            c.audiences
+                .clone()
+                .unwrap_or_else(|| cfg.kubernetes.audiences.clone()),
+        );
+        client.id.clone_from(&c.id);
+        client.secret = secret;
+        if let Some(g) = &c.grants {
+            client.grants.clone_from(g);
+        }
+        s.clients.retain(|o| o.id != client.id);
+        s.clients.push(client);
+    }
+    s.may_act = cfg
+        .delegation
+        .iter()
+        .map(|r| MayAct {
+            actors: Who {
+                users: r.actors.users.clone(),
+                groups: r.actors.groups.clone(),
+            },
+            subjects: Who {
+                users: r.subjects.users.clone(),
+                groups: r.subjects.groups.clone(),
+            },
+            audiences: r.audiences.clone(),
+        })
+        .collect();
+    if cfg.proxy.enabled
+        && let Some(ca) = &cfg.proxy.client_ca_file
+    {
+        s.proxy = Some(ProxySettings {
+            verifier: client_verifier(ca).context("field `proxy.client_ca_file`")?,
+            allowed_names: cfg.proxy.allowed_names.clone(),
+            user_header: cfg.proxy.user_header.clone(),
+            group_header: cfg.proxy.group_header.clone(),
+            jit: cfg.proxy.provisioning == Provisioning::Jit,
+        });
+        // The TLS layer now also trusts the proxy's CA; webhook callers must still come from
+        // the webhook CA.
+        if cfg.webhooks.client_certificates
+            && let Some(wca) = &cfg.tls.client_ca_file
+        {
+            s.webhook_client_verifier =
+                Some(client_verifier(wca).context("field `tls.client_ca_file`")?);
+        }
+    }
+    Ok(s)
 }
 
 fn config_error(e: &anyhow::Error) -> anyhow::Error {
@@ -109,9 +172,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         boot.store.clone(),
         clock.clone(),
         boot.keys,
-        settings(&cfg, &issuer, boot.webhook_token),
+        settings(&cfg, &issuer, boot.webhook_token).map_err(|e| config_error(&e))?,
         audit.clone(),
     );
+    state.set_kek(boot.kek);
     if cfg.tls.client_ca_file.is_none() && boot.ca_file.is_some() {
         tracing::info!(ca = %boot.ca_file.as_deref().map(|p| p.display().to_string()).unwrap_or_default(), "clients should trust the generated CA");
     }
@@ -125,6 +189,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // One line on stdout that scripts (and the test kit) can wait for.
     println!("idbridge listening on https://{bound}");
 
+    let maintenance = tokio::spawn(maintain(state.clone(), cfg.keys.publish_lead.get()));
     let mut term = signal(SignalKind::terminate())?;
     let mut hup = signal(SignalKind::hangup())?;
     let reload_state = state.clone();
@@ -146,10 +211,34 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     serve(listener, tls, app(state.clone()), shutdown).await?;
     reloader.abort();
+    maintenance.abort();
     drop(state);
     audit.close();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Rotates signing keys when due and purges ended sessions, on a timer.
+async fn maintain(state: AppState, publish_lead: std::time::Duration) {
+    // Often enough that a rotation is never late by more than a small part of the lead.
+    let every = (publish_lead / 4).clamp(
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(60),
+    );
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = state.maintain_keys(Rotate::Policy).await {
+            tracing::error!(error = %e, "key maintenance failed; will retry");
+        }
+        let now = state.clock().now();
+        match state.store().purge(now).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(rows = n, "purged ended sessions and revocations"),
+            Err(e) => tracing::warn!(error = %e, "purge failed; will retry"),
+        }
+    }
 }
 
 async fn reload(args: &ServeArgs, running: &Config, issuer: &str, state: &AppState) {
@@ -176,7 +265,7 @@ async fn reload(args: &ServeArgs, running: &Config, issuer: &str, state: &AppSta
             let ops = AdminOps::new(state.store().clone(), Arc::new(SystemClock));
             profile::sync_accounts_file(file, &ops, &**state.store()).await?;
         }
-        state.set_settings(settings(&cfg, issuer, token));
+        state.set_settings(settings(&cfg, issuer, token)?);
         anyhow::Ok(())
     }
     .await;

@@ -9,18 +9,24 @@
 //! Adapters (the SQLite store today, PostgreSQL and the directory later) implement the traits
 //! defined here; nothing above this crate knows which implementation it holds.
 
+#[macro_use]
+mod token;
 mod account;
 mod clock;
 mod duration;
 mod error;
 mod names;
+mod session;
 mod store;
-mod token;
 
 pub use account::{AccountUid, ExternalIdentity, Labels, NewAccount, UserAccount};
 pub use clock::{Clock, FixedClock, SystemClock, UnixTime};
 pub use duration::HumanDuration;
 pub use error::{Error, StoreError};
 pub use names::{AccountName, GroupName, LabelKey, Namespace, Principal};
+pub use session::{
+    KeyState, RefreshRecord, Revocations, Session, SessionId, SessionState, Spend, SpendOutcome,
+    StoredKey,
+};
 pub use store::Store;
 pub use token::{StaticToken, TokenHash, TokenId};

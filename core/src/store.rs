@@ -3,11 +3,11 @@
 use async_trait::async_trait;
 
 use crate::{
-    AccountName, AccountUid, NewAccount, StaticToken, StoreError, TokenHash, TokenId, UnixTime,
-    UserAccount,
+    AccountName, AccountUid, NewAccount, RefreshRecord, Revocations, Session, SessionId, Spend,
+    SpendOutcome, StaticToken, StoreError, StoredKey, TokenHash, TokenId, UnixTime, UserAccount,
 };
 
-/// Durable state: accounts, static tokens and signing keys.
+/// Durable state: accounts, static tokens, sessions, revocations and signing keys.
 ///
 /// Every write is durable when the call returns: a caller that saw `Ok` may rely on the change
 /// surviving a crash of the process.
@@ -53,13 +53,51 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         now: UnixTime,
     ) -> Result<StaticToken, StoreError>;
 
-    /// The signing keys, as (key id, PKCS#8 DER of the private key, creation time), oldest first.
-    async fn signing_keys(&self) -> Result<Vec<(String, Vec<u8>, UnixTime)>, StoreError>;
-    /// Adds a signing key.
-    async fn add_signing_key(
+    /// Starts a session with its first refresh token.
+    async fn create_session(
         &self,
-        kid: &str,
-        pkcs8_der: &[u8],
+        session: &Session,
+        first: &RefreshRecord,
+    ) -> Result<(), StoreError>;
+    /// The session with this id.
+    async fn session(&self, id: SessionId) -> Result<Option<Session>, StoreError>;
+    /// Sessions, optionally of one account, newest first.
+    async fn sessions(&self, account: Option<AccountUid>) -> Result<Vec<Session>, StoreError>;
+    /// The refresh token whose secret hashes to `hash`.
+    async fn refresh_token(&self, hash: TokenHash) -> Result<Option<RefreshRecord>, StoreError>;
+    /// Atomically spends an unspent refresh token of a live session, storing the next one and
+    /// marking the session used. `Lost` when the token was already spent or the session revoked;
+    /// then nothing changes.
+    async fn spend_refresh(&self, spend: &Spend) -> Result<SpendOutcome, StoreError>;
+    /// Revokes one session; `NotFound` if there is none. Revoking twice keeps the first time.
+    async fn revoke_session(
+        &self,
+        id: SessionId,
+        reason: &str,
+        now: UnixTime,
+    ) -> Result<Session, StoreError>;
+    /// Revokes every live session of an account; returns how many.
+    async fn revoke_account_sessions(
+        &self,
+        account: AccountUid,
+        reason: &str,
+        now: UnixTime,
+    ) -> Result<u64, StoreError>;
+    /// Revokes one access token by its `jti` until `expires_at`.
+    async fn revoke_jti(
+        &self,
+        jti: &str,
+        expires_at: UnixTime,
         now: UnixTime,
     ) -> Result<(), StoreError>;
+    /// Revoked sessions and access tokens that could still be presented at `now`.
+    async fn revocations(&self, now: UnixTime) -> Result<Revocations, StoreError>;
+    /// Deletes sessions ended before `before` (with their refresh tokens) and revocations of
+    /// tokens expired before it; returns how many rows went.
+    async fn purge(&self, before: UnixTime) -> Result<u64, StoreError>;
+
+    /// The signing keys, oldest first.
+    async fn signing_keys(&self) -> Result<Vec<StoredKey>, StoreError>;
+    /// Replaces the whole key set in one transaction.
+    async fn replace_signing_keys(&self, keys: &[StoredKey]) -> Result<(), StoreError>;
 }

@@ -7,54 +7,66 @@ use serde::{Deserialize, Serialize};
 
 use crate::{AccountUid, Error, UnixTime};
 
-/// The public id of a static token, safe to show and log (it is not the secret).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct TokenId(uuid::Uuid);
+/// Defines a public UUID id type: shown and logged freely, parsed with a message naming it.
+macro_rules! uuid_id {
+    ($(#[$doc:meta])* $name:ident, $what:literal, $hint:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(uuid::Uuid);
 
-impl TokenId {
-    /// A fresh random id.
-    #[must_use]
-    pub fn random() -> Self {
-        Self(uuid::Uuid::new_v4())
-    }
+        impl $name {
+            /// A fresh random id.
+            #[must_use]
+            pub fn random() -> Self {
+                Self(uuid::Uuid::new_v4())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = Error;
+            fn from_str(s: &str) -> Result<Self, Error> {
+                uuid::Uuid::parse_str(s)
+                    .map(Self)
+                    .map_err(|_| Error::Invalid {
+                        what: $what,
+                        value: s.to_owned(),
+                        why: $hint,
+                    })
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = Error;
+            fn try_from(s: String) -> Result<Self, Error> {
+                s.parse()
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(t: $name) -> String {
+                t.to_string()
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.pad(
+                    self.0
+                        .hyphenated()
+                        .encode_lower(&mut uuid::Uuid::encode_buffer()),
+                )
+            }
+        }
+    };
 }
 
-impl FromStr for TokenId {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self, Error> {
-        uuid::Uuid::parse_str(s)
-            .map(Self)
-            .map_err(|_| Error::Invalid {
-                what: "token id",
-                value: s.to_owned(),
-                why: "must be a UUID as printed by `idbridge token list`",
-            })
-    }
-}
-
-impl TryFrom<String> for TokenId {
-    type Error = Error;
-    fn try_from(s: String) -> Result<Self, Error> {
-        s.parse()
-    }
-}
-
-impl From<TokenId> for String {
-    fn from(t: TokenId) -> String {
-        t.to_string()
-    }
-}
-
-impl fmt::Display for TokenId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(
-            self.0
-                .hyphenated()
-                .encode_lower(&mut uuid::Uuid::encode_buffer()),
-        )
-    }
-}
+uuid_id!(
+    /// The public id of a static token, safe to show and log (it is not the secret).
+    TokenId,
+    "token id",
+    "must be a UUID as printed by `idbridge token list`"
+);
 
 /// SHA-256 of a token's secret; what the store keeps instead of the secret.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use idbridge_core::{
-    AccountName, AccountUid, ExternalIdentity, GroupName, LabelKey, Namespace, NewAccount,
-    StaticToken, Store, StoreError, TokenHash, TokenId, UnixTime, UserAccount,
+    AccountName, AccountUid, ExternalIdentity, GroupName, KeyState, LabelKey, Namespace,
+    NewAccount, RefreshRecord, Revocations, Session, SessionId, Spend, SpendOutcome, StaticToken,
+    Store, StoreError, StoredKey, TokenHash, TokenId, UnixTime, UserAccount,
 };
 use sqlx::Row;
 use sqlx::sqlite::{
@@ -18,12 +19,20 @@ use sqlx::sqlite::{
 
 use crate::OpenError;
 
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/0001_init.sql")),
+    (2, include_str!("../migrations/0002_sessions.sql")),
+];
 
 /// A [`Store`] in one SQLite file.
+///
+/// Reads share a small pool; every write goes through one connection, so writers queue in
+/// order inside the process instead of meeting SQLite's busy handler (which sleeps), and each
+/// acknowledged write is one fsynced commit.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    writer: SqlitePool,
 }
 
 fn backend(e: sqlx::Error) -> StoreError {
@@ -60,15 +69,21 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
+        let open = |source| OpenError::Open {
+            path: path.display().to_string(),
+            source,
+        };
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts.clone())
+            .await
+            .map_err(open)?;
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(opts)
             .await
-            .map_err(|source| OpenError::Open {
-                path: path.display().to_string(),
-                source,
-            })?;
-        let store = Self { pool };
+            .map_err(open)?;
+        let store = Self { pool, writer };
         store.migrate().await?;
         Ok(store)
     }
@@ -79,12 +94,12 @@ impl SqliteStore {
         sqlx::query(
             "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY NOT NULL)",
         )
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(mig(0))?;
         let current: i64 =
             sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
-                .fetch_one(&self.pool)
+                .fetch_one(&self.writer)
                 .await
                 .map_err(mig(0))?;
         if current > known {
@@ -94,7 +109,7 @@ impl SqliteStore {
             });
         }
         for &(version, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
-            let mut tx = self.pool.begin().await.map_err(mig(version))?;
+            let mut tx = self.writer.begin().await.map_err(mig(version))?;
             sqlx::raw_sql(sql)
                 .execute(&mut *tx)
                 .await
@@ -182,6 +197,13 @@ fn token_from_row(row: &SqliteRow) -> Result<StaticToken, StoreError> {
     })
 }
 
+macro_rules! session_columns {
+    () => {
+        "id, account_uid, client_id, amr_json, audience, scope, login_groups_json, created_at, \
+         last_used_at, expires_at, revoked_at, revoked_reason"
+    };
+}
+
 macro_rules! token_columns {
     () => {
         "id, account_uid, description, created_at, expires_at, revoked_at"
@@ -206,7 +228,7 @@ impl Store for SqliteStore {
             created_at: now,
         };
         let uid = account.uid.to_string();
-        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let mut tx = self.writer.begin().await.map_err(backend)?;
         sqlx::query(
             "INSERT INTO accounts (uid, name, groups_json, labels_json, default_namespace, disabled, created_at)
              VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -264,7 +286,7 @@ impl Store for SqliteStore {
 
     async fn update_account(&self, account: &UserAccount) -> Result<(), StoreError> {
         let uid = account.uid.to_string();
-        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let mut tx = self.writer.begin().await.map_err(backend)?;
         let done = sqlx::query(
             "UPDATE accounts SET name = ?, groups_json = ?, labels_json = ?, default_namespace = ?, disabled = ?
              WHERE uid = ?",
@@ -301,7 +323,7 @@ impl Store for SqliteStore {
         .bind(token.created_at.0)
         .bind(token.expires_at.map(|t| t.0))
         .bind(token.revoked_at.map(|t| t.0))
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(|e| {
             if matches!(&e, sqlx::Error::Database(d) if d.is_foreign_key_violation()) {
@@ -370,7 +392,7 @@ impl Store for SqliteStore {
         ))
         .bind(now.0)
         .bind(id.to_string())
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.writer)
         .await
         .map_err(backend)?;
         match row {
@@ -379,40 +401,332 @@ impl Store for SqliteStore {
         }
     }
 
-    async fn signing_keys(&self) -> Result<Vec<(String, Vec<u8>, UnixTime)>, StoreError> {
+    async fn create_session(
+        &self,
+        session: &Session,
+        first: &RefreshRecord,
+    ) -> Result<(), StoreError> {
+        let id = session.id.to_string();
+        let mut tx = self.writer.begin().await.map_err(backend)?;
+        sqlx::query(concat!(
+            "INSERT INTO sessions (",
+            session_columns!(),
+            ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        ))
+        .bind(&id)
+        .bind(session.account.to_string())
+        .bind(&session.client_id)
+        .bind(serde_json::to_string(&session.amr).map_err(|e| corrupt("amr", e))?)
+        .bind(&session.audience)
+        .bind(&session.scope)
+        .bind(serde_json::to_string(&session.login_groups).map_err(|e| corrupt("groups", e))?)
+        .bind(session.created_at.0)
+        .bind(session.last_used_at.0)
+        .bind(session.expires_at.0)
+        .bind(session.revoked_at.map(|t| t.0))
+        .bind(session.revoked_reason.as_deref())
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| {
+            if matches!(&e, sqlx::Error::Database(d) if d.is_foreign_key_violation()) {
+                StoreError::NotFound(format!("account {}", session.account))
+            } else {
+                conflict_or_backend(e, || format!("session {id}"))
+            }
+        })?;
+        insert_refresh(&mut tx, first).await?;
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn session(&self, id: SessionId) -> Result<Option<Session>, StoreError> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            session_columns!(),
+            " FROM sessions WHERE id = ?"
+        ))
+        .bind(id.to_string())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        row.as_ref().map(session_from_row).transpose()
+    }
+
+    async fn sessions(&self, account: Option<AccountUid>) -> Result<Vec<Session>, StoreError> {
+        let rows = match account {
+            Some(uid) => {
+                sqlx::query(concat!(
+                    "SELECT ",
+                    session_columns!(),
+                    " FROM sessions WHERE account_uid = ? ORDER BY created_at DESC, id"
+                ))
+                .bind(uid.to_string())
+                .fetch_all(&self.pool)
+                .await
+            }
+            None => {
+                sqlx::query(concat!(
+                    "SELECT ",
+                    session_columns!(),
+                    " FROM sessions ORDER BY created_at DESC, id"
+                ))
+                .fetch_all(&self.pool)
+                .await
+            }
+        }
+        .map_err(backend)?;
+        rows.iter().map(session_from_row).collect()
+    }
+
+    async fn refresh_token(&self, hash: TokenHash) -> Result<Option<RefreshRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT hash, session_id, created_at, spent_at, grace_until, grace_sealed
+             FROM refresh_tokens WHERE hash = ?",
+        )
+        .bind(&hash.0[..])
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        row.map(|r| {
+            Ok(RefreshRecord {
+                hash,
+                session: SessionId::from_str(r.get("session_id"))
+                    .map_err(|e| corrupt("session id", e))?,
+                created_at: UnixTime(r.get("created_at")),
+                spent_at: r.get::<Option<i64>, _>("spent_at").map(UnixTime),
+                grace_until: r.get::<Option<i64>, _>("grace_until").map(UnixTime),
+                grace_sealed: r.get("grace_sealed"),
+            })
+        })
+        .transpose()
+    }
+
+    async fn spend_refresh(&self, spend: &Spend) -> Result<SpendOutcome, StoreError> {
+        let mut tx = self.writer.begin().await.map_err(backend)?;
+        // The first statement writes, so the transaction holds the write lock from the start and
+        // the check ("still unspent, session live") and the spend are one atomic step.
+        let won = sqlx::query(
+            "UPDATE refresh_tokens SET spent_at = ?, grace_until = ?, grace_sealed = ?
+             WHERE hash = ? AND spent_at IS NULL
+               AND session_id IN (SELECT id FROM sessions WHERE revoked_at IS NULL)",
+        )
+        .bind(spend.at.0)
+        .bind(spend.grace_until.0)
+        .bind(&spend.sealed)
+        .bind(&spend.old.0[..])
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?
+        .rows_affected()
+            == 1;
+        if !won {
+            tx.rollback().await.map_err(backend)?;
+            return Ok(SpendOutcome::Lost);
+        }
+        insert_refresh(&mut tx, &spend.next).await?;
+        sqlx::query("UPDATE sessions SET last_used_at = ? WHERE id = ?")
+            .bind(spend.at.0)
+            .bind(spend.next.session.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        Ok(SpendOutcome::Spent)
+    }
+
+    async fn revoke_session(
+        &self,
+        id: SessionId,
+        reason: &str,
+        now: UnixTime,
+    ) -> Result<Session, StoreError> {
+        let row = sqlx::query(concat!(
+            "UPDATE sessions SET revoked_at = COALESCE(revoked_at, ?),
+                 revoked_reason = COALESCE(revoked_reason, ?)
+             WHERE id = ? RETURNING ",
+            session_columns!()
+        ))
+        .bind(now.0)
+        .bind(reason)
+        .bind(id.to_string())
+        .fetch_optional(&self.writer)
+        .await
+        .map_err(backend)?;
+        match row {
+            Some(r) => session_from_row(&r),
+            None => Err(StoreError::NotFound(format!("session {id}"))),
+        }
+    }
+
+    async fn revoke_account_sessions(
+        &self,
+        account: AccountUid,
+        reason: &str,
+        now: UnixTime,
+    ) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "UPDATE sessions SET revoked_at = ?, revoked_reason = ?
+             WHERE account_uid = ? AND revoked_at IS NULL AND expires_at > ?",
+        )
+        .bind(now.0)
+        .bind(reason)
+        .bind(account.to_string())
+        .bind(now.0)
+        .execute(&self.writer)
+        .await
+        .map_err(backend)?;
+        Ok(done.rows_affected())
+    }
+
+    async fn revoke_jti(
+        &self,
+        jti: &str,
+        expires_at: UnixTime,
+        now: UnixTime,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO revoked_jtis (jti, revoked_at, expires_at) VALUES (?, ?, ?)
+             ON CONFLICT (jti) DO UPDATE SET expires_at = MAX(expires_at, excluded.expires_at)",
+        )
+        .bind(jti)
+        .bind(now.0)
+        .bind(expires_at.0)
+        .execute(&self.writer)
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn revocations(&self, now: UnixTime) -> Result<Revocations, StoreError> {
+        let sessions: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM sessions WHERE revoked_at IS NOT NULL AND expires_at > ?",
+        )
+        .bind(now.0)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        let jtis: Vec<String> =
+            sqlx::query_scalar("SELECT jti FROM revoked_jtis WHERE expires_at > ?")
+                .bind(now.0)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(backend)?;
+        Ok(Revocations {
+            sessions: sessions
+                .iter()
+                .map(|s| SessionId::from_str(s).map_err(|e| corrupt("session id", e)))
+                .collect::<Result<_, _>>()?,
+            jtis,
+        })
+    }
+
+    async fn purge(&self, before: UnixTime) -> Result<u64, StoreError> {
+        let mut tx = self.writer.begin().await.map_err(backend)?;
+        let mut n = 0;
+        for sql in [
+            "DELETE FROM sessions WHERE expires_at <= ?",
+            "DELETE FROM revoked_jtis WHERE expires_at <= ?",
+            // A sealed next pair is needed only during its grace window.
+            "UPDATE refresh_tokens SET grace_sealed = NULL
+             WHERE grace_sealed IS NOT NULL AND grace_until <= ?",
+        ] {
+            n += sqlx::query(sql)
+                .bind(before.0)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?
+                .rows_affected();
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(n)
+    }
+
+    async fn signing_keys(&self) -> Result<Vec<StoredKey>, StoreError> {
         let rows = sqlx::query(
-            "SELECT kid, private_pkcs8, created_at FROM signing_keys ORDER BY created_at, kid",
+            "SELECT kid, private_pkcs8, sealed_by, state, created_at, activated_at, retire_after
+             FROM signing_keys ORDER BY created_at, kid",
         )
         .fetch_all(&self.pool)
         .await
         .map_err(backend)?;
-        Ok(rows
-            .iter()
+        rows.iter()
             .map(|r| {
-                (
-                    r.get("kid"),
-                    r.get("private_pkcs8"),
-                    UnixTime(r.get("created_at")),
-                )
+                Ok(StoredKey {
+                    kid: r.get("kid"),
+                    private: r.get("private_pkcs8"),
+                    sealed_by: r.get("sealed_by"),
+                    state: KeyState::from_str(r.get("state"))
+                        .map_err(|e| corrupt("key state", e))?,
+                    created_at: UnixTime(r.get("created_at")),
+                    activated_at: r.get::<Option<i64>, _>("activated_at").map(UnixTime),
+                    retire_after: r.get::<Option<i64>, _>("retire_after").map(UnixTime),
+                })
             })
-            .collect())
+            .collect()
     }
 
-    async fn add_signing_key(
-        &self,
-        kid: &str,
-        pkcs8_der: &[u8],
-        now: UnixTime,
-    ) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO signing_keys (kid, private_pkcs8, created_at) VALUES (?, ?, ?)")
-            .bind(kid)
-            .bind(pkcs8_der)
-            .bind(now.0)
-            .execute(&self.pool)
+    async fn replace_signing_keys(&self, keys: &[StoredKey]) -> Result<(), StoreError> {
+        let mut tx = self.writer.begin().await.map_err(backend)?;
+        sqlx::query("DELETE FROM signing_keys")
+            .execute(&mut *tx)
             .await
             .map_err(backend)?;
-        Ok(())
+        for k in keys {
+            sqlx::query(
+                "INSERT INTO signing_keys
+                   (kid, private_pkcs8, sealed_by, state, created_at, activated_at, retire_after)
+                 VALUES (?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&k.kid)
+            .bind(&k.private)
+            .bind(k.sealed_by.as_deref())
+            .bind(k.state.to_string())
+            .bind(k.created_at.0)
+            .bind(k.activated_at.map(|t| t.0))
+            .bind(k.retire_after.map(|t| t.0))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| conflict_or_backend(e, || format!("signing key {}", k.kid)))?;
+        }
+        tx.commit().await.map_err(backend)
     }
+}
+
+async fn insert_refresh(
+    tx: &mut sqlx::SqliteConnection,
+    r: &RefreshRecord,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO refresh_tokens (hash, session_id, created_at, spent_at, grace_until, grace_sealed)
+         VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&r.hash.0[..])
+    .bind(r.session.to_string())
+    .bind(r.created_at.0)
+    .bind(r.spent_at.map(|t| t.0))
+    .bind(r.grace_until.map(|t| t.0))
+    .bind(r.grace_sealed.as_deref())
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| conflict_or_backend(e, || "refresh token".to_owned()))?;
+    Ok(())
+}
+
+fn session_from_row(row: &SqliteRow) -> Result<Session, StoreError> {
+    Ok(Session {
+        id: SessionId::from_str(row.get("id")).map_err(|e| corrupt("session id", e))?,
+        account: AccountUid::from_str(row.get("account_uid")).map_err(|e| corrupt("uid", e))?,
+        client_id: row.get("client_id"),
+        amr: serde_json::from_str(row.get::<&str, _>("amr_json")).map_err(|e| corrupt("amr", e))?,
+        audience: row.get("audience"),
+        scope: row.get("scope"),
+        login_groups: serde_json::from_str(row.get::<&str, _>("login_groups_json"))
+            .map_err(|e| corrupt("groups", e))?,
+        created_at: UnixTime(row.get("created_at")),
+        last_used_at: UnixTime(row.get("last_used_at")),
+        expires_at: UnixTime(row.get("expires_at")),
+        revoked_at: row.get::<Option<i64>, _>("revoked_at").map(UnixTime),
+        revoked_reason: row.get("revoked_reason"),
+    })
 }
 
 #[cfg(test)]
@@ -498,14 +812,157 @@ mod tests {
     async fn reopening_keeps_data_and_does_not_remigrate() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("t.db");
+        let key = StoredKey {
+            kid: "k1".into(),
+            private: b"der".to_vec(),
+            sealed_by: None,
+            state: KeyState::Current,
+            created_at: UnixTime(3),
+            activated_at: Some(UnixTime(3)),
+            retire_after: None,
+        };
         {
             let s = SqliteStore::open(&p).await.unwrap();
-            s.add_signing_key("k1", b"der", UnixTime(3)).await.unwrap();
+            s.replace_signing_keys(std::slice::from_ref(&key))
+                .await
+                .unwrap();
         }
         let s = SqliteStore::open(&p).await.unwrap();
-        assert_eq!(
-            s.signing_keys().await.unwrap(),
-            vec![("k1".into(), b"der".to_vec(), UnixTime(3))]
+        assert_eq!(s.signing_keys().await.unwrap(), vec![key]);
+    }
+
+    fn record(session: SessionId, byte: u8) -> RefreshRecord {
+        RefreshRecord {
+            hash: TokenHash([byte; 32]),
+            session,
+            created_at: UnixTime(10),
+            spent_at: None,
+            grace_until: None,
+            grace_sealed: None,
+        }
+    }
+
+    async fn session_fixture(s: &SqliteStore) -> Session {
+        let a = s
+            .create_account(NewAccount::named("alice".parse().unwrap()), UnixTime(1))
+            .await
+            .unwrap();
+        let session = Session {
+            id: SessionId::random(),
+            account: a.uid,
+            client_id: "idbridge-cli".into(),
+            amr: vec!["static".into()],
+            audience: "kubernetes".into(),
+            scope: String::new(),
+            login_groups: vec!["proxied".into()],
+            created_at: UnixTime(10),
+            last_used_at: UnixTime(10),
+            expires_at: UnixTime(1000),
+            revoked_at: None,
+            revoked_reason: None,
+        };
+        s.create_session(&session, &record(session.id, 1))
+            .await
+            .unwrap();
+        session
+    }
+
+    fn spend(session: SessionId, old: u8, next: u8) -> Spend {
+        Spend {
+            old: TokenHash([old; 32]),
+            at: UnixTime(20),
+            grace_until: UnixTime(25),
+            sealed: vec![next],
+            next: record(session, next),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refresh_token_is_spent_once_however_many_try_at_once() {
+        let (_d, s) = store().await;
+        let session = session_fixture(&s).await;
+        assert_eq!(s.session(session.id).await.unwrap(), Some(session.clone()));
+        let tries: Vec<_> = (0..20u8)
+            .map(|i| {
+                let s = s.clone();
+                let sp = spend(session.id, 1, 100 + i);
+                tokio::spawn(async move { s.spend_refresh(&sp).await.unwrap() })
+            })
+            .collect();
+        let mut won = 0;
+        for t in tries {
+            if t.await.unwrap() == SpendOutcome::Spent {
+                won += 1;
+            }
+        }
+        assert_eq!(won, 1);
+        let old = s.refresh_token(TokenHash([1; 32])).await.unwrap().unwrap();
+        assert_eq!(old.spent_at, Some(UnixTime(20)));
+        assert_eq!(old.grace_until, Some(UnixTime(25)));
+        let winner = old.grace_sealed.unwrap()[0];
+        assert!(
+            s.refresh_token(TokenHash([winner; 32]))
+                .await
+                .unwrap()
+                .is_some()
         );
+        assert_eq!(
+            s.session(session.id).await.unwrap().unwrap().last_used_at,
+            UnixTime(20)
+        );
+        // The grace pair is purged once the window is over; the spend itself is remembered.
+        s.purge(UnixTime(25)).await.unwrap();
+        let old = s.refresh_token(TokenHash([1; 32])).await.unwrap().unwrap();
+        assert!(old.grace_sealed.is_none() && old.spent_at.is_some());
+    }
+
+    #[tokio::test]
+    async fn revoked_sessions_cannot_be_refreshed_and_are_listed_until_they_end() {
+        let (_d, s) = store().await;
+        let session = session_fixture(&s).await;
+        let r = s
+            .revoke_session(session.id, "test", UnixTime(15))
+            .await
+            .unwrap();
+        assert_eq!(r.revoked_at, Some(UnixTime(15)));
+        let again = s
+            .revoke_session(session.id, "later", UnixTime(16))
+            .await
+            .unwrap();
+        assert_eq!(again.revoked_reason.as_deref(), Some("test"));
+        assert_eq!(
+            s.spend_refresh(&spend(session.id, 1, 2)).await.unwrap(),
+            SpendOutcome::Lost
+        );
+        s.revoke_jti("j1", UnixTime(500), UnixTime(15))
+            .await
+            .unwrap();
+        let list = s.revocations(UnixTime(100)).await.unwrap();
+        assert_eq!(list.sessions, vec![session.id]);
+        assert_eq!(list.jtis, vec!["j1".to_owned()]);
+        let later = s.revocations(UnixTime(1000)).await.unwrap();
+        assert!(later.sessions.is_empty() && later.jtis.is_empty());
+        assert!(s.purge(UnixTime(1000)).await.unwrap() >= 2);
+        assert_eq!(s.session(session.id).await.unwrap(), None);
+        assert!(s.refresh_token(TokenHash([1; 32])).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn revoking_a_user_revokes_only_their_live_sessions() {
+        let (_d, s) = store().await;
+        let session = session_fixture(&s).await;
+        assert_eq!(
+            s.revoke_account_sessions(session.account, "r", UnixTime(30))
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            s.revoke_account_sessions(session.account, "r", UnixTime(31))
+                .await
+                .unwrap(),
+            0
+        );
+        assert_eq!(s.sessions(Some(session.account)).await.unwrap().len(), 1);
     }
 }

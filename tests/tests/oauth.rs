@@ -53,15 +53,19 @@ async fn exchanged_tokens_verify_against_the_published_jwks() {
         .json()
         .await
         .unwrap();
-    let jwk = &jwks["keys"][0];
-    assert_eq!(
-        (
-            jwk["kty"].as_str(),
-            jwk["crv"].as_str(),
-            jwk["alg"].as_str()
-        ),
-        (Some("EC"), Some("P-256"), Some("ES256"))
-    );
+    // The signing key and the next one, published ahead of its first signature.
+    let keys = jwks["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 2, "{jwks}");
+    for jwk in keys {
+        assert_eq!(
+            (
+                jwk["kty"].as_str(),
+                jwk["crv"].as_str(),
+                jwk["alg"].as_str()
+            ),
+            (Some("EC"), Some("P-256"), Some("ES256"))
+        );
+    }
 
     let (status, body) = token_call(
         &s,
@@ -84,7 +88,10 @@ async fn exchanged_tokens_verify_against_the_published_jwks() {
     let jwt = body["access_token"].as_str().unwrap();
     let header = jsonwebtoken::decode_header(jwt).unwrap();
     assert_eq!(header.alg, Algorithm::ES256);
-    assert_eq!(header.kid.as_deref(), jwk["kid"].as_str());
+    let jwk = keys
+        .iter()
+        .find(|k| k["kid"].as_str() == header.kid.as_deref())
+        .expect("the signing key is in the JWKS");
     // Verified the way any relying party would: from the JWKS alone.
     let key =
         DecodingKey::from_ec_components(jwk["x"].as_str().unwrap(), jwk["y"].as_str().unwrap())
@@ -94,7 +101,19 @@ async fn exchanged_tokens_verify_against_the_published_jwks() {
     v.set_issuer(&[&s.base]);
     let claims = jsonwebtoken::decode::<Value>(jwt, &key, &v).unwrap().claims;
     for c in [
-        "iss", "sub", "aud", "exp", "iat", "nbf", "jti", "name", "groups", "amr", "scope",
+        "iss",
+        "sub",
+        "aud",
+        "exp",
+        "iat",
+        "nbf",
+        "jti",
+        "name",
+        "groups",
+        "amr",
+        "scope",
+        "sid",
+        "client_id",
     ] {
         assert!(claims.get(c).is_some(), "claim {c} missing: {claims}");
     }

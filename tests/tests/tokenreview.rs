@@ -305,14 +305,7 @@ async fn hostile_jwts_are_refused() {
     let store = idbridge_store::SqliteStore::open(&s.data_dir.join("idbridge.db"))
         .await
         .unwrap();
-    let stored: Vec<(String, Vec<u8>)> = store
-        .signing_keys()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|(k, d, _)| (k, d))
-        .collect();
-    let ours = KeySet::from_pkcs8(&stored).unwrap();
+    let ours = KeySet::from_stored(&store.signing_keys().await.unwrap(), None).unwrap();
     let now = claims.iat;
     let with = |f: &dyn Fn(&mut AccessClaims)| {
         let mut c = claims.clone();

@@ -1,0 +1,325 @@
+//! The token service every login ends in: sessions, rotating refresh tokens with reuse
+//! detection, and access-token minting.
+//!
+//! A refresh token is spent exactly once, atomically in the store. Concurrent refreshes with one
+//! token all get the pair the winner minted: the winner stores it sealed under a key derived
+//! from the old token (HKDF), which only holders of that token can derive, for a short grace
+//! window. A spend seen after the window is reuse, and revokes the whole session.
+
+use idbridge_core::{
+    RefreshRecord, Session, SessionId, SessionState, Spend, SpendOutcome, UnixTime, UserAccount,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::SealKey;
+use crate::error::ApiError;
+use crate::state::{AppState, RequestCtx};
+use crate::tokens::{AccessClaims, Actor, REFRESH_TOKEN_PREFIX, hash_token, new_secret};
+
+const GRACE_INFO: &[u8] = b"idbridge refresh grace pair v1";
+
+/// What the token endpoint returns.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct TokenPair {
+    pub access_token: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
+    pub expires_in: i64,
+    #[serde(skip_serializing_if = "String::is_empty", default)]
+    pub scope: String,
+    #[serde(skip)]
+    pub jti: String,
+}
+
+/// What a new access token says beyond its session.
+#[derive(Debug, Clone)]
+pub(crate) struct Grant {
+    pub audience: String,
+    pub groups: Vec<String>,
+    pub scope: String,
+    pub act: Option<Actor>,
+    /// No later than this (the subject token's expiry, for exchanges).
+    pub not_after: Option<i64>,
+}
+
+/// How a login starts a session.
+#[derive(Debug, Clone)]
+pub(crate) struct Login<'a> {
+    pub account: &'a UserAccount,
+    pub client_id: &'a str,
+    pub amr: &'a str,
+    pub audience: String,
+    pub scope: String,
+    /// Groups the login source vouched for, beyond the account's own.
+    pub login_groups: Vec<String>,
+}
+
+fn invalid_grant(description: impl Into<String>) -> ApiError {
+    ApiError::OAuth {
+        status: axum::http::StatusCode::BAD_REQUEST,
+        error: "invalid_grant",
+        description: description.into(),
+    }
+}
+
+fn internal(what: &'static str) -> impl FnOnce(crate::keys::KeyError) -> ApiError {
+    move |e| {
+        tracing::error!(error = %e, "cannot {what}");
+        ApiError::Internal
+    }
+}
+
+/// The account's groups and the session's login groups, without `system:` names.
+pub(crate) fn session_groups(account: &UserAccount, session: &Session) -> Vec<String> {
+    let mut groups: Vec<String> = account.groups.iter().map(ToString::to_string).collect();
+    for g in &session.login_groups {
+        if !groups.contains(g) {
+            groups.push(g.clone());
+        }
+    }
+    groups.retain(|g| !g.starts_with("system:"));
+    groups
+}
+
+impl AppState {
+    /// Mints an access token for a session.
+    pub(crate) fn mint(
+        &self,
+        account: &UserAccount,
+        session: &Session,
+        grant: Grant,
+        now: i64,
+    ) -> Result<TokenPair, ApiError> {
+        let settings = self.settings();
+        let ttl = i64::try_from(settings.access_token_ttl.as_secs()).unwrap_or(900);
+        let exp = (now + ttl)
+            .min(session.expires_at.0)
+            .min(grant.not_after.unwrap_or(i64::MAX));
+        let claims = AccessClaims {
+            iss: settings.issuer.clone(),
+            sub: account.uid.to_string(),
+            aud: vec![grant.audience],
+            exp,
+            iat: now,
+            nbf: now,
+            jti: uuid::Uuid::new_v4().to_string(),
+            name: account.name.to_string(),
+            groups: grant.groups,
+            namespace: account.default_namespace.as_ref().map(ToString::to_string),
+            amr: session.amr.clone(),
+            scope: grant.scope.clone(),
+            sid: session.id.to_string(),
+            client_id: session.client_id.clone(),
+            act: grant.act,
+        };
+        let jwt = self
+            .keys()
+            .sign(&claims)
+            .map_err(internal("sign an access token"))?;
+        Ok(TokenPair {
+            access_token: jwt,
+            refresh_token: None,
+            expires_in: exp - now,
+            scope: grant.scope,
+            jti: claims.jti,
+        })
+    }
+
+    /// Starts a session for a login and returns its first pair.
+    pub(crate) async fn start_session(
+        &self,
+        login: Login<'_>,
+        ctx: &RequestCtx,
+    ) -> Result<TokenPair, ApiError> {
+        let settings = self.settings();
+        let now = self.clock().now();
+        let session = Session {
+            id: SessionId::random(),
+            account: login.account.uid,
+            client_id: login.client_id.to_owned(),
+            amr: vec![login.amr.to_owned()],
+            audience: login.audience,
+            scope: login.scope,
+            login_groups: login.login_groups,
+            created_at: now,
+            last_used_at: now,
+            expires_at: now.plus_secs(settings.session_max_lifetime.as_secs()),
+            revoked_at: None,
+            revoked_reason: None,
+        };
+        let refresh = new_secret(REFRESH_TOKEN_PREFIX);
+        let first = RefreshRecord {
+            hash: hash_token(&refresh),
+            session: session.id,
+            created_at: now,
+            spent_at: None,
+            grace_until: None,
+            grace_sealed: None,
+        };
+        let grant = Grant {
+            audience: session.audience.clone(),
+            groups: session_groups(login.account, &session),
+            scope: session.scope.clone(),
+            act: None,
+            not_after: None,
+        };
+        let mut pair = self.mint(login.account, &session, grant, now.0)?;
+        self.store().create_session(&session, &first).await?;
+        pair.refresh_token = Some(refresh);
+        let mut ev = ctx.event("session.start", "ok");
+        ev.account = Some(login.account.name.as_str());
+        ev.uid = Some(login.account.uid.to_string());
+        ev.object = Some(format!(
+            "session={} amr={} client={} jti={}",
+            session.id, login.amr, session.client_id, pair.jti
+        ));
+        self.audit().record_durable(&ev).await;
+        Ok(pair)
+    }
+
+    /// The `refresh_token` grant.
+    pub(crate) async fn refresh(
+        &self,
+        client_id: &str,
+        token: &str,
+        ctx: &RequestCtx,
+    ) -> Result<TokenPair, ApiError> {
+        let hash = hash_token(token);
+        let deny = |reason: &str, who: Option<&UserAccount>| {
+            let mut ev = ctx.event("token.refresh", "denied");
+            ev.reason = Some(reason);
+            ev.account = who.map(|a| a.name.as_str());
+            ev.uid = who.map(|a| a.uid.to_string());
+            self.audit().record(&ev);
+            invalid_grant(reason)
+        };
+        if !token.starts_with(REFRESH_TOKEN_PREFIX) {
+            return Err(deny("refresh_token is not an idbridge refresh token", None));
+        }
+        let Some(record) = self.store().refresh_token(hash).await? else {
+            return Err(deny("refresh_token is invalid", None));
+        };
+        let Some(session) = self.store().session(record.session).await? else {
+            return Err(deny("refresh_token is invalid", None));
+        };
+        let account = self.store().account(session.account).await?;
+        let who = account.as_ref();
+        if session.client_id != client_id {
+            return Err(deny("refresh_token was issued to another client", who));
+        }
+        let now = self.clock().now();
+        if record.spent_at.is_some() {
+            return self.respent(&record, &session, token, now, ctx, who).await;
+        }
+        let settings = self.settings();
+        let state = session.state(now, settings.session_idle_timeout.as_secs());
+        if state != SessionState::Active {
+            return Err(deny(&format!("the session is {state}; log in again"), who));
+        }
+        let account = match account {
+            Some(a) if !a.disabled => a,
+            _ => return Err(deny("the account is disabled", who)),
+        };
+        let next_secret = new_secret(REFRESH_TOKEN_PREFIX);
+        let grant = Grant {
+            audience: session.audience.clone(),
+            groups: session_groups(&account, &session),
+            scope: session.scope.clone(),
+            act: None,
+            not_after: None,
+        };
+        let mut pair = self.mint(&account, &session, grant, now.0)?;
+        pair.refresh_token = Some(next_secret.clone());
+        let sealed = SealKey::derive(token.as_bytes(), GRACE_INFO)
+            .seal(
+                &hash.0,
+                &serde_json::to_vec(&pair).map_err(|_| ApiError::Internal)?,
+            )
+            .map_err(|_| ApiError::Internal)?;
+        let spend = Spend {
+            old: hash,
+            at: now,
+            grace_until: now.plus_secs(settings.refresh_grace.as_secs()),
+            sealed,
+            next: RefreshRecord {
+                hash: hash_token(&next_secret),
+                session: session.id,
+                created_at: now,
+                spent_at: None,
+                grace_until: None,
+                grace_sealed: None,
+            },
+        };
+        match self.store().spend_refresh(&spend).await? {
+            SpendOutcome::Spent => {
+                let mut ev = ctx.event("token.refresh", "ok");
+                ev.account = Some(account.name.as_str());
+                ev.uid = Some(account.uid.to_string());
+                ev.object = Some(format!("session={} jti={}", session.id, pair.jti));
+                self.audit().record_durable(&ev).await;
+                Ok(pair)
+            }
+            SpendOutcome::Lost => {
+                // Another refresh with the same token won the race (or the session was revoked
+                // meanwhile): answer as a repeat of that spend.
+                let record = self.store().refresh_token(hash).await?;
+                let session = self.store().session(spend.next.session).await?;
+                match (record, session) {
+                    (Some(r), Some(s)) if r.spent_at.is_some() && s.revoked_at.is_none() => {
+                        self.respent(&r, &s, token, now, ctx, Some(&account)).await
+                    }
+                    _ => Err(deny("the session is revoked; log in again", Some(&account))),
+                }
+            }
+        }
+    }
+
+    /// A refresh token presented again: the same pair within the grace window, else reuse.
+    async fn respent(
+        &self,
+        record: &RefreshRecord,
+        session: &Session,
+        token: &str,
+        now: UnixTime,
+        ctx: &RequestCtx,
+        who: Option<&UserAccount>,
+    ) -> Result<TokenPair, ApiError> {
+        let name = who.map(|a| a.name.as_str());
+        let uid = who.map(|a| a.uid.to_string());
+        if session.revoked_at.is_none()
+            && let (Some(until), Some(sealed)) = (record.grace_until, &record.grace_sealed)
+            && now < until
+            && let Ok(plain) =
+                SealKey::derive(token.as_bytes(), GRACE_INFO).open(&record.hash.0, sealed)
+            && let Ok(pair) = serde_json::from_slice::<TokenPair>(&plain)
+        {
+            let mut ev = ctx.event("token.refresh", "ok");
+            ev.account = name;
+            ev.uid = uid;
+            ev.object = Some(format!("session={} repeat=grace", session.id));
+            self.audit().record(&ev);
+            return Ok(pair);
+        }
+        if session.revoked_at.is_some() {
+            let mut ev = ctx.event("token.refresh", "denied");
+            ev.account = name;
+            ev.uid = uid;
+            ev.reason = Some("the session is revoked");
+            self.audit().record(&ev);
+            return Err(invalid_grant("the session is revoked; log in again"));
+        }
+        self.store()
+            .revoke_session(session.id, "refresh token reused", now)
+            .await?;
+        self.invalidate();
+        let mut ev = ctx.event("token.reuse", "revoked");
+        ev.account = name;
+        ev.uid = uid;
+        ev.object = Some(format!("session={}", session.id));
+        ev.reason = Some("a spent refresh token was presented again; the session is revoked");
+        self.audit().record_durable(&ev).await;
+        Err(invalid_grant(
+            "refresh_token was already used; the session is revoked",
+        ))
+    }
+}
