@@ -323,3 +323,183 @@ impl AppState {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use idbridge_core::{FixedClock, NewAccount, Store};
+    use idbridge_store::SqliteStore;
+
+    use super::*;
+    use crate::audit::{Audit, AuditSink};
+    use crate::keys::{KeySet, Rotate};
+    use crate::settings::Settings;
+
+    const T0: i64 = 1_900_000_000;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        state: AppState,
+        clock: Arc<FixedClock>,
+        account: UserAccount,
+        ctx: RequestCtx,
+    }
+
+    async fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(&dir.path().join("s.db")).await.unwrap());
+        let mut new = NewAccount::named("alice".parse().unwrap());
+        new.groups.insert("dev".parse().unwrap());
+        let account = store.create_account(new, UnixTime(T0)).await.unwrap();
+        let clock = Arc::new(FixedClock::at(UnixTime(T0)));
+        let mut settings = Settings::new("https://idbridge.test".into());
+        settings.session_idle_timeout = Duration::from_secs(3600);
+        settings.session_max_lifetime = Duration::from_secs(4 * 3600);
+        let (kid, der) = KeySet::generate().unwrap();
+        let state = AppState::new(
+            store,
+            clock.clone(),
+            KeySet::from_pkcs8(&[(kid, der)]).unwrap(),
+            settings,
+            Audit::open(&AuditSink::Discard).unwrap(),
+        );
+        state.maintain_keys(Rotate::Policy).await.unwrap();
+        Fixture {
+            _dir: dir,
+            state,
+            clock,
+            account,
+            ctx: RequestCtx {
+                id: "t".into(),
+                source: None,
+                client_cert: false,
+                chain: None,
+            },
+        }
+    }
+
+    impl Fixture {
+        async fn login(&self) -> TokenPair {
+            self.state
+                .start_session(
+                    Login {
+                        account: &self.account,
+                        client_id: "idbridge-cli",
+                        amr: "static",
+                        audience: "kubernetes".into(),
+                        scope: String::new(),
+                        login_groups: vec!["proxied".into(), "system:masters".into()],
+                    },
+                    &self.ctx,
+                )
+                .await
+                .unwrap()
+        }
+
+        async fn refresh(&self, pair: &TokenPair) -> Result<TokenPair, String> {
+            self.state
+                .refresh(
+                    "idbridge-cli",
+                    pair.refresh_token.as_deref().unwrap(),
+                    &self.ctx,
+                )
+                .await
+                .map_err(|e| e.to_string())
+        }
+
+        async fn valid(&self, pair: &TokenPair) -> bool {
+            self.state
+                .authenticate(&pair.access_token, &[])
+                .await
+                .is_ok()
+        }
+    }
+
+    #[tokio::test]
+    async fn refresh_rotates_and_a_spent_token_revokes_the_family_after_the_grace_window() {
+        let f = fixture().await;
+        let first = f.login().await;
+        let who = f
+            .state
+            .authenticate(&first.access_token, &[])
+            .await
+            .unwrap();
+        assert_eq!(
+            who.groups,
+            vec!["dev", "proxied"],
+            "system: groups never pass"
+        );
+        assert_eq!(who.amr, vec!["static"]);
+        f.clock.advance(10);
+        let second = f.refresh(&first).await.unwrap();
+        assert_ne!(second.refresh_token, first.refresh_token);
+        // Within the grace window a repeat gets the same pair.
+        f.clock.advance(4);
+        let again = f.refresh(&first).await.unwrap();
+        assert_eq!(again.access_token, second.access_token);
+        assert_eq!(again.refresh_token, second.refresh_token);
+        let third = f.refresh(&second).await.unwrap();
+        assert!(f.valid(&third).await);
+        // After it, the spent token is reuse: the whole family goes, access tokens too.
+        f.clock.advance(1);
+        let err = f.refresh(&first).await.unwrap_err();
+        assert!(err.contains("already used"), "{err}");
+        assert!(f.refresh(&third).await.unwrap_err().contains("revoked"));
+        assert!(!f.valid(&third).await);
+        assert!(!f.valid(&first).await);
+        // The grace pair was kept only sealed: the stored bytes do not contain the tokens.
+        let rec = f
+            .state
+            .store()
+            .refresh_token(hash_token(first.refresh_token.as_deref().unwrap()))
+            .await
+            .unwrap()
+            .unwrap();
+        let sealed = rec.grace_sealed.unwrap();
+        let needle = second.refresh_token.as_deref().unwrap().as_bytes();
+        assert!(!sealed.windows(needle.len()).any(|w| w == needle));
+    }
+
+    #[tokio::test]
+    async fn sessions_end_at_the_idle_timeout() {
+        let f = fixture().await;
+        let pair = f.login().await;
+        f.clock.advance(3599);
+        let pair = f.refresh(&pair).await.unwrap();
+        f.clock.advance(3600);
+        let err = f.refresh(&pair).await.unwrap_err();
+        assert!(err.contains("idle-expired"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn sessions_end_at_their_absolute_maximum_and_no_token_outlives_them() {
+        let f = fixture().await;
+        let mut pair = f.login().await;
+        for _ in 0..7 {
+            f.clock.advance(1800);
+            pair = f.refresh(&pair).await.unwrap();
+        }
+        // 3.5 h in, 30 min are left: the access token keeps its full 15 min.
+        assert_eq!(pair.expires_in, 900);
+        // 5 min before the end, it is cut to the session's end.
+        f.clock.advance(1500);
+        let last = f.refresh(&pair).await.unwrap();
+        assert_eq!(last.expires_in, 4 * 3600 - (7 * 1800 + 1500));
+        f.clock.advance(300);
+        let err = f.refresh(&last).await.unwrap_err();
+        assert!(err.contains("expired"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_disabled_account_cannot_refresh() {
+        let f = fixture().await;
+        let pair = f.login().await;
+        let mut a = f.account.clone();
+        a.disabled = true;
+        f.state.store().update_account(&a).await.unwrap();
+        f.state.invalidate();
+        assert!(f.refresh(&pair).await.unwrap_err().contains("disabled"));
+    }
+}

@@ -152,13 +152,14 @@ pub enum KeysCmd {
 
 /// What `idbridge revoke` revokes.
 #[derive(Debug, Args)]
-#[group(required = true, multiple = false)]
+#[group(skip)]
+#[command(group(clap::ArgGroup::new("what").required(true).multiple(false)))]
 pub struct RevokeArgs {
     /// Every session of this account and every access token minted for them.
-    #[arg(long)]
+    #[arg(long, group = "what")]
     user: Option<AccountName>,
     /// One access token, by its `jti` claim.
-    #[arg(long)]
+    #[arg(long, group = "what")]
     jti: Option<String>,
     /// With --user: revoke the account's static tokens as well.
     #[arg(long, requires = "user")]

@@ -439,6 +439,45 @@ impl Idbridge {
             .await?)
     }
 
+    /// Posts a form to an OAuth endpoint (`/oauth2/token`, `/oauth2/revoke`, ...) and returns the
+    /// status and the JSON answer.
+    ///
+    /// # Errors
+    /// If the HTTP call fails or the answer is not JSON.
+    pub async fn oauth(&self, path: &str, form: &[(&str, &str)]) -> anyhow::Result<(u16, Value)> {
+        let r = self.http.post(self.url(path)).form(form).send().await?;
+        let status = r.status().as_u16();
+        Ok((status, r.json().await?))
+    }
+
+    /// Starts a session with a static token; returns the token endpoint's answer (access and
+    /// refresh token).
+    ///
+    /// # Errors
+    /// If the exchange is refused.
+    pub async fn login_static(&self, static_token: &str) -> anyhow::Result<Value> {
+        let r = self.exchange(static_token, None).await?;
+        if !r.status().is_success() {
+            bail!("exchange refused: {}", r.text().await?);
+        }
+        Ok(r.json().await?)
+    }
+
+    /// The `refresh_token` grant for the built-in client.
+    ///
+    /// # Errors
+    /// If the HTTP call fails.
+    pub async fn refresh(&self, refresh_token: &str) -> anyhow::Result<(u16, Value)> {
+        self.oauth(
+            "/oauth2/token",
+            &[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", refresh_token),
+            ],
+        )
+        .await
+    }
+
     /// Exchanges a static token for an access token and returns the access token.
     ///
     /// # Errors
