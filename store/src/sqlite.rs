@@ -27,12 +27,14 @@ const MIGRATIONS: &[(i64, &str)] = &[
 /// A [`Store`] in one SQLite file.
 ///
 /// Reads share a small pool; every write goes through one connection, so writers queue in
-/// order inside the process instead of meeting SQLite's busy handler (which sleeps), and each
-/// acknowledged write is one fsynced commit.
+/// order inside the process instead of meeting SQLite's busy handler (which sleeps). Refresh
+/// spends, the hot write, are group-committed by one writer task. A write is acknowledged only
+/// after its commit is fsynced.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
     writer: SqlitePool,
+    spends: tokio::sync::mpsc::Sender<SpendJob>,
 }
 
 fn backend(e: sqlx::Error) -> StoreError {
@@ -45,6 +47,79 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+type SpendJob = (
+    Spend,
+    tokio::sync::oneshot::Sender<Result<SpendOutcome, StoreError>>,
+);
+
+/// Most spends one commit carries.
+const SPEND_BATCH: usize = 256;
+
+/// Spends refresh tokens with group commit: whatever queued while the previous commit was being
+/// fsynced goes into the next transaction, so many refreshes share one fsync and none waits for
+/// a timer. Each spend is still all-or-nothing and answered only after its commit.
+async fn spend_writer(writer: SqlitePool, mut jobs: tokio::sync::mpsc::Receiver<SpendJob>) {
+    let mut batch: Vec<SpendJob> = Vec::with_capacity(SPEND_BATCH);
+    while jobs.recv_many(&mut batch, SPEND_BATCH).await > 0 {
+        let spends: Vec<&Spend> = batch.iter().map(|j| &j.0).collect();
+        match spend_batch(&writer, &spends).await {
+            Ok(outcomes) => {
+                for ((_, reply), outcome) in batch.drain(..).zip(outcomes) {
+                    let _ = reply.send(Ok(outcome));
+                }
+            }
+            // One bad spend must not fail its neighbours: retry each alone.
+            Err(_) => {
+                for (spend, reply) in batch.drain(..) {
+                    let r = spend_batch(&writer, &[&spend]).await.map(|o| o[0]);
+                    let _ = reply.send(r);
+                }
+            }
+        }
+    }
+}
+
+async fn spend_batch(
+    writer: &SqlitePool,
+    spends: &[&Spend],
+) -> Result<Vec<SpendOutcome>, StoreError> {
+    let mut tx = writer.begin().await.map_err(backend)?;
+    let mut out = Vec::with_capacity(spends.len());
+    for spend in spends {
+        // The first statement writes, so the transaction holds the write lock from the start and
+        // the check ("still unspent, session live") and the spend are one atomic step; spends
+        // later in the batch see the earlier ones.
+        let won = sqlx::query(
+            "UPDATE refresh_tokens SET spent_at = ?, grace_until = ?, grace_sealed = ?
+             WHERE hash = ? AND spent_at IS NULL
+               AND session_id IN (SELECT id FROM sessions WHERE revoked_at IS NULL)",
+        )
+        .bind(spend.at.0)
+        .bind(spend.grace_until.0)
+        .bind(&spend.sealed)
+        .bind(&spend.old.0[..])
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?
+        .rows_affected()
+            == 1;
+        if !won {
+            out.push(SpendOutcome::Lost);
+            continue;
+        }
+        insert_refresh(&mut tx, &spend.next).await?;
+        sqlx::query("UPDATE sessions SET last_used_at = ? WHERE id = ?")
+            .bind(spend.at.0)
+            .bind(spend.next.session.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        out.push(SpendOutcome::Spent);
+    }
+    tx.commit().await.map_err(backend)?;
+    Ok(out)
 }
 
 /// A uniqueness violation becomes `Conflict(what)`; anything else a backend failure.
@@ -83,7 +158,13 @@ impl SqliteStore {
             .connect_with(opts)
             .await
             .map_err(open)?;
-        let store = Self { pool, writer };
+        let (spends, jobs) = tokio::sync::mpsc::channel(4 * SPEND_BATCH);
+        tokio::spawn(spend_writer(writer.clone(), jobs));
+        let store = Self {
+            pool,
+            writer,
+            spends,
+        };
         store.migrate().await?;
         Ok(store)
     }
@@ -501,36 +582,14 @@ impl Store for SqliteStore {
     }
 
     async fn spend_refresh(&self, spend: &Spend) -> Result<SpendOutcome, StoreError> {
-        let mut tx = self.writer.begin().await.map_err(backend)?;
-        // The first statement writes, so the transaction holds the write lock from the start and
-        // the check ("still unspent, session live") and the spend are one atomic step.
-        let won = sqlx::query(
-            "UPDATE refresh_tokens SET spent_at = ?, grace_until = ?, grace_sealed = ?
-             WHERE hash = ? AND spent_at IS NULL
-               AND session_id IN (SELECT id FROM sessions WHERE revoked_at IS NULL)",
-        )
-        .bind(spend.at.0)
-        .bind(spend.grace_until.0)
-        .bind(&spend.sealed)
-        .bind(&spend.old.0[..])
-        .execute(&mut *tx)
-        .await
-        .map_err(backend)?
-        .rows_affected()
-            == 1;
-        if !won {
-            tx.rollback().await.map_err(backend)?;
-            return Ok(SpendOutcome::Lost);
-        }
-        insert_refresh(&mut tx, &spend.next).await?;
-        sqlx::query("UPDATE sessions SET last_used_at = ? WHERE id = ?")
-            .bind(spend.at.0)
-            .bind(spend.next.session.to_string())
-            .execute(&mut *tx)
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.spends
+            .send((spend.clone(), reply))
             .await
-            .map_err(backend)?;
-        tx.commit().await.map_err(backend)?;
-        Ok(SpendOutcome::Spent)
+            .map_err(|_| StoreError::Backend("the refresh writer has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Backend("the refresh writer has stopped".into()))?
     }
 
     async fn revoke_session(

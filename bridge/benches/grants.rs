@@ -1,0 +1,407 @@
+//! Token-endpoint grants per second with the server on one core and a durable SQLite store
+//! (WAL, `synchronous=FULL`: every acknowledged refresh is fsynced), over loopback TLS with
+//! keep-alive, beside a bare axum hello-world on the same one-core server and beside the
+//! in-process floor of a refresh (the store's atomic spend plus one ES256 signature, one thread),
+//! all in one run so the ratios hold on a noisy machine.
+//!
+//! Run: `cargo bench -p idbridge-bridge --bench grants` (BENCH_SECS, BENCH_ROUNDS, BENCH_CONNS).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    missing_debug_implementations
+)] // a benchmark binary
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::routing::post;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use idbridge_bridge::{
+    AccessClaims, AdminOps, AppState, Audit, AuditSink, KeySet, Rotate, Settings, app,
+    ensure_self_signed, hash_token, new_secret, server_config,
+};
+use idbridge_core::{
+    Clock, GroupName, NewAccount, RefreshRecord, Session, SessionId, Spend, Store, SystemClock,
+    UnixTime,
+};
+use idbridge_store::SqliteStore;
+use rustls::pki_types::pem::PemObject;
+use tokio::net::TcpListener;
+
+fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+async fn start(app: Router, tls: Arc<rustls::ServerConfig>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(idbridge_bridge::serve(
+        listener,
+        tls,
+        app,
+        std::future::pending(),
+    ));
+    addr
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Hello,
+    Refresh,
+    Exchange,
+}
+
+fn form(pairs: &[(&str, &str)]) -> Bytes {
+    let enc = |s: &str| {
+        s.bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect::<String>()
+    };
+    Bytes::from(
+        pairs
+            .iter()
+            .map(|(k, v)| format!("{k}={}", enc(v)))
+            .collect::<Vec<_>>()
+            .join("&"),
+    )
+}
+
+/// One keep-alive connection per session; each refresh uses the refresh token the previous one
+/// returned, as a client would. Returns grants per second.
+async fn load(
+    addr: SocketAddr,
+    kind: Kind,
+    sessions: Vec<(String, String)>,
+    client: Arc<rustls::ClientConfig>,
+    secs: u64,
+) -> (f64, Vec<(String, String)>) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut tasks = Vec::new();
+    for (mut refresh, access) in sessions {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            tcp.set_nodelay(true).unwrap();
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            let tls = tokio_rustls::TlsConnector::from(client)
+                .connect(name, tcp)
+                .await
+                .unwrap();
+            let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                let (path, body) = match kind {
+                    Kind::Hello => ("/hello", Bytes::from_static(b"x=1")),
+                    Kind::Refresh => (
+                        "/oauth2/token",
+                        form(&[("grant_type", "refresh_token"), ("refresh_token", &refresh)]),
+                    ),
+                    Kind::Exchange => (
+                        "/oauth2/token",
+                        form(&[
+                            (
+                                "grant_type",
+                                "urn:ietf:params:oauth:grant-type:token-exchange",
+                            ),
+                            ("subject_token", &access),
+                            (
+                                "subject_token_type",
+                                "urn:ietf:params:oauth:token-type:access_token",
+                            ),
+                            ("audience", "kubernetes"),
+                            ("scope", "group:corp-engineering-team-03-developers"),
+                        ]),
+                    ),
+                };
+                let req = hyper::Request::post(path)
+                    .header("host", "localhost")
+                    .header("content-type", "application/x-www-form-urlencoded")
+                    .body(Full::new(body))
+                    .unwrap();
+                let resp = tx.send_request(req).await.unwrap();
+                let status = resp.status();
+                let b = resp.into_body().collect().await.unwrap().to_bytes();
+                assert!(
+                    status.is_success(),
+                    "{status}: {}",
+                    String::from_utf8_lossy(&b)
+                );
+                if kind == Kind::Refresh {
+                    let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+                    refresh = v["refresh_token"].as_str().unwrap().to_owned();
+                }
+                n += 1;
+            }
+            (n, (refresh, access))
+        }));
+    }
+    let started = Instant::now();
+    let mut total = 0;
+    let mut next = Vec::new();
+    for t in tasks {
+        let (n, s) = t.await.unwrap();
+        total += n;
+        next.push(s);
+    }
+    (total as f64 / started.elapsed().as_secs_f64(), next)
+}
+
+fn main() {
+    let secs = env_num("BENCH_SECS", 3);
+    let rounds = env_num("BENCH_ROUNDS", 5);
+    let conns = env_num("BENCH_CONNS", 16);
+    let dir = tempfile::tempdir().unwrap();
+    // The server gets one worker thread: "grants per second on one core".
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("server")
+        .enable_all()
+        .build()
+        .unwrap();
+    let client_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("client")
+        .enable_all()
+        .build()
+        .unwrap();
+    let (server_tls, ca) = ensure_self_signed(dir.path(), &["localhost".into()]).unwrap();
+    let tls = server_config(&server_tls).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(&std::fs::read(ca).unwrap()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let client = Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    );
+
+    let (hello, server, sessions, store) = server_rt.block_on(async {
+        let store = Arc::new(SqliteStore::open(&dir.path().join("b.db")).await.unwrap());
+        let mut new = NewAccount::named("alice.example".parse().unwrap());
+        for i in 0..20 {
+            new.groups.insert(
+                format!("corp-engineering-team-{i:02}-developers")
+                    .parse::<GroupName>()
+                    .unwrap(),
+            );
+        }
+        store.create_account(new, UnixTime(0)).await.unwrap();
+        let (kid, der) = KeySet::generate().unwrap();
+        let state = AppState::new(
+            store.clone(),
+            Arc::new(SystemClock),
+            KeySet::from_pkcs8(&[(kid, der)]).unwrap(),
+            Settings::new("https://idbridge.bench".into()),
+            Audit::open(&AuditSink::File(dir.path().join("audit.log"))).unwrap(),
+        );
+        state.maintain_keys(Rotate::Policy).await.unwrap();
+        let ops = AdminOps::new(store.clone(), Arc::new(SystemClock));
+        let st = ops
+            .create_token(&"alice.example".parse().unwrap(), None, String::new())
+            .await
+            .unwrap()
+            .secret;
+        let hello = start(
+            Router::new().route("/hello", post(|| async { "Hello, World!" })),
+            tls.clone(),
+        )
+        .await;
+        let server = start(app(state), tls.clone()).await;
+        (hello, server, st, store)
+    });
+    // Sessions started over HTTP, as a client would.
+    let http = reqwest::Client::builder()
+        .tls_certs_only(
+            reqwest::Certificate::from_pem_bundle(
+                &std::fs::read(dir.path().join("ca.crt")).unwrap(),
+            )
+            .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let mut live: Vec<(String, String)> = client_rt.block_on(async {
+        let mut out = Vec::new();
+        for _ in 0..conns {
+            let v: serde_json::Value = http
+                .post(format!("https://localhost:{}/oauth2/token", server.port()))
+                .form(&[
+                    (
+                        "grant_type",
+                        "urn:ietf:params:oauth:grant-type:token-exchange",
+                    ),
+                    ("subject_token", sessions.as_str()),
+                    (
+                        "subject_token_type",
+                        "urn:idbridge:params:oauth:token-type:static",
+                    ),
+                ])
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            out.push((
+                v["refresh_token"].as_str().unwrap().to_owned(),
+                v["access_token"].as_str().unwrap().to_owned(),
+            ));
+        }
+        out
+    });
+
+    // The floor: a refresh's irreducible work in process, one after another on one thread:
+    // the store's durable atomic spend and one ES256 signature.
+    let floor_keys = KeySet::from_pkcs8(&[KeySet::generate().unwrap()]).unwrap();
+    let floor_round = || {
+        server_rt.block_on(async {
+            let now = SystemClock.now();
+            let account = store.accounts().await.unwrap()[0].uid;
+            let session = Session {
+                id: SessionId::random(),
+                account,
+                client_id: "floor".into(),
+                amr: vec!["static".into()],
+                audience: "kubernetes".into(),
+                scope: String::new(),
+                login_groups: Vec::new(),
+                created_at: now,
+                last_used_at: now,
+                expires_at: now.plus_secs(86_400),
+                revoked_at: None,
+                revoked_reason: None,
+            };
+            let rec = |t: &str| RefreshRecord {
+                hash: hash_token(t),
+                session: session.id,
+                created_at: now,
+                spent_at: None,
+                grace_until: None,
+                grace_sealed: None,
+            };
+            let mut token = new_secret("idb_rt_");
+            store.create_session(&session, &rec(&token)).await.unwrap();
+            let claims = |jti: u64| AccessClaims {
+                iss: "https://idbridge.bench".into(),
+                sub: account.to_string(),
+                aud: vec!["kubernetes".into()],
+                exp: now.0 + 900,
+                iat: now.0,
+                nbf: now.0,
+                jti: jti.to_string(),
+                name: "alice.example".into(),
+                groups: (0..20)
+                    .map(|i| format!("corp-engineering-team-{i:02}-developers"))
+                    .collect(),
+                namespace: None,
+                amr: vec!["static".into()],
+                scope: String::new(),
+                sid: session.id.to_string(),
+                client_id: "floor".into(),
+                act: None,
+            };
+            let deadline = Instant::now() + Duration::from_secs(secs);
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                let next = new_secret("idb_rt_");
+                std::hint::black_box(floor_keys.sign(&claims(n)).unwrap());
+                let spend = Spend {
+                    old: hash_token(&token),
+                    at: now,
+                    grace_until: now.plus_secs(5),
+                    sealed: vec![0; 64],
+                    next: rec(&next),
+                };
+                store.spend_refresh(&spend).await.unwrap();
+                token = next;
+                n += 1;
+            }
+            n as f64 / secs as f64
+        })
+    };
+
+    println!(
+        "# Grants benchmark: server on 1 worker thread, durable SQLite, {rounds} rounds x {secs}s, {conns} keep-alive TLS connections"
+    );
+    let cases = [
+        (
+            "hello-world (axum, same TLS stack, 1 core)",
+            Kind::Hello,
+            hello,
+        ),
+        ("refresh_token grant", Kind::Refresh, server),
+        (
+            "token exchange (access token → narrower)",
+            Kind::Exchange,
+            server,
+        ),
+    ];
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
+    let mut floor = Vec::new();
+    for r in 0..rounds {
+        for (i, (name, kind, addr)) in cases.iter().enumerate() {
+            let (rps, next) =
+                client_rt.block_on(load(*addr, *kind, live.clone(), client.clone(), secs));
+            live = next;
+            eprintln!("round {r}: {name:<44} {rps:>8.0} grants/s");
+            samples[i].push(rps);
+        }
+        let f = floor_round();
+        eprintln!(
+            "round {r}: {:<44} {f:>8.0} /s (one thread)",
+            "floor: durable spend + sign"
+        );
+        floor.push(f);
+    }
+    let ratio = |a: &[f64], b: &[f64]| {
+        let r: Vec<f64> = a.iter().zip(b).map(|(x, y)| x / y).collect();
+        let lo = r.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = r.iter().copied().fold(0.0, f64::max);
+        (median(r), lo, hi)
+    };
+    println!("\n| case | grants/s (median) | ratio (median of rounds, range) |");
+    println!("| --- | ---: | --- |");
+    for (i, (name, _, _)) in cases.iter().enumerate() {
+        let (h, hl, hh) = ratio(&samples[i], &samples[0]);
+        let extra = if i == 1 {
+            let (f, fl, fh) = ratio(&samples[i], &floor);
+            format!("; {f:.2} of the floor ({fl:.2}–{fh:.2})")
+        } else {
+            String::new()
+        };
+        println!(
+            "| {name} | {:.0} | {h:.3} of hello-world ({hl:.3}–{hh:.3}){extra} |",
+            median(samples[i].clone())
+        );
+    }
+    println!(
+        "| floor: durable spend + sign (1 thread) | {:.0} | |",
+        median(floor)
+    );
+}
