@@ -61,7 +61,20 @@ impl ServeArgs {
     }
 }
 
-fn settings(cfg: &Config, issuer: &str, webhook_token: String) -> anyhow::Result<Settings> {
+/// Whether the running TLS layer trusts the proxy's CA for client certificates (fixed until a
+/// restart, whatever a reload says).
+fn proxy_in_tls(cfg: &Config) -> bool {
+    cfg.proxy.enabled && cfg.proxy.client_ca_file.is_some()
+}
+
+/// Settings from a configuration. `tls_trusts_proxy` is [`proxy_in_tls`] of the configuration
+/// the TLS layer was built from.
+fn settings(
+    cfg: &Config,
+    issuer: &str,
+    webhook_token: String,
+    tls_trusts_proxy: bool,
+) -> anyhow::Result<Settings> {
     let mut s = Settings::new(issuer.to_owned());
     s.audiences.clone_from(&cfg.kubernetes.audiences);
     s.username_prefix
@@ -126,14 +139,15 @@ fn settings(cfg: &Config, issuer: &str, webhook_token: String) -> anyhow::Result
             group_header: cfg.proxy.group_header.clone(),
             jit: cfg.proxy.provisioning == Provisioning::Jit,
         });
-        // The TLS layer now also trusts the proxy's CA; webhook callers must still come from
-        // the webhook CA.
-        if cfg.webhooks.client_certificates
-            && let Some(wca) = &cfg.tls.client_ca_file
-        {
-            s.webhook_client_verifier =
-                Some(client_verifier(wca).context("field `tls.client_ca_file`")?);
-        }
+    }
+    // When the TLS layer also trusts the proxy's CA, webhook callers must still come from the
+    // webhook CA: their certificates are checked against it alone.
+    if tls_trusts_proxy
+        && cfg.webhooks.client_certificates
+        && let Some(wca) = &cfg.tls.client_ca_file
+    {
+        s.webhook_client_verifier =
+            Some(client_verifier(wca).context("field `tls.client_ca_file`")?);
     }
     Ok(s)
 }
@@ -172,7 +186,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         boot.store.clone(),
         clock.clone(),
         boot.keys,
-        settings(&cfg, &issuer, boot.webhook_token).map_err(|e| config_error(&e))?,
+        settings(&cfg, &issuer, boot.webhook_token, proxy_in_tls(&cfg))
+            .map_err(|e| config_error(&e))?,
         audit.clone(),
     );
     state.set_kek(boot.kek);
@@ -255,6 +270,15 @@ async fn reload(args: &ServeArgs, running: &Config, issuer: &str, state: &AppSta
                 "limits",
                 cfg.limits.max_body_bytes != running.limits.max_body_bytes,
             ),
+            (
+                "proxy.enabled/proxy.client_ca_file",
+                cfg.proxy.enabled != running.proxy.enabled
+                    || cfg.proxy.client_ca_file != running.proxy.client_ca_file,
+            ),
+            (
+                "keys.encryption_key_file",
+                cfg.keys.encryption_key_file != running.keys.encryption_key_file,
+            ),
         ] {
             if changed {
                 tracing::warn!(field, "this setting changes only on restart");
@@ -265,7 +289,7 @@ async fn reload(args: &ServeArgs, running: &Config, issuer: &str, state: &AppSta
             let ops = AdminOps::new(state.store().clone(), Arc::new(SystemClock));
             profile::sync_accounts_file(file, &ops, &**state.store()).await?;
         }
-        state.set_settings(settings(&cfg, issuer, token)?);
+        state.set_settings(settings(&cfg, issuer, token, proxy_in_tls(running))?);
         anyhow::Ok(())
     }
     .await;
