@@ -12,6 +12,10 @@
     missing_debug_implementations
 )] // a benchmark binary
 
+mod common;
+
+use common::{env_num, median, ratios, start, tls_pair};
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,40 +26,14 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use idbridge_bridge::{
-    AccessClaims, AdminOps, AppState, Audit, AuditSink, KeySet, Rotate, Settings, app,
-    ensure_self_signed, hash_token, new_secret, server_config,
+    AccessClaims, AdminOps, AppState, Audit, AuditSink, KeySet, Rotate, Settings, app, hash_token,
+    new_secret,
 };
 use idbridge_core::{
     Clock, GroupName, NewAccount, RefreshRecord, Session, SessionId, Spend, Store, SystemClock,
     UnixTime,
 };
 use idbridge_store::SqliteStore;
-use rustls::pki_types::pem::PemObject;
-use tokio::net::TcpListener;
-
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-async fn start(app: Router, tls: Arc<rustls::ServerConfig>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(idbridge_bridge::serve(
-        listener,
-        tls,
-        app,
-        std::future::pending(),
-    ));
-    addr
-}
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -186,21 +164,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let (server_tls, ca) = ensure_self_signed(dir.path(), &["localhost".into()]).unwrap();
-    let tls = server_config(&server_tls).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls::pki_types::CertificateDer::pem_slice_iter(&std::fs::read(ca).unwrap()) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let client = Arc::new(
-        rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth(),
-    );
+    let (tls, client) = tls_pair(dir.path());
 
     let (hello, server, sessions, store) = server_rt.block_on(async {
         let store = Arc::new(SqliteStore::open(&dir.path().join("b.db")).await.unwrap());
@@ -379,18 +343,12 @@ fn main() {
         );
         floor.push(f);
     }
-    let ratio = |a: &[f64], b: &[f64]| {
-        let r: Vec<f64> = a.iter().zip(b).map(|(x, y)| x / y).collect();
-        let lo = r.iter().copied().fold(f64::INFINITY, f64::min);
-        let hi = r.iter().copied().fold(0.0, f64::max);
-        (median(r), lo, hi)
-    };
     println!("\n| case | grants/s (median) | ratio (median of rounds, range) |");
     println!("| --- | ---: | --- |");
     for (i, (name, _, _)) in cases.iter().enumerate() {
-        let (h, hl, hh) = ratio(&samples[i], &samples[0]);
+        let (h, hl, hh) = ratios(&samples[i], &samples[0]);
         let extra = if i == 1 {
-            let (f, fl, fh) = ratio(&samples[i], &floor);
+            let (f, fl, fh) = ratios(&samples[i], &floor);
             format!("; {f:.2} of the floor ({fl:.2}–{fh:.2})")
         } else {
             String::new()

@@ -11,6 +11,10 @@
     missing_debug_implementations
 )] // a benchmark binary
 
+mod common;
+
+use common::{env_num, median, ratios, start, tls_pair};
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,22 +26,12 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use idbridge_bridge::{
     AccessClaims, AppState, Audit, AuditSink, KeySet, Secret, Settings, TokenReviewRequest, app,
-    ensure_self_signed, server_config,
 };
 use idbridge_core::{GroupName, NewAccount, Store, SystemClock};
 use idbridge_store::SqliteStore;
 use jsonwebtoken::{Algorithm, Validation};
-use rustls::pki_types::pem::PemObject;
-use tokio::net::TcpListener;
 
 const WEBHOOK_TOKEN: &str = "idb_wh_benchmark";
-
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 struct Case {
     name: &'static str,
@@ -50,23 +44,6 @@ struct Sample {
     rps: f64,
     p50_us: f64,
     p99_us: f64,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-async fn start(app: Router, tls: Arc<rustls::ServerConfig>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(idbridge_bridge::serve(
-        listener,
-        tls,
-        app,
-        std::future::pending(),
-    ));
-    addr
 }
 
 /// Drives `conns` keep-alive HTTP/1.1 connections for `secs` seconds.
@@ -146,22 +123,7 @@ fn main() {
         .build()
         .unwrap();
 
-    let (server_tls, ca) = ensure_self_signed(dir.path(), &["localhost".into()]).unwrap();
-    let tls = server_config(&server_tls).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    let ca_pem = std::fs::read(ca).unwrap();
-    for c in rustls::pki_types::CertificateDer::pem_slice_iter(&ca_pem) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let client = Arc::new(
-        rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth(),
-    );
+    let (tls, client) = tls_pair(dir.path());
 
     // A realistic token: an account in 20 groups.
     let (jwt, body, keys_pkcs8, issuer, store) = server_rt.block_on(async {
@@ -394,12 +356,6 @@ fn main() {
     let med = |i: usize, f: fn(&Sample) -> f64| median(samples[i].iter().map(f).collect());
     // Each ratio pairs measurements taken back to back in the same round (cached right after
     // hello-world, the floor right after uncached), then takes the median over rounds.
-    let ratios = |num: &[f64], den: &[f64]| {
-        let r: Vec<f64> = num.iter().zip(den).map(|(n, d)| n / d).collect();
-        let lo = r.iter().copied().fold(f64::INFINITY, f64::min);
-        let hi = r.iter().copied().fold(0.0, f64::max);
-        (median(r), lo, hi)
-    };
     let rps = |i: usize| samples[i].iter().map(|s| s.rps).collect::<Vec<_>>();
     let (cached_ratio, c_lo, c_hi) = ratios(&rps(1), &rps(0));
     let (uncached_ratio, u_lo, u_hi) = ratios(&rps(2), &floor);

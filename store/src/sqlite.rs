@@ -436,27 +436,15 @@ impl Store for SqliteStore {
         &self,
         account: Option<AccountUid>,
     ) -> Result<Vec<StaticToken>, StoreError> {
-        let rows = match account {
-            Some(uid) => {
-                sqlx::query(concat!(
-                    "SELECT ",
-                    token_columns!(),
-                    " FROM static_tokens WHERE account_uid = ? ORDER BY created_at DESC, id"
-                ))
-                .bind(uid.to_string())
-                .fetch_all(&self.pool)
-                .await
-            }
-            None => {
-                sqlx::query(concat!(
-                    "SELECT ",
-                    token_columns!(),
-                    " FROM static_tokens ORDER BY created_at DESC, id"
-                ))
-                .fetch_all(&self.pool)
-                .await
-            }
-        }
+        // One statement for both: `?1 IS NULL` keeps every account when none is named.
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            token_columns!(),
+            " FROM static_tokens WHERE ?1 IS NULL OR account_uid = ?1 ORDER BY created_at DESC, id"
+        ))
+        .bind(account.map(|uid| uid.to_string()))
+        .fetch_all(&self.pool)
+        .await
         .map_err(backend)?;
         rows.iter().map(token_from_row).collect()
     }
@@ -533,27 +521,14 @@ impl Store for SqliteStore {
     }
 
     async fn sessions(&self, account: Option<AccountUid>) -> Result<Vec<Session>, StoreError> {
-        let rows = match account {
-            Some(uid) => {
-                sqlx::query(concat!(
-                    "SELECT ",
-                    session_columns!(),
-                    " FROM sessions WHERE account_uid = ? ORDER BY created_at DESC, id"
-                ))
-                .bind(uid.to_string())
-                .fetch_all(&self.pool)
-                .await
-            }
-            None => {
-                sqlx::query(concat!(
-                    "SELECT ",
-                    session_columns!(),
-                    " FROM sessions ORDER BY created_at DESC, id"
-                ))
-                .fetch_all(&self.pool)
-                .await
-            }
-        }
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            session_columns!(),
+            " FROM sessions WHERE ?1 IS NULL OR account_uid = ?1 ORDER BY created_at DESC, id"
+        ))
+        .bind(account.map(|uid| uid.to_string()))
+        .fetch_all(&self.pool)
+        .await
         .map_err(backend)?;
         rows.iter().map(session_from_row).collect()
     }
@@ -888,6 +863,41 @@ mod tests {
         }
         let s = SqliteStore::open(&p).await.unwrap();
         assert_eq!(s.signing_keys().await.unwrap(), vec![key]);
+    }
+
+    #[tokio::test]
+    async fn a_store_from_before_sessions_is_upgraded_with_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("old.db");
+        {
+            // The schema and the key exactly as the first release wrote them.
+            let opts = SqliteConnectOptions::new()
+                .filename(&p)
+                .create_if_missing(true);
+            let pool = SqlitePoolOptions::new().connect_with(opts).await.unwrap();
+            sqlx::raw_sql(MIGRATIONS[0].1).execute(&pool).await.unwrap();
+            sqlx::raw_sql(
+                "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY NOT NULL);
+                 INSERT INTO schema_migrations VALUES (1);
+                 INSERT INTO signing_keys (kid, private_pkcs8, created_at) VALUES ('k0', x'00', 7);",
+            )
+            .execute(&pool)
+            .await
+            .unwrap();
+            pool.close().await;
+        }
+        let s = SqliteStore::open(&p).await.unwrap();
+        let keys = s.signing_keys().await.unwrap();
+        assert_eq!(keys.len(), 1);
+        assert_eq!(
+            (
+                keys[0].kid.as_str(),
+                keys[0].state,
+                keys[0].sealed_by.as_ref()
+            ),
+            ("k0", KeyState::Current, None)
+        );
+        assert!(s.sessions(None).await.unwrap().is_empty());
     }
 
     fn record(session: SessionId, byte: u8) -> RefreshRecord {
