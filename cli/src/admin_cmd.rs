@@ -10,8 +10,8 @@ use idbridge_bridge::{
     AdminOps, CreatedToken, KeyInfo, KeyPolicy, Rotate, SessionInfo, UserRevocation,
 };
 use idbridge_core::{
-    AccountName, GroupName, HumanDuration, LabelKey, Namespace, NewAccount, SessionId, StaticToken,
-    SystemClock, TokenId, UserAccount,
+    AccountName, GroupName, HumanDuration, KeyState, LabelKey, Namespace, NewAccount, SessionId,
+    StaticToken, SystemClock, TokenId, UserAccount,
 };
 use serde::de::DeserializeOwned;
 use serde_json::json;
@@ -574,6 +574,7 @@ fn print_keys(keys: &[KeyInfo], as_json: bool) -> anyhow::Result<()> {
 pub async fn keys(cmd: KeysCmd, target: &Target) -> anyhow::Result<()> {
     let backend = Backend::new(target).await?;
     use reqwest::Method as M;
+    let rotating = matches!(cmd, KeysCmd::Rotate { .. });
     let keys: Vec<KeyInfo> = match (&backend, cmd) {
         (Backend::Offline(ops, _), KeysCmd::List) => ops.keys().await?,
         (Backend::Remote { .. }, KeysCmd::List) => backend.call(M::GET, "/keys", None).await?,
@@ -594,5 +595,20 @@ pub async fn keys(cmd: KeysCmd, target: &Target) -> anyhow::Result<()> {
                 .await?
         }
     };
+    if rotating {
+        let state = |s| keys.iter().find(|k| k.state == s);
+        if let Some(next) = state(KeyState::Next).filter(|k| k.activated_at.is_some()) {
+            eprintln!(
+                "key {} signs from {} (once it has been published for keys.publish_lead)",
+                next.kid,
+                fmt_time(next.activated_at.map(|t| t.0))
+            );
+        } else if let Some(cur) = state(KeyState::Current) {
+            eprintln!(
+                "key {} signs now; the previous key stays published until its tokens expire",
+                cur.kid
+            );
+        }
+    }
     print_keys(&keys, target.json)
 }
