@@ -14,7 +14,7 @@
 
 mod common;
 
-use common::{env_num, median, ratios, start, tls_pair};
+use common::{connect, env_num, median, ratios, start, tls_pair};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,7 +24,6 @@ use axum::Router;
 use axum::routing::post;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
 use idbridge_bridge::{
     AccessClaims, AdminOps, AppState, Audit, AuditSink, KeySet, Rotate, Settings, app, hash_token,
     new_secret,
@@ -77,17 +76,7 @@ async fn load(
     for (mut refresh, access) in sessions {
         let client = client.clone();
         tasks.push(tokio::spawn(async move {
-            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-            tcp.set_nodelay(true).unwrap();
-            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-            let tls = tokio_rustls::TlsConnector::from(client)
-                .connect(name, tcp)
-                .await
-                .unwrap();
-            let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-                .await
-                .unwrap();
-            tokio::spawn(conn);
+            let mut tx = connect(addr, client).await;
             let mut n = 0u64;
             while Instant::now() < deadline {
                 let (path, body) = match kind {
@@ -261,14 +250,7 @@ fn main() {
                 revoked_at: None,
                 revoked_reason: None,
             };
-            let rec = |t: &str| RefreshRecord {
-                hash: hash_token(t),
-                session: session.id,
-                created_at: now,
-                spent_at: None,
-                grace_until: None,
-                grace_sealed: None,
-            };
+            let rec = |t: &str| RefreshRecord::fresh(hash_token(t), session.id, now);
             let mut token = new_secret("idb_rt_");
             store.create_session(&session, &rec(&token)).await.unwrap();
             let claims = |jti: u64| AccessClaims {

@@ -13,7 +13,7 @@
 
 mod common;
 
-use common::{env_num, median, ratios, start, tls_pair};
+use common::{connect, env_num, median, ratios, start, tls_pair};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,7 +23,6 @@ use axum::Router;
 use axum::routing::post;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
 use idbridge_bridge::{
     AccessClaims, AppState, Audit, AuditSink, KeySet, Secret, Settings, TokenReviewRequest, app,
 };
@@ -61,17 +60,7 @@ async fn load(
         let client = client.clone();
         let body = body.clone();
         tasks.push(tokio::spawn(async move {
-            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-            tcp.set_nodelay(true).unwrap();
-            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-            let tls = tokio_rustls::TlsConnector::from(client)
-                .connect(name, tcp)
-                .await
-                .unwrap();
-            let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-                .await
-                .unwrap();
-            tokio::spawn(conn);
+            let mut tx = connect(addr, client).await;
             let mut lat = Vec::with_capacity(100_000);
             while Instant::now() < deadline {
                 let req = hyper::Request::post(path)

@@ -3,8 +3,8 @@
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::StatusCode;
 use axum::http::request::Parts;
-use axum::http::{StatusCode, header};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use idbridge_core::{
@@ -29,11 +29,7 @@ impl FromRequestParts<AppState> for Admin {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let Ok(ctx) = RequestCtx::from_request_parts(parts, state).await;
-        let token = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+        let token = crate::state::bearer(&parts.headers)
             .ok_or(ApiError::Unauthorized("an admin bearer token is required"))?;
         let settings = state.settings();
         let deny = |reason: &str, who: Option<(&str, AccountUid)>| {
@@ -43,22 +39,14 @@ impl FromRequestParts<AppState> for Admin {
             ev.uid = who.map(|w| w.1.to_string());
             state.audit().record(&ev);
         };
-        let who = match state
-            .authenticate(token, std::slice::from_ref(&settings.issuer))
-            .await
-            .and_then(|w| w.require_audience().map(|()| w))
-        {
+        let who = match state.authenticate_here(token).await {
             Ok(w) => w,
             Err(r) => {
                 deny(&r.denial.to_string(), None);
                 return Err(ApiError::Unauthorized("the admin token is invalid"));
             }
         };
-        let is_admin = who
-            .groups
-            .iter()
-            .any(|g| settings.admin_groups.iter().any(|a| a.as_str() == g));
-        if !is_admin {
+        if !settings.is_admin(&who.groups) {
             deny("not in an admin group", Some((&who.name, who.uid)));
             return Err(ApiError::Forbidden(
                 "this account may not use the admin API",

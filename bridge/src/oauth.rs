@@ -126,6 +126,27 @@ pub(crate) fn client<'a>(
     }
 }
 
+/// The audience a client asks for (the default one when it names none), if its allow-list has it.
+pub(crate) fn target(
+    settings: &Settings,
+    client: &Client,
+    requested: Option<String>,
+) -> Result<String, ApiError> {
+    let audience = requested.unwrap_or_else(|| settings.default_audience().to_owned());
+    if client.audiences.contains(&audience) {
+        Ok(audience)
+    } else {
+        Err(oauth(
+            StatusCode::BAD_REQUEST,
+            "invalid_target",
+            format!(
+                "audience {audience:?} is not allowed for client {:?}",
+                client.id
+            ),
+        ))
+    }
+}
+
 pub(crate) fn token_response(pair: &TokenPair, refresh_grant: bool) -> Response {
     let mut body = json!({
         "access_token": pair.access_token,
@@ -204,20 +225,7 @@ pub(crate) async fn token(
         .clone()
         .filter(|s| !s.is_empty())
         .ok_or_else(|| ApiError::invalid_request("subject_token is required"))?;
-    let audience = req
-        .audience
-        .clone()
-        .unwrap_or_else(|| settings.default_audience().to_owned());
-    if !client.audiences.contains(&audience) {
-        return Err(oauth(
-            StatusCode::BAD_REQUEST,
-            "invalid_target",
-            format!(
-                "audience {audience:?} is not allowed for client {:?}",
-                client.id
-            ),
-        ));
-    }
+    let audience = target(&settings, client, req.audience.clone())?;
     let pair = match req.subject_token_type.as_deref() {
         Some(STATIC_TOKEN_TYPE) => {
             if req.actor_token.is_some() {
@@ -250,18 +258,8 @@ async fn exchange_static(
     if !subject.starts_with(STATIC_TOKEN_PREFIX) {
         return Err(invalid_grant("subject_token is not a static token"));
     }
-    let issuer = state.settings().issuer.clone();
-    let who = match state.authenticate(subject, &[issuer]).await {
-        Ok(w) if !w.audiences.is_empty() => w,
-        Ok(w) => {
-            return Err(invalid_grant(
-                crate::auth::Refusal {
-                    denial: Denial::Audience,
-                    account: Some((w.name.clone(), w.uid)),
-                }
-                .audit(state, ctx, "token.exchange"),
-            ));
-        }
+    let who = match state.authenticate_here(subject).await {
+        Ok(w) => w,
         Err(refusal) => {
             let reason = refusal.audit(state, ctx, "token.exchange");
             if refusal.denial == Denial::Unavailable {
@@ -380,13 +378,10 @@ async fn exchange_access(
     let act = match (&req.actor_token, req.actor_token_type.as_deref()) {
         (None, None) => None,
         (Some(actor), Some(STATIC_TOKEN_TYPE | ACCESS_TOKEN_TYPE)) => {
-            let issuer = state.settings().issuer.clone();
             let (name, uid, groups) = if actor.starts_with(STATIC_TOKEN_PREFIX) {
-                match state.authenticate(actor, &[issuer]).await {
-                    Ok(a) if !a.audiences.is_empty() => {
-                        (a.name.clone(), a.uid.to_string(), a.groups.clone())
-                    }
-                    _ => {
+                match state.authenticate_here(actor).await {
+                    Ok(a) => (a.name.clone(), a.uid.to_string(), a.groups.clone()),
+                    Err(_) => {
                         deny("actor_token is invalid", Some(&claims));
                         return Err(invalid_grant("actor_token is invalid"));
                     }
@@ -486,6 +481,16 @@ pub(crate) struct TokenForm {
     client_secret: Option<String>,
 }
 
+impl TokenForm {
+    /// The `token` both endpoints require.
+    fn token(&self) -> Result<String, ApiError> {
+        self.token
+            .clone()
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| ApiError::invalid_request("token is required"))
+    }
+}
+
 /// RFC 7009: revokes a refresh token (its whole session), an access token (by `jti`) or a static
 /// token. Unknown tokens are answered 200, as the RFC asks.
 pub(crate) async fn revoke(
@@ -502,10 +507,7 @@ pub(crate) async fn revoke(
         req.client_id.as_deref(),
         req.client_secret.as_deref(),
     )?;
-    let token = req
-        .token
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| ApiError::invalid_request("token is required"))?;
+    let token = req.token()?;
     let now = state.clock().now();
     let mut what = None;
     if token.starts_with(REFRESH_TOKEN_PREFIX) {
@@ -564,22 +566,12 @@ pub(crate) async fn introspect(
 ) -> Result<Response, ApiError> {
     let Form(req) = form?;
     let settings = state.settings();
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let caller = if let Some(b) = bearer {
+    let caller = if let Some(b) = crate::state::bearer(&headers) {
         let who = state
-            .authenticate(b, std::slice::from_ref(&settings.issuer))
+            .authenticate_here(b)
             .await
-            .ok()
-            .filter(|w| !w.audiences.is_empty())
-            .ok_or(ApiError::Unauthorized("the bearer token is invalid"))?;
-        if !who
-            .groups
-            .iter()
-            .any(|g| settings.admin_groups.iter().any(|a| a.as_str() == g))
-        {
+            .map_err(|_| ApiError::Unauthorized("the bearer token is invalid"))?;
+        if !settings.is_admin(&who.groups) {
             return Err(ApiError::Forbidden(
                 "only confidential clients and admins may introspect",
             ));
@@ -599,10 +591,7 @@ pub(crate) async fn introspect(
         }
         c.id.clone()
     };
-    let token = req
-        .token
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| ApiError::invalid_request("token is required"))?;
+    let token = req.token()?;
     let answer = describe(&state, &token).await?;
     let mut ev = ctx.event("token.introspect", "ok");
     ev.actor = Some(&caller);

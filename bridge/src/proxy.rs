@@ -89,19 +89,7 @@ pub(crate) async fn login(
         }
     }
     let client = crate::oauth::client(&settings, &headers, req.client_id.as_deref(), None)?;
-    let audience = req
-        .audience
-        .unwrap_or_else(|| settings.default_audience().to_owned());
-    if !client.audiences.contains(&audience) {
-        return Err(ApiError::OAuth {
-            status: axum::http::StatusCode::BAD_REQUEST,
-            error: "invalid_target",
-            description: format!(
-                "audience {audience:?} is not allowed for client {:?}",
-                client.id
-            ),
-        });
-    }
+    let audience = crate::oauth::target(&settings, client, req.audience)?;
     let account = match state.store().account_by_name(&name).await? {
         Some(a) => a,
         None if proxy.jit => {

@@ -99,12 +99,7 @@ impl FromRequestParts<AppState> for WebhookCaller {
         {
             return Ok(Self(ctx));
         }
-        let presented = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if let Some(p) = presented {
+        if let Some(p) = crate::state::bearer(&parts.headers) {
             // Check every configured token so the time taken does not say which one matched.
             let matched = settings
                 .webhook_tokens

@@ -42,6 +42,20 @@ pub(crate) struct Grant {
     pub not_after: Option<i64>,
 }
 
+impl Grant {
+    /// What a session's own tokens carry: its audience and scope, the account's groups and the
+    /// login's.
+    pub(crate) fn session(account: &UserAccount, session: &Session) -> Self {
+        Self {
+            audience: session.audience.clone(),
+            groups: session_groups(account, session),
+            scope: session.scope.clone(),
+            act: None,
+            not_after: None,
+        }
+    }
+}
+
 /// How a login starts a session.
 #[derive(Debug, Clone)]
 pub(crate) struct Login<'a> {
@@ -148,21 +162,8 @@ impl AppState {
             revoked_reason: None,
         };
         let refresh = new_secret(REFRESH_TOKEN_PREFIX);
-        let first = RefreshRecord {
-            hash: hash_token(&refresh),
-            session: session.id,
-            created_at: now,
-            spent_at: None,
-            grace_until: None,
-            grace_sealed: None,
-        };
-        let grant = Grant {
-            audience: session.audience.clone(),
-            groups: session_groups(login.account, &session),
-            scope: session.scope.clone(),
-            act: None,
-            not_after: None,
-        };
+        let first = RefreshRecord::fresh(hash_token(&refresh), session.id, now);
+        let grant = Grant::session(login.account, &session);
         let mut pair = self.mint(login.account, &session, grant, now.0)?;
         self.store().create_session(&session, &first).await?;
         pair.refresh_token = Some(refresh);
@@ -221,13 +222,7 @@ impl AppState {
             _ => return Err(deny("the account is disabled", who)),
         };
         let next_secret = new_secret(REFRESH_TOKEN_PREFIX);
-        let grant = Grant {
-            audience: session.audience.clone(),
-            groups: session_groups(&account, &session),
-            scope: session.scope.clone(),
-            act: None,
-            not_after: None,
-        };
+        let grant = Grant::session(&account, &session);
         let mut pair = self.mint(&account, &session, grant, now.0)?;
         pair.refresh_token = Some(next_secret.clone());
         let sealed = SealKey::derive(token.as_bytes(), GRACE_INFO)
@@ -241,14 +236,7 @@ impl AppState {
             at: now,
             grace_until: now.plus_secs(settings.refresh_grace.as_secs()),
             sealed,
-            next: RefreshRecord {
-                hash: hash_token(&next_secret),
-                session: session.id,
-                created_at: now,
-                spent_at: None,
-                grace_until: None,
-                grace_sealed: None,
-            },
+            next: RefreshRecord::fresh(hash_token(&next_secret), session.id, now),
         };
         match self.store().spend_refresh(&spend).await? {
             SpendOutcome::Spent => {

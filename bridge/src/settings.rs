@@ -220,6 +220,14 @@ impl Settings {
         }
     }
 
+    /// Whether any of `groups` is an admin group.
+    #[must_use]
+    pub fn is_admin(&self, groups: &[String]) -> bool {
+        groups
+            .iter()
+            .any(|g| self.admin_groups.iter().any(|a| a.as_str() == g))
+    }
+
     /// The client with this id.
     #[must_use]
     pub fn client(&self, id: &str) -> Option<&Client> {

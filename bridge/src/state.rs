@@ -190,6 +190,18 @@ impl AppState {
         self.0.ready.store(false, Ordering::SeqCst);
     }
 
+    /// Authenticates a credential presented to idbridge itself (the admin API, token exchange,
+    /// introspection): it must name the issuer as its audience outright.
+    ///
+    /// # Errors
+    /// A refusal that says why.
+    pub async fn authenticate_here(&self, token: &str) -> Result<Arc<Authenticated>, Refusal> {
+        let issuer = self.settings().issuer.clone();
+        self.authenticate(token, std::slice::from_ref(&issuer))
+            .await
+            .and_then(|w| w.require_audience().map(|()| w))
+    }
+
     /// Authenticates a bearer credential.
     ///
     /// # Errors
@@ -212,6 +224,14 @@ impl AppState {
             )
             .await
     }
+}
+
+/// The token of an `Authorization: Bearer` header, if there is one.
+pub(crate) fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
 }
 
 /// Per-request context: correlation id and peer.

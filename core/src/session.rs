@@ -108,6 +108,21 @@ pub struct RefreshRecord {
     pub grace_sealed: Option<Vec<u8>>,
 }
 
+impl RefreshRecord {
+    /// A newly issued, unspent refresh token of `session`.
+    #[must_use]
+    pub fn fresh(hash: TokenHash, session: SessionId, now: UnixTime) -> Self {
+        Self {
+            hash,
+            session,
+            created_at: now,
+            spent_at: None,
+            grace_until: None,
+            grace_sealed: None,
+        }
+    }
+}
+
 /// What spending a refresh token stores with it.
 #[derive(Debug, Clone)]
 pub struct Spend {

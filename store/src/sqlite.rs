@@ -901,14 +901,7 @@ mod tests {
     }
 
     fn record(session: SessionId, byte: u8) -> RefreshRecord {
-        RefreshRecord {
-            hash: TokenHash([byte; 32]),
-            session,
-            created_at: UnixTime(10),
-            spent_at: None,
-            grace_until: None,
-            grace_sealed: None,
-        }
+        RefreshRecord::fresh(TokenHash([byte; 32]), session, UnixTime(10))
     }
 
     async fn session_fixture(s: &SqliteStore) -> Session {

@@ -44,6 +44,25 @@ pub async fn start(app: Router, tls: Arc<rustls::ServerConfig>) -> SocketAddr {
     addr
 }
 
+/// One keep-alive HTTP/1.1 connection over TLS to `addr` (as `localhost`).
+pub async fn connect(
+    addr: SocketAddr,
+    client: Arc<rustls::ClientConfig>,
+) -> hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.set_nodelay(true).unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(client)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let (tx, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    tx
+}
+
 /// A server TLS configuration made in `dir` for `localhost`, and a client configuration that
 /// trusts it.
 pub fn tls_pair(dir: &std::path::Path) -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
