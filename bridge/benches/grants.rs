@@ -283,6 +283,7 @@ fn main() {
                     grace_until: now.plus_secs(5),
                     sealed: vec![0; 64],
                     next: rec(&next),
+                    login_groups: None,
                 };
                 store.spend_refresh(&spend).await.unwrap();
                 token = next;

@@ -237,6 +237,7 @@ impl AppState {
             grace_until: now.plus_secs(settings.refresh_grace.as_secs()),
             sealed,
             next: RefreshRecord::fresh(hash_token(&next_secret), session.id, now),
+            login_groups: None,
         };
         match self.store().spend_refresh(&spend).await? {
             SpendOutcome::Spent => {

@@ -13,6 +13,7 @@
 mod token;
 mod account;
 mod clock;
+mod directory;
 mod duration;
 mod error;
 mod names;
@@ -21,6 +22,7 @@ mod store;
 
 pub use account::{AccountUid, ExternalIdentity, Labels, NewAccount, UserAccount};
 pub use clock::{Clock, FixedClock, SystemClock, UnixTime};
+pub use directory::{AccountProblem, Directory, DirectoryError, DirectoryStatus, DirectoryUser};
 pub use duration::HumanDuration;
 pub use error::{Error, StoreError};
 pub use names::{AccountName, GroupName, LabelKey, Namespace, Principal};

@@ -136,6 +136,9 @@ pub struct Spend {
     pub sealed: Vec<u8>,
     /// The next refresh token.
     pub next: RefreshRecord,
+    /// New login groups for the session, when the login source was asked again (a directory
+    /// user's groups re-read on refresh).
+    pub login_groups: Option<Vec<String>>,
 }
 
 /// The outcome of [`crate::Store::spend_refresh`].

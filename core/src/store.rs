@@ -3,8 +3,9 @@
 use async_trait::async_trait;
 
 use crate::{
-    AccountName, AccountUid, NewAccount, RefreshRecord, Revocations, Session, SessionId, Spend,
-    SpendOutcome, StaticToken, StoreError, StoredKey, TokenHash, TokenId, UnixTime, UserAccount,
+    AccountName, AccountUid, ExternalIdentity, NewAccount, RefreshRecord, Revocations, Session,
+    SessionId, Spend, SpendOutcome, StaticToken, StoreError, StoredKey, TokenHash, TokenId,
+    UnixTime, UserAccount,
 };
 
 /// Durable state: accounts, static tokens, sessions, revocations and signing keys.
@@ -23,6 +24,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn account(&self, uid: AccountUid) -> Result<Option<UserAccount>, StoreError>;
     /// The account with this name.
     async fn account_by_name(&self, name: &AccountName) -> Result<Option<UserAccount>, StoreError>;
+    /// The account an external identity is linked to.
+    async fn account_by_identity(
+        &self,
+        identity: &ExternalIdentity,
+    ) -> Result<Option<UserAccount>, StoreError>;
     /// Every account, ordered by name.
     async fn accounts(&self) -> Result<Vec<UserAccount>, StoreError>;
     /// Replaces an account's mutable fields (name, groups, labels, namespace, disabled,

@@ -116,6 +116,14 @@ async fn spend_batch(
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
+        if let Some(groups) = &spend.login_groups {
+            sqlx::query("UPDATE sessions SET login_groups_json = ? WHERE id = ?")
+                .bind(serde_json::to_string(groups).map_err(|e| corrupt("groups", e))?)
+                .bind(spend.next.session.to_string())
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+        }
         out.push(SpendOutcome::Spent);
     }
     tx.commit().await.map_err(backend)?;
@@ -347,6 +355,24 @@ impl Store for SqliteStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(backend)?;
+        match row {
+            Some(r) => Ok(Some(self.load_account(&r).await?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn account_by_identity(
+        &self,
+        identity: &ExternalIdentity,
+    ) -> Result<Option<UserAccount>, StoreError> {
+        let row = sqlx::query(
+            "SELECT a.* FROM accounts a JOIN identities i ON i.account_uid = a.uid \
+             WHERE i.identity_key = ?",
+        )
+        .bind(identity.key())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
         match row {
             Some(r) => Ok(Some(self.load_account(&r).await?)),
             None => Ok(None),
@@ -935,6 +961,7 @@ mod tests {
             at: UnixTime(20),
             grace_until: UnixTime(25),
             sealed: vec![next],
+            login_groups: None,
             next: record(session, next),
         }
     }

@@ -4,6 +4,8 @@
 //! The `idbridge` binary is found through `IDBRIDGE_BIN`, or in the workspace's target directory
 //! (`scripts/test` builds it first). A missing binary is a test failure that says how to build it.
 
+pub mod ldap;
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;

@@ -1,0 +1,640 @@
+//! LDAP and Active Directory for idbridge.
+//!
+//! [`LdapDirectory`] implements [`idbridge_core::Directory`]: search for the user with a service
+//! account, bind as the user on a separate connection, then resolve the user's groups, nested
+//! ones included. Servers are tried in order with a back-off for a dead one; connections are
+//! pooled and replaced when they break. Every user-supplied value put into a filter is escaped
+//! (RFC 4515); every search that can be large is paged (RFC 2696).
+
+mod ad;
+mod config;
+mod pool;
+mod shape;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use idbridge_core::{AccountProblem, Directory, DirectoryError, DirectoryStatus, DirectoryUser};
+use ldap3::adapters::{Adapter, EntriesOnly, PagedResults};
+use ldap3::{Ldap, LdapError, Scope, SearchEntry, SearchOptions, ldap_escape};
+
+use config::Resolved;
+pub use config::{
+    DirectGroups, DirectoryConfig, GroupsConfig, NestedGroups, Preset, Provisioning,
+    ThrottleConfig, UsersConfig,
+};
+use pool::{Pool, Prepare, Servers};
+use shape::Shaping;
+
+/// How many DNs one group search names in its `(|(member=…)…)` filter.
+const DNS_PER_SEARCH: usize = 50;
+/// A DN no entry has, bound to when the user does not exist, so an unknown user costs what a
+/// wrong password does.
+const NO_SUCH_USER_RDN: &str = "cn=idbridge-no-such-user";
+
+/// An LDAP or AD directory.
+#[derive(Debug)]
+pub struct LdapDirectory {
+    cfg: Resolved,
+    shaping: Shaping,
+    /// Service-account connections for searches.
+    search: Pool,
+    /// Connections for user binds only, never for searches.
+    binds: Pool,
+    op_timeout: Duration,
+}
+
+/// A problem with the `directory` section, naming the field.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+fn rustls_config(ca_file: &std::path::Path) -> Result<rustls::ClientConfig, ConfigError> {
+    let field = "field `directory.ca_file`";
+    let pem = std::fs::read(ca_file)
+        .map_err(|e| ConfigError(format!("{field}: cannot read {}: {e}", ca_file.display())))?;
+    let mut roots = rustls::RootCertStore::empty();
+    let mut n = 0;
+    for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(&pem) {
+        let cert: rustls::pki_types::CertificateDer<'static> =
+            cert.map_err(|e| ConfigError(format!("{field}: not PEM: {e}")))?;
+        roots
+            .add(cert)
+            .map_err(|e| ConfigError(format!("{field}: unusable certificate: {e}")))?;
+        n += 1;
+    }
+    if n == 0 {
+        return Err(ConfigError(format!(
+            "{field}: {} holds no certificate",
+            ca_file.display()
+        )));
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ConfigError(format!("{field}: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+fn first(e: &SearchEntry, attr: &str) -> Option<String> {
+    e.attrs
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(attr))
+        .and_then(|(_, v)| v.first().cloned())
+}
+
+fn all(e: &SearchEntry, attr: &str) -> Vec<String> {
+    e.attrs
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(attr))
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default()
+}
+
+/// Values of a binary attribute (ldap3 files a value that happens to be valid UTF-8 as text).
+fn binary(e: &SearchEntry, attr: &str) -> Vec<Vec<u8>> {
+    let bin = e
+        .bin_attrs
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(attr))
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    let text = all(e, attr).into_iter().map(String::into_bytes);
+    bin.into_iter().chain(text).collect()
+}
+
+/// The value of the first RDN of `dn` when its attribute is `attr` (`cn=Dev,ou=…` → `Dev`).
+fn rdn_value(dn: &str, attr: &str) -> Option<String> {
+    let (a, rest) = dn.split_once('=')?;
+    if !a.trim().eq_ignore_ascii_case(attr) {
+        return None;
+    }
+    let mut out = String::new();
+    let mut chars = rest.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            ',' | '+' => break,
+            '\\' => {
+                let n = chars.next()?;
+                if n.is_ascii_hexdigit() {
+                    // A hex pair: collect the UTF-8 bytes.
+                    let m = chars.next()?;
+                    let b = u8::from_str_radix(&format!("{n}{m}"), 16).ok()?;
+                    let mut bytes = vec![b];
+                    // Multi-byte sequences arrive as several pairs.
+                    while std::str::from_utf8(&bytes).is_err() && bytes.len() < 4 {
+                        let (Some('\\'), Some(h), Some(l)) =
+                            (chars.next(), chars.next(), chars.next())
+                        else {
+                            return None;
+                        };
+                        bytes.push(u8::from_str_radix(&format!("{h}{l}"), 16).ok()?);
+                    }
+                    out.push_str(std::str::from_utf8(&bytes).ok()?);
+                } else {
+                    out.push(n);
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    Some(out.trim().to_owned())
+}
+
+impl LdapDirectory {
+    /// Builds the directory from its config; reads the service password and CA files. No
+    /// connection is opened until the first login.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the field at fault.
+    pub fn new(cfg: &DirectoryConfig) -> Result<Self, ConfigError> {
+        let resolved = cfg.resolve().map_err(ConfigError)?;
+        if cfg.groups.prefix.starts_with("system:") {
+            return Err(ConfigError(
+                "field `directory.groups.prefix`: `system:` names are reserved".into(),
+            ));
+        }
+        let password = std::fs::read_to_string(&cfg.bind_password_file).map_err(|e| {
+            ConfigError(format!(
+                "field `directory.bind_password_file`: cannot read {}: {e}",
+                cfg.bind_password_file.display()
+            ))
+        })?;
+        let password = password.trim_end_matches(['\n', '\r']).to_owned();
+        if password.is_empty() {
+            return Err(ConfigError(format!(
+                "field `directory.bind_password_file`: {} is empty (an empty password would be an anonymous bind)",
+                cfg.bind_password_file.display()
+            )));
+        }
+        let tls = cfg
+            .ca_file
+            .as_deref()
+            .map(rustls_config)
+            .transpose()?
+            .map(Arc::new);
+        let op_timeout = cfg.timeout.get();
+        let servers = Arc::new(Servers::new(
+            cfg.urls.clone(),
+            cfg.retry_dead_after.get(),
+            cfg.connect_timeout.get(),
+            cfg.start_tls,
+            tls,
+        ));
+        Ok(Self {
+            shaping: Shaping {
+                include: cfg.groups.include.clone(),
+                exclude: cfg.groups.exclude.clone(),
+                prefix: cfg.groups.prefix.clone(),
+                max: cfg.groups.max,
+                max_per_audience: cfg.groups.max_per_audience.clone(),
+            },
+            search: Pool::new(
+                servers.clone(),
+                Prepare::ServiceBind {
+                    dn: cfg.bind_dn.clone(),
+                    password,
+                },
+                cfg.pool_size,
+                op_timeout,
+            ),
+            binds: Pool::new(servers, Prepare::None, cfg.pool_size, op_timeout),
+            cfg: resolved,
+            op_timeout,
+        })
+    }
+
+    fn user_attrs(&self) -> Vec<String> {
+        let mut a = vec![
+            self.cfg.name_attribute.clone(),
+            self.cfg.id_attribute.clone(),
+        ];
+        if self.cfg.direct == DirectGroups::MemberOf {
+            a.push("memberOf".into());
+        }
+        match self.cfg.preset {
+            Preset::ActiveDirectory => a.extend(
+                [
+                    "userAccountControl",
+                    "msDS-User-Account-Control-Computed",
+                    "accountExpires",
+                    "lockoutTime",
+                ]
+                .map(String::from),
+            ),
+            Preset::Openldap => a.push("pwdAccountLockedTime".into()),
+        }
+        a
+    }
+
+    /// The one entry matching `filter` under the user base; `None` for none or several.
+    async fn find_user(&self, filter: String) -> Result<Option<SearchEntry>, DirectoryError> {
+        let filter = format!("(&{}{filter})", self.cfg.user_filter);
+        let attrs = &self.user_attrs();
+        let (base, filter) = (&self.cfg.user_base, &filter);
+        let t = self.op_timeout;
+        let entries = self
+            .search
+            .run(|mut ldap: Ldap| async move {
+                let res = ldap
+                    .with_timeout(t)
+                    .with_search_options(SearchOptions::new().sizelimit(2))
+                    .search(base, Scope::Subtree, filter, attrs)
+                    .await?;
+                // sizeLimitExceeded still delivers the entries found: more than one.
+                if res.1.rc != 0 && res.1.rc != 4 && res.1.rc != 32 {
+                    return Err(LdapError::LdapResult { result: res.1 });
+                }
+                Ok(res
+                    .0
+                    .into_iter()
+                    .filter(|e| !e.is_ref())
+                    .map(SearchEntry::construct)
+                    .collect::<Vec<_>>())
+            })
+            .await?;
+        if entries.len() > 1 {
+            tracing::warn!(
+                "a login name matched several directory entries; refused (check `directory.users.filter` and `login_attributes`)"
+            );
+            return Ok(None);
+        }
+        Ok(entries.into_iter().next())
+    }
+
+    fn stable_id(&self, e: &SearchEntry) -> Option<String> {
+        if self.cfg.preset == Preset::ActiveDirectory
+            && self.cfg.id_attribute.eq_ignore_ascii_case("objectGUID")
+        {
+            binary(e, "objectGUID")
+                .first()
+                .and_then(|b| ad::guid_to_string(b))
+        } else {
+            first(e, &self.cfg.id_attribute)
+        }
+    }
+
+    fn id_filter(&self, id: &str) -> Option<String> {
+        if self.cfg.preset == Preset::ActiveDirectory
+            && self.cfg.id_attribute.eq_ignore_ascii_case("objectGUID")
+        {
+            let raw = ad::guid_from_string(id)?;
+            Some(format!("(objectGUID={})", ad::escape_bytes(&raw)))
+        } else {
+            Some(format!("({}={})", self.cfg.id_attribute, ldap_escape(id)))
+        }
+    }
+
+    fn status(&self, e: &SearchEntry) -> DirectoryStatus {
+        let num = |a: &str| first(e, a).and_then(|v| v.trim().parse::<i64>().ok());
+        match self.cfg.preset {
+            Preset::ActiveDirectory => {
+                let uac = num("userAccountControl").unwrap_or(0);
+                if uac as u64 & ad::UAC_DISABLED != 0 {
+                    return DirectoryStatus::Disabled;
+                }
+                let locked = match num("msDS-User-Account-Control-Computed") {
+                    Some(c) => c as u64 & ad::UACC_LOCKOUT != 0,
+                    None => num("lockoutTime").is_some_and(|t| t > 0),
+                };
+                if locked {
+                    return DirectoryStatus::Locked;
+                }
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+                if first(e, "accountExpires").is_some_and(|v| ad::account_expired(&v, now)) {
+                    return DirectoryStatus::Expired;
+                }
+                DirectoryStatus::Active
+            }
+            Preset::Openldap => match first(e, "pwdAccountLockedTime") {
+                // ppolicy: this value is an administrative lock with no end.
+                Some(t) if t.starts_with("000001010000") => DirectoryStatus::Disabled,
+                Some(_) => DirectoryStatus::Locked,
+                None => DirectoryStatus::Active,
+            },
+        }
+    }
+
+    /// A paged search for groups matching `filter`; their DNs and names.
+    async fn group_search(&self, filter: &str) -> Result<Vec<(String, String)>, DirectoryError> {
+        let filter = &format!("(&{}{filter})", self.cfg.group_filter);
+        let (base, name) = (&self.cfg.group_base, &self.cfg.group_name_attribute);
+        let page = self.cfg.page_size;
+        let t = self.op_timeout;
+        self.search
+            .run(|mut ldap: Ldap| async move {
+                let adapters: Vec<Box<dyn Adapter<_, _>>> = vec![
+                    Box::new(EntriesOnly::new()),
+                    Box::new(PagedResults::new(page)),
+                ];
+                let mut stream = ldap
+                    .with_timeout(t)
+                    .streaming_search_with(adapters, base, Scope::Subtree, filter, vec![name])
+                    .await?;
+                let mut out = Vec::new();
+                while let Some(entry) = stream.next().await? {
+                    let e = SearchEntry::construct(entry);
+                    let n = first(&e, name).unwrap_or_default();
+                    out.push((e.dn, n));
+                }
+                stream.finish().await.success()?;
+                Ok(out)
+            })
+            .await
+    }
+
+    /// Groups containing any of `dns` directly, searched in batches.
+    async fn parents(&self, dns: &[String]) -> Result<Vec<(String, String)>, DirectoryError> {
+        let mut out = Vec::new();
+        for chunk in dns.chunks(DNS_PER_SEARCH) {
+            let mut f = String::from("(|");
+            for dn in chunk {
+                f.push_str(&format!(
+                    "({}={})",
+                    self.cfg.member_attribute,
+                    ldap_escape(dn.as_str())
+                ));
+            }
+            f.push(')');
+            out.extend(self.group_search(&f).await?);
+        }
+        Ok(out)
+    }
+
+    /// Names of the groups with these DNs: from the RDN when it is the name attribute, else by
+    /// reading each entry.
+    async fn names_of(&self, dns: &[String]) -> Result<Vec<(String, String)>, DirectoryError> {
+        let mut out = Vec::new();
+        for dn in dns {
+            if let Some(n) = rdn_value(dn, &self.cfg.group_name_attribute) {
+                out.push((dn.clone(), n));
+                continue;
+            }
+            let name = &self.cfg.group_name_attribute;
+            let t = self.op_timeout;
+            let found = self
+                .search
+                .run(|mut ldap: Ldap| async move {
+                    let r = ldap
+                        .with_timeout(t)
+                        .search(dn, Scope::Base, "(objectClass=*)", vec![name])
+                        .await?;
+                    Ok(r.0
+                        .into_iter()
+                        .filter(|e| !e.is_ref())
+                        .map(SearchEntry::construct)
+                        .next())
+                })
+                .await?;
+            if let Some(e) = found
+                && let Some(n) = first(&e, name)
+            {
+                out.push((dn.clone(), n));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every group of the user, nested ones included.
+    async fn groups(&self, entry: &SearchEntry) -> Result<Vec<String>, DirectoryError> {
+        let user_dn = entry.dn.as_str();
+        let direct = || async {
+            match self.cfg.direct {
+                DirectGroups::Member => {
+                    self.group_search(&format!(
+                        "({}={})",
+                        self.cfg.member_attribute,
+                        ldap_escape(user_dn)
+                    ))
+                    .await
+                }
+                DirectGroups::MemberOf => self.names_of(&all(entry, "memberOf")).await,
+            }
+        };
+        let found: Vec<(String, String)> = match self.cfg.nested {
+            NestedGroups::None => direct().await?,
+            NestedGroups::InChain => {
+                self.group_search(&format!(
+                    "({}:1.2.840.113556.1.4.1941:={})",
+                    self.cfg.member_attribute,
+                    ldap_escape(user_dn)
+                ))
+                .await?
+            }
+            NestedGroups::TokenGroups => self.token_groups_of(user_dn).await?,
+            NestedGroups::Iterative => {
+                let mut seen: HashSet<String> = HashSet::new();
+                let mut all_groups = Vec::new();
+                let mut frontier = Vec::new();
+                for (dn, name) in direct().await? {
+                    if seen.insert(dn.to_lowercase()) {
+                        frontier.push(dn.clone());
+                        all_groups.push((dn, name));
+                    }
+                }
+                let mut depth = 1;
+                while !frontier.is_empty() {
+                    if depth >= self.cfg.max_depth {
+                        tracing::warn!(
+                            user = %user_dn,
+                            max_depth = self.cfg.max_depth,
+                            "group nesting goes deeper than `directory.groups.max_depth`; deeper groups ignored"
+                        );
+                        break;
+                    }
+                    let mut next = Vec::new();
+                    for (dn, name) in self.parents(&frontier).await? {
+                        // A cycle (or a diamond) leads back to a group already seen.
+                        if seen.insert(dn.to_lowercase()) {
+                            next.push(dn.clone());
+                            all_groups.push((dn, name));
+                        }
+                    }
+                    frontier = next;
+                    depth += 1;
+                }
+                all_groups
+            }
+        };
+        let mut names: Vec<String> = found
+            .into_iter()
+            .map(|(_, n)| n)
+            .filter(|n| !n.is_empty())
+            .collect();
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
+
+    /// AD's `tokenGroups`: the SIDs of every group, nested included, then their names.
+    async fn token_groups_of(
+        &self,
+        user_dn: &str,
+    ) -> Result<Vec<(String, String)>, DirectoryError> {
+        let t = self.op_timeout;
+        let sids = self
+            .search
+            .run(|mut ldap: Ldap| async move {
+                let r = ldap
+                    .with_timeout(t)
+                    .search(user_dn, Scope::Base, "(objectClass=*)", vec!["tokenGroups"])
+                    .await?
+                    .success()?;
+                Ok(r.0
+                    .into_iter()
+                    .filter(|e| !e.is_ref())
+                    .map(SearchEntry::construct)
+                    .next()
+                    .map(|e| binary(&e, "tokenGroups"))
+                    .unwrap_or_default())
+            })
+            .await?;
+        let mut out = Vec::new();
+        for chunk in sids.chunks(DNS_PER_SEARCH) {
+            let mut f = String::from("(|");
+            for sid in chunk {
+                f.push_str(&format!("(objectSid={})", ad::escape_bytes(sid)));
+            }
+            f.push(')');
+            out.extend(self.group_search(&f).await?);
+        }
+        Ok(out)
+    }
+
+    async fn to_user(&self, entry: &SearchEntry) -> Result<DirectoryUser, DirectoryError> {
+        let id = self.stable_id(entry).ok_or_else(|| {
+            DirectoryError::Failed(format!(
+                "entry {} has no `{}` (field `directory.users.id_attribute`)",
+                entry.dn, self.cfg.id_attribute
+            ))
+        })?;
+        let name = first(entry, &self.cfg.name_attribute).ok_or_else(|| {
+            DirectoryError::Failed(format!(
+                "entry {} has no `{}` (field `directory.users.name_attribute`)",
+                entry.dn, self.cfg.name_attribute
+            ))
+        })?;
+        Ok(DirectoryUser {
+            id,
+            name,
+            dn: entry.dn.clone(),
+            groups: self.groups(entry).await?,
+            status: self.status(entry),
+        })
+    }
+
+    /// Binds as `dn` on a bind connection: `Ok(None)` on success, `Ok(Some(diagnostic))` when
+    /// the directory refused the credentials.
+    async fn bind(&self, dn: &str, password: &str) -> Result<Option<String>, DirectoryError> {
+        let t = self.op_timeout;
+        let res =
+            self.binds
+                .run(|mut ldap: Ldap| async move {
+                    ldap.with_timeout(t).simple_bind(dn, password).await
+                })
+                .await?;
+        match res.rc {
+            0 => Ok(None),
+            // invalidCredentials, and what some servers answer for locked or disabled entries.
+            49 | 50 | 53 => Ok(Some(res.text)),
+            rc => Err(DirectoryError::Failed(format!(
+                "user bind answered result {rc} {}",
+                res.text
+            ))),
+        }
+    }
+}
+
+#[async_trait]
+impl Directory for LdapDirectory {
+    async fn authenticate(
+        &self,
+        username: &str,
+        password: &str,
+    ) -> Result<DirectoryUser, DirectoryError> {
+        // An empty password would be an anonymous bind, which "succeeds": never send one.
+        if password.is_empty() || username.is_empty() || username.len() > 256 {
+            return Err(DirectoryError::InvalidCredentials);
+        }
+        let login = ldap_escape(username);
+        let mut f = String::from("(|");
+        for a in &self.cfg.login_attributes {
+            f.push_str(&format!("({a}={login})"));
+        }
+        f.push(')');
+        let Some(entry) = self.find_user(f).await? else {
+            // Spend what a wrong password costs, so the answer time tells nothing.
+            let dn = format!("{NO_SUCH_USER_RDN},{}", self.cfg.user_base);
+            let _ = self.bind(&dn, password).await?;
+            return Err(DirectoryError::InvalidCredentials);
+        };
+        if let Some(diagnostic) = self.bind(&entry.dn, password).await? {
+            // Sub-codes only AD gives, and only when the password was right.
+            return Err(match ad::bind_problem(&diagnostic) {
+                Some(p) if self.cfg.preset == Preset::ActiveDirectory => DirectoryError::Refused(p),
+                _ => DirectoryError::InvalidCredentials,
+            });
+        }
+        let user = self.to_user(&entry).await?;
+        // The password was right; the entry's own state may still forbid the login.
+        match user.status {
+            DirectoryStatus::Active => Ok(user),
+            DirectoryStatus::Disabled => Err(DirectoryError::Refused(AccountProblem::Disabled)),
+            DirectoryStatus::Locked => Err(DirectoryError::Refused(AccountProblem::Locked)),
+            DirectoryStatus::Expired => {
+                Err(DirectoryError::Refused(AccountProblem::AccountExpired))
+            }
+        }
+    }
+
+    async fn user_by_id(&self, id: &str) -> Result<Option<DirectoryUser>, DirectoryError> {
+        let Some(filter) = self.id_filter(id) else {
+            return Ok(None);
+        };
+        match self.find_user(filter).await? {
+            Some(e) => Ok(Some(self.to_user(&e).await?)),
+            None => Ok(None),
+        }
+    }
+
+    fn token_groups(&self, user: &DirectoryUser, audience: &str) -> (Vec<String>, usize) {
+        self.shaping.apply(&user.groups, audience)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rdn_values_are_unescaped() {
+        assert_eq!(rdn_value("cn=Dev,ou=g,dc=x", "cn").as_deref(), Some("Dev"));
+        assert_eq!(
+            rdn_value("CN=Domain Users,CN=Users,DC=x", "cn").as_deref(),
+            Some("Domain Users")
+        );
+        assert_eq!(rdn_value("cn=a\\,b,dc=x", "cn").as_deref(), Some("a,b"));
+        assert_eq!(
+            rdn_value("cn=caf\\c3\\a9,dc=x", "cn").as_deref(),
+            Some("café")
+        );
+        assert_eq!(rdn_value("ou=x,dc=y", "cn"), None);
+    }
+
+    #[test]
+    fn user_input_is_escaped_for_filters_and_dns() {
+        // RFC 4515: the characters that change a filter's meaning.
+        assert_eq!(ldap_escape("*"), "\\2a");
+        assert_eq!(ldap_escape(")("), "\\29\\28");
+        assert_eq!(ldap_escape("a\0b"), "a\\00b");
+        assert_eq!(ldap_escape("\\"), "\\5c");
+        // RFC 4514 for DNs.
+        assert_eq!(ldap3::dn_escape("a,b+c"), "a\\2cb\\2bc");
+        assert_eq!(ldap3::dn_escape(" lead"), "\\ lead");
+    }
+}

@@ -1,0 +1,272 @@
+//! Connections: servers tried in order with a back-off for dead ones, and bounded pools that
+//! drop a broken connection and open a fresh one (so a restarted server is used again at once).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use idbridge_core::DirectoryError;
+use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, LdapError};
+use tokio::sync::{Semaphore, SemaphorePermit};
+
+/// The servers, in order of preference.
+#[derive(Debug)]
+pub(crate) struct Servers {
+    urls: Vec<String>,
+    /// Per URL, until when it is skipped.
+    dead_until: Mutex<Vec<Option<Instant>>>,
+    retry_dead_after: Duration,
+    connect_timeout: Duration,
+    start_tls: bool,
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl Servers {
+    pub(crate) fn new(
+        urls: Vec<String>,
+        retry_dead_after: Duration,
+        connect_timeout: Duration,
+        start_tls: bool,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Self {
+        let n = urls.len();
+        Self {
+            urls,
+            dead_until: Mutex::new(vec![None; n]),
+            retry_dead_after,
+            connect_timeout,
+            start_tls,
+            tls,
+        }
+    }
+
+    fn settings(&self) -> LdapConnSettings {
+        let mut s = LdapConnSettings::new()
+            .set_conn_timeout(self.connect_timeout)
+            .set_starttls(self.start_tls);
+        if let Some(tls) = &self.tls {
+            s = s.set_config(tls.clone());
+        }
+        s
+    }
+
+    /// The URLs in the order to try now: live ones first, then those in their back-off (a dead
+    /// server is still better than none).
+    fn order(&self) -> Vec<usize> {
+        let now = Instant::now();
+        let dead = self
+            .dead_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (live, resting): (Vec<usize>, Vec<usize>) =
+            (0..self.urls.len()).partition(|&i| dead[i].is_none_or(|t| t <= now));
+        live.into_iter().chain(resting).collect()
+    }
+
+    fn mark(&self, i: usize, dead: bool) {
+        let mut d = self
+            .dead_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        d[i] = dead.then(|| Instant::now() + self.retry_dead_after);
+    }
+
+    /// A new connection to the first server that answers.
+    pub(crate) async fn connect(&self) -> Result<Ldap, DirectoryError> {
+        let mut failures = Vec::new();
+        for i in self.order() {
+            let url = &self.urls[i];
+            match LdapConnAsync::with_settings(self.settings(), url).await {
+                Ok((conn, ldap)) => {
+                    self.mark(i, false);
+                    tokio::spawn(async move {
+                        if let Err(e) = conn.drive().await {
+                            tracing::debug!(error = %e, "directory connection ended");
+                        }
+                    });
+                    return Ok(ldap);
+                }
+                Err(e) => {
+                    tracing::warn!(url = %url, error = %e, "directory server unreachable; trying the next");
+                    self.mark(i, true);
+                    failures.push(format!("{url}: {}", describe(&e)));
+                }
+            }
+        }
+        Err(DirectoryError::Unavailable(format!(
+            "no directory server answered ({})",
+            failures.join("; ")
+        )))
+    }
+}
+
+/// A short, secret-free description of a connection error.
+pub(crate) fn describe(e: &LdapError) -> String {
+    match e {
+        LdapError::Timeout { .. } => "timed out".to_owned(),
+        LdapError::Io { source } => source.to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// Whether an error means the connection is unusable (as opposed to an LDAP result code).
+pub(crate) fn broken(e: &LdapError) -> bool {
+    !matches!(e, LdapError::LdapResult { .. })
+}
+
+/// What a fresh connection needs before use: a bind as the service account, or nothing.
+#[derive(Debug)]
+pub(crate) enum Prepare {
+    /// Bind as the service account.
+    ServiceBind { dn: String, password: String },
+    /// Used for user binds only; each bind replaces the last.
+    None,
+}
+
+/// A bounded pool of connections for one purpose.
+#[derive(Debug)]
+pub(crate) struct Pool {
+    servers: Arc<Servers>,
+    prepare: Prepare,
+    idle: Mutex<Vec<Ldap>>,
+    permits: Semaphore,
+    op_timeout: Duration,
+}
+
+/// A connection taken from a pool; it goes back on drop unless marked broken.
+pub(crate) struct Conn<'a> {
+    pub(crate) ldap: Ldap,
+    pool: &'a Pool,
+    broken: bool,
+    _permit: SemaphorePermit<'a>,
+}
+
+impl std::fmt::Debug for Conn<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("broken", &self.broken)
+            .finish()
+    }
+}
+
+impl Conn<'_> {
+    /// Drops the connection instead of returning it.
+    pub(crate) fn discard(&mut self) {
+        self.broken = true;
+    }
+}
+
+impl Drop for Conn<'_> {
+    fn drop(&mut self) {
+        if !self.broken && !self.ldap.is_closed() {
+            self.pool
+                .idle
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(self.ldap.clone());
+        }
+    }
+}
+
+impl Pool {
+    pub(crate) fn new(
+        servers: Arc<Servers>,
+        prepare: Prepare,
+        size: usize,
+        op_timeout: Duration,
+    ) -> Self {
+        Self {
+            servers,
+            prepare,
+            idle: Mutex::new(Vec::new()),
+            permits: Semaphore::new(size),
+            op_timeout,
+        }
+    }
+
+    /// A connection: an idle one that is still open, or a new one.
+    pub(crate) async fn get(&self) -> Result<Conn<'_>, DirectoryError> {
+        let permit = tokio::time::timeout(self.op_timeout, self.permits.acquire())
+            .await
+            .map_err(|_| {
+                DirectoryError::Unavailable(
+                    "every directory connection is busy (field `directory.pool_size`)".into(),
+                )
+            })?
+            .map_err(|_| DirectoryError::Unavailable("the directory pool is closed".into()))?;
+        loop {
+            let next = self
+                .idle
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .pop();
+            match next {
+                Some(l) if !l.clone().is_closed() => {
+                    return Ok(Conn {
+                        ldap: l,
+                        pool: self,
+                        broken: false,
+                        _permit: permit,
+                    });
+                }
+                Some(_) => {}
+                None => break,
+            }
+        }
+        let mut ldap = self.servers.connect().await?;
+        if let Prepare::ServiceBind { dn, password } = &self.prepare {
+            let res = ldap
+                .with_timeout(self.op_timeout)
+                .simple_bind(dn, password)
+                .await
+                .map_err(|e| {
+                    DirectoryError::Unavailable(format!("service bind: {}", describe(&e)))
+                })?;
+            if res.rc != 0 {
+                return Err(DirectoryError::Failed(format!(
+                    "the directory refused the service account (fields `directory.bind_dn`, `directory.bind_password_file`): result {} {}",
+                    res.rc, res.text
+                )));
+            }
+        }
+        Ok(Conn {
+            ldap,
+            pool: self,
+            broken: false,
+            _permit: permit,
+        })
+    }
+
+    /// Runs `op` on a pooled connection; when the connection turns out broken (the server
+    /// restarted, the socket died), runs it once more on a fresh one, which may fail over.
+    pub(crate) async fn run<T, F, Fut>(&self, mut op: F) -> Result<T, DirectoryError>
+    where
+        F: FnMut(Ldap) -> Fut,
+        Fut: std::future::Future<Output = Result<T, LdapError>>,
+    {
+        let mut last = None;
+        for _ in 0..2 {
+            let mut conn = self.get().await?;
+            match op(conn.ldap.clone()).await {
+                Ok(v) => return Ok(v),
+                Err(e) if broken(&e) => {
+                    conn.discard();
+                    // A broken connection usually means the server went away: its siblings
+                    // are as stale, so the retry opens a fresh one.
+                    self.idle
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .clear();
+                    tracing::debug!(error = %e, "directory connection broken; retrying on a new one");
+                    last = Some(e);
+                }
+                Err(e) => {
+                    return Err(DirectoryError::Failed(describe(&e)));
+                }
+            }
+        }
+        Err(DirectoryError::Unavailable(format!(
+            "the directory stopped answering: {}",
+            last.map_or_else(String::new, |e| describe(&e))
+        )))
+    }
+}
