@@ -8,15 +8,23 @@ use serde_json::json;
 
 use crate::state::AppState;
 
-/// The grant types the token endpoint accepts.
-pub(crate) const GRANT_TYPES: [&str; 2] = [
+/// The grant types the token endpoint accepts (`password` only with a directory).
+pub(crate) const GRANT_TYPES: [&str; 3] = [
     "refresh_token",
     "urn:ietf:params:oauth:grant-type:token-exchange",
+    PASSWORD_GRANT,
 ];
+
+/// The resource owner password grant: LDAP / AD logins, for first-party clients.
+pub(crate) const PASSWORD_GRANT: &str = "password";
 
 pub(crate) async fn openid_configuration(State(state): State<AppState>) -> Response {
     let s = state.settings();
     let iss = s.issuer.trim_end_matches('/');
+    let grants: Vec<&str> = GRANT_TYPES
+        .into_iter()
+        .filter(|g| *g != PASSWORD_GRANT || s.directory.is_some())
+        .collect();
     (
         [(header::CACHE_CONTROL, "public, max-age=60")],
         Json(json!({
@@ -25,7 +33,7 @@ pub(crate) async fn openid_configuration(State(state): State<AppState>) -> Respo
             "token_endpoint": format!("{iss}/oauth2/token"),
             "revocation_endpoint": format!("{iss}/oauth2/revoke"),
             "introspection_endpoint": format!("{iss}/oauth2/introspect"),
-            "grant_types_supported": GRANT_TYPES,
+            "grant_types_supported": grants,
             "response_types_supported": ["token"],
             "subject_types_supported": ["public"],
             "id_token_signing_alg_values_supported": ["ES256"],

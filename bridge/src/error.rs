@@ -47,6 +47,9 @@ pub enum ApiError {
     /// A dependency (the store) is unavailable; retry later.
     #[error("{0}")]
     Unavailable(String),
+    /// Too many failed logins; retry after this many seconds.
+    #[error("too many failed logins; retry in {0} s")]
+    Throttled(u64),
     /// A bug or an unexpected failure; details are logged, not returned.
     #[error("internal error")]
     Internal,
@@ -85,6 +88,19 @@ impl IntoResponse for ApiError {
                         HeaderValue::from_static("Basic realm=\"idbridge\""),
                     );
                 }
+                return r;
+            }
+            Self::Throttled(secs) => {
+                let mut r = (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    Json(json!({"error": "too_many_requests", "error_description": self.to_string()})),
+                )
+                    .into_response();
+                if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                    r.headers_mut().insert(header::RETRY_AFTER, v);
+                }
+                r.headers_mut()
+                    .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
                 return r;
             }
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),

@@ -20,6 +20,7 @@ mod crypto;
 mod discovery;
 mod error;
 mod keys;
+mod ldap;
 mod metrics;
 mod oauth;
 mod ops;
@@ -29,6 +30,7 @@ mod server;
 mod sessions;
 mod settings;
 mod state;
+mod throttle;
 mod tls;
 mod tokens;
 
@@ -41,8 +43,9 @@ pub use metrics::Metrics;
 pub use ops::{AdminOps, CreatedToken, KeyInfo, OpsError, SessionInfo, UserRevocation};
 pub use review::{TokenReviewRequest, TokenReviewSpec, TokenReviewStatus, UserInfo};
 pub use server::{PeerInfo, serve};
-pub use settings::{Client, MayAct, ProxySettings, Secret, Settings, Who};
+pub use settings::{Client, DirectoryLogin, MayAct, ProxySettings, Secret, Settings, Who};
 pub use state::{AppState, app};
+pub use throttle::ThrottlePolicy;
 pub use tls::{
     ServerTls, TlsError, client_verifier, ensure_self_signed, server_config, verify_chain,
     write_private,

@@ -27,7 +27,8 @@ const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 /// A scope value selecting one group for an exchanged token.
 const GROUP_SCOPE: &str = "group:";
 
-#[derive(Debug, Deserialize)]
+// No `Debug`: the request holds secrets (passwords, tokens, client secrets).
+#[derive(Deserialize)]
 pub(crate) struct TokenRequest {
     grant_type: Option<String>,
     client_id: Option<String>,
@@ -40,6 +41,8 @@ pub(crate) struct TokenRequest {
     audience: Option<String>,
     requested_token_type: Option<String>,
     scope: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
 }
 
 fn oauth(status: StatusCode, error: &'static str, description: impl Into<String>) -> ApiError {
@@ -210,6 +213,32 @@ pub(crate) async fn token(
             .filter(|t| !t.is_empty())
             .ok_or_else(|| ApiError::invalid_request("refresh_token is required"))?;
         let pair = state.refresh(&client.id, &token, &ctx).await?;
+        return Ok(token_response(&pair, true));
+    }
+    if grant == crate::discovery::PASSWORD_GRANT {
+        let username = req
+            .username
+            .as_deref()
+            .ok_or_else(|| ApiError::invalid_request("username is required"))?;
+        // An empty password is a failed login (never an anonymous bind); the directory layer
+        // answers it like any wrong password.
+        let password = req
+            .password
+            .as_deref()
+            .ok_or_else(|| ApiError::invalid_request("password is required"))?;
+        let audience = target(&settings, client, req.audience.clone())?;
+        let pair = state
+            .password_login(
+                crate::ldap::PasswordLogin {
+                    client,
+                    username,
+                    password,
+                    audience,
+                    scope: req.scope.clone().unwrap_or_default(),
+                },
+                &ctx,
+            )
+            .await?;
         return Ok(token_response(&pair, true));
     }
     debug_assert_eq!(grant, TOKEN_EXCHANGE);

@@ -221,6 +221,15 @@ impl AppState {
             Some(a) if !a.disabled => a,
             _ => return Err(deny("the account is disabled", who)),
         };
+        // A directory login is only as good as the directory says it still is.
+        let mut session = session;
+        let login_groups = if session.amr.iter().any(|a| a == "ldap") {
+            let groups = self.recheck_directory(&account, &session, ctx).await?;
+            session.login_groups.clone_from(&groups);
+            Some(groups)
+        } else {
+            None
+        };
         let next_secret = new_secret(REFRESH_TOKEN_PREFIX);
         let grant = Grant::session(&account, &session);
         let mut pair = self.mint(&account, &session, grant, now.0)?;
@@ -237,7 +246,7 @@ impl AppState {
             grace_until: now.plus_secs(settings.refresh_grace.as_secs()),
             sealed,
             next: RefreshRecord::fresh(hash_token(&next_secret), session.id, now),
-            login_groups: None,
+            login_groups,
         };
         match self.store().spend_refresh(&spend).await? {
             SpendOutcome::Spent => {

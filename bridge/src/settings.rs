@@ -96,6 +96,8 @@ pub struct Settings {
     pub may_act: Vec<MayAct>,
     /// The trusted authenticating proxy, when enabled.
     pub proxy: Option<ProxySettings>,
+    /// LDAP / AD password logins, when a directory is configured.
+    pub directory: Option<DirectoryLogin>,
     /// A signing key signs this long before the next takes over.
     pub key_rotate_every: Duration,
     /// A new signing key is published this long before it signs.
@@ -141,6 +143,19 @@ pub struct MayAct {
     pub subjects: Who,
     /// Audiences the delegated token may carry.
     pub audiences: Vec<String>,
+}
+
+/// LDAP / AD password logins.
+#[derive(Clone, Debug)]
+pub struct DirectoryLogin {
+    /// The directory.
+    pub directory: std::sync::Arc<dyn idbridge_core::Directory>,
+    /// Create an account at a user's first login.
+    pub jit: bool,
+    /// With `existing` provisioning, link an unlinked account of the same name.
+    pub link_by_name: bool,
+    /// Failed-login limits.
+    pub throttle: crate::throttle::ThrottlePolicy,
 }
 
 /// The trusted authenticating proxy.
@@ -204,6 +219,7 @@ impl Settings {
             clients: vec![Client::cli(vec!["kubernetes".to_owned()])],
             may_act: Vec::new(),
             proxy: None,
+            directory: None,
             key_rotate_every: Duration::from_secs(30 * 86_400),
             key_publish_lead: Duration::from_secs(86_400),
         }

@@ -38,6 +38,8 @@ struct Inner {
     kek: RwLock<Option<Kek>>,
     // Key maintenance runs from a timer and from `keys rotate`; one at a time.
     key_lock: tokio::sync::Mutex<()>,
+    // Failed password logins; kept across reloads.
+    throttle: crate::throttle::Throttle,
 }
 
 /// The service's shared state; cheap to clone.
@@ -78,7 +80,12 @@ impl AppState {
             ready: AtomicBool::new(true),
             kek: RwLock::new(None),
             key_lock: tokio::sync::Mutex::new(()),
+            throttle: crate::throttle::Throttle::default(),
         }))
+    }
+
+    pub(crate) fn throttle(&self) -> &crate::throttle::Throttle {
+        &self.0.throttle
     }
 
     /// Current settings.

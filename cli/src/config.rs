@@ -32,6 +32,8 @@ pub struct Config {
     /// Who may act for whom (RFC 8693 delegation); nobody when empty.
     pub delegation: Vec<DelegationRule>,
     pub proxy: ProxyConfig,
+    /// LDAP / Active Directory for password logins; none by default.
+    pub directory: Option<idbridge_directory::DirectoryConfig>,
     pub kubernetes: KubernetesConfig,
     pub webhooks: WebhooksConfig,
     pub review_cache: ReviewCacheConfig,
@@ -59,6 +61,7 @@ impl Default for Config {
             clients: Vec::new(),
             delegation: Vec::new(),
             proxy: ProxyConfig::default(),
+            directory: None,
             kubernetes: KubernetesConfig::default(),
             webhooks: WebhooksConfig::default(),
             review_cache: ReviewCacheConfig::default(),
@@ -475,6 +478,7 @@ impl Config {
         let grants = [
             "refresh_token",
             "urn:ietf:params:oauth:grant-type:token-exchange",
+            "password",
         ];
         for (i, c) in self.clients.iter().enumerate() {
             if c.id.is_empty() || c.id.len() > 128 || c.id.chars().any(char::is_control) {

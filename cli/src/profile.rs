@@ -168,6 +168,10 @@ pub async fn bootstrap(
 
 /// Checks that every file the configuration names can be read and parsed, without writing.
 pub fn check_files(cfg: &Config) -> anyhow::Result<()> {
+    if let Some(d) = &cfg.directory {
+        // Checks every field and reads the password and CA files; connects to nothing.
+        idbridge_directory::LdapDirectory::new(d)?;
+    }
     for (field, path) in [
         ("tls.cert_file", &cfg.tls.cert_file),
         ("tls.key_file", &cfg.tls.key_file),

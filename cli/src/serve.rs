@@ -7,8 +7,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Args;
 use idbridge_bridge::{
-    AdminOps, AppState, Audit, AuditSink, Client, MayAct, ProxySettings, Rotate, Secret, Settings,
-    Who, app, client_verifier, serve,
+    AdminOps, AppState, Audit, AuditSink, Client, DirectoryLogin, MayAct, ProxySettings, Rotate,
+    Secret, Settings, ThrottlePolicy, Who, app, client_verifier, serve,
 };
 use idbridge_core::{Clock, SystemClock};
 use tokio::net::TcpListener;
@@ -108,8 +108,10 @@ fn settings(
         );
         client.id.clone_from(&c.id);
         client.secret = secret;
-        if let Some(g) = &c.grants {
-            client.grants.clone_from(g);
+        match &c.grants {
+            Some(g) => client.grants.clone_from(g),
+            // Passwords go only to clients named first-party by listing the grant.
+            None => client.grants.retain(|g| g != "password"),
         }
         s.clients.retain(|o| o.id != client.id);
         s.clients.push(client);
@@ -138,6 +140,19 @@ fn settings(
             user_header: cfg.proxy.user_header.clone(),
             group_header: cfg.proxy.group_header.clone(),
             jit: cfg.proxy.provisioning == Provisioning::Jit,
+        });
+    }
+    if let Some(d) = &cfg.directory {
+        let directory = idbridge_directory::LdapDirectory::new(d)?;
+        s.directory = Some(DirectoryLogin {
+            directory: std::sync::Arc::new(directory),
+            jit: d.provisioning == idbridge_directory::Provisioning::Jit,
+            link_by_name: d.link_by_name,
+            throttle: ThrottlePolicy {
+                per_source: d.throttle.per_source,
+                per_user_source: d.throttle.per_user_source,
+                window: d.throttle.window.get(),
+            },
         });
     }
     // When the TLS layer also trusts the proxy's CA, webhook callers must still come from the

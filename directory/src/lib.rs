@@ -635,6 +635,6 @@ mod tests {
         assert_eq!(ldap_escape("\\"), "\\5c");
         // RFC 4514 for DNs.
         assert_eq!(ldap3::dn_escape("a,b+c"), "a\\2cb\\2bc");
-        assert_eq!(ldap3::dn_escape(" lead"), "\\ lead");
+        assert_eq!(ldap3::dn_escape(" lead"), "\\20lead");
     }
 }

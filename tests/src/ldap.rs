@@ -233,16 +233,21 @@ pwdFailureCountInterval: 0
                 "ldap://127.0.0.1:{}/ ldaps://127.0.0.1:{}/",
                 self.port, self.ldaps_port
             ))
-            // Foreground, logging only to the file below.
+            // Foreground, logging operations (stats) to slapd.log.
             .arg("-d")
-            .arg("0")
+            .arg("stats")
             .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&log)?)
-            .stderr(std::fs::File::create(d.join("slapd.err"))?)
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)?,
+            )
             .kill_on_drop(true)
             .spawn()
             .context("cannot start slapd")?;
-        wait_port(self.port, &mut child, "slapd", &d.join("slapd.err")).await?;
+        wait_port(self.port, &mut child, "slapd", &log).await?;
         self.child = Some(child);
         Ok(())
     }
@@ -265,6 +270,22 @@ pwdFailureCountInterval: 0
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.stop().await?;
         self.run(&program("slapd")?).await
+    }
+
+    /// How many binds slapd has answered so far (from its operation log).
+    #[must_use]
+    pub fn binds(&self) -> usize {
+        std::fs::read_to_string(self.dir.path().join("slapd.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(" BIND dn="))
+            .count()
+    }
+
+    /// slapd's operation log.
+    #[must_use]
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("slapd.log")).unwrap_or_default()
     }
 
     /// `ldap://127.0.0.1:PORT`.

@@ -465,6 +465,27 @@ impl Idbridge {
         Ok(r.json().await?)
     }
 
+    /// The `password` grant (an LDAP / AD login) for the built-in client.
+    ///
+    /// # Errors
+    /// If the HTTP call fails.
+    pub async fn password_login(
+        &self,
+        username: &str,
+        password: &str,
+    ) -> anyhow::Result<reqwest::Response> {
+        Ok(self
+            .http
+            .post(self.url("/oauth2/token"))
+            .form(&[
+                ("grant_type", "password"),
+                ("username", username),
+                ("password", password),
+            ])
+            .send()
+            .await?)
+    }
+
     /// The `refresh_token` grant for the built-in client.
     ///
     /// # Errors

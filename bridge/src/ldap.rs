@@ -1,0 +1,262 @@
+//! LDAP / AD logins: the `password` grant for first-party clients, and the directory re-check on
+//! every refresh of a session that started with one.
+//!
+//! A wrong password, an unknown user and an empty password get one answer. Failures are
+//! throttled per source and per username and source (429 with `Retry-After`) before the
+//! directory is asked. A user whose password was right but whose account may not log in is
+//! told why. A directory that does not answer is a 503 and never a token.
+
+use idbridge_core::{
+    DirectoryError, DirectoryStatus, DirectoryUser, ExternalIdentity, NewAccount, Session,
+    UserAccount,
+};
+
+use crate::error::ApiError;
+use crate::sessions::{Login, TokenPair};
+use crate::settings::{Client, DirectoryLogin};
+use crate::state::{AppState, RequestCtx};
+
+/// The answer to every failed password check.
+const INVALID: &str = "invalid username or password";
+
+fn invalid_grant(description: impl Into<String>) -> ApiError {
+    ApiError::OAuth {
+        status: axum::http::StatusCode::BAD_REQUEST,
+        error: "invalid_grant",
+        description: description.into(),
+    }
+}
+
+fn unavailable(e: &DirectoryError) -> ApiError {
+    match e {
+        DirectoryError::Unavailable(m) => {
+            ApiError::Unavailable(format!("{m}; no token was issued, retry shortly"))
+        }
+        other => {
+            tracing::error!(error = %other, "directory error");
+            ApiError::Unavailable(
+                "the directory answered unexpectedly (details in the server log); no token was issued"
+                    .into(),
+            )
+        }
+    }
+}
+
+/// A password login, as the token endpoint received it.
+#[derive(Debug)]
+pub(crate) struct PasswordLogin<'a> {
+    pub client: &'a Client,
+    pub username: &'a str,
+    pub password: &'a str,
+    pub audience: String,
+    pub scope: String,
+}
+
+impl AppState {
+    /// The `password` grant: check the password with the directory, find or create the linked
+    /// account, start a session with `amr=ldap` and the user's shaped groups.
+    pub(crate) async fn password_login(
+        &self,
+        login: PasswordLogin<'_>,
+        ctx: &RequestCtx,
+    ) -> Result<TokenPair, ApiError> {
+        let settings = self.settings();
+        let Some(dir) = settings.directory.as_ref() else {
+            return Err(ApiError::OAuth {
+                status: axum::http::StatusCode::BAD_REQUEST,
+                error: "unsupported_grant_type",
+                description: "password logins need a directory (config section `directory`)".into(),
+            });
+        };
+        let source = ctx.source.map(|s| s.ip());
+        let deny = |reason: &str| {
+            let mut ev = ctx.event("login.ldap", "denied");
+            ev.account = Some(login.username);
+            ev.reason = Some(reason);
+            self.audit().record(&ev);
+        };
+        let started = std::time::Instant::now();
+        if let Err(wait) = self
+            .throttle()
+            .check(&dir.throttle, source, login.username, started)
+        {
+            deny("throttled");
+            return Err(ApiError::Throttled(wait));
+        }
+        let user = match dir
+            .directory
+            .authenticate(login.username, login.password)
+            .await
+        {
+            Ok(u) => u,
+            Err(DirectoryError::InvalidCredentials) => {
+                self.throttle()
+                    .fail(&dir.throttle, source, login.username, started);
+                deny(INVALID);
+                return Err(invalid_grant(INVALID));
+            }
+            Err(DirectoryError::Refused(problem)) => {
+                let why = problem.to_string();
+                deny(&why);
+                return Err(invalid_grant(why));
+            }
+            Err(e) => {
+                deny("directory unavailable");
+                return Err(unavailable(&e));
+            }
+        };
+        self.throttle().succeed(source, login.username);
+        let account = self.directory_account(dir, &user, ctx).await?;
+        if account.disabled {
+            deny("account is disabled in idbridge");
+            return Err(invalid_grant("your idbridge account is disabled"));
+        }
+        let groups = self.shaped_groups(dir, &user, &login.audience, &account, ctx);
+        self.start_session(
+            Login {
+                account: &account,
+                client_id: &login.client.id,
+                amr: "ldap",
+                audience: login.audience,
+                scope: login.scope,
+                login_groups: groups,
+            },
+            ctx,
+        )
+        .await
+    }
+
+    fn shaped_groups(
+        &self,
+        dir: &DirectoryLogin,
+        user: &DirectoryUser,
+        audience: &str,
+        account: &UserAccount,
+        ctx: &RequestCtx,
+    ) -> Vec<String> {
+        let (groups, dropped) = dir.directory.token_groups(user, audience);
+        if dropped > 0 {
+            let note = format!(
+                "{dropped} of {} groups left out of tokens for {audience:?} by the group cap",
+                groups.len() + dropped
+            );
+            tracing::warn!(account = %account.name, "{note}");
+            let mut ev = ctx.event("login.groups", "capped");
+            ev.account = Some(account.name.as_str());
+            ev.uid = Some(account.uid.to_string());
+            ev.reason = Some(&note);
+            self.audit().record(&ev);
+        }
+        groups
+    }
+
+    /// The account linked to a directory user: found by the entry's stable id, else created
+    /// (`jit`) or, with `link_by_name`, an unlinked account of the same name is linked.
+    async fn directory_account(
+        &self,
+        dir: &DirectoryLogin,
+        user: &DirectoryUser,
+        ctx: &RequestCtx,
+    ) -> Result<UserAccount, ApiError> {
+        let identity = ExternalIdentity::Directory {
+            id: user.id.clone(),
+        };
+        let refuse = |reason: &'static str| {
+            let mut ev = ctx.event("login.ldap", "denied");
+            ev.account = Some(user.name.as_str());
+            ev.reason = Some(reason);
+            self.audit().record(&ev);
+            invalid_grant(reason)
+        };
+        if let Some(a) = self.store().account_by_identity(&identity).await? {
+            return Ok(a);
+        }
+        let name: idbridge_core::AccountName = user.name.parse().map_err(|_| {
+            refuse("the directory name is not a valid account name; ask your administrator")
+        })?;
+        let linked_elsewhere = |a: &UserAccount| {
+            a.identities
+                .iter()
+                .any(|i| matches!(i, ExternalIdentity::Directory { .. }))
+        };
+        match self.store().account_by_name(&name).await? {
+            Some(mut a) if !dir.jit && dir.link_by_name && !linked_elsewhere(&a) => {
+                a.identities.insert(identity);
+                self.store().update_account(&a).await?;
+                self.invalidate();
+                let mut ev = ctx.event("account.link", "ok");
+                ev.account = Some(a.name.as_str());
+                ev.uid = Some(a.uid.to_string());
+                ev.reason = Some("linked to its directory entry by name at first login");
+                self.audit().record_durable(&ev).await;
+                Ok(a)
+            }
+            Some(_) => Err(refuse(
+                "an idbridge account of this name exists but is not linked to this directory entry; ask your administrator",
+            )),
+            None if dir.jit => {
+                let mut new = NewAccount::named(name);
+                new.identities.insert(identity);
+                let a = self.ops().add_account(new).await?;
+                let mut ev = ctx.event("account.add", "ok");
+                ev.account = Some(a.name.as_str());
+                ev.uid = Some(a.uid.to_string());
+                ev.reason = Some("first login from the directory");
+                self.audit().record_durable(&ev).await;
+                Ok(a)
+            }
+            None => Err(refuse(
+                "no idbridge account is linked to this directory user (directory provisioning is `existing`)",
+            )),
+        }
+    }
+
+    /// On refresh of a session that started with a directory login: read the user again.
+    /// Gone, disabled, locked or expired → the session is revoked and the refresh refused; a
+    /// directory that does not answer refuses the refresh without revoking. Otherwise the
+    /// groups as they are now.
+    pub(crate) async fn recheck_directory(
+        &self,
+        account: &UserAccount,
+        session: &Session,
+        ctx: &RequestCtx,
+    ) -> Result<Vec<String>, ApiError> {
+        let settings = self.settings();
+        let Some(dir) = settings.directory.as_ref() else {
+            return Err(invalid_grant(
+                "this session started with a directory login, and no directory is configured now; log in again",
+            ));
+        };
+        let id = account.identities.iter().find_map(|i| match i {
+            ExternalIdentity::Directory { id } => Some(id.as_str()),
+            _ => None,
+        });
+        let found = match id {
+            Some(id) => dir.directory.user_by_id(id).await.map_err(|e| {
+                let mut ev = ctx.event("token.refresh", "denied");
+                ev.account = Some(account.name.as_str());
+                ev.reason = Some("directory unavailable");
+                self.audit().record(&ev);
+                unavailable(&e)
+            })?,
+            None => None,
+        };
+        let why = match &found {
+            None => "the directory entry no longer exists".to_owned(),
+            Some(u) if u.status != DirectoryStatus::Active => {
+                format!("the directory account is {}", u.status)
+            }
+            Some(u) => return Ok(self.shaped_groups(dir, u, &session.audience, account, ctx)),
+        };
+        let now = self.clock().now();
+        self.store().revoke_session(session.id, &why, now).await?;
+        self.invalidate();
+        let mut ev = ctx.event("session.revoke", "ok");
+        ev.account = Some(account.name.as_str());
+        ev.uid = Some(account.uid.to_string());
+        ev.object = Some(format!("session={}", session.id));
+        ev.reason = Some(&why);
+        self.audit().record_durable(&ev).await;
+        Err(invalid_grant(format!("{why}; the session is revoked")))
+    }
+}
