@@ -5,6 +5,7 @@
 //! (`scripts/test` builds it first). A missing binary is a test failure that says how to build it.
 
 pub mod ldap;
+pub mod samba;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
