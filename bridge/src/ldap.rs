@@ -180,6 +180,8 @@ impl AppState {
                 .any(|i| matches!(i, ExternalIdentity::Directory { .. }))
         };
         match self.store().account_by_name(&name).await? {
+            // A concurrent first login of the same user created it meanwhile.
+            Some(a) if a.identities.contains(&identity) => Ok(a),
             Some(mut a) if !dir.jit && dir.link_by_name && !linked_elsewhere(&a) => {
                 a.identities.insert(identity);
                 self.store().update_account(&a).await?;
@@ -196,8 +198,17 @@ impl AppState {
             )),
             None if dir.jit => {
                 let mut new = NewAccount::named(name);
-                new.identities.insert(identity);
-                let a = self.ops().add_account(new).await?;
+                new.identities.insert(identity.clone());
+                let a = match self.ops().add_account(new).await {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Lost a race with a concurrent first login: use the account it made.
+                        return match self.store().account_by_identity(&identity).await? {
+                            Some(a) => Ok(a),
+                            None => Err(e.into()),
+                        };
+                    }
+                };
                 let mut ev = ctx.event("account.add", "ok");
                 ev.account = Some(a.name.as_str());
                 ev.uid = Some(a.uid.to_string());

@@ -366,3 +366,24 @@ async fn a_bad_directory_section_is_refused_at_start_naming_the_field() {
         assert!(err.contains(field), "{field}: {err}");
     }
 }
+
+#[tokio::test]
+async fn concurrent_first_logins_make_one_account() {
+    let slapd = Slapd::start().await.unwrap();
+    slapd.add_user("jo", "jo-pw-1").await.unwrap();
+    let dir = idbridge_tests::scratch();
+    let i = std::sync::Arc::new(start(dir.path(), &slapd, &[slapd.url()], "").await);
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let i = i.clone();
+        tasks.push(tokio::spawn(async move { login(&i, "jo", "jo-pw-1").await }));
+    }
+    let mut uids = std::collections::BTreeSet::new();
+    for t in tasks {
+        let (st, v) = t.await.unwrap();
+        assert_eq!(st, 200, "{v}");
+        let review = i.review(&s(&v, "access_token"), &[]).await.unwrap();
+        uids.insert(review["user"]["uid"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(uids.len(), 1, "{uids:?}");
+}
