@@ -28,13 +28,13 @@ const MIGRATIONS: &[(i64, &str)] = &[
 ///
 /// Reads share a small pool; every write goes through one connection, so writers queue in
 /// order inside the process instead of meeting SQLite's busy handler (which sleeps). Refresh
-/// spends, the hot write, are group-committed by one writer task. A write is acknowledged only
-/// after its commit is fsynced.
+/// spends and session starts, the hot writes, are group-committed by one writer task. A write
+/// is acknowledged only after its commit is fsynced.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
     writer: SqlitePool,
-    spends: tokio::sync::mpsc::Sender<SpendJob>,
+    writes: tokio::sync::mpsc::Sender<WriteJob>,
 }
 
 fn backend(e: sqlx::Error) -> StoreError {
@@ -49,31 +49,55 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
 }
 
-type SpendJob = (
-    Spend,
-    tokio::sync::oneshot::Sender<Result<SpendOutcome, StoreError>>,
+macro_rules! session_columns {
+    () => {
+        "id, account_uid, client_id, amr_json, audience, scope, login_groups_json, created_at, \
+         last_used_at, expires_at, revoked_at, revoked_reason"
+    };
+}
+
+/// A write the group-commit writer carries.
+#[derive(Debug)]
+enum Write {
+    /// Spend a refresh token.
+    Spend(Spend),
+    /// Start a session with its first refresh token.
+    Start(Box<(Session, RefreshRecord)>),
+}
+
+/// What a write came to.
+#[derive(Debug, Clone, Copy)]
+enum Done {
+    Spent(SpendOutcome),
+    Started,
+}
+
+type WriteJob = (
+    Write,
+    tokio::sync::oneshot::Sender<Result<Done, StoreError>>,
 );
 
-/// Most spends one commit carries.
-const SPEND_BATCH: usize = 256;
+/// Most writes one commit carries.
+const WRITE_BATCH: usize = 256;
 
-/// Spends refresh tokens with group commit: whatever queued while the previous commit was being
-/// fsynced goes into the next transaction, so many refreshes share one fsync and none waits for
-/// a timer. Each spend is still all-or-nothing and answered only after its commit.
-async fn spend_writer(writer: SqlitePool, mut jobs: tokio::sync::mpsc::Receiver<SpendJob>) {
-    let mut batch: Vec<SpendJob> = Vec::with_capacity(SPEND_BATCH);
-    while jobs.recv_many(&mut batch, SPEND_BATCH).await > 0 {
-        let spends: Vec<&Spend> = batch.iter().map(|j| &j.0).collect();
-        match spend_batch(&writer, &spends).await {
-            Ok(outcomes) => {
-                for ((_, reply), outcome) in batch.drain(..).zip(outcomes) {
-                    let _ = reply.send(Ok(outcome));
+/// Spends refresh tokens and starts sessions (the hot writes: every refresh and every login)
+/// with group commit: whatever queued while the previous commit was being fsynced goes into the
+/// next transaction, so many share one fsync and none waits for a timer. Each write is still
+/// all-or-nothing and answered only after its commit.
+async fn write_loop(writer: SqlitePool, mut jobs: tokio::sync::mpsc::Receiver<WriteJob>) {
+    let mut batch: Vec<WriteJob> = Vec::with_capacity(WRITE_BATCH);
+    while jobs.recv_many(&mut batch, WRITE_BATCH).await > 0 {
+        let writes: Vec<&Write> = batch.iter().map(|j| &j.0).collect();
+        match write_batch(&writer, &writes).await {
+            Ok(done) => {
+                for ((_, reply), d) in batch.drain(..).zip(done) {
+                    let _ = reply.send(Ok(d));
                 }
             }
-            // One bad spend must not fail its neighbours: retry each alone.
+            // One bad write must not fail its neighbours: retry each alone.
             Err(_) => {
-                for (spend, reply) in batch.drain(..) {
-                    let r = spend_batch(&writer, &[&spend]).await.map(|o| o[0]);
+                for (write, reply) in batch.drain(..) {
+                    let r = write_batch(&writer, &[&write]).await.map(|o| o[0]);
                     let _ = reply.send(r);
                 }
             }
@@ -81,53 +105,97 @@ async fn spend_writer(writer: SqlitePool, mut jobs: tokio::sync::mpsc::Receiver<
     }
 }
 
-async fn spend_batch(
-    writer: &SqlitePool,
-    spends: &[&Spend],
-) -> Result<Vec<SpendOutcome>, StoreError> {
+async fn write_batch(writer: &SqlitePool, writes: &[&Write]) -> Result<Vec<Done>, StoreError> {
     let mut tx = writer.begin().await.map_err(backend)?;
-    let mut out = Vec::with_capacity(spends.len());
-    for spend in spends {
-        // The first statement writes, so the transaction holds the write lock from the start and
-        // the check ("still unspent, session live") and the spend are one atomic step; spends
-        // later in the batch see the earlier ones.
-        let won = sqlx::query(
-            "UPDATE refresh_tokens SET spent_at = ?, grace_until = ?, grace_sealed = ?
-             WHERE hash = ? AND spent_at IS NULL
-               AND session_id IN (SELECT id FROM sessions WHERE revoked_at IS NULL)",
-        )
-        .bind(spend.at.0)
-        .bind(spend.grace_until.0)
-        .bind(&spend.sealed)
-        .bind(&spend.old.0[..])
-        .execute(&mut *tx)
-        .await
-        .map_err(backend)?
-        .rows_affected()
-            == 1;
-        if !won {
-            out.push(SpendOutcome::Lost);
-            continue;
-        }
-        insert_refresh(&mut tx, &spend.next).await?;
-        sqlx::query("UPDATE sessions SET last_used_at = ? WHERE id = ?")
-            .bind(spend.at.0)
-            .bind(spend.next.session.to_string())
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
-        if let Some(groups) = &spend.login_groups {
-            sqlx::query("UPDATE sessions SET login_groups_json = ? WHERE id = ?")
-                .bind(serde_json::to_string(groups).map_err(|e| corrupt("groups", e))?)
-                .bind(spend.next.session.to_string())
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?;
-        }
-        out.push(SpendOutcome::Spent);
+    let mut out = Vec::with_capacity(writes.len());
+    for w in writes {
+        out.push(match w {
+            Write::Spend(spend) => Done::Spent(spend_in(&mut tx, spend).await?),
+            Write::Start(start) => {
+                insert_session(&mut tx, &start.0, &start.1).await?;
+                Done::Started
+            }
+        });
     }
     tx.commit().await.map_err(backend)?;
     Ok(out)
+}
+
+async fn insert_session(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    session: &Session,
+    first: &RefreshRecord,
+) -> Result<(), StoreError> {
+    let id = session.id.to_string();
+    sqlx::query(concat!(
+        "INSERT INTO sessions (",
+        session_columns!(),
+        ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    ))
+    .bind(&id)
+    .bind(session.account.to_string())
+    .bind(&session.client_id)
+    .bind(serde_json::to_string(&session.amr).map_err(|e| corrupt("amr", e))?)
+    .bind(&session.audience)
+    .bind(&session.scope)
+    .bind(serde_json::to_string(&session.login_groups).map_err(|e| corrupt("groups", e))?)
+    .bind(session.created_at.0)
+    .bind(session.last_used_at.0)
+    .bind(session.expires_at.0)
+    .bind(session.revoked_at.map(|t| t.0))
+    .bind(session.revoked_reason.as_deref())
+    .execute(&mut **tx)
+    .await
+    .map_err(|e| {
+        if matches!(&e, sqlx::Error::Database(d) if d.is_foreign_key_violation()) {
+            StoreError::NotFound(format!("account {}", session.account))
+        } else {
+            conflict_or_backend(e, || format!("session {id}"))
+        }
+    })?;
+    insert_refresh(tx, first).await
+}
+
+async fn spend_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    spend: &Spend,
+) -> Result<SpendOutcome, StoreError> {
+    // The first statement writes, so the transaction holds the write lock from the start and
+    // the check ("still unspent, session live") and the spend are one atomic step; spends later
+    // in the batch see the earlier ones.
+    let won = sqlx::query(
+        "UPDATE refresh_tokens SET spent_at = ?, grace_until = ?, grace_sealed = ?
+         WHERE hash = ? AND spent_at IS NULL
+           AND session_id IN (SELECT id FROM sessions WHERE revoked_at IS NULL)",
+    )
+    .bind(spend.at.0)
+    .bind(spend.grace_until.0)
+    .bind(&spend.sealed)
+    .bind(&spend.old.0[..])
+    .execute(&mut **tx)
+    .await
+    .map_err(backend)?
+    .rows_affected()
+        == 1;
+    if !won {
+        return Ok(SpendOutcome::Lost);
+    }
+    insert_refresh(tx, &spend.next).await?;
+    sqlx::query("UPDATE sessions SET last_used_at = ? WHERE id = ?")
+        .bind(spend.at.0)
+        .bind(spend.next.session.to_string())
+        .execute(&mut **tx)
+        .await
+        .map_err(backend)?;
+    if let Some(groups) = &spend.login_groups {
+        sqlx::query("UPDATE sessions SET login_groups_json = ? WHERE id = ?")
+            .bind(serde_json::to_string(groups).map_err(|e| corrupt("groups", e))?)
+            .bind(spend.next.session.to_string())
+            .execute(&mut **tx)
+            .await
+            .map_err(backend)?;
+    }
+    Ok(SpendOutcome::Spent)
 }
 
 /// A uniqueness violation becomes `Conflict(what)`; anything else a backend failure.
@@ -140,6 +208,17 @@ fn conflict_or_backend(e: sqlx::Error, what: impl FnOnce() -> String) -> StoreEr
 }
 
 impl SqliteStore {
+    /// Hands a write to the group-commit writer and waits for its commit.
+    async fn write(&self, write: Write) -> Result<Done, StoreError> {
+        let stopped = || StoreError::Backend("the store writer has stopped".into());
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.writes
+            .send((write, reply))
+            .await
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
     /// Opens (creating if needed) the database file and brings its schema up to date.
     ///
     /// # Errors
@@ -166,12 +245,12 @@ impl SqliteStore {
             .connect_with(opts)
             .await
             .map_err(open)?;
-        let (spends, jobs) = tokio::sync::mpsc::channel(4 * SPEND_BATCH);
-        tokio::spawn(spend_writer(writer.clone(), jobs));
+        let (writes, jobs) = tokio::sync::mpsc::channel(4 * WRITE_BATCH);
+        tokio::spawn(write_loop(writer.clone(), jobs));
         let store = Self {
             pool,
             writer,
-            spends,
+            writes,
         };
         store.migrate().await?;
         Ok(store)
@@ -284,13 +363,6 @@ fn token_from_row(row: &SqliteRow) -> Result<StaticToken, StoreError> {
         expires_at: row.get::<Option<i64>, _>("expires_at").map(UnixTime),
         revoked_at: row.get::<Option<i64>, _>("revoked_at").map(UnixTime),
     })
-}
-
-macro_rules! session_columns {
-    () => {
-        "id, account_uid, client_id, amr_json, audience, scope, login_groups_json, created_at, \
-         last_used_at, expires_at, revoked_at, revoked_reason"
-    };
 }
 
 macro_rules! token_columns {
@@ -501,36 +573,9 @@ impl Store for SqliteStore {
         session: &Session,
         first: &RefreshRecord,
     ) -> Result<(), StoreError> {
-        let id = session.id.to_string();
-        let mut tx = self.writer.begin().await.map_err(backend)?;
-        sqlx::query(concat!(
-            "INSERT INTO sessions (",
-            session_columns!(),
-            ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-        ))
-        .bind(&id)
-        .bind(session.account.to_string())
-        .bind(&session.client_id)
-        .bind(serde_json::to_string(&session.amr).map_err(|e| corrupt("amr", e))?)
-        .bind(&session.audience)
-        .bind(&session.scope)
-        .bind(serde_json::to_string(&session.login_groups).map_err(|e| corrupt("groups", e))?)
-        .bind(session.created_at.0)
-        .bind(session.last_used_at.0)
-        .bind(session.expires_at.0)
-        .bind(session.revoked_at.map(|t| t.0))
-        .bind(session.revoked_reason.as_deref())
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| {
-            if matches!(&e, sqlx::Error::Database(d) if d.is_foreign_key_violation()) {
-                StoreError::NotFound(format!("account {}", session.account))
-            } else {
-                conflict_or_backend(e, || format!("session {id}"))
-            }
-        })?;
-        insert_refresh(&mut tx, first).await?;
-        tx.commit().await.map_err(backend)
+        self.write(Write::Start(Box::new((session.clone(), first.clone()))))
+            .await
+            .map(drop)
     }
 
     async fn session(&self, id: SessionId) -> Result<Option<Session>, StoreError> {
@@ -583,14 +628,12 @@ impl Store for SqliteStore {
     }
 
     async fn spend_refresh(&self, spend: &Spend) -> Result<SpendOutcome, StoreError> {
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        self.spends
-            .send((spend.clone(), reply))
-            .await
-            .map_err(|_| StoreError::Backend("the refresh writer has stopped".into()))?;
-        answer
-            .await
-            .map_err(|_| StoreError::Backend("the refresh writer has stopped".into()))?
+        match self.write(Write::Spend(spend.clone())).await? {
+            Done::Spent(outcome) => Ok(outcome),
+            Done::Started => Err(StoreError::Backend(
+                "the writer answered out of turn".into(),
+            )),
+        }
     }
 
     async fn revoke_session(

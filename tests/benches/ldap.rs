@@ -56,8 +56,12 @@ fn directory(slapd: &Slapd, groups: &str) -> LdapDirectory {
 async fn drive<F, Fut>(conns: u64, secs: u64, op: F) -> (f64, Vec<f64>)
 where
     F: Fn(usize) -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = Box<dyn FnMut() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send>>
-        + Send,
+    Fut: std::future::Future<
+            Output = Box<
+                dyn FnMut() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+                    + Send,
+            >,
+        > + Send,
 {
     let deadline = Instant::now() + Duration::from_secs(secs);
     let started = Instant::now();
@@ -93,9 +97,7 @@ fn main() {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let slapd = rt.block_on(Slapd::start()).unwrap();
-    let user_dn = rt
-        .block_on(slapd.add_user("bench", "bench-pw-1"))
-        .unwrap();
+    let user_dn = rt.block_on(slapd.add_user("bench", "bench-pw-1")).unwrap();
     for g in 0..GROUPS {
         rt.block_on(slapd.add_group(&format!("team-{g:02}"), &[&user_dn]))
             .unwrap();
@@ -136,9 +138,7 @@ fn main() {
         addr
     });
     let http = reqwest::Client::builder()
-        .tls_certs_only(
-            reqwest::Certificate::from_pem_bundle(&std::fs::read(ca).unwrap()).unwrap(),
-        )
+        .tls_certs_only(reqwest::Certificate::from_pem_bundle(&std::fs::read(ca).unwrap()).unwrap())
         .build()
         .unwrap();
     let url = format!("https://localhost:{}/oauth2/token", addr.port());
@@ -176,7 +176,8 @@ fn main() {
                         as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
                 })
                     as Box<
-                        dyn FnMut() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+                        dyn FnMut()
+                                -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
                             + Send,
                     >
             }
@@ -205,7 +206,10 @@ fn main() {
                             .search(
                                 &format!("ou=people,{SUFFIX}"),
                                 Scope::Subtree,
-                                &format!("(&(objectClass=inetOrgPerson)(uid={}))", ldap_escape("bench")),
+                                &format!(
+                                    "(&(objectClass=inetOrgPerson)(uid={}))",
+                                    ldap_escape("bench")
+                                ),
                                 vec!["uid", "entryUUID", "pwdAccountLockedTime"],
                             )
                             .await
@@ -223,7 +227,10 @@ fn main() {
                             .search(
                                 &format!("ou=groups,{SUFFIX}"),
                                 Scope::Subtree,
-                                &format!("(&(objectClass=groupOfNames)(member={}))", ldap_escape(e.dn.as_str())),
+                                &format!(
+                                    "(&(objectClass=groupOfNames)(member={}))",
+                                    ldap_escape(e.dn.as_str())
+                                ),
                                 vec!["cn"],
                             )
                             .await
@@ -235,7 +242,8 @@ fn main() {
                         as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
                 })
                     as Box<
-                        dyn FnMut() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+                        dyn FnMut()
+                                -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
                             + Send,
                     >
             }
@@ -250,7 +258,12 @@ fn main() {
     for r in 0..rounds {
         let (f, mut fl) = rt.block_on(drive(conns, secs, floor.clone()));
         let (l, mut ll) = rt.block_on(drive(conns, secs, login.clone()));
-        let (a, b, c, d) = (pct(&mut ll, 0.5), pct(&mut ll, 0.99), pct(&mut fl, 0.5), pct(&mut fl, 0.99));
+        let (a, b, c, d) = (
+            pct(&mut ll, 0.5),
+            pct(&mut ll, 0.99),
+            pct(&mut fl, 0.5),
+            pct(&mut fl, 0.99),
+        );
         eprintln!(
             "round {r}: idbridge {l:>7.0} logins/s p50 {a:.2} ms p99 {b:.2} ms | floor {f:>7.0}/s p50 {c:.2} ms p99 {d:.2} ms"
         );

@@ -376,7 +376,9 @@ async fn concurrent_first_logins_make_one_account() {
     let mut tasks = Vec::new();
     for _ in 0..10 {
         let i = i.clone();
-        tasks.push(tokio::spawn(async move { login(&i, "jo", "jo-pw-1").await }));
+        tasks.push(tokio::spawn(
+            async move { login(&i, "jo", "jo-pw-1").await },
+        ));
     }
     let mut uids = std::collections::BTreeSet::new();
     for t in tasks {
