@@ -21,7 +21,12 @@ async fn start_example(dir: &std::path::Path, file: &str) -> Idbridge {
 
 #[tokio::test]
 async fn example_configs_pass_the_check() {
-    for f in ["examples/simple.yaml", "examples/enterprise.yaml"] {
+    for f in [
+        "examples/simple.yaml",
+        "examples/enterprise.yaml",
+        "examples/openldap.yaml",
+        "examples/active-directory.yaml",
+    ] {
         let out = tokio::process::Command::new(idbridge_tests::idbridge_bin())
             .args(["serve", "--check", "--config", f])
             .current_dir(repo_root())
