@@ -56,6 +56,16 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// An OAuth `invalid_grant`.
+    #[must_use]
+    pub fn invalid_grant(description: impl Into<String>) -> Self {
+        Self::OAuth {
+            status: StatusCode::BAD_REQUEST,
+            error: "invalid_grant",
+            description: description.into(),
+        }
+    }
+
     /// An OAuth `invalid_request`.
     #[must_use]
     pub fn invalid_request(description: impl Into<String>) -> Self {

@@ -19,14 +19,6 @@ use crate::state::{AppState, RequestCtx};
 /// The answer to every failed password check.
 const INVALID: &str = "invalid username or password";
 
-fn invalid_grant(description: impl Into<String>) -> ApiError {
-    ApiError::OAuth {
-        status: axum::http::StatusCode::BAD_REQUEST,
-        error: "invalid_grant",
-        description: description.into(),
-    }
-}
-
 fn unavailable(e: &DirectoryError) -> ApiError {
     match e {
         DirectoryError::Unavailable(m) => {
@@ -93,12 +85,12 @@ impl AppState {
                 self.throttle()
                     .fail(&dir.throttle, source, login.username, started);
                 deny(INVALID);
-                return Err(invalid_grant(INVALID));
+                return Err(ApiError::invalid_grant(INVALID));
             }
             Err(DirectoryError::Refused(problem)) => {
                 let why = problem.to_string();
                 deny(&why);
-                return Err(invalid_grant(why));
+                return Err(ApiError::invalid_grant(why));
             }
             Err(e) => {
                 deny("directory unavailable");
@@ -109,7 +101,7 @@ impl AppState {
         let account = self.directory_account(dir, &user, ctx).await?;
         if account.disabled {
             deny("account is disabled in idbridge");
-            return Err(invalid_grant("your idbridge account is disabled"));
+            return Err(ApiError::invalid_grant("your idbridge account is disabled"));
         }
         let groups = self.shaped_groups(dir, &user, &login.audience, &account, ctx);
         self.start_session(
@@ -166,7 +158,7 @@ impl AppState {
             ev.account = Some(user.name.as_str());
             ev.reason = Some(reason);
             self.audit().record(&ev);
-            invalid_grant(reason)
+            ApiError::invalid_grant(reason)
         };
         if let Some(a) = self.store().account_by_identity(&identity).await? {
             return Ok(a);
@@ -234,7 +226,7 @@ impl AppState {
     ) -> Result<Vec<String>, ApiError> {
         let settings = self.settings();
         let Some(dir) = settings.directory.as_ref() else {
-            return Err(invalid_grant(
+            return Err(ApiError::invalid_grant(
                 "this session started with a directory login, and no directory is configured now; log in again",
             ));
         };
@@ -268,6 +260,8 @@ impl AppState {
         ev.object = Some(format!("session={}", session.id));
         ev.reason = Some(&why);
         self.audit().record_durable(&ev).await;
-        Err(invalid_grant(format!("{why}; the session is revoked")))
+        Err(ApiError::invalid_grant(format!(
+            "{why}; the session is revoked"
+        )))
     }
 }

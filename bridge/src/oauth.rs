@@ -57,10 +57,6 @@ fn invalid_client(description: &str) -> ApiError {
     oauth(StatusCode::UNAUTHORIZED, "invalid_client", description)
 }
 
-fn invalid_grant(description: impl Into<String>) -> ApiError {
-    oauth(StatusCode::BAD_REQUEST, "invalid_grant", description)
-}
-
 fn form_decode(s: &str) -> String {
     // client_secret_basic encodes id and secret with application/x-www-form-urlencoded first.
     let plus = s.replace('+', " ");
@@ -285,7 +281,9 @@ async fn exchange_static(
     scope: Option<String>,
 ) -> Result<TokenPair, ApiError> {
     if !subject.starts_with(STATIC_TOKEN_PREFIX) {
-        return Err(invalid_grant("subject_token is not a static token"));
+        return Err(ApiError::invalid_grant(
+            "subject_token is not a static token",
+        ));
     }
     let who = match state.authenticate_here(subject).await {
         Ok(w) => w,
@@ -294,14 +292,14 @@ async fn exchange_static(
             if refusal.denial == Denial::Unavailable {
                 return Err(ApiError::Unavailable(reason));
             }
-            return Err(invalid_grant(reason));
+            return Err(ApiError::invalid_grant(reason));
         }
     };
     let account = state
         .store()
         .account(who.uid)
         .await?
-        .ok_or_else(|| invalid_grant("account is disabled"))?;
+        .ok_or_else(|| ApiError::invalid_grant("account is disabled"))?;
     state
         .start_session(
             Login {
@@ -394,7 +392,7 @@ async fn exchange_access(
         }
         Err(d) => {
             deny(&d.to_string(), None);
-            return Err(invalid_grant(format!("subject_token: {d}")));
+            return Err(ApiError::invalid_grant(format!("subject_token: {d}")));
         }
     };
     let (groups, scope) = match narrow(&claims, req.scope.as_deref()) {
@@ -412,7 +410,7 @@ async fn exchange_access(
                     Ok(a) => (a.name.clone(), a.uid.to_string(), a.groups.clone()),
                     Err(_) => {
                         deny("actor_token is invalid", Some(&claims));
-                        return Err(invalid_grant("actor_token is invalid"));
+                        return Err(ApiError::invalid_grant("actor_token is invalid"));
                     }
                 }
             } else {
@@ -420,7 +418,7 @@ async fn exchange_access(
                     Ok(a) => (a.name, a.sub, a.groups),
                     Err(d) => {
                         deny("actor_token is invalid", Some(&claims));
-                        return Err(invalid_grant(format!("actor_token: {d}")));
+                        return Err(ApiError::invalid_grant(format!("actor_token: {d}")));
                     }
                 }
             };
@@ -436,7 +434,7 @@ async fn exchange_access(
                     claims.name
                 );
                 deny(&reason, Some(&claims));
-                return Err(invalid_grant(format!(
+                return Err(ApiError::invalid_grant(format!(
                     "{reason} (no delegation rule allows it)"
                 )));
             }
@@ -464,17 +462,17 @@ async fn exchange_access(
     let sid = claims
         .sid
         .parse()
-        .map_err(|_| invalid_grant("subject_token has no session"))?;
+        .map_err(|_| ApiError::invalid_grant("subject_token has no session"))?;
     let session = state
         .store()
         .session(sid)
         .await?
-        .ok_or_else(|| invalid_grant("subject_token: token is invalid or revoked"))?;
+        .ok_or_else(|| ApiError::invalid_grant("subject_token: token is invalid or revoked"))?;
     let account = state
         .store()
         .account(session.account)
         .await?
-        .ok_or_else(|| invalid_grant("subject_token: account is disabled"))?;
+        .ok_or_else(|| ApiError::invalid_grant("subject_token: account is disabled"))?;
     let actor_name = act.as_ref().map(|a| a.name.clone());
     let now = state.clock().now().0;
     let pair = state.mint(

@@ -68,14 +68,6 @@ pub(crate) struct Login<'a> {
     pub login_groups: Vec<String>,
 }
 
-fn invalid_grant(description: impl Into<String>) -> ApiError {
-    ApiError::OAuth {
-        status: axum::http::StatusCode::BAD_REQUEST,
-        error: "invalid_grant",
-        description: description.into(),
-    }
-}
-
 fn internal(what: &'static str) -> impl FnOnce(crate::keys::KeyError) -> ApiError {
     move |e| {
         tracing::error!(error = %e, "cannot {what}");
@@ -192,7 +184,7 @@ impl AppState {
             ev.account = who.map(|a| a.name.as_str());
             ev.uid = who.map(|a| a.uid.to_string());
             self.audit().record(&ev);
-            invalid_grant(reason)
+            ApiError::invalid_grant(reason)
         };
         if !token.starts_with(REFRESH_TOKEN_PREFIX) {
             return Err(deny("refresh_token is not an idbridge refresh token", None));
@@ -304,7 +296,9 @@ impl AppState {
             ev.uid = uid;
             ev.reason = Some("the session is revoked");
             self.audit().record(&ev);
-            return Err(invalid_grant("the session is revoked; log in again"));
+            return Err(ApiError::invalid_grant(
+                "the session is revoked; log in again",
+            ));
         }
         self.store()
             .revoke_session(session.id, "refresh token reused", now)
@@ -316,7 +310,7 @@ impl AppState {
         ev.object = Some(format!("session={}", session.id));
         ev.reason = Some("a spent refresh token was presented again; the session is revoked");
         self.audit().record_durable(&ev).await;
-        Err(invalid_grant(
+        Err(ApiError::invalid_grant(
             "refresh_token was already used; the session is revoked",
         ))
     }

@@ -208,6 +208,23 @@ fn conflict_or_backend(e: sqlx::Error, what: impl FnOnce() -> String) -> StoreEr
 }
 
 impl SqliteStore {
+    /// The one account a query with one text parameter finds.
+    async fn account_where(
+        &self,
+        sql: &'static str,
+        key: String,
+    ) -> Result<Option<UserAccount>, StoreError> {
+        let row = sqlx::query(sql)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        match row {
+            Some(r) => Ok(Some(self.load_account(&r).await?)),
+            None => Ok(None),
+        }
+    }
+
     /// Hands a write to the group-commit writer and waits for its commit.
     async fn write(&self, write: Write) -> Result<Done, StoreError> {
         let stopped = || StoreError::Backend("the store writer has stopped".into());
@@ -410,45 +427,28 @@ impl Store for SqliteStore {
     }
 
     async fn account(&self, uid: AccountUid) -> Result<Option<UserAccount>, StoreError> {
-        let row = sqlx::query("SELECT * FROM accounts WHERE uid = ?")
-            .bind(uid.to_string())
-            .fetch_optional(&self.pool)
+        self.account_where("SELECT * FROM accounts WHERE uid = ?", uid.to_string())
             .await
-            .map_err(backend)?;
-        match row {
-            Some(r) => Ok(Some(self.load_account(&r).await?)),
-            None => Ok(None),
-        }
     }
 
     async fn account_by_name(&self, name: &AccountName) -> Result<Option<UserAccount>, StoreError> {
-        let row = sqlx::query("SELECT * FROM accounts WHERE name = ?")
-            .bind(name.as_str())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(backend)?;
-        match row {
-            Some(r) => Ok(Some(self.load_account(&r).await?)),
-            None => Ok(None),
-        }
+        self.account_where(
+            "SELECT * FROM accounts WHERE name = ?",
+            name.as_str().to_owned(),
+        )
+        .await
     }
 
     async fn account_by_identity(
         &self,
         identity: &ExternalIdentity,
     ) -> Result<Option<UserAccount>, StoreError> {
-        let row = sqlx::query(
+        self.account_where(
             "SELECT a.* FROM accounts a JOIN identities i ON i.account_uid = a.uid \
              WHERE i.identity_key = ?",
+            identity.key(),
         )
-        .bind(identity.key())
-        .fetch_optional(&self.pool)
         .await
-        .map_err(backend)?;
-        match row {
-            Some(r) => Ok(Some(self.load_account(&r).await?)),
-            None => Ok(None),
-        }
     }
 
     async fn accounts(&self) -> Result<Vec<UserAccount>, StoreError> {

@@ -392,16 +392,8 @@ pwdFailureCountInterval: 0
             ca = self.ca_file.display().to_string(),
             pw = self.password_file.display().to_string(),
         );
-        for line in groups.lines() {
-            y.push_str("    ");
-            y.push_str(line);
-            y.push('\n');
-        }
-        for line in extra.lines() {
-            y.push_str("  ");
-            y.push_str(line);
-            y.push('\n');
-        }
+        crate::indent_into(&mut y, groups, "    ");
+        crate::indent_into(&mut y, extra, "  ");
         y
     }
 }

@@ -487,6 +487,20 @@ impl Idbridge {
             .await?)
     }
 
+    /// The `password` grant; the status and the JSON answer.
+    ///
+    /// # Errors
+    /// If the HTTP call fails or the answer is not JSON.
+    pub async fn password_login_json(
+        &self,
+        username: &str,
+        password: &str,
+    ) -> anyhow::Result<(u16, Value)> {
+        let r = self.password_login(username, password).await?;
+        let status = r.status().as_u16();
+        Ok((status, r.json().await?))
+    }
+
     /// The `refresh_token` grant for the built-in client.
     ///
     /// # Errors
@@ -577,6 +591,27 @@ pub fn client_trusting(ca_pem: &Path) -> anyhow::Result<reqwest::Client> {
         .tls_certs_only(reqwest::Certificate::from_pem_bundle(&pem)?)
         .timeout(Duration::from_secs(30))
         .build()?)
+}
+
+/// The text field `key` of a JSON answer.
+///
+/// # Panics
+/// If there is none: the message shows the whole answer.
+#[must_use]
+pub fn text(v: &Value, key: &str) -> String {
+    v[key]
+        .as_str()
+        .unwrap_or_else(|| panic!("no {key} in {v}"))
+        .to_owned()
+}
+
+/// Appends `lines` to a YAML document, each indented by `indent`.
+pub fn indent_into(yaml: &mut String, lines: &str, indent: &str) {
+    for line in lines.lines() {
+        yaml.push_str(indent);
+        yaml.push_str(line);
+        yaml.push('\n');
+    }
 }
 
 /// The repository root (where `examples/` lives).

@@ -9,16 +9,10 @@ use idbridge_tests::samba::SambaAd;
 use serde_json::Value;
 
 async fn login(i: &Idbridge, user: &str, pw: &str) -> (u16, Value) {
-    let r = i.password_login(user, pw).await.unwrap();
-    let st = r.status().as_u16();
-    (st, r.json().await.unwrap())
+    i.password_login_json(user, pw).await.unwrap()
 }
 
-fn s(v: &Value, k: &str) -> String {
-    v[k].as_str()
-        .unwrap_or_else(|| panic!("no {k} in {v}"))
-        .to_owned()
-}
+use idbridge_tests::text as s;
 
 #[tokio::test]
 async fn active_directory_preset_against_samba() {

@@ -29,16 +29,10 @@ async fn start_groups(
 }
 
 async fn login(i: &Idbridge, user: &str, pw: &str) -> (u16, Value) {
-    let r = i.password_login(user, pw).await.unwrap();
-    let st = r.status().as_u16();
-    (st, r.json().await.unwrap())
+    i.password_login_json(user, pw).await.unwrap()
 }
 
-fn s(v: &Value, k: &str) -> String {
-    v[k].as_str()
-        .unwrap_or_else(|| panic!("no {k} in {v}"))
-        .to_owned()
-}
+use idbridge_tests::text as s;
 
 #[tokio::test]
 async fn password_login_over_ldaps_gives_a_session_with_nested_groups() {
