@@ -34,8 +34,7 @@ fn unavailable(e: &DirectoryError) -> ApiError {
     }
 }
 
-/// A password login, as the token endpoint received it.
-#[derive(Debug)]
+/// A password login, as the token endpoint received it. No `Debug`: it holds the password.
 pub(crate) struct PasswordLogin<'a> {
     pub client: &'a Client,
     pub username: &'a str,

@@ -612,6 +612,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn debug_output_never_shows_the_service_password() {
+        let dir = std::env::temp_dir().join(format!("idb-dir-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pw = dir.join("pw");
+        std::fs::write(&pw, "s3rvice-secret\n").unwrap();
+        let yaml = format!(
+            "preset: openldap\nurls: [ldap://127.0.0.1:1]\nbind_dn: cn=svc\nbind_password_file: {}\nusers: {{base: 'dc=x'}}\n",
+            pw.display()
+        );
+        let cfg: DirectoryConfig = serde_yaml_ng::from_str(&yaml).unwrap();
+        let d = LdapDirectory::new(&cfg).unwrap();
+        let shown = format!("{d:?}");
+        assert!(shown.contains("cn=svc") && !shown.contains("s3rvice-secret"), "{shown}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn rdn_values_are_unescaped() {
         assert_eq!(rdn_value("cn=Dev,ou=g,dc=x", "cn").as_deref(), Some("Dev"));
         assert_eq!(

@@ -114,12 +114,25 @@ pub(crate) fn broken(e: &LdapError) -> bool {
 }
 
 /// What a fresh connection needs before use: a bind as the service account, or nothing.
-#[derive(Debug)]
 pub(crate) enum Prepare {
     /// Bind as the service account.
     ServiceBind { dn: String, password: String },
     /// Used for user binds only; each bind replaces the last.
     None,
+}
+
+// By hand: the service password must never reach a log line.
+impl std::fmt::Debug for Prepare {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::ServiceBind { dn, .. } => f
+                .debug_struct("ServiceBind")
+                .field("dn", dn)
+                .field("password", &"<redacted>")
+                .finish(),
+            Self::None => f.write_str("None"),
+        }
+    }
 }
 
 /// A bounded pool of connections for one purpose.
