@@ -14,7 +14,8 @@ pub struct DirectoryUser {
     pub name: String,
     /// The entry's DN.
     pub dn: String,
-    /// Every group the user is in, nested ones included, before shaping.
+    /// Every group the user is in, nested ones included, before shaping; empty unless `status`
+    /// is active (nothing uses the groups of an entry that may not log in).
     pub groups: Vec<String>,
     /// Whether the entry may log in now.
     pub status: DirectoryStatus,

@@ -519,12 +519,19 @@ impl LdapDirectory {
                 entry.dn, self.cfg.name_attribute
             ))
         })?;
+        let status = self.status(entry);
+        // An entry that may not log in is refused whatever its groups: skip resolving them.
+        let groups = if status == DirectoryStatus::Active {
+            self.groups(entry).await?
+        } else {
+            Vec::new()
+        };
         Ok(DirectoryUser {
             id,
             name,
             dn: entry.dn.clone(),
-            groups: self.groups(entry).await?,
-            status: self.status(entry),
+            groups,
+            status,
         })
     }
 
@@ -624,7 +631,10 @@ mod tests {
         let cfg: DirectoryConfig = serde_yaml_ng::from_str(&yaml).unwrap();
         let d = LdapDirectory::new(&cfg).unwrap();
         let shown = format!("{d:?}");
-        assert!(shown.contains("cn=svc") && !shown.contains("s3rvice-secret"), "{shown}");
+        assert!(
+            shown.contains("cn=svc") && !shown.contains("s3rvice-secret"),
+            "{shown}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

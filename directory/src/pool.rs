@@ -212,17 +212,15 @@ impl Pool {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .pop();
-            match next {
-                Some(l) if !l.clone().is_closed() => {
-                    return Ok(Conn {
-                        ldap: l,
-                        pool: self,
-                        broken: false,
-                        _permit: permit,
-                    });
-                }
-                Some(_) => {}
-                None => break,
+            let Some(mut ldap) = next else { break };
+            // A connection the server closed while idle is dropped here.
+            if !ldap.is_closed() {
+                return Ok(Conn {
+                    ldap,
+                    pool: self,
+                    broken: false,
+                    _permit: permit,
+                });
             }
         }
         let mut ldap = self.servers.connect().await?;

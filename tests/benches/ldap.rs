@@ -12,6 +12,8 @@
     missing_debug_implementations
 )] // a benchmark binary
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,6 +28,9 @@ use idbridge_tests::ldap::{SERVICE_DN, SUFFIX, Slapd};
 use ldap3::{LdapConnAsync, Scope, SearchEntry, ldap_escape};
 
 const GROUPS: usize = 20;
+
+/// One operation of a worker, run again and again.
+type Op = Box<dyn FnMut() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
 
 fn env_num(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -56,12 +61,7 @@ fn directory(slapd: &Slapd, groups: &str) -> LdapDirectory {
 async fn drive<F, Fut>(conns: u64, secs: u64, op: F) -> (f64, Vec<f64>)
 where
     F: Fn(usize) -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<
-            Output = Box<
-                dyn FnMut() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
-                    + Send,
-            >,
-        > + Send,
+    Fut: Future<Output = Op> + Send,
 {
     let deadline = Instant::now() + Duration::from_secs(secs);
     let started = Instant::now();
@@ -172,14 +172,8 @@ fn main() {
                         assert!(r.status().is_success(), "{}", r.text().await.unwrap());
                         let v: serde_json::Value = r.json().await.unwrap();
                         assert!(v["access_token"].is_string());
-                    })
-                        as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
-                })
-                    as Box<
-                        dyn FnMut()
-                                -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
-                            + Send,
-                    >
+                    }) as Pin<Box<dyn Future<Output = ()> + Send>>
+                }) as Op
             }
         }
     };
@@ -238,14 +232,8 @@ fn main() {
                             .success()
                             .unwrap();
                         assert_eq!(gs.len(), GROUPS);
-                    })
-                        as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
-                })
-                    as Box<
-                        dyn FnMut()
-                                -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
-                            + Send,
-                    >
+                    }) as Pin<Box<dyn Future<Output = ()> + Send>>
+                }) as Op
             }
         }
     };
