@@ -8,15 +8,20 @@ use serde_json::json;
 
 use crate::state::AppState;
 
-/// The grant types the token endpoint accepts (`password` only with a directory).
-pub(crate) const GRANT_TYPES: [&str; 3] = [
+/// The grant types the token endpoint accepts (`password` only with a directory, Kerberos only
+/// with a keytab).
+pub(crate) const GRANT_TYPES: [&str; 4] = [
     "refresh_token",
     "urn:ietf:params:oauth:grant-type:token-exchange",
     PASSWORD_GRANT,
+    KERBEROS_GRANT,
 ];
 
 /// The resource owner password grant: LDAP / AD logins, for first-party clients.
 pub(crate) const PASSWORD_GRANT: &str = "password";
+
+/// A SPNEGO token (in `kerberos_token`) exchanged for a session.
+pub(crate) const KERBEROS_GRANT: &str = "urn:idbridge:params:oauth:grant-type:kerberos";
 
 pub(crate) async fn openid_configuration(State(state): State<AppState>) -> Response {
     let s = state.settings();
@@ -24,6 +29,7 @@ pub(crate) async fn openid_configuration(State(state): State<AppState>) -> Respo
     let grants: Vec<&str> = GRANT_TYPES
         .into_iter()
         .filter(|g| *g != PASSWORD_GRANT || s.directory.is_some())
+        .filter(|g| *g != KERBEROS_GRANT || s.kerberos.is_some())
         .collect();
     (
         [(header::CACHE_CONTROL, "public, max-age=60")],

@@ -7,11 +7,11 @@
 //! told why. A directory that does not answer is a 503 and never a token.
 
 use idbridge_core::{
-    DirectoryError, DirectoryStatus, DirectoryUser, ExternalIdentity, NewAccount, Session,
-    UserAccount,
+    DirectoryError, DirectoryStatus, DirectoryUser, ExternalIdentity, Session, UserAccount,
 };
 
 use crate::error::ApiError;
+use crate::provision::Provision;
 use crate::sessions::{Login, TokenPair};
 use crate::settings::{Client, DirectoryLogin};
 use crate::state::{AppState, RequestCtx};
@@ -19,7 +19,7 @@ use crate::state::{AppState, RequestCtx};
 /// The answer to every failed password check.
 const INVALID: &str = "invalid username or password";
 
-fn unavailable(e: &DirectoryError) -> ApiError {
+pub(crate) fn unavailable(e: &DirectoryError) -> ApiError {
     match e {
         DirectoryError::Unavailable(m) => {
             ApiError::Unavailable(format!("{m}; no token was issued, retry shortly"))
@@ -97,7 +97,9 @@ impl AppState {
             }
         };
         self.throttle().succeed(source, login.username);
-        let account = self.directory_account(dir, &user, ctx).await?;
+        let account = self
+            .directory_account(&user, (dir.jit, dir.link_by_name), "login.ldap", ctx)
+            .await?;
         if account.disabled {
             deny("account is disabled in idbridge");
             return Err(ApiError::invalid_grant("your idbridge account is disabled"));
@@ -117,7 +119,7 @@ impl AppState {
         .await
     }
 
-    fn shaped_groups(
+    pub(crate) fn shaped_groups(
         &self,
         dir: &DirectoryLogin,
         user: &DirectoryUser,
@@ -143,74 +145,41 @@ impl AppState {
 
     /// The account linked to a directory user: found by the entry's stable id, else created
     /// (`jit`) or, with `link_by_name`, an unlinked account of the same name is linked.
-    async fn directory_account(
+    /// `policy` is `(jit, link_by_name)` of the login method; `event` its audit action.
+    pub(crate) async fn directory_account(
         &self,
-        dir: &DirectoryLogin,
         user: &DirectoryUser,
+        policy: (bool, bool),
+        event: &'static str,
         ctx: &RequestCtx,
     ) -> Result<UserAccount, ApiError> {
         let identity = ExternalIdentity::Directory {
             id: user.id.clone(),
         };
-        let refuse = |reason: &'static str| {
-            let mut ev = ctx.event("login.ldap", "denied");
-            ev.account = Some(user.name.as_str());
-            ev.reason = Some(reason);
-            self.audit().record(&ev);
-            ApiError::invalid_grant(reason)
-        };
         if let Some(a) = self.store().account_by_identity(&identity).await? {
             return Ok(a);
         }
-        let name: idbridge_core::AccountName = user.name.parse().map_err(|_| {
-            refuse("the directory name is not a valid account name; ask your administrator")
-        })?;
-        let linked_elsewhere = |a: &UserAccount| {
-            a.identities
-                .iter()
-                .any(|i| matches!(i, ExternalIdentity::Directory { .. }))
+        let Ok(name) = user.name.parse::<idbridge_core::AccountName>() else {
+            let reason = "the directory name is not a valid account name; ask your administrator";
+            let mut ev = ctx.event(event, "denied");
+            ev.account = Some(user.name.as_str());
+            ev.reason = Some(reason);
+            self.audit().record(&ev);
+            return Err(ApiError::invalid_grant(reason));
         };
-        match self.store().account_by_name(&name).await? {
-            // A concurrent first login of the same user created it meanwhile.
-            Some(a) if a.identities.contains(&identity) => Ok(a),
-            Some(mut a) if !dir.jit && dir.link_by_name && !linked_elsewhere(&a) => {
-                a.identities.insert(identity);
-                self.store().update_account(&a).await?;
-                self.invalidate();
-                let mut ev = ctx.event("account.link", "ok");
-                ev.account = Some(a.name.as_str());
-                ev.uid = Some(a.uid.to_string());
-                ev.reason = Some("linked to its directory entry by name at first login");
-                self.audit().record_durable(&ev).await;
-                Ok(a)
-            }
-            Some(_) => Err(refuse(
-                "an idbridge account of this name exists but is not linked to this directory entry; ask your administrator",
-            )),
-            None if dir.jit => {
-                let mut new = NewAccount::named(name);
-                new.identities.insert(identity.clone());
-                let a = match self.ops().add_account(new).await {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // Lost a race with a concurrent first login: use the account it made.
-                        return match self.store().account_by_identity(&identity).await? {
-                            Some(a) => Ok(a),
-                            None => Err(e.into()),
-                        };
-                    }
-                };
-                let mut ev = ctx.event("account.add", "ok");
-                ev.account = Some(a.name.as_str());
-                ev.uid = Some(a.uid.to_string());
-                ev.reason = Some("first login from the directory");
-                self.audit().record_durable(&ev).await;
-                Ok(a)
-            }
-            None => Err(refuse(
-                "no idbridge account is linked to this directory user (directory provisioning is `existing`)",
-            )),
-        }
+        self.provisioned_account(
+            Provision {
+                identity,
+                name: &name,
+                jit: policy.0,
+                link_by_name: policy.1,
+                event,
+                what: "directory entry",
+                section: "directory",
+            },
+            ctx,
+        )
+        .await
     }
 
     /// On refresh of a session that started with a directory login: read the user again.

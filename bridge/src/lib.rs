@@ -22,8 +22,10 @@ mod error;
 mod keys;
 mod ldap;
 mod metrics;
+mod negotiate;
 mod oauth;
 mod ops;
+mod provision;
 mod proxy;
 mod review;
 mod server;
@@ -43,7 +45,9 @@ pub use metrics::Metrics;
 pub use ops::{AdminOps, CreatedToken, KeyInfo, OpsError, SessionInfo, UserRevocation};
 pub use review::{TokenReviewRequest, TokenReviewSpec, TokenReviewStatus, UserInfo};
 pub use server::{PeerInfo, serve};
-pub use settings::{Client, DirectoryLogin, MayAct, ProxySettings, Secret, Settings, Who};
+pub use settings::{
+    Client, DirectoryLogin, KerberosLogin, MayAct, ProxySettings, Secret, Settings, Who,
+};
 pub use state::{AppState, app};
 pub use throttle::ThrottlePolicy;
 pub use tls::{

@@ -43,6 +43,7 @@ pub(crate) struct TokenRequest {
     scope: Option<String>,
     username: Option<String>,
     password: Option<String>,
+    kerberos_token: Option<String>,
 }
 
 fn oauth(status: StatusCode, error: &'static str, description: impl Into<String>) -> ApiError {
@@ -147,6 +148,11 @@ pub(crate) fn target(
 }
 
 pub(crate) fn token_response(pair: &TokenPair, refresh_grant: bool) -> Response {
+    no_store(token_body(pair, refresh_grant))
+}
+
+/// The fields of a successful token response (RFC 6749 section 5.1).
+pub(crate) fn token_body(pair: &TokenPair, refresh_grant: bool) -> Value {
     let mut body = json!({
         "access_token": pair.access_token,
         "token_type": "Bearer",
@@ -161,6 +167,11 @@ pub(crate) fn token_response(pair: &TokenPair, refresh_grant: bool) -> Response 
     if !pair.scope.is_empty() {
         body["scope"] = json!(pair.scope);
     }
+    body
+}
+
+/// A JSON body holding tokens: never cached.
+pub(crate) fn no_store(body: Value) -> Response {
     (
         [
             (header::CACHE_CONTROL, "no-store"),
@@ -236,6 +247,30 @@ pub(crate) async fn token(
             )
             .await?;
         return Ok(token_response(&pair, true));
+    }
+    if grant == crate::discovery::KERBEROS_GRANT {
+        let token = req
+            .kerberos_token
+            .as_deref()
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| ApiError::invalid_request("kerberos_token is required"))?;
+        let audience = target(&settings, client, req.audience.clone())?;
+        let (pair, mutual) = state
+            .kerberos_login(
+                crate::negotiate::KerberosRequest {
+                    client,
+                    token,
+                    audience,
+                    scope: req.scope.clone().unwrap_or_default(),
+                },
+                &ctx,
+            )
+            .await?;
+        let mut body = token_body(&pair, true);
+        if let Some(m) = mutual {
+            body["kerberos_mutual_token"] = json!(STANDARD.encode(m));
+        }
+        return Ok(no_store(body));
     }
     debug_assert_eq!(grant, TOKEN_EXCHANGE);
     if let Some(t) = req.requested_token_type.as_deref()

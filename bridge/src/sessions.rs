@@ -215,7 +215,15 @@ impl AppState {
         };
         // A directory login is only as good as the directory says it still is.
         let mut session = session;
-        let login_groups = if session.amr.iter().any(|a| a == "ldap") {
+        let from_directory = |amr: &String| {
+            amr == "ldap"
+                || (amr == "krb5"
+                    && settings
+                        .kerberos
+                        .as_ref()
+                        .is_some_and(|k| k.groups_from_directory))
+        };
+        let login_groups = if session.amr.iter().any(from_directory) {
             let groups = self.recheck_directory(&account, &session, ctx).await?;
             session.login_groups.clone_from(&groups);
             Some(groups)

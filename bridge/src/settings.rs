@@ -98,6 +98,8 @@ pub struct Settings {
     pub proxy: Option<ProxySettings>,
     /// LDAP / AD password logins, when a directory is configured.
     pub directory: Option<DirectoryLogin>,
+    /// Kerberos single sign-on, when a keytab is configured.
+    pub kerberos: Option<KerberosLogin>,
     /// A signing key signs this long before the next takes over.
     pub key_rotate_every: Duration,
     /// A new signing key is published this long before it signs.
@@ -156,6 +158,21 @@ pub struct DirectoryLogin {
     pub link_by_name: bool,
     /// Failed-login limits.
     pub throttle: crate::throttle::ThrottlePolicy,
+}
+
+/// Kerberos logins: the acceptor, and how principals become accounts.
+#[derive(Debug, Clone)]
+pub struct KerberosLogin {
+    /// Checks SPNEGO tokens against the keytab.
+    pub acceptor: std::sync::Arc<idbridge_kerberos::Acceptor>,
+    /// Allowed realms and mapping rules.
+    pub mapper: idbridge_kerberos::Mapper,
+    /// Create an account at a principal's first login.
+    pub jit: bool,
+    /// With `existing` provisioning, link an unlinked account of the same name.
+    pub link_by_name: bool,
+    /// Take the user and groups from the directory entry that holds the principal.
+    pub groups_from_directory: bool,
 }
 
 /// The trusted authenticating proxy.
@@ -220,6 +237,7 @@ impl Settings {
             may_act: Vec::new(),
             proxy: None,
             directory: None,
+            kerberos: None,
             key_rotate_every: Duration::from_secs(30 * 86_400),
             key_publish_lead: Duration::from_secs(86_400),
         }

@@ -23,7 +23,7 @@ use crate::metrics::Metrics;
 use crate::ops::{AdminOps, OpsError};
 use crate::server::PeerInfo;
 use crate::settings::Settings;
-use crate::{admin, discovery, oauth, proxy, review};
+use crate::{admin, discovery, negotiate, oauth, proxy, review};
 
 struct Inner {
     store: Arc<dyn Store>,
@@ -400,6 +400,7 @@ pub fn app(state: AppState) -> Router {
         .route("/oauth2/token", post(oauth::token))
         .route("/oauth2/revoke", post(oauth::revoke))
         .route("/oauth2/introspect", post(oauth::introspect))
+        .route("/login", get(negotiate::login))
         .route("/login/proxy", post(proxy::login))
         .route("/webhooks/tokenreview", post(review::token_review))
         .nest("/admin/v1", admin::routes())

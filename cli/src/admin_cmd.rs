@@ -208,22 +208,12 @@ impl Backend {
             })?
             .trim()
             .to_owned();
-        let mut b = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(30))
-            .user_agent(concat!("idbridge/", env!("CARGO_PKG_VERSION")));
         let ca = t.ca_file.clone().or_else(|| {
             let p = t.data_dir.join("ca.crt");
             p.exists().then_some(p)
         });
-        if let Some(ca) = ca {
-            let pem =
-                std::fs::read(&ca).with_context(|| format!("cannot read {}", ca.display()))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .with_context(|| format!("{}: not a PEM certificate bundle", ca.display()))?;
-            b = b.tls_certs_only(certs);
-        }
         Ok(Self::Remote {
-            http: b.build()?,
+            http: http_client(ca.as_deref())?,
             base: format!("{}/admin/v1", t.server.trim_end_matches('/')),
             token,
         })
@@ -371,6 +361,20 @@ async fn set_disabled(
     };
     eprintln!("{verb}d account {} (uid {})", a.name, a.uid);
     print_accounts(&[a], as_json)
+}
+
+/// An HTTP client for idbridge's API, trusting `ca` (a PEM bundle) or else the system's roots.
+pub(crate) fn http_client(ca: Option<&std::path::Path>) -> anyhow::Result<reqwest::Client> {
+    let mut b = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .user_agent(concat!("idbridge/", env!("CARGO_PKG_VERSION")));
+    if let Some(ca) = ca {
+        let pem = std::fs::read(ca).with_context(|| format!("cannot read {}", ca.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("{}: not a PEM certificate bundle", ca.display()))?;
+        b = b.tls_certs_only(certs);
+    }
+    Ok(b.build()?)
 }
 
 fn urlencode(s: &str) -> String {

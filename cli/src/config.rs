@@ -34,6 +34,8 @@ pub struct Config {
     pub proxy: ProxyConfig,
     /// LDAP / Active Directory for password logins; none by default.
     pub directory: Option<idbridge_directory::DirectoryConfig>,
+    /// Kerberos single sign-on (a keytab for the HTTP service); none by default.
+    pub kerberos: Option<idbridge_kerberos::KerberosConfig>,
     pub kubernetes: KubernetesConfig,
     pub webhooks: WebhooksConfig,
     pub review_cache: ReviewCacheConfig,
@@ -62,6 +64,7 @@ impl Default for Config {
             delegation: Vec::new(),
             proxy: ProxyConfig::default(),
             directory: None,
+            kerberos: None,
             kubernetes: KubernetesConfig::default(),
             webhooks: WebhooksConfig::default(),
             review_cache: ReviewCacheConfig::default(),
@@ -186,15 +189,7 @@ pub struct DelegationRule {
     pub audiences: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Provisioning {
-    /// Only accounts that already exist may log in.
-    #[default]
-    Existing,
-    /// A first login creates the account.
-    Jit,
-}
+pub use idbridge_core::Provisioning;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -2,6 +2,7 @@
 
 mod admin_cmd;
 mod config;
+mod login;
 mod profile;
 mod serve;
 
@@ -28,7 +29,8 @@ use clap::{Parser, Subcommand};
         idbridge user disable alice                      # her tokens fail at the next review\n  \
         idbridge session list --user alice\n  \
         idbridge revoke --user alice                     # every session and access token\n  \
-        idbridge keys rotate                             # next key signs after its publish lead"
+        idbridge keys rotate                             # next key signs after its publish lead\n  \
+        idbridge login --issuer https://idbridge.example.com   # Kerberos single sign-on"
 )]
 struct Cli {
     /// Log format on standard error.
@@ -92,6 +94,17 @@ enum Command {
         #[command(flatten)]
         target: admin_cmd::Target,
     },
+    /// Log in with the identity you already hold (a Kerberos ticket) and print or cache the
+    /// session's access token; silent, so kubectl can run it as an exec credential plugin.
+    ///
+    /// The session is cached per issuer: a fresh access token is reused, a stale one refreshed,
+    /// and only an ended session logs in again.
+    #[command(after_help = "Examples:\n  \
+        kinit alice@EXAMPLE.COM\n  \
+        idbridge login --issuer https://idbridge.example.com\n  \
+        idbridge login --issuer https://idbridge.example.com --output token\n  \
+        idbridge login --issuer https://127.0.0.1:8443 --ca-file idbridge-data/ca.crt --service HTTP@idbridge.example.com")]
+    Login(login::LoginArgs),
 }
 
 fn init_logging(format: LogFormat) {
@@ -127,6 +140,7 @@ fn main() -> ExitCode {
             Command::Session { cmd, target } => admin_cmd::session(cmd, &target).await,
             Command::Revoke { what, target } => admin_cmd::revoke(what, &target).await,
             Command::Keys { cmd, target } => admin_cmd::keys(cmd, &target).await,
+            Command::Login(args) => login::run(args).await,
         }
     });
     match result {

@@ -166,11 +166,42 @@ pub async fn bootstrap(
     })
 }
 
+/// The Kerberos login settings: the acceptor over the keytab, and the principal mapping.
+pub fn kerberos_login(
+    cfg: &Config,
+    k: &idbridge_kerberos::KerberosConfig,
+) -> anyhow::Result<idbridge_bridge::KerberosLogin> {
+    let mapper = idbridge_kerberos::Mapper::new(k)?;
+    let groups_from_directory = k.groups == idbridge_kerberos::GroupSource::Directory;
+    if groups_from_directory && cfg.directory.is_none() {
+        anyhow::bail!(
+            "field `kerberos.groups`: `directory` needs a `directory` section to look users up in"
+        );
+    }
+    let replay_cache = k
+        .replay_cache
+        .clone()
+        .unwrap_or_else(|| cfg.data_dir.join("krb5.rcache"));
+    let acceptor =
+        idbridge_kerberos::Acceptor::new(&k.keytab, Some(&replay_cache), "kerberos.keytab")?;
+    Ok(idbridge_bridge::KerberosLogin {
+        acceptor: std::sync::Arc::new(acceptor),
+        mapper,
+        jit: k.provisioning == idbridge_core::Provisioning::Jit,
+        link_by_name: k.link_by_name,
+        groups_from_directory,
+    })
+}
+
 /// Checks that every file the configuration names can be read and parsed, without writing.
 pub fn check_files(cfg: &Config) -> anyhow::Result<()> {
     if let Some(d) = &cfg.directory {
         // Checks every field and reads the password and CA files; connects to nothing.
         idbridge_directory::LdapDirectory::new(d)?;
+    }
+    if let Some(k) = &cfg.kerberos {
+        // Reads the keytab; writes nothing (the replay cache is created at the first login).
+        kerberos_login(cfg, k)?;
     }
     for (field, path) in [
         ("tls.cert_file", &cfg.tls.cert_file),

@@ -155,6 +155,9 @@ fn settings(
             },
         });
     }
+    if let Some(k) = &cfg.kerberos {
+        s.kerberos = Some(profile::kerberos_login(cfg, k)?);
+    }
     // When the TLS layer also trusts the proxy's CA, webhook callers must still come from the
     // webhook CA: their certificates are checked against it alone.
     if tls_trusts_proxy

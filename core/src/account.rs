@@ -68,6 +68,16 @@ impl fmt::Display for AccountUid {
 pub type Labels = BTreeMap<LabelKey, String>;
 
 /// An identity outside idbridge linked to exactly one account.
+/// Whether a login method's first login creates the account, or admits only users who have one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Provisioning {
+    /// A first login creates the account ("just in time").
+    Jit,
+    /// Only users whose account already exists (and is linked) may log in.
+    Existing,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ExternalIdentity {

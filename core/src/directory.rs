@@ -114,6 +114,12 @@ pub trait Directory: Send + Sync + fmt::Debug {
     /// Reads a user again by stable id (for refresh); `None` when the entry is gone.
     async fn user_by_id(&self, id: &str) -> Result<Option<DirectoryUser>, DirectoryError>;
 
+    /// Finds a user by Kerberos principal (for Kerberos logins); `None` when no entry has it.
+    async fn user_by_principal(
+        &self,
+        principal: &str,
+    ) -> Result<Option<DirectoryUser>, DirectoryError>;
+
     /// The user's groups as a token for `audience` carries them (include and exclude patterns,
     /// prefix, the per-audience cap), and how many the cap dropped.
     fn token_groups(&self, user: &DirectoryUser, audience: &str) -> (Vec<String>, usize);

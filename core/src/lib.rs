@@ -20,7 +20,7 @@ mod names;
 mod session;
 mod store;
 
-pub use account::{AccountUid, ExternalIdentity, Labels, NewAccount, UserAccount};
+pub use account::{AccountUid, ExternalIdentity, Labels, NewAccount, Provisioning, UserAccount};
 pub use clock::{Clock, FixedClock, SystemClock, UnixTime};
 pub use directory::{AccountProblem, Directory, DirectoryError, DirectoryStatus, DirectoryUser};
 pub use duration::HumanDuration;

@@ -81,7 +81,7 @@ pub struct DirectoryConfig {
     pub groups: GroupsConfig,
     /// `jit` creates an account at a user's first login; `existing` admits only users with an
     /// account already linked to their entry.
-    #[serde(default)]
+    #[serde(default = "jit")]
     pub provisioning: Provisioning,
     /// With `existing`, also link an account of the same name that is not yet linked to any
     /// directory entry (at its first login). Off by default: a directory user named like a
@@ -93,15 +93,10 @@ pub struct DirectoryConfig {
     pub throttle: ThrottleConfig,
 }
 
-/// `jit` or `existing`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Provisioning {
-    /// Create the account at first login.
-    #[default]
-    Jit,
-    /// Only users with an account.
-    Existing,
+pub use idbridge_core::Provisioning;
+
+fn jit() -> Provisioning {
+    Provisioning::Jit
 }
 
 /// Users: where they are and which attributes mean what.
@@ -122,6 +117,11 @@ pub struct UsersConfig {
     /// The entry's stable id (preset default: `entryUUID` or `objectGUID`).
     #[serde(default)]
     pub id_attribute: Option<String>,
+    /// The attribute holding the user's Kerberos principal, for Kerberos logins that take
+    /// their groups from the directory (preset default: `krbPrincipalName` or
+    /// `userPrincipalName`).
+    #[serde(default)]
+    pub principal_attribute: Option<String>,
 }
 
 /// Groups: where, which attributes, how nested, and how they are shaped for tokens.
@@ -259,6 +259,7 @@ pub(crate) struct Resolved {
     pub login_attributes: Vec<String>,
     pub name_attribute: String,
     pub id_attribute: String,
+    pub principal_attribute: String,
     pub group_base: String,
     pub group_filter: String,
     pub member_attribute: String,
@@ -351,6 +352,14 @@ impl DirectoryConfig {
                 .id_attribute
                 .clone()
                 .unwrap_or_else(|| if ad { "objectGUID" } else { "entryUUID" }.into()),
+            principal_attribute: self.users.principal_attribute.clone().unwrap_or_else(|| {
+                if ad {
+                    "userPrincipalName"
+                } else {
+                    "krbPrincipalName"
+                }
+                .into()
+            }),
             group_base: g.base.clone().unwrap_or_else(|| self.users.base.clone()),
             group_filter: g.filter.clone().unwrap_or_else(|| {
                 if ad {
@@ -397,6 +406,7 @@ impl DirectoryConfig {
             .chain([
                 ("users.name_attribute", &r.name_attribute),
                 ("users.id_attribute", &r.id_attribute),
+                ("users.principal_attribute", &r.principal_attribute),
                 ("groups.member_attribute", &r.member_attribute),
                 ("groups.name_attribute", &r.group_name_attribute),
             ])

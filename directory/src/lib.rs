@@ -609,6 +609,24 @@ impl Directory for LdapDirectory {
         }
     }
 
+    async fn user_by_principal(
+        &self,
+        principal: &str,
+    ) -> Result<Option<DirectoryUser>, DirectoryError> {
+        if principal.is_empty() {
+            return Ok(None);
+        }
+        let filter = format!(
+            "({}={})",
+            self.cfg.principal_attribute,
+            ldap_escape(principal)
+        );
+        match self.find_user(filter).await? {
+            Some(e) => Ok(Some(self.to_user(&e).await?)),
+            None => Ok(None),
+        }
+    }
+
     fn token_groups(&self, user: &DirectoryUser, audience: &str) -> (Vec<String>, usize) {
         self.shaping.apply(&user.groups, audience)
     }

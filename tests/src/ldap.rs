@@ -76,7 +76,12 @@ pub fn test_ca(dir: &Path, name: &str) -> anyhow::Result<(PathBuf, PathBuf, Path
 }
 
 /// Waits until something accepts TCP connections on `port`.
-async fn wait_port(port: u16, child: &mut Child, what: &str, log: &Path) -> anyhow::Result<()> {
+pub(crate) async fn wait_port(
+    port: u16,
+    child: &mut Child,
+    what: &str,
+    log: &Path,
+) -> anyhow::Result<()> {
     for _ in 0..200 {
         if tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await

@@ -4,6 +4,8 @@
 //! The `idbridge` binary is found through `IDBRIDGE_BIN`, or in the workspace's target directory
 //! (`scripts/test` builds it first). A missing binary is a test failure that says how to build it.
 
+pub mod kdc;
+pub mod kubectl;
 pub mod ldap;
 pub mod samba;
 

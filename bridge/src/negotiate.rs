@@ -1,0 +1,256 @@
+//! Kerberos logins: the `urn:idbridge:params:oauth:grant-type:kerberos` grant (a base64 SPNEGO
+//! token in `kerberos_token`; the server's mutual-authentication token back in
+//! `kerberos_mutual_token`), and HTTP Negotiate (RFC 4559) on `/login` for browsers and
+//! `curl --negotiate`.
+//!
+//! A SPNEGO token is only ever exchanged for idbridge's own session, never passed on as a bearer
+//! credential. NTLM is refused with a message saying Kerberos is required; a replayed
+//! authenticator is refused by the acceptor's replay cache.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use idbridge_core::{DirectoryStatus, ExternalIdentity, Principal, UserAccount};
+use idbridge_kerberos::{AcceptError, MapError};
+use serde_json::json;
+
+use crate::error::ApiError;
+use crate::provision::Provision;
+use crate::sessions::{Login, TokenPair};
+use crate::settings::{Client, KerberosLogin, Settings};
+use crate::state::{AppState, RequestCtx};
+
+/// A Kerberos login as the token endpoint or `/login` received it.
+pub(crate) struct KerberosRequest<'a> {
+    pub client: &'a Client,
+    /// The SPNEGO token, base64.
+    pub token: &'a str,
+    pub audience: String,
+    pub scope: String,
+}
+
+impl AppState {
+    /// Checks the SPNEGO token, maps the principal to its account, and starts a session with
+    /// `amr=krb5`. Returns the tokens and the mutual-authentication token for the client.
+    pub(crate) async fn kerberos_login(
+        &self,
+        req: KerberosRequest<'_>,
+        ctx: &RequestCtx,
+    ) -> Result<(TokenPair, Option<Vec<u8>>), ApiError> {
+        let settings = self.settings();
+        let Some(krb) = settings.kerberos.as_ref() else {
+            return Err(ApiError::OAuth {
+                status: StatusCode::BAD_REQUEST,
+                error: "unsupported_grant_type",
+                description: "Kerberos logins need a keytab (config section `kerberos`)".into(),
+            });
+        };
+        let deny = |reason: &str, who: Option<&str>| {
+            let mut ev = ctx.event("login.krb5", "denied");
+            ev.account = who;
+            ev.reason = Some(reason);
+            self.audit().record(&ev);
+        };
+        let Ok(bytes) = STANDARD.decode(req.token.trim()) else {
+            deny("kerberos_token is not base64", None);
+            return Err(ApiError::invalid_request(
+                "kerberos_token must be the base64 SPNEGO token",
+            ));
+        };
+        let accepted = match krb.acceptor.accept(bytes).await {
+            Ok(a) => a,
+            Err(AcceptError::Internal(detail)) => {
+                tracing::error!(%detail, "Kerberos accept failed");
+                return Err(ApiError::Internal);
+            }
+            Err(e) => {
+                tracing::info!(reason = %e, detail = %e.detail(), "Kerberos login refused");
+                deny(&e.to_string(), None);
+                return Err(ApiError::invalid_grant(e.to_string()));
+            }
+        };
+        let principal = accepted.principal;
+        if !krb.mapper.allows_realm(principal.realm()) {
+            let why = MapError::RealmNotAllowed(principal.realm().to_owned()).to_string();
+            deny(&why, Some(principal.as_str()));
+            return Err(ApiError::invalid_grant(why));
+        }
+        let (account, login_groups) = if krb.groups_from_directory {
+            self.kerberos_directory_account(&settings, krb, &principal, &req.audience, ctx)
+                .await?
+        } else {
+            let name = krb.mapper.account_name(&principal).map_err(|e| {
+                deny(&e.to_string(), Some(principal.as_str()));
+                ApiError::invalid_grant(e.to_string())
+            })?;
+            let account = self
+                .provisioned_account(
+                    Provision {
+                        identity: ExternalIdentity::Kerberos {
+                            principal: principal.clone(),
+                        },
+                        name: &name,
+                        jit: krb.jit,
+                        link_by_name: krb.link_by_name,
+                        event: "login.krb5",
+                        what: "Kerberos principal",
+                        section: "kerberos",
+                    },
+                    ctx,
+                )
+                .await?;
+            (account, Vec::new())
+        };
+        if account.disabled {
+            deny(
+                "account is disabled in idbridge",
+                Some(account.name.as_str()),
+            );
+            return Err(ApiError::invalid_grant("your idbridge account is disabled"));
+        }
+        let pair = self
+            .start_session(
+                Login {
+                    account: &account,
+                    client_id: &req.client.id,
+                    amr: "krb5",
+                    audience: req.audience,
+                    scope: req.scope,
+                    login_groups,
+                },
+                ctx,
+            )
+            .await?;
+        Ok((pair, accepted.mutual_token))
+    }
+
+    /// With `kerberos.groups: directory`: the directory entry holding the principal is the user
+    /// (one account whichever way they log in), and its groups are the session's.
+    async fn kerberos_directory_account(
+        &self,
+        settings: &Settings,
+        krb: &KerberosLogin,
+        principal: &Principal,
+        audience: &str,
+        ctx: &RequestCtx,
+    ) -> Result<(UserAccount, Vec<String>), ApiError> {
+        let refuse = |why: String| {
+            let mut ev = ctx.event("login.krb5", "denied");
+            ev.account = Some(principal.as_str());
+            ev.reason = Some(&why);
+            self.audit().record(&ev);
+            ApiError::invalid_grant(why)
+        };
+        let Some(dir) = settings.directory.as_ref() else {
+            return Err(refuse(
+                "Kerberos groups come from the directory, and no directory is configured".into(),
+            ));
+        };
+        let user = match dir.directory.user_by_principal(principal.as_str()).await {
+            Ok(Some(u)) => u,
+            Ok(None) => {
+                return Err(refuse(format!(
+                    "no directory entry holds the principal {principal}; ask your administrator"
+                )));
+            }
+            Err(e) => return Err(crate::ldap::unavailable(&e)),
+        };
+        if user.status != DirectoryStatus::Active {
+            return Err(refuse(format!("the directory account is {}", user.status)));
+        }
+        let mut account = self
+            .directory_account(&user, (krb.jit, krb.link_by_name), "login.krb5", ctx)
+            .await?;
+        let identity = ExternalIdentity::Kerberos {
+            principal: principal.clone(),
+        };
+        if !account.identities.contains(&identity) {
+            account = self
+                .link(
+                    account,
+                    identity,
+                    "linked to its Kerberos principal through the directory",
+                    ctx,
+                )
+                .await?;
+        }
+        let groups = self.shaped_groups(dir, &user, audience, &account, ctx);
+        Ok((account, groups))
+    }
+}
+
+/// `GET /login`: HTTP Negotiate. Without a token, a 401 challenge; with a good one, the token
+/// response of a session for `idbridge-cli` and the mutual-authentication token in
+/// `WWW-Authenticate`; with a bad one, 401 and a fresh challenge with the reason.
+pub(crate) async fn login(
+    State(state): State<AppState>,
+    ctx: RequestCtx,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let settings = state.settings();
+    if settings.kerberos.is_none() {
+        return Err(ApiError::NotFound(
+            "Kerberos logins are not configured (config section `kerberos`)".into(),
+        ));
+    }
+    let offered = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.split_once(' ')?;
+            scheme
+                .eq_ignore_ascii_case("negotiate")
+                .then(|| token.trim())
+        });
+    let Some(token) = offered else {
+        return Ok(challenge(
+            "this page logs you in with Kerberos: your client should answer with a Negotiate token (curl --negotiate -u : URL)",
+        ));
+    };
+    let client = crate::oauth::client(
+        &settings,
+        &HeaderMap::new(),
+        Some(crate::oauth::CLI_CLIENT),
+        None,
+    )?;
+    let audience = crate::oauth::target(&settings, client, None)?;
+    let result = state
+        .kerberos_login(
+            KerberosRequest {
+                client,
+                token,
+                audience,
+                scope: String::new(),
+            },
+            &ctx,
+        )
+        .await;
+    match result {
+        Ok((pair, mutual)) => {
+            let mut r = crate::oauth::token_response(&pair, true);
+            if let Some(m) = mutual
+                && let Ok(v) = HeaderValue::from_str(&format!("Negotiate {}", STANDARD.encode(m)))
+            {
+                r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+            }
+            Ok(r)
+        }
+        Err(ApiError::OAuth { description, .. }) => Ok(challenge(&description)),
+        Err(e) => Err(e),
+    }
+}
+
+/// A 401 asking for Negotiate, saying why.
+fn challenge(why: &str) -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        [
+            (header::WWW_AUTHENTICATE, "Negotiate"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        axum::Json(json!({"error": "unauthorized", "error_description": why})),
+    )
+        .into_response()
+}

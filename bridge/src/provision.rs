@@ -1,0 +1,108 @@
+//! The account behind an external identity, shared by the login methods: found by its link,
+//! created at a first login (`jit`), or, when allowed, an unlinked account of the same name
+//! linked to it.
+
+use idbridge_core::{AccountName, ExternalIdentity, NewAccount, UserAccount};
+
+use crate::error::ApiError;
+use crate::state::{AppState, RequestCtx};
+
+/// How one login method provisions accounts.
+pub(crate) struct Provision<'a> {
+    /// The identity that logged in.
+    pub identity: ExternalIdentity,
+    /// The account name it maps to.
+    pub name: &'a AccountName,
+    /// Whether a first login creates the account.
+    pub jit: bool,
+    /// Whether an account of the same name, not yet linked to an identity of this kind, may be
+    /// linked (only without `jit`).
+    pub link_by_name: bool,
+    /// The audit action of a refused login (`login.ldap`, `login.krb5`).
+    pub event: &'static str,
+    /// What the identity is, for messages ("directory entry", "Kerberos principal").
+    pub what: &'static str,
+    /// The config section that sets the policy.
+    pub section: &'static str,
+}
+
+impl AppState {
+    /// The account linked to `p.identity`, per the method's policy.
+    pub(crate) async fn provisioned_account(
+        &self,
+        p: Provision<'_>,
+        ctx: &RequestCtx,
+    ) -> Result<UserAccount, ApiError> {
+        let refuse = |reason: String| {
+            let mut ev = ctx.event(p.event, "denied");
+            ev.account = Some(p.name.as_str());
+            ev.reason = Some(&reason);
+            self.audit().record(&ev);
+            ApiError::invalid_grant(reason)
+        };
+        if let Some(a) = self.store().account_by_identity(&p.identity).await? {
+            return Ok(a);
+        }
+        let same_kind = |a: &UserAccount| {
+            a.identities
+                .iter()
+                .any(|i| std::mem::discriminant(i) == std::mem::discriminant(&p.identity))
+        };
+        match self.store().account_by_name(p.name).await? {
+            // A concurrent first login of the same user created it meanwhile.
+            Some(a) if a.identities.contains(&p.identity) => Ok(a),
+            Some(a) if !p.jit && p.link_by_name && !same_kind(&a) => {
+                let reason = format!("linked to its {} by name at first login", p.what);
+                self.link(a, p.identity, &reason, ctx).await
+            }
+            Some(_) => Err(refuse(format!(
+                "an idbridge account of this name exists but is not linked to this {}; ask your administrator",
+                p.what
+            ))),
+            None if p.jit => {
+                let mut new = NewAccount::named(p.name.clone());
+                new.identities.insert(p.identity.clone());
+                let a = match self.ops().add_account(new).await {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Lost a race with a concurrent first login: use the account it made.
+                        return match self.store().account_by_identity(&p.identity).await? {
+                            Some(a) => Ok(a),
+                            None => Err(e.into()),
+                        };
+                    }
+                };
+                let mut ev = ctx.event("account.add", "ok");
+                ev.account = Some(a.name.as_str());
+                ev.uid = Some(a.uid.to_string());
+                let reason = format!("first login of a {}", p.what);
+                ev.reason = Some(&reason);
+                self.audit().record_durable(&ev).await;
+                Ok(a)
+            }
+            None => Err(refuse(format!(
+                "no idbridge account is linked to this {} (`{}.provisioning` is `existing`)",
+                p.what, p.section
+            ))),
+        }
+    }
+
+    /// Adds `identity` to the account's links.
+    pub(crate) async fn link(
+        &self,
+        mut account: UserAccount,
+        identity: ExternalIdentity,
+        reason: &str,
+        ctx: &RequestCtx,
+    ) -> Result<UserAccount, ApiError> {
+        account.identities.insert(identity);
+        self.store().update_account(&account).await?;
+        self.invalidate();
+        let mut ev = ctx.event("account.link", "ok");
+        ev.account = Some(account.name.as_str());
+        ev.uid = Some(account.uid.to_string());
+        ev.reason = Some(reason);
+        self.audit().record_durable(&ev).await;
+        Ok(account)
+    }
+}

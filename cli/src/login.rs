@@ -1,0 +1,302 @@
+//! `idbridge login`: a session from the identity the user already holds, for kubectl and
+//! scripts.
+//!
+//! With `--method kerberos` the user's Kerberos ticket is exchanged at the token endpoint (the
+//! `urn:idbridge:params:oauth:grant-type:kerberos` grant) and the server's answer must prove
+//! its identity (mutual authentication). The session is cached per issuer and audience: while
+//! the access token is fresh it is printed again, then the refresh token renews it, and only
+//! when the session has ended does a new login happen. Everything stays silent, so kubectl can
+//! run this as an exec credential plugin.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use clap::{Args, ValueEnum};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+/// The grant type of a Kerberos login.
+const KERBEROS_GRANT: &str = "urn:idbridge:params:oauth:grant-type:kerberos";
+/// The built-in first-party client.
+const CLI_CLIENT: &str = "idbridge-cli";
+/// A cached access token is used again only while it has at least this long to live.
+const MIN_FRESH_SECS: u64 = 60;
+
+/// Flags of `idbridge login`.
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// The idbridge server, by its issuer URL.
+    #[arg(long, env = "IDBRIDGE_ISSUER")]
+    pub issuer: String,
+    /// How to log in. `kerberos`: with the ticket you already hold (kinit, or a domain login);
+    /// nothing is asked.
+    #[arg(long, value_enum, default_value = "kerberos")]
+    pub method: Method,
+    /// The Kerberos service to ask a ticket for [default: HTTP@<issuer host>, i.e. the
+    /// principal HTTP/<issuer host>@REALM].
+    #[arg(long, value_name = "SERVICE@HOST")]
+    pub service: Option<String>,
+    /// PEM CA bundle that issued the server's certificate (the simple profile's ca.crt)
+    /// [default: the system's roots].
+    #[arg(long, env = "IDBRIDGE_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Audience of the access token [default: the server's first audience].
+    #[arg(long)]
+    pub audience: Option<String>,
+    /// What to print on standard output [default: exec-credential when kubectl runs this
+    /// (KUBERNETES_EXEC_INFO is set), else summary].
+    #[arg(long, value_enum)]
+    pub output: Option<Output>,
+    /// Where sessions are cached [default: $XDG_CACHE_HOME/idbridge, else ~/.cache/idbridge].
+    #[arg(long, env = "IDBRIDGE_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Log in again even when a cached session could be used.
+    #[arg(long)]
+    pub fresh: bool,
+}
+
+/// A login method.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Method {
+    /// Kerberos single sign-on (SPNEGO).
+    Kerberos,
+}
+
+/// What `login` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// One line naming the user and the token's expiry (the token is cached, not printed).
+    Summary,
+    /// The access token alone.
+    Token,
+    /// An ExecCredential (client.authentication.k8s.io/v1) for kubectl.
+    ExecCredential,
+}
+
+/// A cached session. The file is readable by its owner only.
+#[derive(Serialize, Deserialize)]
+struct Cached {
+    access_token: String,
+    /// Unix seconds.
+    expires_at: u64,
+    refresh_token: Option<String>,
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+pub async fn run(args: LoginArgs) -> anyhow::Result<()> {
+    let issuer = args.issuer.trim_end_matches('/').to_owned();
+    let url = reqwest::Url::parse(&issuer).context("--issuer is not a URL")?;
+    let Some(host) = url.host_str().map(str::to_owned) else {
+        bail!("--issuer {issuer:?} names no host");
+    };
+    let http = crate::admin_cmd::http_client(args.ca_file.as_deref())?;
+    let token_url = format!("{issuer}/oauth2/token");
+    // Whose session: the ticket's principal (so another kinit never reuses it).
+    let Method::Kerberos = args.method;
+    let principal = idbridge_kerberos::default_principal().await?;
+    let cache = cache_file(
+        args.cache_dir.as_deref(),
+        &issuer,
+        args.audience.as_deref(),
+        &principal,
+    )?;
+    let output = args.output.unwrap_or_else(|| {
+        if std::env::var_os("KUBERNETES_EXEC_INFO").is_some() {
+            Output::ExecCredential
+        } else {
+            Output::Summary
+        }
+    });
+
+    let cached = if args.fresh { None } else { read_cache(&cache) };
+    let session = match cached {
+        Some(c) if c.expires_at > now() + MIN_FRESH_SECS => c,
+        Some(Cached {
+            refresh_token: Some(r),
+            ..
+        }) => match refresh(&http, &token_url, &r).await {
+            Ok(c) => c,
+            // The session ended (or was revoked): log in again.
+            Err(e) => {
+                tracing::debug!(error = %format!("{e:#}"), "cached session unusable; logging in");
+                kerberos(&http, &token_url, &args, &host).await?
+            }
+        },
+        _ => kerberos(&http, &token_url, &args, &host).await?,
+    };
+    write_cache(&cache, &session)?;
+    print(output, &session)
+}
+
+/// A Kerberos login: the SPNEGO token out, tokens and the mutual token back.
+async fn kerberos(
+    http: &reqwest::Client,
+    token_url: &str,
+    args: &LoginArgs,
+    host: &str,
+) -> anyhow::Result<Cached> {
+    let service = args
+        .service
+        .clone()
+        .unwrap_or_else(|| idbridge_kerberos::http_service(host));
+    let (initiator, token) = idbridge_kerberos::Initiator::start(&service).await?;
+    let mut form = vec![
+        ("grant_type", KERBEROS_GRANT.to_owned()),
+        ("client_id", CLI_CLIENT.to_owned()),
+        ("kerberos_token", STANDARD.encode(token)),
+    ];
+    if let Some(a) = &args.audience {
+        form.push(("audience", a.clone()));
+    }
+    let body = post(http, token_url, &form).await?;
+    let mutual = body
+        .get("kerberos_mutual_token")
+        .and_then(Value::as_str)
+        .context("the server sent no kerberos_mutual_token, so it did not prove its identity; refusing its tokens")?;
+    let mutual = STANDARD
+        .decode(mutual)
+        .context("kerberos_mutual_token is not base64")?;
+    initiator.finish(mutual).await?;
+    cached_from(&body)
+}
+
+async fn refresh(
+    http: &reqwest::Client,
+    token_url: &str,
+    refresh_token: &str,
+) -> anyhow::Result<Cached> {
+    let form = [
+        ("grant_type", "refresh_token".to_owned()),
+        ("client_id", CLI_CLIENT.to_owned()),
+        ("refresh_token", refresh_token.to_owned()),
+    ];
+    cached_from(&post(http, token_url, &form).await?)
+}
+
+/// POSTs a token request; an OAuth error becomes an error carrying its description.
+async fn post(http: &reqwest::Client, url: &str, form: &[(&str, String)]) -> anyhow::Result<Value> {
+    let resp = http
+        .post(url)
+        .form(form)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {url}"))?;
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    if !status.is_success() {
+        let why = body
+            .get("error_description")
+            .or_else(|| body.get("message"))
+            .and_then(Value::as_str)
+            .unwrap_or(&text);
+        bail!("the server refused the login ({status}): {why}");
+    }
+    Ok(body)
+}
+
+fn cached_from(body: &Value) -> anyhow::Result<Cached> {
+    let access_token = body
+        .get("access_token")
+        .and_then(Value::as_str)
+        .context("the token response has no access_token")?
+        .to_owned();
+    let expires_in = body.get("expires_in").and_then(Value::as_u64).unwrap_or(0);
+    Ok(Cached {
+        access_token,
+        expires_at: now() + expires_in,
+        refresh_token: body
+            .get("refresh_token")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+    })
+}
+
+/// The cache file of one issuer, audience and user.
+fn cache_file(
+    dir: Option<&Path>,
+    issuer: &str,
+    audience: Option<&str>,
+    user: &str,
+) -> anyhow::Result<PathBuf> {
+    let dir = match dir {
+        Some(d) => d.to_owned(),
+        None => std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .context("no cache directory: set --cache-dir, XDG_CACHE_HOME or HOME")?
+            .join("idbridge"),
+    };
+    let key: String = format!("{user} {issuer} {}", audience.unwrap_or(""))
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    Ok(dir.join(format!("session-{key}.json")))
+}
+
+fn read_cache(path: &Path) -> Option<Cached> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
+/// Writes the cache atomically, readable by its owner only.
+fn write_cache(path: &Path, session: &Cached) -> anyhow::Result<()> {
+    let dir = path.parent().context("cache path has no directory")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let tmp = path.with_extension("tmp");
+    {
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let mut f = opts
+            .open(&tmp)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        f.write_all(&serde_json::to_vec(session)?)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+fn print(output: Output, s: &Cached) -> anyhow::Result<()> {
+    let expiry = time::OffsetDateTime::from_unix_timestamp(i64::try_from(s.expires_at)?)?
+        .format(&time::format_description::well_known::Rfc3339)?;
+    match output {
+        Output::Token => println!("{}", s.access_token),
+        Output::ExecCredential => println!(
+            "{}",
+            json!({
+                "apiVersion": "client.authentication.k8s.io/v1",
+                "kind": "ExecCredential",
+                "status": {"token": s.access_token, "expirationTimestamp": expiry},
+            })
+        ),
+        Output::Summary => {
+            let claims = s
+                .access_token
+                .split('.')
+                .nth(1)
+                .and_then(|p| URL_SAFE_NO_PAD.decode(p).ok())
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                .unwrap_or(Value::Null);
+            let name = claims.get("name").and_then(Value::as_str).unwrap_or("?");
+            println!("logged in as {name}; access token valid until {expiry}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,525 @@
+//! Kerberos single sign-on against the real binary and a real MIT KDC: `kinit`, then
+//! `idbridge login` (or `curl --negotiate` on `/login`), then TokenReview; tickets that are
+//! missing, expired, for an unlisted realm or for a key the keytab lacks; garbage, truncated,
+//! NTLM and replayed tokens; a keytab rotated on disk; groups from the directory.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // end-to-end tests fail loudly by design
+
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use idbridge_tests::Idbridge;
+use idbridge_tests::kdc::{Kdc, curl_negotiate_token};
+use serde_json::Value;
+use tokio::process::Command;
+
+const REALM: &str = "IDBRIDGE.TEST";
+const ALICE_PW: &str = "alice-kerberos-pw";
+
+/// A realm with the service `HTTP/localhost` in a keytab and the user alice.
+struct Realm {
+    kdc: Kdc,
+    keytab: PathBuf,
+}
+
+async fn realm() -> Realm {
+    let kdc = Kdc::start(REALM).await.unwrap();
+    kdc.add_service("HTTP/localhost").await.unwrap();
+    let keytab = kdc.dir().join("http.keytab");
+    kdc.export_keytab(&keytab, &["HTTP/localhost"])
+        .await
+        .unwrap();
+    kdc.add_user("alice", ALICE_PW).await.unwrap();
+    Realm { kdc, keytab }
+}
+
+impl Realm {
+    /// alice's ticket cache, freshly kinit'ed.
+    async fn alice(&self) -> PathBuf {
+        self.kinit("alice", ALICE_PW).await
+    }
+
+    /// A fresh ticket cache of `who@REALM`.
+    async fn kinit(&self, who: &str, password: &str) -> PathBuf {
+        let cc = self.kdc.dir().join(format!("{}.cc", who.replace('/', "-")));
+        self.kdc
+            .kinit(&format!("{who}@{REALM}"), password, &cc, None)
+            .await
+            .unwrap();
+        cc
+    }
+
+    fn yaml(&self, extra: &str) -> String {
+        format!(
+            "bootstrap_admin: true\nsessions:\n  refresh_grace: 0s\nkerberos:\n  keytab: {}\n  realms: [{REALM}]\n{extra}",
+            self.keytab.display()
+        )
+    }
+
+    async fn serve(&self, dir: &Path, extra: &str) -> Idbridge {
+        Idbridge::start_with(
+            dir,
+            idbridge_tests::Options {
+                config: Some(self.yaml(extra)),
+                env: self.kdc.env(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+    }
+}
+
+/// The server's URL with the host name its service principal has.
+fn localhost(i: &Idbridge) -> String {
+    i.base.replace("127.0.0.1", "localhost")
+}
+
+/// Runs `idbridge login` as a user with the ticket cache `ccache`.
+async fn login(
+    realm: &Realm,
+    i: &Idbridge,
+    ccache: &Path,
+    extra: &[&str],
+) -> (i32, String, String) {
+    let out = Command::new(idbridge_tests::idbridge_bin())
+        .args(["login", "--issuer", &localhost(i), "--ca-file"])
+        .arg(i.data_dir.join("ca.crt"))
+        .arg("--cache-dir")
+        .arg(i.root.join("login-cache"))
+        .args(extra)
+        .envs(realm.kdc.env())
+        .env("KRB5CCNAME", format!("FILE:{}", ccache.display()))
+        .env_remove("KUBERNETES_EXEC_INFO")
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Posts the Kerberos grant with a raw token.
+async fn grant(i: &Idbridge, token: &str) -> (u16, Value) {
+    let resp = i
+        .http
+        .post(i.url("/oauth2/token"))
+        .form(&[
+            (
+                "grant_type",
+                "urn:idbridge:params:oauth:grant-type:kerberos",
+            ),
+            ("client_id", "idbridge-cli"),
+            ("kerberos_token", token),
+        ])
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.json().await.unwrap())
+}
+
+use idbridge_tests::text as s;
+
+#[tokio::test]
+async fn kinit_then_login_gives_a_token_that_tokenreview_accepts() {
+    let realm = realm().await;
+    let dir = idbridge_tests::scratch();
+    let accounts = dir.path().join("accounts.yaml");
+    std::fs::write(
+        &accounts,
+        format!(
+            "- name: alice\n  groups: [dev, ops]\n  identities: [{{kind: kerberos, principal: alice@{REALM}}}]\n"
+        ),
+    )
+    .unwrap();
+    let i = realm
+        .serve(
+            dir.path(),
+            &format!("accounts_file: {}\n", accounts.display()),
+        )
+        .await;
+    let discovery = i
+        .get_json("/.well-known/openid-configuration")
+        .await
+        .unwrap();
+    assert!(
+        discovery["grant_types_supported"]
+            .as_array()
+            .unwrap()
+            .contains(&"urn:idbridge:params:oauth:grant-type:kerberos".into()),
+        "{discovery}"
+    );
+    let cc = realm.alice().await;
+    let (code, out, err) = login(&realm, &i, &cc, &["--output", "token"]).await;
+    assert_eq!(code, 0, "{err}");
+    let token = out.trim();
+    let review = i.review(token, &[]).await.unwrap();
+    assert_eq!(review["authenticated"], true, "{review}");
+    assert_eq!(review["user"]["username"], "alice");
+    assert_eq!(review["user"]["groups"], serde_json::json!(["dev", "ops"]));
+    assert_eq!(
+        review["user"]["extra"]["idbridge.io/amr"],
+        serde_json::json!(["krb5"])
+    );
+    assert_eq!(
+        review["user"]["uid"],
+        i.account_uid("alice", false).await.unwrap().as_str()
+    );
+}
+
+/// `curl --negotiate` on `/login` with the ticket cache `ccache`: status, headers and body.
+async fn curl_login(realm: &Realm, i: &Idbridge, ccache: &Path) -> (u16, String, String) {
+    let out = Command::new("curl")
+        .args(["-s", "--negotiate", "-u", ":", "-D", "-", "--cacert"])
+        .arg(i.data_dir.join("ca.crt"))
+        .arg(format!("{}/login", localhost(i)))
+        .envs(realm.kdc.env())
+        .env("KRB5CCNAME", format!("FILE:{}", ccache.display()))
+        .output()
+        .await
+        .expect("curl is installed by scripts/setup");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    // With --negotiate curl prints the 401 challenge's headers too: keep the last response.
+    let last = text.rfind("HTTP/").map_or(text.as_str(), |n| &text[n..]);
+    let (head, body) = last.split_once("\r\n\r\n").unwrap_or((last, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_owned(), body.to_owned())
+}
+
+/// How many sessions `user` has.
+async fn sessions(i: &Idbridge, user: &str) -> usize {
+    let out = i
+        .cli_ok(&["session", "list", "--user", user, "--json"])
+        .await
+        .unwrap();
+    serde_json::from_str::<Vec<Value>>(&out).unwrap().len()
+}
+
+/// A DER item, for hand-made tokens.
+fn tlv(tag: u8, value: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag, u8::try_from(value.len()).unwrap()];
+    out.extend_from_slice(value);
+    out
+}
+
+#[tokio::test]
+async fn the_session_is_cached_refreshed_and_used_by_kubectl() {
+    let realm = realm().await;
+    let dir = idbridge_tests::scratch();
+    let accounts = dir.path().join("accounts.yaml");
+    std::fs::write(
+        &accounts,
+        format!(
+            "- name: alice\n  groups: [idbridge-admins]\n  identities: [{{kind: kerberos, principal: alice@{REALM}}}]\n"
+        ),
+    )
+    .unwrap();
+    let i = realm
+        .serve(
+            dir.path(),
+            &format!("accounts_file: {}\n", accounts.display()),
+        )
+        .await;
+    let cc = realm.alice().await;
+    let (code, out, err) = login(&realm, &i, &cc, &[]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("logged in as alice;"), "{out}");
+    // Again: the cached access token, no new session.
+    let (code, _, err) = login(&realm, &i, &cc, &["--output", "token"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(sessions(&i, "alice").await, 1);
+    let (code, _, err) = login(&realm, &i, &cc, &["--fresh"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(sessions(&i, "alice").await, 2);
+
+    // kubectl runs `idbridge login` as its exec credential plugin and sends the token to its
+    // API server; TokenReview accepts it.
+    let mut env = realm.kdc.env();
+    env.push(("KRB5CCNAME".into(), format!("FILE:{}", cc.display())));
+    let user = format!(
+        "    exec:\n      apiVersion: client.authentication.k8s.io/v1\n      command: {bin}\n      args: [login, --issuer, {issuer}, --ca-file, {ca}, --cache-dir, {cache}]\n      interactiveMode: Never\n",
+        issuer = localhost(&i),
+        ca = i.data_dir.join("ca.crt").display(),
+        bin = idbridge_tests::idbridge_bin().display(),
+        cache = dir.path().join("kubectl-cache").display(),
+    );
+    let bearer = idbridge_tests::kubectl::bearer_token_sent(dir.path(), &user, &env)
+        .await
+        .unwrap();
+    let review = i.review(&bearer, &[]).await.unwrap();
+    assert_eq!(review["user"]["username"], "alice", "{review}");
+    assert_eq!(sessions(&i, "alice").await, 3);
+}
+
+#[tokio::test]
+async fn missing_expired_and_unknown_tickets_say_what_to_do() {
+    let realm = realm().await;
+    let dir = idbridge_tests::scratch();
+    let i = realm.serve(dir.path(), "").await;
+    let none = realm.kdc.dir().join("no-such.cc");
+    let (code, _, err) = login(&realm, &i, &none, &[]).await;
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("no Kerberos ticket") && err.contains("run kinit"),
+        "{err}"
+    );
+
+    let cc = realm.alice().await;
+    let (code, _, err) = login(&realm, &i, &cc, &["--service", "HTTP@nosuch.example"]).await;
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("knows no service principal for HTTP@nosuch.example"),
+        "{err}"
+    );
+
+    let short = realm.kdc.dir().join("short.cc");
+    realm
+        .kdc
+        .kinit(&format!("alice@{REALM}"), ALICE_PW, &short, Some("2s"))
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let (code, _, err) = login(&realm, &i, &short, &[]).await;
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("expired") && err.contains("run kinit"),
+        "{err}"
+    );
+    // No session was started by any of these.
+    let audit = i.audit_log();
+    assert!(!audit.contains("\"session.start\""), "{audit}");
+}
+
+#[tokio::test]
+async fn unlisted_realms_and_unmapped_principals_are_refused() {
+    let realm = realm().await;
+    realm.kdc.add_user("bob/admin", "bob-pw").await.unwrap();
+    realm.kdc.add_user("carol/root", "carol-pw").await.unwrap();
+    let dir = idbridge_tests::scratch();
+    let i = realm
+        .serve(
+            dir.path(),
+            "  rules:\n    - match: '([^/@]+)/admin@IDBRIDGE\\.TEST'\n      name: '$1-admin'\n",
+        )
+        .await;
+    let bob = realm.kinit("bob/admin", "bob-pw").await;
+    let (code, out, err) = login(&realm, &i, &bob, &[]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("logged in as bob-admin;"), "{out}");
+    // A jit account, linked to the principal.
+    let users = i.cli_ok(&["user", "list", "--json"]).await.unwrap();
+    assert!(users.contains(&format!("bob/admin@{REALM}")), "{users}");
+    let carol = realm.kinit("carol/root", "carol-pw").await;
+    let (code, _, err) = login(&realm, &i, &carol, &[]).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("no mapping rule"), "{err}");
+
+    // The same realm, not listed: refused before any account is looked at.
+    let dir2 = idbridge_tests::scratch();
+    let other = Idbridge::start_with(
+        dir2.path(),
+        idbridge_tests::Options {
+            config: Some(
+                realm
+                    .yaml("")
+                    .replace(&format!("realms: [{REALM}]"), "realms: [OTHER.TEST]"),
+            ),
+            env: realm.kdc.env(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let cc = realm.alice().await;
+    let (code, _, err) = login(&realm, &other, &cc, &[]).await;
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("realm \"IDBRIDGE.TEST\" may not log in here"),
+        "{err}"
+    );
+    let users = other.cli_ok(&["user", "list", "--json"]).await.unwrap();
+    assert!(!users.contains("alice"), "{users}");
+}
+
+#[tokio::test]
+async fn garbage_ntlm_truncated_and_replayed_tokens_are_refused() {
+    let realm = realm().await;
+    let dir = idbridge_tests::scratch();
+    let i = realm.serve(dir.path(), "").await;
+    let cc = realm.alice().await;
+    let token = curl_negotiate_token(&realm.kdc.env(), &cc, "localhost")
+        .await
+        .unwrap();
+
+    let (st, v) = grant(&i, "%%% not base64").await;
+    assert_eq!(
+        (st, s(&v, "error").as_str()),
+        (400, "invalid_request"),
+        "{v}"
+    );
+    let (st, v) = grant(&i, &STANDARD.encode("hello, world")).await;
+    assert_eq!(st, 400, "{v}");
+    assert!(s(&v, "error_description").contains("not a Kerberos"), "{v}");
+
+    let ntlm = b"NTLMSSP\0\x01\0\0\0\x07\x82\x08\xa2".to_vec();
+    let spnego_ntlm = {
+        let mechs = tlv(
+            0xa0,
+            &tlv(
+                0x30,
+                &tlv(0x06, &[0x2b, 6, 1, 4, 1, 0x82, 0x37, 2, 2, 0x0a]),
+            ),
+        );
+        let mut fields = mechs;
+        fields.extend(tlv(0xa2, &tlv(0x04, &ntlm)));
+        let mut body = tlv(0x06, &[0x2b, 6, 1, 5, 5, 2]);
+        body.extend(tlv(0xa0, &tlv(0x30, &fields)));
+        tlv(0x60, &body)
+    };
+    for t in [&ntlm, &spnego_ntlm] {
+        let (st, v) = grant(&i, &STANDARD.encode(t)).await;
+        assert_eq!(st, 400, "{v}");
+        assert!(
+            s(&v, "error_description").contains("NTLM is not accepted, Kerberos is required"),
+            "{v}"
+        );
+    }
+    // Browsers get the same on /login, with a fresh challenge.
+    let r = i
+        .http
+        .get(i.url("/login"))
+        .header(
+            "authorization",
+            format!("Negotiate {}", STANDARD.encode(&spnego_ntlm)),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["www-authenticate"], "Negotiate");
+    assert!(r.text().await.unwrap().contains("Kerberos is required"));
+
+    // Cut anywhere, or with a flipped byte, a real token is refused with a 400, never a 5xx.
+    for cut in [1, 2, 10, 40, token.len() / 2, token.len() - 1] {
+        let (st, v) = grant(&i, &STANDARD.encode(&token[..cut])).await;
+        assert_eq!(st, 400, "cut at {cut}: {v}");
+    }
+    let mut flipped = token.clone();
+    let mid = flipped.len() - 20;
+    flipped[mid] ^= 0x5a;
+    let (st, v) = grant(&i, &STANDARD.encode(&flipped)).await;
+    assert_eq!(st, 400, "{v}");
+
+    // The real token logs in once; replayed, it is refused.
+    let (st, v) = grant(&i, &STANDARD.encode(&token)).await;
+    assert_eq!(st, 200, "{v}");
+    assert!(!s(&v, "kerberos_mutual_token").is_empty());
+    let review = i.review(&s(&v, "access_token"), &[]).await.unwrap();
+    assert_eq!(review["user"]["username"], "alice", "{review}");
+    let (st, v) = grant(&i, &STANDARD.encode(&token)).await;
+    assert_eq!(st, 400, "{v}");
+    assert!(s(&v, "error_description").contains("already used"), "{v}");
+    // The server is still well.
+    let (st, _, body) = curl_login(&realm, &i, &cc).await;
+    assert_eq!(st, 200, "{body}");
+}
+
+#[tokio::test]
+async fn negotiate_on_login_and_a_keytab_rotated_on_disk() {
+    let realm = realm().await;
+    let dir = idbridge_tests::scratch();
+    let i = realm.serve(dir.path(), "").await;
+    let r = i.http.get(i.url("/login")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["www-authenticate"], "Negotiate");
+
+    let cc = realm.alice().await;
+    let (st, head, body) = curl_login(&realm, &i, &cc).await;
+    assert_eq!(st, 200, "{head}{body}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("www-authenticate: negotiate "),
+        "no mutual token: {head}"
+    );
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let review = i.review(&s(&v, "access_token"), &[]).await.unwrap();
+    assert_eq!(review["user"]["username"], "alice", "{review}");
+
+    // The service gets a new key; the server's keytab still has the old one: 401.
+    realm.kdc.rotate_key("HTTP/localhost").await.unwrap();
+    let cc2 = realm.kdc.dir().join("alice-2.cc");
+    realm
+        .kdc
+        .kinit(&format!("alice@{REALM}"), ALICE_PW, &cc2, None)
+        .await
+        .unwrap();
+    let (st, head, body) = curl_login(&realm, &i, &cc2).await;
+    assert_eq!(st, 401, "{head}{body}");
+    assert!(body.contains("no key for the service ticket"), "{body}");
+    let (code, _, err) = login(&realm, &i, &cc2, &[]).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("update the keytab"), "{err}");
+
+    // The new keytab replaces the old on disk (as a deployment would): accepted, no restart.
+    let fresh = realm.kdc.dir().join("http.keytab.new");
+    realm
+        .kdc
+        .export_keytab(&fresh, &["HTTP/localhost"])
+        .await
+        .unwrap();
+    std::fs::rename(&fresh, &realm.keytab).unwrap();
+    let (st, head, body) = curl_login(&realm, &i, &cc2).await;
+    assert_eq!(st, 200, "{head}{body}");
+    let (code, _, err) = login(&realm, &i, &cc2, &["--fresh"]).await;
+    assert_eq!(code, 0, "{err}");
+}
+
+#[tokio::test]
+async fn bad_kerberos_settings_name_the_field() {
+    let realm = realm().await;
+    let dir = idbridge_tests::scratch();
+    let empty = dir.path().join("empty.keytab");
+    std::fs::write(&empty, b"").unwrap();
+    for (yaml, field) in [
+        (
+            "kerberos:\n  keytab: /nonexistent/http.keytab\n  realms: [A.TEST]\n".to_owned(),
+            "kerberos.keytab",
+        ),
+        (
+            format!(
+                "kerberos:\n  keytab: {}\n  realms: [A.TEST]\n",
+                empty.display()
+            ),
+            "kerberos.keytab",
+        ),
+        (realm.yaml("  groups: directory\n"), "kerberos.groups"),
+        (
+            realm.yaml("  rules: [{match: '(unclosed', name: x}]\n"),
+            "kerberos.rules[0].match",
+        ),
+        (
+            realm.yaml("").replace(&format!("[{REALM}]"), "[]"),
+            "kerberos.realms",
+        ),
+    ] {
+        let cfg = dir.path().join("bad.yaml");
+        std::fs::write(&cfg, &yaml).unwrap();
+        let out = Command::new(idbridge_tests::idbridge_bin())
+            .args(["serve", "--check", "--config"])
+            .arg(&cfg)
+            .envs(realm.kdc.env())
+            .output()
+            .await
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{yaml}: {err}");
+        assert!(err.contains(field), "{yaml}: {err}");
+    }
+}
