@@ -134,6 +134,13 @@ impl Slapd {
 include /etc/ldap/schema/cosine.schema
 include /etc/ldap/schema/inetorgperson.schema
 include /etc/ldap/schema/nis.schema
+# The Kerberos principal attribute of MIT's kerberos.schema, for Kerberos logins that look
+# their users up in the directory.
+attributetype ( 2.16.840.1.113719.1.301.4.1.1 NAME 'krbPrincipalName'
+  EQUALITY caseExactIA5Match SUBSTR caseExactSubstringsMatch
+  SYNTAX 1.3.6.1.4.1.1466.115.121.1.26{{256}} )
+objectclass ( 2.16.840.1.113719.1.301.6.8.1 NAME 'krbPrincipalAux' SUP top AUXILIARY
+  MAY ( krbPrincipalName ) )
 modulepath /usr/lib/ldap
 moduleload back_mdb
 moduleload memberof
@@ -154,6 +161,7 @@ index objectClass eq
 index uid,cn eq
 index member eq
 index entryUUID eq
+index krbPrincipalName eq
 overlay memberof
 memberof-refint TRUE
 overlay ppolicy

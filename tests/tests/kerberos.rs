@@ -523,3 +523,74 @@ async fn bad_kerberos_settings_name_the_field() {
         assert!(err.contains(field), "{yaml}: {err}");
     }
 }
+
+#[tokio::test]
+async fn groups_from_the_directory_and_refresh_rechecks_it() {
+    use idbridge_tests::ldap::Slapd;
+    let realm = realm().await;
+    let slapd = Slapd::start().await.unwrap();
+    let alice = slapd.add_user("alice", "alice-ldap-pw").await.unwrap();
+    slapd
+        .modify(&format!(
+            "dn: {alice}\nchangetype: modify\nadd: objectClass\nobjectClass: krbPrincipalAux\n-\nadd: krbPrincipalName\nkrbPrincipalName: alice@{REALM}\n"
+        ))
+        .await
+        .unwrap();
+    let dev = slapd.add_group("dev", &[&alice]).await.unwrap();
+    slapd.add_group("eng", &[&dev]).await.unwrap();
+    let dir = idbridge_tests::scratch();
+    let i = realm
+        .serve(
+            dir.path(),
+            &format!(
+                "  groups: directory\n{}",
+                slapd.directory_yaml(&[slapd.url()], "", "")
+            ),
+        )
+        .await;
+    let cc = realm.alice().await;
+    let (code, out, err) = login(&realm, &i, &cc, &["--output", "token"]).await;
+    assert_eq!(code, 0, "{err}");
+    let review = i.review(out.trim(), &[]).await.unwrap();
+    assert_eq!(review["user"]["username"], "alice", "{review}");
+    assert_eq!(review["user"]["groups"], serde_json::json!(["dev", "eng"]));
+    // One account whichever way alice logs in: the password login finds the same UID.
+    let (st, pair) = i
+        .password_login_json("alice", "alice-ldap-pw")
+        .await
+        .unwrap();
+    assert_eq!(st, 200, "{pair}");
+    let by_password = i.review(&s(&pair, "access_token"), &[]).await.unwrap();
+    assert_eq!(by_password["user"]["uid"], review["user"]["uid"]);
+    let users = i.cli_ok(&["user", "list", "--json"]).await.unwrap();
+    assert!(users.contains(&format!("alice@{REALM}")), "{users}");
+
+    // The Kerberos session's refresh asks the directory again: a new group shows, a lock ends it.
+    let cached = std::fs::read_dir(i.root.join("login-cache"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "json"))
+        .unwrap();
+    let cached: Value = serde_json::from_slice(&std::fs::read(cached).unwrap()).unwrap();
+    slapd.add_group("ops", &[&alice]).await.unwrap();
+    let (st, next) = i.refresh(&s(&cached, "refresh_token")).await.unwrap();
+    assert_eq!(st, 200, "{next}");
+    let review = i.review(&s(&next, "access_token"), &[]).await.unwrap();
+    assert_eq!(
+        review["user"]["groups"],
+        serde_json::json!(["dev", "eng", "ops"])
+    );
+    slapd
+        .modify(&format!(
+            "dn: {alice}\nchangetype: modify\nadd: pwdAccountLockedTime\npwdAccountLockedTime: 000001010000Z\n"
+        ))
+        .await
+        .unwrap();
+    let (st, v) = i.refresh(&s(&next, "refresh_token")).await.unwrap();
+    assert_eq!(st, 400, "{v}");
+    assert!(s(&v, "error_description").contains("revoked"), "{v}");
+    // And a new Kerberos login is refused while the entry is locked.
+    let (code, _, err) = login(&realm, &i, &cc, &["--fresh"]).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("the directory account is"), "{err}");
+}
