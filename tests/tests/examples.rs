@@ -82,3 +82,75 @@ async fn the_simple_example_is_the_simple_profile() {
         .unwrap();
     assert_eq!(disc["issuer"], s.base.as_str());
 }
+
+#[tokio::test]
+async fn the_kerberos_example_logs_users_in() {
+    use idbridge_tests::kdc::Kdc;
+    let kdc = Kdc::start("EXAMPLE.COM").await.unwrap();
+    kdc.add_service("HTTP/localhost").await.unwrap();
+    let keytab = kdc.dir().join("http.keytab");
+    kdc.export_keytab(&keytab, &["HTTP/localhost"])
+        .await
+        .unwrap();
+    kdc.add_user("bob/admin", "bob-pw").await.unwrap();
+    // The example as written, with the realm's keytab in place of /etc/idbridge/http.keytab.
+    let mut env = kdc.env();
+    env.push((
+        "IDBRIDGE__KERBEROS__KEYTAB".into(),
+        keytab.display().to_string(),
+    ));
+    let check = tokio::process::Command::new(idbridge_tests::idbridge_bin())
+        .args(["serve", "--check", "--config", "examples/kerberos.yaml"])
+        .current_dir(repo_root())
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let dir = scratch();
+    let s = Idbridge::start_with(
+        dir.path(),
+        Options {
+            config_file: Some(repo_root().join("examples/kerberos.yaml")),
+            cwd: Some(repo_root()),
+            env: env.clone(),
+            ..Options::default()
+        },
+    )
+    .await
+    .unwrap();
+    let cc = kdc.dir().join("bob.cc");
+    kdc.kinit("bob/admin@EXAMPLE.COM", "bob-pw", &cc, None)
+        .await
+        .unwrap();
+    let out = tokio::process::Command::new(idbridge_tests::idbridge_bin())
+        .args([
+            "login",
+            "--service",
+            "HTTP@localhost",
+            "--issuer",
+            &s.base,
+            "--ca-file",
+        ])
+        .arg(s.data_dir.join("ca.crt"))
+        .arg("--cache-dir")
+        .arg(dir.path().join("cache"))
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .env("KRB5CCNAME", format!("FILE:{}", cc.display()))
+        .env_remove("KUBERNETES_EXEC_INFO")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The example's rule maps bob/admin@EXAMPLE.COM to bob-admin.
+    assert!(stdout.starts_with("logged in as bob-admin;"), "{stdout}");
+}
