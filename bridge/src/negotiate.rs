@@ -215,6 +215,15 @@ pub(crate) async fn login(
         Some(crate::oauth::CLI_CLIENT),
         None,
     )?;
+    if !client
+        .grants
+        .iter()
+        .any(|g| g == crate::discovery::KERBEROS_GRANT)
+    {
+        return Ok(challenge(
+            "Kerberos logins are not enabled for the idbridge-cli client (its `grants` leave out the Kerberos grant)",
+        ));
+    }
     let audience = crate::oauth::target(&settings, client, None)?;
     let result = state
         .kerberos_login(

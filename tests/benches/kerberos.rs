@@ -29,6 +29,7 @@ use idbridge_bridge::{
 use idbridge_core::SystemClock;
 use idbridge_store::SqliteStore;
 use idbridge_tests::kdc::Kdc;
+use idbridge_tests::stats::{env_num, median, median_ratio, pct};
 use libgssapi::context::{ClientCtx, CtxFlags, SecurityContext, ServerCtx};
 use libgssapi::credential::{Cred, CredUsage};
 use libgssapi::name::Name;
@@ -37,24 +38,6 @@ use libgssapi::oid::{GSS_MECH_SPNEGO, GSS_NT_HOSTBASED_SERVICE};
 const REALM: &str = "BENCH.TEST";
 /// Set in the re-run child: what it should do.
 const CHILD: &str = "IDBRIDGE_KRB_BENCH_CHILD";
-
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-fn pct(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-    v[i]
-}
 
 const KERBEROS_GRANT: &str = "urn:idbridge:params:oauth:grant-type:kerberos";
 const EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
@@ -315,7 +298,6 @@ fn main() {
         fp99.push(f[2]);
         std::thread::sleep(Duration::from_millis(200));
     }
-    let per_round = |a: &[f64], b: &[f64]| median(a.iter().zip(b).map(|(x, y)| x / y).collect());
     println!("\n| case | logins/s (median) | p50 ms | p99 ms |");
     println!("| --- | ---: | ---: | ---: |");
     println!(
@@ -336,7 +318,7 @@ fn main() {
     );
     println!(
         "\nPer-login cost: {:.2}x the floor's (floor logins/s over idbridge logins/s, median of per-round ratios); Kerberos logins/s are {:.2} of session starts without Kerberos.",
-        per_round(&frate, &rate),
-        per_round(&rate, &mint)
+        median_ratio(&frate, &rate),
+        median_ratio(&rate, &mint)
     );
 }

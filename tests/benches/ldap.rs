@@ -25,30 +25,13 @@ use idbridge_core::{Directory, SystemClock};
 use idbridge_directory::{DirectoryConfig, LdapDirectory};
 use idbridge_store::SqliteStore;
 use idbridge_tests::ldap::{SERVICE_DN, SUFFIX, Slapd};
+use idbridge_tests::stats::{env_num, median, median_ratio, pct};
 use ldap3::{LdapConnAsync, Scope, SearchEntry, ldap_escape};
 
 const GROUPS: usize = 20;
 
 /// One operation of a worker, run again and again.
 type Op = Box<dyn FnMut() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
-
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-fn pct(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-    v[i]
-}
 
 fn directory(slapd: &Slapd, groups: &str) -> LdapDirectory {
     let yaml = slapd.directory_yaml(&[slapd.url()], "pool_size: 16", groups);
@@ -262,7 +245,6 @@ fn main() {
         fp50.push(c);
         fp99.push(d);
     }
-    let per_round = |a: &[f64], b: &[f64]| median(a.iter().zip(b).map(|(x, y)| x / y).collect());
     println!("\n| case | logins/s (median) | p50 ms | p99 ms |");
     println!("| --- | ---: | ---: | ---: |");
     println!(
@@ -279,9 +261,9 @@ fn main() {
     );
     println!(
         "\nLatency ratio (median of per-round ratios): p50 {:.2}x, p99 {:.2}x the floor; throughput {:.2} of the floor.",
-        per_round(&p50, &fp50),
-        per_round(&p99, &fp99),
-        per_round(&rate, &frate)
+        median_ratio(&p50, &fp50),
+        median_ratio(&p99, &fp99),
+        median_ratio(&rate, &frate)
     );
 
     // Nested groups: a user in 200 groups, each the start of a chain 5 deep: 1,000 groups.

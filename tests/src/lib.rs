@@ -8,6 +8,7 @@ pub mod kdc;
 pub mod kubectl;
 pub mod ldap;
 pub mod samba;
+pub mod stats;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

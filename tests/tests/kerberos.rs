@@ -57,6 +57,20 @@ impl Realm {
         )
     }
 
+    /// Serves with an accounts file holding alice, linked to her principal, in `groups`.
+    async fn serve_alice_in(&self, dir: &Path, groups: &str) -> Idbridge {
+        let accounts = dir.join("accounts.yaml");
+        std::fs::write(
+            &accounts,
+            format!(
+                "- name: alice\n  groups: [{groups}]\n  identities: [{{kind: kerberos, principal: alice@{REALM}}}]\n"
+            ),
+        )
+        .unwrap();
+        self.serve(dir, &format!("accounts_file: {}\n", accounts.display()))
+            .await
+    }
+
     async fn serve(&self, dir: &Path, extra: &str) -> Idbridge {
         Idbridge::start_with(
             dir,
@@ -127,20 +141,7 @@ use idbridge_tests::text as s;
 async fn kinit_then_login_gives_a_token_that_tokenreview_accepts() {
     let realm = realm().await;
     let dir = idbridge_tests::scratch();
-    let accounts = dir.path().join("accounts.yaml");
-    std::fs::write(
-        &accounts,
-        format!(
-            "- name: alice\n  groups: [dev, ops]\n  identities: [{{kind: kerberos, principal: alice@{REALM}}}]\n"
-        ),
-    )
-    .unwrap();
-    let i = realm
-        .serve(
-            dir.path(),
-            &format!("accounts_file: {}\n", accounts.display()),
-        )
-        .await;
+    let i = realm.serve_alice_in(dir.path(), "dev, ops").await;
     let discovery = i
         .get_json("/.well-known/openid-configuration")
         .await
@@ -213,20 +214,7 @@ fn tlv(tag: u8, value: &[u8]) -> Vec<u8> {
 async fn the_session_is_cached_refreshed_and_used_by_kubectl() {
     let realm = realm().await;
     let dir = idbridge_tests::scratch();
-    let accounts = dir.path().join("accounts.yaml");
-    std::fs::write(
-        &accounts,
-        format!(
-            "- name: alice\n  groups: [idbridge-admins]\n  identities: [{{kind: kerberos, principal: alice@{REALM}}}]\n"
-        ),
-    )
-    .unwrap();
-    let i = realm
-        .serve(
-            dir.path(),
-            &format!("accounts_file: {}\n", accounts.display()),
-        )
-        .await;
+    let i = realm.serve_alice_in(dir.path(), "idbridge-admins").await;
     let cc = realm.alice().await;
     let (code, out, err) = login(&realm, &i, &cc, &[]).await;
     assert_eq!(code, 0, "{err}");
