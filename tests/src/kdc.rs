@@ -118,6 +118,7 @@ impl Kdc {
 [domain_realm]
     localhost = {realm}
     127.0.0.1 = {realm}
+    .test = {realm}
 "
             ),
         )?;

@@ -17,7 +17,8 @@ use tokio::process::Command;
 const REALM: &str = "IDBRIDGE.TEST";
 const ALICE_PW: &str = "alice-kerberos-pw";
 
-/// A realm with the service `HTTP/localhost` in a keytab and the user alice.
+/// A realm with the services `HTTP/localhost` and `HTTP/idbridge.test` (one server, two names)
+/// in one keytab, and the user alice.
 struct Realm {
     kdc: Kdc,
     keytab: PathBuf,
@@ -26,8 +27,9 @@ struct Realm {
 async fn realm() -> Realm {
     let kdc = Kdc::start(REALM).await.unwrap();
     kdc.add_service("HTTP/localhost").await.unwrap();
+    kdc.add_service("HTTP/idbridge.test").await.unwrap();
     let keytab = kdc.dir().join("http.keytab");
-    kdc.export_keytab(&keytab, &["HTTP/localhost"])
+    kdc.export_keytab(&keytab, &["HTTP/localhost", "HTTP/idbridge.test"])
         .await
         .unwrap();
     kdc.add_user("alice", ALICE_PW).await.unwrap();
@@ -168,6 +170,34 @@ async fn kinit_then_login_gives_a_token_that_tokenreview_accepts() {
     assert_eq!(
         review["user"]["uid"],
         i.account_uid("alice", false).await.unwrap().as_str()
+    );
+    // The server's other name, as behind a load balancer: its key is in the same keytab.
+    let (code, out, err) = login(
+        &realm,
+        &i,
+        &cc,
+        &[
+            "--service",
+            "HTTP@idbridge.test",
+            "--fresh",
+            "--output",
+            "token",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let review = i.review(out.trim(), &[]).await.unwrap();
+    assert_eq!(review["user"]["username"], "alice", "{review}");
+    let klist = Command::new("klist")
+        .arg("-c")
+        .arg(&cc)
+        .envs(realm.kdc.env())
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&klist.stdout).contains("HTTP/idbridge.test@"),
+        "the ticket was for the other name"
     );
 }
 
