@@ -60,12 +60,8 @@ impl AppState {
             });
         };
         let source = ctx.source.map(|s| s.ip());
-        let deny = |reason: &str| {
-            let mut ev = ctx.event("login.ldap", "denied");
-            ev.account = Some(login.username);
-            ev.reason = Some(reason);
-            self.audit().record(&ev);
-        };
+        let deny =
+            |reason: &str| self.login_denied(ctx, "login.ldap", Some(login.username), reason);
         let started = std::time::Instant::now();
         if let Err(wait) = self
             .throttle()
@@ -161,10 +157,7 @@ impl AppState {
         }
         let Ok(name) = user.name.parse::<idbridge_core::AccountName>() else {
             let reason = "the directory name is not a valid account name; ask your administrator";
-            let mut ev = ctx.event(event, "denied");
-            ev.account = Some(user.name.as_str());
-            ev.reason = Some(reason);
-            self.audit().record(&ev);
+            self.login_denied(ctx, event, Some(user.name.as_str()), reason);
             return Err(ApiError::invalid_grant(reason));
         };
         self.provisioned_account(

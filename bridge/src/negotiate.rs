@@ -47,12 +47,8 @@ impl AppState {
                 description: "Kerberos logins need a keytab (config section `kerberos`)".into(),
             });
         };
-        let deny = |reason: &str, who: Option<&str>| {
-            let mut ev = ctx.event("login.krb5", "denied");
-            ev.account = who;
-            ev.reason = Some(reason);
-            self.audit().record(&ev);
-        };
+        let deny =
+            |reason: &str, who: Option<&str>| self.login_denied(ctx, "login.krb5", who, reason);
         let Ok(bytes) = STANDARD.decode(req.token.trim()) else {
             deny("kerberos_token is not base64", None);
             return Err(ApiError::invalid_request(
@@ -137,10 +133,7 @@ impl AppState {
         ctx: &RequestCtx,
     ) -> Result<(UserAccount, Vec<String>), ApiError> {
         let refuse = |why: String| {
-            let mut ev = ctx.event("login.krb5", "denied");
-            ev.account = Some(principal.as_str());
-            ev.reason = Some(&why);
-            self.audit().record(&ev);
+            self.login_denied(ctx, "login.krb5", Some(principal.as_str()), &why);
             ApiError::invalid_grant(why)
         };
         let Some(dir) = settings.directory.as_ref() else {

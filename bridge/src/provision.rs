@@ -27,6 +27,20 @@ pub(crate) struct Provision<'a> {
 }
 
 impl AppState {
+    /// Records a refused login as `event`/`denied`, naming who tried when known.
+    pub(crate) fn login_denied(
+        &self,
+        ctx: &RequestCtx,
+        event: &str,
+        account: Option<&str>,
+        reason: &str,
+    ) {
+        let mut ev = ctx.event(event, "denied");
+        ev.account = account;
+        ev.reason = Some(reason);
+        self.audit().record(&ev);
+    }
+
     /// The account linked to `p.identity`, per the method's policy.
     pub(crate) async fn provisioned_account(
         &self,
@@ -34,10 +48,7 @@ impl AppState {
         ctx: &RequestCtx,
     ) -> Result<UserAccount, ApiError> {
         let refuse = |reason: String| {
-            let mut ev = ctx.event(p.event, "denied");
-            ev.account = Some(p.name.as_str());
-            ev.reason = Some(&reason);
-            self.audit().record(&ev);
+            self.login_denied(ctx, p.event, Some(p.name.as_str()), &reason);
             ApiError::invalid_grant(reason)
         };
         if let Some(a) = self.store().account_by_identity(&p.identity).await? {

@@ -276,6 +276,8 @@ fn write_cache(path: &Path, session: &Cached) -> anyhow::Result<()> {
 fn print(output: Output, s: &Cached) -> anyhow::Result<()> {
     let expiry = time::OffsetDateTime::from_unix_timestamp(i64::try_from(s.expires_at)?)?
         .format(&time::format_description::well_known::Rfc3339)?;
+    // Printing the access token is what `--output token` and kubectl's exec protocol ask for;
+    // the refresh token stays in the cache file and is never printed.
     match output {
         Output::Token => println!("{}", s.access_token),
         Output::ExecCredential => println!(
