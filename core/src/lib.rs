@@ -27,6 +27,7 @@ pub use duration::HumanDuration;
 pub use error::{Error, StoreError};
 pub use names::{AccountName, GroupName, LabelKey, Namespace, Principal};
 pub use session::{
+    Pending,
     KeyState, RefreshRecord, Revocations, Session, SessionId, SessionState, Spend, SpendOutcome,
     StoredKey,
 };

@@ -106,6 +106,9 @@ pub struct RefreshRecord {
     /// The next pair, sealed under a key derived from this token (so only its holder can read
     /// it); absent once the grace window is over.
     pub grace_sealed: Option<Vec<u8>>,
+    /// What the login's upstream gave to keep the session checked there (an upstream OIDC
+    /// refresh token), sealed under a key derived from this token.
+    pub upstream_sealed: Option<Vec<u8>>,
 }
 
 impl RefreshRecord {
@@ -119,8 +122,30 @@ impl RefreshRecord {
             spent_at: None,
             grace_until: None,
             grace_sealed: None,
+            upstream_sealed: None,
         }
     }
+}
+
+/// A short-lived, single-use record of a login in progress: an authorization request waiting
+/// for its user, an upstream login waiting for its callback, an authorization code, a device
+/// code. Found by the hash of its secret handle, or by an alias (a device's user code).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    /// SHA-256 of the secret that names it.
+    pub key: TokenHash,
+    /// A second, human-typed name (a device grant's user code), normalized.
+    pub alias: Option<String>,
+    /// What it is (`authorize`, `upstream`, `code`, `device`).
+    pub kind: String,
+    /// Its content, JSON.
+    pub data: String,
+    /// It is worthless after this.
+    pub expires_at: UnixTime,
+    /// When it was used; a second use is refused.
+    pub used_at: Option<UnixTime>,
+    /// The session its use started, revoked if it is presented again.
+    pub session: Option<SessionId>,
 }
 
 /// What spending a refresh token stores with it.

@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 
 use crate::{
-    AccountName, AccountUid, ExternalIdentity, NewAccount, RefreshRecord, Revocations, Session,
+    AccountName, AccountUid, ExternalIdentity, NewAccount, Pending, RefreshRecord, Revocations, Session,
     SessionId, Spend, SpendOutcome, StaticToken, StoreError, StoredKey, TokenHash, TokenId,
     UnixTime, UserAccount,
 };
@@ -101,6 +101,37 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Deletes sessions ended before `before` (with their refresh tokens) and revocations of
     /// tokens expired before it; returns how many rows went.
     async fn purge(&self, before: UnixTime) -> Result<u64, StoreError>;
+
+    /// Stores a login in progress.
+    async fn put_pending(&self, pending: &Pending) -> Result<(), StoreError>;
+    /// The login in progress named by `key`, used or not, unless it has expired.
+    async fn pending(&self, key: TokenHash, now: UnixTime) -> Result<Option<Pending>, StoreError>;
+    /// The unexpired login in progress whose alias is `alias`.
+    async fn pending_by_alias(
+        &self,
+        alias: &str,
+        now: UnixTime,
+    ) -> Result<Option<Pending>, StoreError>;
+    /// Replaces the data of an unused, unexpired record; false when there is none.
+    async fn update_pending(
+        &self,
+        key: TokenHash,
+        data: &str,
+        now: UnixTime,
+    ) -> Result<bool, StoreError>;
+    /// Marks the record used, atomically. Returns it with `used_at` set, and whether this call
+    /// was the first use (false: it had been used before, and must be refused).
+    async fn use_pending(
+        &self,
+        key: TokenHash,
+        now: UnixTime,
+    ) -> Result<Option<(Pending, bool)>, StoreError>;
+    /// Records the session a used record started.
+    async fn set_pending_session(
+        &self,
+        key: TokenHash,
+        session: SessionId,
+    ) -> Result<(), StoreError>;
 
     /// The signing keys, oldest first.
     async fn signing_keys(&self) -> Result<Vec<StoredKey>, StoreError>;

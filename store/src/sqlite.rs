@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use idbridge_core::{
     AccountName, AccountUid, ExternalIdentity, GroupName, KeyState, LabelKey, Namespace,
-    NewAccount, RefreshRecord, Revocations, Session, SessionId, Spend, SpendOutcome, StaticToken,
+    NewAccount, Pending, RefreshRecord, Revocations, Session, SessionId, Spend, SpendOutcome, StaticToken,
     Store, StoreError, StoredKey, TokenHash, TokenId, UnixTime, UserAccount,
 };
 use sqlx::Row;
@@ -22,6 +22,7 @@ use crate::OpenError;
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/0001_init.sql")),
     (2, include_str!("../migrations/0002_sessions.sql")),
+    (3, include_str!("../migrations/0003_logins.sql")),
 ];
 
 /// A [`Store`] in one SQLite file.
@@ -53,6 +54,12 @@ macro_rules! session_columns {
     () => {
         "id, account_uid, client_id, amr_json, audience, scope, login_groups_json, created_at, \
          last_used_at, expires_at, revoked_at, revoked_reason"
+    };
+}
+
+macro_rules! pending_columns {
+    () => {
+        "key, alias, kind, data, expires_at, used_at, session_id"
     };
 }
 
@@ -606,7 +613,7 @@ impl Store for SqliteStore {
 
     async fn refresh_token(&self, hash: TokenHash) -> Result<Option<RefreshRecord>, StoreError> {
         let row = sqlx::query(
-            "SELECT hash, session_id, created_at, spent_at, grace_until, grace_sealed
+            "SELECT hash, session_id, created_at, spent_at, grace_until, grace_sealed, upstream_sealed
              FROM refresh_tokens WHERE hash = ?",
         )
         .bind(&hash.0[..])
@@ -622,6 +629,7 @@ impl Store for SqliteStore {
                 spent_at: r.get::<Option<i64>, _>("spent_at").map(UnixTime),
                 grace_until: r.get::<Option<i64>, _>("grace_until").map(UnixTime),
                 grace_sealed: r.get("grace_sealed"),
+                upstream_sealed: r.get("upstream_sealed"),
             })
         })
         .transpose()
@@ -728,6 +736,7 @@ impl Store for SqliteStore {
         for sql in [
             "DELETE FROM sessions WHERE expires_at <= ?",
             "DELETE FROM revoked_jtis WHERE expires_at <= ?",
+            "DELETE FROM pending WHERE expires_at <= ?",
             // A sealed next pair is needed only during its grace window.
             "UPDATE refresh_tokens SET grace_sealed = NULL
              WHERE grace_sealed IS NOT NULL AND grace_until <= ?",
@@ -741,6 +750,121 @@ impl Store for SqliteStore {
         }
         tx.commit().await.map_err(backend)?;
         Ok(n)
+    }
+
+    async fn put_pending(&self, p: &Pending) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO pending (key, alias, kind, data, expires_at, used_at, session_id)
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&p.key.0[..])
+        .bind(p.alias.as_deref())
+        .bind(&p.kind)
+        .bind(&p.data)
+        .bind(p.expires_at.0)
+        .bind(p.used_at.map(|t| t.0))
+        .bind(p.session.map(|s| s.to_string()))
+        .execute(&self.writer)
+        .await
+        .map_err(|e| conflict_or_backend(e, || format!("pending {}", p.kind)))?;
+        Ok(())
+    }
+
+    async fn pending(&self, key: TokenHash, now: UnixTime) -> Result<Option<Pending>, StoreError> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            pending_columns!(),
+            " FROM pending WHERE key = ? AND expires_at > ?"
+        ))
+        .bind(&key.0[..])
+        .bind(now.0)
+        .fetch_optional(&self.writer)
+        .await
+        .map_err(backend)?;
+        row.as_ref().map(pending_from_row).transpose()
+    }
+
+    async fn pending_by_alias(
+        &self,
+        alias: &str,
+        now: UnixTime,
+    ) -> Result<Option<Pending>, StoreError> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            pending_columns!(),
+            " FROM pending WHERE alias = ? AND expires_at > ?"
+        ))
+        .bind(alias)
+        .bind(now.0)
+        .fetch_optional(&self.writer)
+        .await
+        .map_err(backend)?;
+        row.as_ref().map(pending_from_row).transpose()
+    }
+
+    async fn update_pending(
+        &self,
+        key: TokenHash,
+        data: &str,
+        now: UnixTime,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE pending SET data = ? WHERE key = ? AND used_at IS NULL AND expires_at > ?",
+        )
+        .bind(data)
+        .bind(&key.0[..])
+        .bind(now.0)
+        .execute(&self.writer)
+        .await
+        .map_err(backend)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn use_pending(
+        &self,
+        key: TokenHash,
+        now: UnixTime,
+    ) -> Result<Option<(Pending, bool)>, StoreError> {
+        let first = sqlx::query(
+            "UPDATE pending SET used_at = ? WHERE key = ? AND used_at IS NULL AND expires_at > ?",
+        )
+        .bind(now.0)
+        .bind(&key.0[..])
+        .bind(now.0)
+        .execute(&self.writer)
+        .await
+        .map_err(backend)?
+        .rows_affected()
+            == 1;
+        // A used record stays findable until it expires, so a second use can be traced to the
+        // session the first one started.
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            pending_columns!(),
+            " FROM pending WHERE key = ?"
+        ))
+        .bind(&key.0[..])
+        .fetch_optional(&self.writer)
+        .await
+        .map_err(backend)?;
+        match row.as_ref().map(pending_from_row).transpose()? {
+            Some(p) if first || p.used_at.is_some() => Ok(Some((p, first))),
+            _ => Ok(None),
+        }
+    }
+
+    async fn set_pending_session(
+        &self,
+        key: TokenHash,
+        session: SessionId,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE pending SET session_id = ? WHERE key = ?")
+            .bind(session.to_string())
+            .bind(&key.0[..])
+            .execute(&self.writer)
+            .await
+            .map_err(backend)?;
+        Ok(())
     }
 
     async fn signing_keys(&self) -> Result<Vec<StoredKey>, StoreError> {
@@ -799,8 +923,9 @@ async fn insert_refresh(
     r: &RefreshRecord,
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO refresh_tokens (hash, session_id, created_at, spent_at, grace_until, grace_sealed)
-         VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT INTO refresh_tokens
+           (hash, session_id, created_at, spent_at, grace_until, grace_sealed, upstream_sealed)
+         VALUES (?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(&r.hash.0[..])
     .bind(r.session.to_string())
@@ -808,10 +933,28 @@ async fn insert_refresh(
     .bind(r.spent_at.map(|t| t.0))
     .bind(r.grace_until.map(|t| t.0))
     .bind(r.grace_sealed.as_deref())
+    .bind(r.upstream_sealed.as_deref())
     .execute(&mut *tx)
     .await
     .map_err(|e| conflict_or_backend(e, || "refresh token".to_owned()))?;
     Ok(())
+}
+
+fn pending_from_row(row: &SqliteRow) -> Result<Pending, StoreError> {
+    let key: Vec<u8> = row.get("key");
+    Ok(Pending {
+        key: TokenHash(key.try_into().map_err(|_| corrupt("pending key", "not 32 bytes"))?),
+        alias: row.get("alias"),
+        kind: row.get("kind"),
+        data: row.get("data"),
+        expires_at: UnixTime(row.get("expires_at")),
+        used_at: row.get::<Option<i64>, _>("used_at").map(UnixTime),
+        session: row
+            .get::<Option<&str>, _>("session_id")
+            .map(SessionId::from_str)
+            .transpose()
+            .map_err(|e| corrupt("session id", e))?,
+    })
 }
 
 fn session_from_row(row: &SqliteRow) -> Result<Session, StoreError> {
@@ -840,6 +983,41 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = SqliteStore::open(&dir.path().join("t.db")).await.unwrap();
         (dir, s)
+    }
+
+    #[tokio::test]
+    async fn pending_records_are_used_once_and_expire() {
+        let (_d, s) = store().await;
+        let p = Pending {
+            key: TokenHash([7; 32]),
+            alias: Some("ABCD-EFGH".into()),
+            kind: "device".into(),
+            data: "{}".into(),
+            expires_at: UnixTime(200),
+            used_at: None,
+            session: None,
+        };
+        s.put_pending(&p).await.unwrap();
+        assert!(s.put_pending(&p).await.is_err(), "keys are unique");
+        assert_eq!(s.pending_by_alias("ABCD-EFGH", UnixTime(100)).await.unwrap(), Some(p.clone()));
+        assert!(s.update_pending(p.key, r#"{"ok":1}"#, UnixTime(100)).await.unwrap());
+        let (used, first) = s.use_pending(p.key, UnixTime(101)).await.unwrap().unwrap();
+        assert!(first);
+        assert_eq!(used.used_at, Some(UnixTime(101)));
+        assert_eq!(used.data, r#"{"ok":1}"#);
+        assert!(!s.update_pending(p.key, "{}", UnixTime(102)).await.unwrap(), "used: frozen");
+        let sid = SessionId::random();
+        s.set_pending_session(p.key, sid).await.unwrap();
+        let (again, first) = s.use_pending(p.key, UnixTime(102)).await.unwrap().unwrap();
+        assert!(!first, "a second use is told apart");
+        assert_eq!(again.session, Some(sid));
+        // Expired: gone for every reader, and purged.
+        assert_eq!(s.pending(p.key, UnixTime(200)).await.unwrap(), None);
+        let q = Pending { key: TokenHash([8; 32]), alias: None, ..p.clone() };
+        s.put_pending(&q).await.unwrap();
+        assert_eq!(s.use_pending(q.key, UnixTime(300)).await.unwrap(), None);
+        assert!(s.purge(UnixTime(300)).await.unwrap() >= 2);
+        assert_eq!(s.use_pending(TokenHash([9; 32]), UnixTime(1)).await.unwrap(), None);
     }
 
     #[tokio::test]
