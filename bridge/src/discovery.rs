@@ -10,11 +10,13 @@ use crate::state::AppState;
 
 /// The grant types the token endpoint accepts (`password` only with a directory, Kerberos only
 /// with a keytab).
-pub(crate) const GRANT_TYPES: [&str; 4] = [
+pub(crate) const GRANT_TYPES: [&str; 6] = [
     "refresh_token",
     "urn:ietf:params:oauth:grant-type:token-exchange",
     PASSWORD_GRANT,
     KERBEROS_GRANT,
+    crate::authorize::AUTHORIZATION_CODE_GRANT,
+    crate::device::DEVICE_GRANT,
 ];
 
 /// The resource owner password grant: LDAP / AD logins, for first-party clients.
@@ -37,10 +39,15 @@ pub(crate) async fn openid_configuration(State(state): State<AppState>) -> Respo
             "issuer": s.issuer,
             "jwks_uri": format!("{iss}/oauth2/jwks"),
             "token_endpoint": format!("{iss}/oauth2/token"),
+            "authorization_endpoint": format!("{iss}/oauth2/authorize"),
+            "device_authorization_endpoint": format!("{iss}/oauth2/device_authorization"),
             "revocation_endpoint": format!("{iss}/oauth2/revoke"),
             "introspection_endpoint": format!("{iss}/oauth2/introspect"),
             "grant_types_supported": grants,
-            "response_types_supported": ["token"],
+            "response_types_supported": ["code"],
+            "response_modes_supported": ["query"],
+            "code_challenge_methods_supported": ["S256"],
+            "authorization_response_iss_parameter_supported": true,
             "subject_types_supported": ["public"],
             "id_token_signing_alg_values_supported": ["ES256"],
             "token_endpoint_auth_methods_supported": ["none", "client_secret_basic", "client_secret_post"],

@@ -51,6 +51,33 @@ impl AppState {
         login: PasswordLogin<'_>,
         ctx: &RequestCtx,
     ) -> Result<TokenPair, ApiError> {
+        let (account, groups) = self
+            .password_account(login.username, login.password, &login.audience, ctx)
+            .await?;
+        self.start_session(
+            Login {
+                account: &account,
+                client_id: &login.client.id,
+                amr: "ldap",
+                audience: login.audience,
+                scope: login.scope,
+                login_groups: groups,
+                upstream: None,
+            },
+            ctx,
+        )
+        .await
+    }
+
+    /// Checks a directory password and returns the linked account and the user's groups shaped
+    /// for `audience`; throttled, and audited when refused.
+    pub(crate) async fn password_account(
+        &self,
+        username: &str,
+        password: &str,
+        audience: &str,
+        ctx: &RequestCtx,
+    ) -> Result<(UserAccount, Vec<String>), ApiError> {
         let settings = self.settings();
         let Some(dir) = settings.directory.as_ref() else {
             return Err(ApiError::OAuth {
@@ -60,25 +87,20 @@ impl AppState {
             });
         };
         let source = ctx.source.map(|s| s.ip());
-        let deny =
-            |reason: &str| self.login_denied(ctx, "login.ldap", Some(login.username), reason);
+        let deny = |reason: &str| self.login_denied(ctx, "login.ldap", Some(username), reason);
         let started = std::time::Instant::now();
         if let Err(wait) = self
             .throttle()
-            .check(&dir.throttle, source, login.username, started)
+            .check(&dir.throttle, source, username, started)
         {
             deny("throttled");
             return Err(ApiError::Throttled(wait));
         }
-        let user = match dir
-            .directory
-            .authenticate(login.username, login.password)
-            .await
-        {
+        let user = match dir.directory.authenticate(username, password).await {
             Ok(u) => u,
             Err(DirectoryError::InvalidCredentials) => {
                 self.throttle()
-                    .fail(&dir.throttle, source, login.username, started);
+                    .fail(&dir.throttle, source, username, started);
                 deny(INVALID);
                 return Err(ApiError::invalid_grant(INVALID));
             }
@@ -92,7 +114,7 @@ impl AppState {
                 return Err(unavailable(&e));
             }
         };
-        self.throttle().succeed(source, login.username);
+        self.throttle().succeed(source, username);
         let account = self
             .directory_account(&user, (dir.jit, dir.link_by_name), "login.ldap", ctx)
             .await?;
@@ -100,19 +122,8 @@ impl AppState {
             deny("account is disabled in idbridge");
             return Err(ApiError::invalid_grant("your idbridge account is disabled"));
         }
-        let groups = self.shaped_groups(dir, &user, &login.audience, &account, ctx);
-        self.start_session(
-            Login {
-                account: &account,
-                client_id: &login.client.id,
-                amr: "ldap",
-                audience: login.audience,
-                scope: login.scope,
-                login_groups: groups,
-            },
-            ctx,
-        )
-        .await
+        let groups = self.shaped_groups(dir, &user, audience, &account, ctx);
+        Ok((account, groups))
     }
 
     pub(crate) fn shaped_groups(

@@ -16,7 +16,9 @@
 mod admin;
 mod audit;
 mod auth;
+mod authorize;
 mod crypto;
+mod device;
 mod discovery;
 mod error;
 mod keys;
@@ -25,6 +27,7 @@ mod metrics;
 mod negotiate;
 mod oauth;
 mod ops;
+mod page;
 mod provision;
 mod proxy;
 mod review;
@@ -35,6 +38,7 @@ mod state;
 mod throttle;
 mod tls;
 mod tokens;
+mod upstream;
 
 pub use audit::{Audit, AuditEvent, AuditSink};
 pub use auth::{Authenticated, Authenticator, Denial};
@@ -58,3 +62,4 @@ pub use tokens::{
     AccessClaims, Actor, REFRESH_TOKEN_PREFIX, STATIC_TOKEN_PREFIX, WEBHOOK_TOKEN_PREFIX,
     hash_token, new_secret, new_static_secret,
 };
+pub use upstream::{Upstream, UpstreamConfig, UpstreamError};

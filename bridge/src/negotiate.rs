@@ -39,6 +39,33 @@ impl AppState {
         req: KerberosRequest<'_>,
         ctx: &RequestCtx,
     ) -> Result<(TokenPair, Option<Vec<u8>>), ApiError> {
+        let (account, login_groups, mutual) =
+            self.kerberos_account(req.token, &req.audience, ctx).await?;
+        let pair = self
+            .start_session(
+                Login {
+                    account: &account,
+                    client_id: &req.client.id,
+                    amr: "krb5",
+                    audience: req.audience,
+                    scope: req.scope,
+                    login_groups,
+                    upstream: None,
+                },
+                ctx,
+            )
+            .await?;
+        Ok((pair, mutual))
+    }
+
+    /// Checks the SPNEGO token (base64) and returns the principal's account, the groups for
+    /// `audience`, and the mutual-authentication token.
+    pub(crate) async fn kerberos_account(
+        &self,
+        token: &str,
+        audience: &str,
+        ctx: &RequestCtx,
+    ) -> Result<(UserAccount, Vec<String>, Option<Vec<u8>>), ApiError> {
         let settings = self.settings();
         let Some(krb) = settings.kerberos.as_ref() else {
             return Err(ApiError::OAuth {
@@ -49,7 +76,7 @@ impl AppState {
         };
         let deny =
             |reason: &str, who: Option<&str>| self.login_denied(ctx, "login.krb5", who, reason);
-        let Ok(bytes) = STANDARD.decode(req.token.trim()) else {
+        let Ok(bytes) = STANDARD.decode(token.trim()) else {
             deny("kerberos_token is not base64", None);
             return Err(ApiError::invalid_request(
                 "kerberos_token must be the base64 SPNEGO token",
@@ -74,7 +101,7 @@ impl AppState {
             return Err(ApiError::invalid_grant(why));
         }
         let (account, login_groups) = if krb.groups_from_directory {
-            self.kerberos_directory_account(&settings, krb, &principal, &req.audience, ctx)
+            self.kerberos_directory_account(&settings, krb, &principal, audience, ctx)
                 .await?
         } else {
             let name = krb.mapper.account_name(&principal).map_err(|e| {
@@ -106,20 +133,7 @@ impl AppState {
             );
             return Err(ApiError::invalid_grant("your idbridge account is disabled"));
         }
-        let pair = self
-            .start_session(
-                Login {
-                    account: &account,
-                    client_id: &req.client.id,
-                    amr: "krb5",
-                    audience: req.audience,
-                    scope: req.scope,
-                    login_groups,
-                },
-                ctx,
-            )
-            .await?;
-        Ok((pair, accepted.mutual_token))
+        Ok((account, login_groups, accepted.mutual_token))
     }
 
     /// With `kerberos.groups: directory`: the directory entry holding the principal is the user
@@ -188,16 +202,7 @@ pub(crate) async fn login(
             "Kerberos logins are not configured (config section `kerberos`)".into(),
         ));
     }
-    let offered = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (scheme, token) = v.split_once(' ')?;
-            scheme
-                .eq_ignore_ascii_case("negotiate")
-                .then(|| token.trim())
-        });
-    let Some(token) = offered else {
+    let Some(token) = offered(&headers) else {
         return Ok(challenge(
             "this page logs you in with Kerberos: your client should answer with a Negotiate token (curl --negotiate -u : URL)",
         ));
@@ -242,6 +247,19 @@ pub(crate) async fn login(
         Err(ApiError::OAuth { description, .. }) => Ok(challenge(&description)),
         Err(e) => Err(e),
     }
+}
+
+/// The token of an `Authorization: Negotiate` header.
+pub(crate) fn offered(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.split_once(' ')?;
+            scheme
+                .eq_ignore_ascii_case("negotiate")
+                .then(|| token.trim())
+        })
 }
 
 /// A 401 asking for Negotiate, saying why.

@@ -24,6 +24,7 @@ pub(crate) const CLI_CLIENT: &str = "idbridge-cli";
 const STATIC_TOKEN_TYPE: &str = "urn:idbridge:params:oauth:token-type:static";
 const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
 const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+const ID_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:id_token";
 /// A scope value selecting one group for an exchanged token.
 const GROUP_SCOPE: &str = "group:";
 
@@ -44,6 +45,10 @@ pub(crate) struct TokenRequest {
     username: Option<String>,
     password: Option<String>,
     kerberos_token: Option<String>,
+    code: Option<String>,
+    redirect_uri: Option<String>,
+    code_verifier: Option<String>,
+    device_code: Option<String>,
 }
 
 fn oauth(status: StatusCode, error: &'static str, description: impl Into<String>) -> ApiError {
@@ -272,6 +277,32 @@ pub(crate) async fn token(
         }
         return Ok(no_store(body));
     }
+    if grant == crate::authorize::AUTHORIZATION_CODE_GRANT {
+        let code = req
+            .code
+            .as_deref()
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| ApiError::invalid_request("code is required"))?;
+        let pair = state
+            .redeem_code(
+                client,
+                code,
+                req.redirect_uri.as_deref(),
+                req.code_verifier.as_deref(),
+                &ctx,
+            )
+            .await?;
+        return Ok(token_response(&pair, true));
+    }
+    if grant == crate::device::DEVICE_GRANT {
+        let code = req
+            .device_code
+            .as_deref()
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| ApiError::invalid_request("device_code is required"))?;
+        let pair = state.poll_device(client, code, &ctx).await?;
+        return Ok(token_response(&pair, true));
+    }
     debug_assert_eq!(grant, TOKEN_EXCHANGE);
     if let Some(t) = req.requested_token_type.as_deref()
         && t != ACCESS_TOKEN_TYPE
@@ -296,9 +327,20 @@ pub(crate) async fn token(
             exchange_static(&state, &ctx, client, &subject, audience, req.scope).await?
         }
         Some(ACCESS_TOKEN_TYPE) => exchange_access(&state, &ctx, &req, &subject, audience).await?,
+        Some(ID_TOKEN_TYPE) => {
+            if req.actor_token.is_some() {
+                return Err(ApiError::invalid_request(
+                    "actor_token is accepted only with an access-token subject",
+                ));
+            }
+            let scope = req.scope.clone().unwrap_or_default();
+            state
+                .exchange_id_token(client, &subject, audience, scope, &ctx)
+                .await?
+        }
         Some(other) => {
             return Err(ApiError::invalid_request(format!(
-                "subject_token_type {other:?} is not supported; use {STATIC_TOKEN_TYPE} or {ACCESS_TOKEN_TYPE}"
+                "subject_token_type {other:?} is not supported; use {STATIC_TOKEN_TYPE}, {ACCESS_TOKEN_TYPE} or {ID_TOKEN_TYPE}"
             )));
         }
         None => return Err(ApiError::invalid_request("subject_token_type is required")),
@@ -344,6 +386,7 @@ async fn exchange_static(
                 audience,
                 scope: scope.unwrap_or_default(),
                 login_groups: Vec::new(),
+                upstream: None,
             },
             ctx,
         )

@@ -124,6 +124,7 @@ pub(crate) async fn login(
                 audience,
                 scope: req.scope.unwrap_or_default(),
                 login_groups: groups,
+                upstream: None,
             },
             &ctx,
         )

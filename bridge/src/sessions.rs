@@ -7,7 +7,8 @@
 //! window. A spend seen after the window is reuse, and revokes the whole session.
 
 use idbridge_core::{
-    RefreshRecord, Session, SessionId, SessionState, Spend, SpendOutcome, UnixTime, UserAccount,
+    RefreshRecord, Session, SessionId, SessionState, Spend, SpendOutcome, TokenHash, UnixTime,
+    UserAccount,
 };
 use serde::{Deserialize, Serialize};
 
@@ -29,6 +30,9 @@ pub(crate) struct TokenPair {
     pub scope: String,
     #[serde(skip)]
     pub jti: String,
+    /// The session the pair belongs to, when it was just started.
+    #[serde(skip)]
+    pub session: Option<SessionId>,
 }
 
 /// What a new access token says beyond its session.
@@ -66,6 +70,44 @@ pub(crate) struct Login<'a> {
     pub scope: String,
     /// Groups the login source vouched for, beyond the account's own.
     pub login_groups: Vec<String>,
+    /// What the upstream provider gave to keep the session checked there.
+    pub upstream: Option<UpstreamGrant>,
+}
+
+/// An upstream provider's refresh token, kept (sealed under idbridge's own refresh token) to ask
+/// the provider at every refresh whether the user still may log in. No `Debug`: it is a secret.
+#[derive(Clone, Serialize, Deserialize)]
+pub(crate) struct UpstreamGrant {
+    pub upstream: String,
+    pub refresh_token: String,
+}
+
+impl std::fmt::Debug for UpstreamGrant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamGrant")
+            .field("upstream", &self.upstream)
+            .finish_non_exhaustive()
+    }
+}
+
+const UPSTREAM_INFO: &[u8] = b"idbridge upstream grant v1";
+
+impl UpstreamGrant {
+    /// Sealed under a key only the holder of `refresh_token` (idbridge's) can derive.
+    pub(crate) fn seal(&self, refresh_token: &str, hash: &TokenHash) -> Result<Vec<u8>, ApiError> {
+        let plain = serde_json::to_vec(self).map_err(|_| ApiError::Internal)?;
+        SealKey::derive(refresh_token.as_bytes(), UPSTREAM_INFO)
+            .seal(&hash.0, &plain)
+            .map_err(|_| ApiError::Internal)
+    }
+
+    /// Opens what [`UpstreamGrant::seal`] sealed.
+    pub(crate) fn open(refresh_token: &str, hash: &TokenHash, sealed: &[u8]) -> Option<Self> {
+        let plain = SealKey::derive(refresh_token.as_bytes(), UPSTREAM_INFO)
+            .open(&hash.0, sealed)
+            .ok()?;
+        serde_json::from_slice(&plain).ok()
+    }
 }
 
 fn internal(what: &'static str) -> impl FnOnce(crate::keys::KeyError) -> ApiError {
@@ -128,6 +170,7 @@ impl AppState {
             expires_in: exp - now,
             scope: grant.scope,
             jti: claims.jti,
+            session: None,
         })
     }
 
@@ -154,11 +197,15 @@ impl AppState {
             revoked_reason: None,
         };
         let refresh = new_secret(REFRESH_TOKEN_PREFIX);
-        let first = RefreshRecord::fresh(hash_token(&refresh), session.id, now);
+        let mut first = RefreshRecord::fresh(hash_token(&refresh), session.id, now);
+        if let Some(up) = &login.upstream {
+            first.upstream_sealed = Some(up.seal(&refresh, &first.hash)?);
+        }
         let grant = Grant::session(login.account, &session);
         let mut pair = self.mint(login.account, &session, grant, now.0)?;
         self.store().create_session(&session, &first).await?;
         pair.refresh_token = Some(refresh);
+        pair.session = Some(session.id);
         let mut ev = ctx.event("session.start", "ok");
         ev.account = Some(login.account.name.as_str());
         ev.uid = Some(login.account.uid.to_string());
@@ -230,6 +277,26 @@ impl AppState {
         } else {
             None
         };
+        let mut login_groups = login_groups;
+        let upstream = match record.upstream_sealed.as_deref() {
+            Some(sealed) => {
+                let kept = UpstreamGrant::open(token, &hash, sealed).ok_or_else(|| {
+                    deny(
+                        "the upstream login cannot be read; log in again",
+                        Some(&account),
+                    )
+                })?;
+                let (grant, groups) = self
+                    .recheck_upstream(kept, &account, &session, now, ctx)
+                    .await?;
+                if let Some(g) = groups {
+                    session.login_groups.clone_from(&g);
+                    login_groups = Some(g);
+                }
+                Some(grant)
+            }
+            None => None,
+        };
         let next_secret = new_secret(REFRESH_TOKEN_PREFIX);
         let grant = Grant::session(&account, &session);
         let mut pair = self.mint(&account, &session, grant, now.0)?;
@@ -245,7 +312,12 @@ impl AppState {
             at: now,
             grace_until: now.plus_secs(settings.refresh_grace.as_secs()),
             sealed,
-            next: RefreshRecord::fresh(hash_token(&next_secret), session.id, now),
+            next: RefreshRecord {
+                upstream_sealed: upstream
+                    .map(|u| u.seal(&next_secret, &hash_token(&next_secret)))
+                    .transpose()?,
+                ..RefreshRecord::fresh(hash_token(&next_secret), session.id, now)
+            },
             login_groups,
         };
         match self.store().spend_refresh(&spend).await? {
@@ -268,6 +340,70 @@ impl AppState {
                     }
                     _ => Err(deny("the session is revoked; log in again", Some(&account))),
                 }
+            }
+        }
+    }
+
+    /// Asks the session's upstream provider whether the user still may log in (its refresh
+    /// grant). A refusal revokes the session; an unreachable provider is a 503 and revokes
+    /// nothing. Returns the grant to keep and, when the provider sent a new ID token, the
+    /// groups it names.
+    async fn recheck_upstream(
+        &self,
+        kept: UpstreamGrant,
+        account: &UserAccount,
+        session: &Session,
+        now: UnixTime,
+        ctx: &RequestCtx,
+    ) -> Result<(UpstreamGrant, Option<Vec<String>>), ApiError> {
+        let settings = self.settings();
+        let refuse = |reason: String| {
+            let mut ev = ctx.event("token.refresh", "denied");
+            ev.account = Some(account.name.as_str());
+            ev.uid = Some(account.uid.to_string());
+            ev.reason = Some(&reason);
+            self.audit().record(&ev);
+            ApiError::invalid_grant(reason)
+        };
+        let Some(up) = settings.upstream(&kept.upstream) else {
+            return Err(refuse(format!(
+                "the identity provider {:?} is no longer configured; log in again",
+                kept.upstream
+            )));
+        };
+        match up.refresh(&kept.refresh_token).await {
+            Ok(tokens) => {
+                let groups = match tokens.id_token.as_deref() {
+                    Some(raw) => {
+                        let claims = up
+                            .verify_id_token(raw, None)
+                            .await
+                            .map_err(|e| refuse(e.to_string()))?;
+                        Some(up.user(&claims).map_err(|e| refuse(e.to_string()))?.groups)
+                    }
+                    None => None,
+                };
+                Ok((
+                    UpstreamGrant {
+                        upstream: kept.upstream,
+                        refresh_token: tokens.refresh_token.unwrap_or(kept.refresh_token),
+                    },
+                    groups,
+                ))
+            }
+            Err(e @ crate::upstream::UpstreamError::Unavailable { .. }) => {
+                tracing::warn!(error = %e, "upstream refresh failed");
+                Err(ApiError::Unavailable(format!(
+                    "{e}; the session was kept, retry shortly"
+                )))
+            }
+            Err(e) => {
+                let reason = format!("{e}; the session is revoked, log in again");
+                self.store()
+                    .revoke_session(session.id, "refused by the upstream provider", now)
+                    .await?;
+                self.invalidate();
+                Err(refuse(reason))
             }
         }
     }
@@ -391,6 +527,7 @@ mod tests {
                         audience: "kubernetes".into(),
                         scope: String::new(),
                         login_groups: vec!["proxied".into(), "system:masters".into()],
+                        upstream: None,
                     },
                     &self.ctx,
                 )

@@ -49,6 +49,7 @@ impl Client {
                 .map(|g| (*g).to_owned())
                 .collect(),
             audiences,
+            redirect_uris: Vec::new(),
         }
     }
 }
@@ -100,6 +101,8 @@ pub struct Settings {
     pub directory: Option<DirectoryLogin>,
     /// Kerberos single sign-on, when a keytab is configured.
     pub kerberos: Option<KerberosLogin>,
+    /// Upstream OpenID providers, in the order the login page shows them.
+    pub upstreams: Vec<std::sync::Arc<crate::upstream::Upstream>>,
     /// A signing key signs this long before the next takes over.
     pub key_rotate_every: Duration,
     /// A new signing key is published this long before it signs.
@@ -117,6 +120,10 @@ pub struct Client {
     pub grants: Vec<String>,
     /// Audiences it may obtain tokens for.
     pub audiences: Vec<String>,
+    /// Where `/oauth2/authorize` may send its answer: exact URIs, except that an `http` URI on
+    /// a loopback address matches any port (RFC 8252). The built-in `idbridge-cli` may use any
+    /// loopback URI.
+    pub redirect_uris: Vec<String>,
 }
 
 /// Names accounts by name or group.
@@ -238,6 +245,7 @@ impl Settings {
             proxy: None,
             directory: None,
             kerberos: None,
+            upstreams: Vec::new(),
             key_rotate_every: Duration::from_secs(30 * 86_400),
             key_publish_lead: Duration::from_secs(86_400),
         }
@@ -266,6 +274,12 @@ impl Settings {
     #[must_use]
     pub fn client(&self, id: &str) -> Option<&Client> {
         self.clients.iter().find(|c| c.id == id)
+    }
+
+    /// The upstream named `name`.
+    #[must_use]
+    pub fn upstream(&self, name: &str) -> Option<&std::sync::Arc<crate::upstream::Upstream>> {
+        self.upstreams.iter().find(|u| u.config.name == name)
     }
 
     /// The audience assumed when a TokenReview names none.

@@ -23,7 +23,7 @@ use crate::metrics::Metrics;
 use crate::ops::{AdminOps, OpsError};
 use crate::server::PeerInfo;
 use crate::settings::Settings;
-use crate::{admin, discovery, negotiate, oauth, proxy, review};
+use crate::{admin, authorize, device, discovery, negotiate, oauth, proxy, review};
 
 struct Inner {
     store: Arc<dyn Store>,
@@ -361,7 +361,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
 }
 
 /// Every route, as axum's `MatchedPath` names it (metrics keep a cell for each).
-const ROUTES: [&str; 21] = [
+const ROUTES: [&str; 29] = [
     "/healthz",
     "/readyz",
     "/metrics",
@@ -370,7 +370,15 @@ const ROUTES: [&str; 21] = [
     "/oauth2/token",
     "/oauth2/revoke",
     "/oauth2/introspect",
+    "/login",
     "/login/proxy",
+    "/oauth2/authorize",
+    "/oauth2/device_authorization",
+    "/device",
+    "/login/oidc/{name}",
+    "/login/oidc/callback",
+    "/login/password",
+    "/login/kerberos",
     "/webhooks/tokenreview",
     "/admin/v1/accounts",
     "/admin/v1/accounts/{name}",
@@ -402,6 +410,19 @@ pub fn app(state: AppState) -> Router {
         .route("/oauth2/introspect", post(oauth::introspect))
         .route("/login", get(negotiate::login))
         .route("/login/proxy", post(proxy::login))
+        .route("/oauth2/authorize", get(authorize::authorize))
+        .route(
+            "/oauth2/device_authorization",
+            post(device::device_authorization),
+        )
+        .route(
+            "/device",
+            get(device::device_page).post(device::device_submit),
+        )
+        .route("/login/oidc/callback", get(authorize::upstream_callback))
+        .route("/login/oidc/{name}", post(authorize::login_upstream))
+        .route("/login/password", post(authorize::login_password))
+        .route("/login/kerberos", get(authorize::login_kerberos))
         .route("/webhooks/tokenreview", post(review::token_review))
         .nest("/admin/v1", admin::routes())
         .layer(DefaultBodyLimit::max(limit))

@@ -36,6 +36,8 @@ pub struct Config {
     pub directory: Option<idbridge_directory::DirectoryConfig>,
     /// Kerberos single sign-on (a keytab for the HTTP service); none by default.
     pub kerberos: Option<idbridge_kerberos::KerberosConfig>,
+    /// Upstream OpenID providers users may log in through, in the login page's order.
+    pub upstreams: Vec<UpstreamConfig>,
     pub kubernetes: KubernetesConfig,
     pub webhooks: WebhooksConfig,
     pub review_cache: ReviewCacheConfig,
@@ -65,6 +67,7 @@ impl Default for Config {
             proxy: ProxyConfig::default(),
             directory: None,
             kerberos: None,
+            upstreams: Vec::new(),
             kubernetes: KubernetesConfig::default(),
             webhooks: WebhooksConfig::default(),
             review_cache: ReviewCacheConfig::default(),
@@ -169,6 +172,119 @@ pub struct ClientConfig {
     /// Audiences it may obtain tokens for (default: `kubernetes.audiences`).
     #[serde(default)]
     pub audiences: Option<Vec<String>>,
+    /// Where `/oauth2/authorize` may send the user back: exact URIs; an `http://127.0.0.1/...`
+    /// or `http://[::1]/...` entry matches any port (RFC 8252).
+    #[serde(default)]
+    pub redirect_uris: Vec<String>,
+}
+
+/// An upstream OpenID provider users may log in through.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Short name, in URLs and messages: lower-case letters, digits and `-`.
+    pub name: String,
+    /// What the login page's button says (default: the name).
+    #[serde(default)]
+    pub display_name: Option<String>,
+    /// The provider's issuer URL, exactly as its discovery document states it.
+    pub issuer: String,
+    /// idbridge's client id at the provider.
+    pub client_id: String,
+    /// File holding that client's secret; absent for a public client.
+    #[serde(default)]
+    pub client_secret_file: Option<PathBuf>,
+    /// CA bundle (PEM) to trust for this provider instead of the system's roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Scopes asked for besides `openid`.
+    #[serde(default = "default_upstream_scopes")]
+    pub scopes: Vec<String>,
+    /// The ID-token claim naming the account.
+    #[serde(default = "default_username_claim")]
+    pub username_claim: String,
+    /// The ID-token claim listing groups; empty for none.
+    #[serde(default = "default_groups_claim")]
+    pub groups_claim: String,
+    /// Prefix added to account names from this provider.
+    #[serde(default)]
+    pub username_prefix: String,
+    /// Prefix added to groups from this provider.
+    #[serde(default)]
+    pub groups_prefix: String,
+    /// Refuse logins whose `email_verified` is not true (default: true when the username claim
+    /// is `email`).
+    #[serde(default)]
+    pub require_email_verified: Option<bool>,
+    /// Use the provider's refresh grant at every idbridge refresh, so a user disabled there
+    /// loses access at the next refresh.
+    #[serde(default)]
+    pub refresh: bool,
+    /// Whether a first login creates the account (default `jit`).
+    #[serde(default = "jit")]
+    pub provisioning: Provisioning,
+    /// With `existing` provisioning, link an unlinked account of the same name at first login.
+    #[serde(default)]
+    pub link_by_name: bool,
+}
+
+fn jit() -> Provisioning {
+    Provisioning::Jit
+}
+
+fn default_upstream_scopes() -> Vec<String> {
+    vec!["email".into(), "profile".into()]
+}
+
+fn default_username_claim() -> String {
+    "email".into()
+}
+
+fn default_groups_claim() -> String {
+    "groups".into()
+}
+
+impl UpstreamConfig {
+    fn validate(&self, at: &str) -> anyhow::Result<()> {
+        if self.name.is_empty()
+            || self.name.len() > 64
+            || !self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            bail!(
+                "field `{at}.name`: 1-64 lower-case letters, digits and `-`, got {:?}",
+                self.name
+            );
+        }
+        if self.name == "callback" {
+            bail!("field `{at}.name`: `callback` is reserved");
+        }
+        let ok = reqwest::Url::parse(&self.issuer)
+            .is_ok_and(|u| u.scheme() == "https" && u.query().is_none() && u.fragment().is_none());
+        if !ok {
+            bail!(
+                "field `{at}.issuer`: must be an https:// URL without query or fragment, got {:?}",
+                self.issuer
+            );
+        }
+        if self.client_id.is_empty() {
+            bail!("field `{at}.client_id`: must not be empty");
+        }
+        if self.username_claim.is_empty() {
+            bail!("field `{at}.username_claim`: must not be empty");
+        }
+        for (field, p) in [
+            ("username_prefix", &self.username_prefix),
+            ("groups_prefix", &self.groups_prefix),
+        ] {
+            if p.starts_with("system:") {
+                bail!("field `{at}.{field}`: must not produce names starting with `system:`");
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -474,6 +590,9 @@ impl Config {
             "refresh_token",
             "urn:ietf:params:oauth:grant-type:token-exchange",
             "password",
+            "urn:idbridge:params:oauth:grant-type:kerberos",
+            "authorization_code",
+            "urn:ietf:params:oauth:grant-type:device_code",
         ];
         for (i, c) in self.clients.iter().enumerate() {
             if c.id.is_empty() || c.id.len() > 128 || c.id.chars().any(char::is_control) {
@@ -492,6 +611,29 @@ impl Config {
             }
             if c.audiences.as_ref().is_some_and(Vec::is_empty) {
                 bail!("field `clients[{i}].audiences`: name at least one audience");
+            }
+            for (j, u) in c.redirect_uris.iter().enumerate() {
+                let ok = reqwest::Url::parse(u).is_ok_and(|p| {
+                    p.fragment().is_none()
+                        && (p.scheme() == "https"
+                            || p.scheme() == "http"
+                                && matches!(p.host_str(), Some("127.0.0.1" | "[::1]")))
+                });
+                if !ok {
+                    bail!(
+                        "field `clients[{i}].redirect_uris[{j}]`: must be an https:// URL, or http:// on 127.0.0.1 or [::1], without a fragment; got {u:?}"
+                    );
+                }
+            }
+        }
+        let mut names = BTreeSet::new();
+        for (i, u) in self.upstreams.iter().enumerate() {
+            u.validate(&format!("upstreams[{i}]"))?;
+            if !names.insert(u.name.as_str()) {
+                bail!(
+                    "field `upstreams[{i}].name`: {:?} is declared twice",
+                    u.name
+                );
             }
         }
         for (i, r) in self.delegation.iter().enumerate() {

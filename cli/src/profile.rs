@@ -193,6 +193,63 @@ pub fn kerberos_login(
     })
 }
 
+/// The upstream OpenID providers, each with an HTTP client trusting its CA. Nothing is fetched
+/// here: discovery happens at the first login, so a provider that is down does not stop the
+/// server.
+pub fn upstreams(cfg: &Config) -> anyhow::Result<Vec<std::sync::Arc<idbridge_bridge::Upstream>>> {
+    let mut out = Vec::new();
+    for (i, u) in cfg.upstreams.iter().enumerate() {
+        let at = format!("upstreams[{i}]");
+        let secret = u
+            .client_secret_file
+            .as_deref()
+            .map(|p| client_secret(p, &format!("{at}.client_secret_file")))
+            .transpose()?
+            .map(idbridge_bridge::Secret::new);
+        let mut b = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(10))
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("idbridge/", env!("CARGO_PKG_VERSION")));
+        if let Some(ca) = &u.ca_file {
+            let pem = std::fs::read(ca)
+                .with_context(|| format!("field `{at}.ca_file`: cannot read {}", ca.display()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).with_context(|| {
+                format!(
+                    "field `{at}.ca_file`: {} is not a PEM certificate bundle",
+                    ca.display()
+                )
+            })?;
+            b = b.tls_certs_only(certs);
+        }
+        let http = b
+            .build()
+            .with_context(|| format!("field `{at}`: HTTP client"))?;
+        let config = idbridge_bridge::UpstreamConfig {
+            name: u.name.clone(),
+            display_name: u.display_name.clone().unwrap_or_else(|| u.name.clone()),
+            issuer: u.issuer.clone(),
+            client_id: u.client_id.clone(),
+            client_secret: secret,
+            scopes: u.scopes.clone(),
+            username_claim: u.username_claim.clone(),
+            groups_claim: u.groups_claim.clone(),
+            username_prefix: u.username_prefix.clone(),
+            groups_prefix: u.groups_prefix.clone(),
+            require_email_verified: u
+                .require_email_verified
+                .unwrap_or(u.username_claim == "email"),
+            refresh: u.refresh,
+            jit: u.provisioning == idbridge_core::Provisioning::Jit,
+            link_by_name: u.link_by_name,
+        };
+        out.push(std::sync::Arc::new(idbridge_bridge::Upstream::new(
+            config, http,
+        )));
+    }
+    Ok(out)
+}
+
 /// Checks that every file the configuration names can be read and parsed, without writing.
 pub fn check_files(cfg: &Config) -> anyhow::Result<()> {
     if let Some(d) = &cfg.directory {
@@ -203,6 +260,8 @@ pub fn check_files(cfg: &Config) -> anyhow::Result<()> {
         // Reads the keytab; writes nothing (the replay cache is created at the first login).
         kerberos_login(cfg, k)?;
     }
+    // Reads the secret and CA files; asks no provider anything.
+    upstreams(cfg)?;
     for (field, path) in [
         ("tls.cert_file", &cfg.tls.cert_file),
         ("tls.key_file", &cfg.tls.key_file),

@@ -108,6 +108,7 @@ fn settings(
         );
         client.id.clone_from(&c.id);
         client.secret = secret;
+        client.redirect_uris.clone_from(&c.redirect_uris);
         match &c.grants {
             Some(g) => client.grants.clone_from(g),
             // Passwords go only to clients named first-party by listing the grant.
@@ -158,6 +159,7 @@ fn settings(
     if let Some(k) = &cfg.kerberos {
         s.kerberos = Some(profile::kerberos_login(cfg, k)?);
     }
+    s.upstreams = profile::upstreams(cfg)?;
     // When the TLS layer also trusts the proxy's CA, webhook callers must still come from the
     // webhook CA: their certificates are checked against it alone.
     if tls_trusts_proxy

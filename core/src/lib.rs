@@ -27,9 +27,8 @@ pub use duration::HumanDuration;
 pub use error::{Error, StoreError};
 pub use names::{AccountName, GroupName, LabelKey, Namespace, Principal};
 pub use session::{
-    Pending,
-    KeyState, RefreshRecord, Revocations, Session, SessionId, SessionState, Spend, SpendOutcome,
-    StoredKey,
+    KeyState, Pending, RefreshRecord, Revocations, Session, SessionId, SessionState, Spend,
+    SpendOutcome, StoredKey,
 };
 pub use store::Store;
 pub use token::{StaticToken, TokenHash, TokenId};

@@ -3,9 +3,9 @@
 use async_trait::async_trait;
 
 use crate::{
-    AccountName, AccountUid, ExternalIdentity, NewAccount, Pending, RefreshRecord, Revocations, Session,
-    SessionId, Spend, SpendOutcome, StaticToken, StoreError, StoredKey, TokenHash, TokenId,
-    UnixTime, UserAccount,
+    AccountName, AccountUid, ExternalIdentity, NewAccount, Pending, RefreshRecord, Revocations,
+    Session, SessionId, Spend, SpendOutcome, StaticToken, StoreError, StoredKey, TokenHash,
+    TokenId, UnixTime, UserAccount,
 };
 
 /// Durable state: accounts, static tokens, sessions, revocations and signing keys.

@@ -8,8 +8,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use idbridge_core::{
     AccountName, AccountUid, ExternalIdentity, GroupName, KeyState, LabelKey, Namespace,
-    NewAccount, Pending, RefreshRecord, Revocations, Session, SessionId, Spend, SpendOutcome, StaticToken,
-    Store, StoreError, StoredKey, TokenHash, TokenId, UnixTime, UserAccount,
+    NewAccount, Pending, RefreshRecord, Revocations, Session, SessionId, Spend, SpendOutcome,
+    StaticToken, Store, StoreError, StoredKey, TokenHash, TokenId, UnixTime, UserAccount,
 };
 use sqlx::Row;
 use sqlx::sqlite::{
@@ -67,7 +67,7 @@ macro_rules! pending_columns {
 #[derive(Debug)]
 enum Write {
     /// Spend a refresh token.
-    Spend(Spend),
+    Spend(Box<Spend>),
     /// Start a session with its first refresh token.
     Start(Box<(Session, RefreshRecord)>),
 }
@@ -636,7 +636,7 @@ impl Store for SqliteStore {
     }
 
     async fn spend_refresh(&self, spend: &Spend) -> Result<SpendOutcome, StoreError> {
-        match self.write(Write::Spend(spend.clone())).await? {
+        match self.write(Write::Spend(Box::new(spend.clone()))).await? {
             Done::Spent(outcome) => Ok(outcome),
             Done::Started => Err(StoreError::Backend(
                 "the writer answered out of turn".into(),
@@ -943,7 +943,10 @@ async fn insert_refresh(
 fn pending_from_row(row: &SqliteRow) -> Result<Pending, StoreError> {
     let key: Vec<u8> = row.get("key");
     Ok(Pending {
-        key: TokenHash(key.try_into().map_err(|_| corrupt("pending key", "not 32 bytes"))?),
+        key: TokenHash(
+            key.try_into()
+                .map_err(|_| corrupt("pending key", "not 32 bytes"))?,
+        ),
         alias: row.get("alias"),
         kind: row.get("kind"),
         data: row.get("data"),
@@ -999,13 +1002,25 @@ mod tests {
         };
         s.put_pending(&p).await.unwrap();
         assert!(s.put_pending(&p).await.is_err(), "keys are unique");
-        assert_eq!(s.pending_by_alias("ABCD-EFGH", UnixTime(100)).await.unwrap(), Some(p.clone()));
-        assert!(s.update_pending(p.key, r#"{"ok":1}"#, UnixTime(100)).await.unwrap());
+        assert_eq!(
+            s.pending_by_alias("ABCD-EFGH", UnixTime(100))
+                .await
+                .unwrap(),
+            Some(p.clone())
+        );
+        assert!(
+            s.update_pending(p.key, r#"{"ok":1}"#, UnixTime(100))
+                .await
+                .unwrap()
+        );
         let (used, first) = s.use_pending(p.key, UnixTime(101)).await.unwrap().unwrap();
         assert!(first);
         assert_eq!(used.used_at, Some(UnixTime(101)));
         assert_eq!(used.data, r#"{"ok":1}"#);
-        assert!(!s.update_pending(p.key, "{}", UnixTime(102)).await.unwrap(), "used: frozen");
+        assert!(
+            !s.update_pending(p.key, "{}", UnixTime(102)).await.unwrap(),
+            "used: frozen"
+        );
         let sid = SessionId::random();
         s.set_pending_session(p.key, sid).await.unwrap();
         let (again, first) = s.use_pending(p.key, UnixTime(102)).await.unwrap().unwrap();
@@ -1013,11 +1028,20 @@ mod tests {
         assert_eq!(again.session, Some(sid));
         // Expired: gone for every reader, and purged.
         assert_eq!(s.pending(p.key, UnixTime(200)).await.unwrap(), None);
-        let q = Pending { key: TokenHash([8; 32]), alias: None, ..p.clone() };
+        let q = Pending {
+            key: TokenHash([8; 32]),
+            alias: None,
+            ..p.clone()
+        };
         s.put_pending(&q).await.unwrap();
         assert_eq!(s.use_pending(q.key, UnixTime(300)).await.unwrap(), None);
         assert!(s.purge(UnixTime(300)).await.unwrap() >= 2);
-        assert_eq!(s.use_pending(TokenHash([9; 32]), UnixTime(1)).await.unwrap(), None);
+        assert_eq!(
+            s.use_pending(TokenHash([9; 32]), UnixTime(1))
+                .await
+                .unwrap(),
+            None
+        );
     }
 
     #[tokio::test]

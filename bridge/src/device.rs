@@ -1,0 +1,362 @@
+//! The device authorization grant (RFC 8628) for devices without a browser:
+//! `/oauth2/device_authorization` hands out a device code and a short user code; the user opens
+//! `/device`, types the code, and logs in with any method the login page offers; the device
+//! polls `/oauth2/token` until that login is done.
+
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::{Form, Json};
+use idbridge_core::{Pending, UnixTime};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::authorize::{Approved, LoginRequest, Then, login_page, unhex};
+use crate::error::ApiError;
+use crate::page::{self, escape};
+use crate::sessions::TokenPair;
+use crate::settings::{Client, Secret};
+use crate::state::{AppState, RequestCtx};
+use crate::tokens::{hash_token, new_secret};
+
+/// The device grant's `grant_type`.
+pub(crate) const DEVICE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
+/// How long a device code lives.
+const DEVICE_TTL: u64 = 600;
+/// The polling interval asked of devices, in seconds; `slow_down` adds five.
+const INTERVAL: u64 = 5;
+/// Letters that cannot be confused with one another or spell words (RFC 8628 section 6.1).
+const ALPHABET: &[u8; 20] = b"BCDFGHJKLMNPQRSTVWXZ";
+const CSRF_COOKIE: &str = "__Host-idbridge-device";
+
+#[derive(Serialize, Deserialize)]
+struct DeviceGrant {
+    client_id: String,
+    audience: String,
+    scope: String,
+    user_code: String,
+    interval: u64,
+    last_poll: i64,
+    #[serde(default)]
+    approved: Option<Approved>,
+}
+
+/// Eight letters from [`ALPHABET`], shown as `BCDF-GHJK`.
+fn user_code() -> String {
+    let rng = SystemRandom::new();
+    let mut out = String::with_capacity(9);
+    while out.len() < 9 {
+        let mut b = [0u8; 16];
+        if rng.fill(&mut b).is_err() {
+            continue;
+        }
+        // 240 is a multiple of 20: no letter is likelier than another.
+        for x in b.into_iter().filter(|x| *x < 240) {
+            if out.len() == 4 {
+                out.push('-');
+            }
+            if out.len() < 9 {
+                out.push(char::from(ALPHABET[usize::from(x % 20)]));
+            }
+        }
+    }
+    out
+}
+
+/// What a person typed, as stored: upper case, letters of the alphabet only.
+fn normalize(typed: &str) -> String {
+    typed
+        .chars()
+        .map(|c| c.to_ascii_uppercase())
+        .filter(|c| c.is_ascii() && ALPHABET.contains(&(*c as u8)))
+        .collect()
+}
+
+#[derive(Deserialize)]
+pub(crate) struct DeviceRequest {
+    client_id: Option<String>,
+    client_secret: Option<String>,
+    scope: Option<String>,
+    audience: Option<String>,
+}
+
+/// `POST /oauth2/device_authorization`.
+pub(crate) async fn device_authorization(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Form(req): Form<DeviceRequest>,
+) -> Result<Response, ApiError> {
+    let settings = state.settings();
+    let client = crate::oauth::client(
+        &settings,
+        &headers,
+        req.client_id.as_deref(),
+        req.client_secret.as_deref(),
+    )?;
+    if !client.grants.iter().any(|g| g == DEVICE_GRANT) {
+        return Err(ApiError::OAuth {
+            status: StatusCode::BAD_REQUEST,
+            error: "unauthorized_client",
+            description: format!("client {:?} may not use the device grant", client.id),
+        });
+    }
+    let audience = crate::oauth::target(&settings, client, req.audience)?;
+    let device_code = new_secret("idb_dc_");
+    let code = user_code();
+    let now = state.clock().now();
+    let grant = DeviceGrant {
+        client_id: client.id.clone(),
+        audience,
+        scope: req.scope.unwrap_or_default(),
+        user_code: code.clone(),
+        interval: INTERVAL,
+        last_poll: 0,
+        approved: None,
+    };
+    state
+        .store()
+        .put_pending(&Pending {
+            key: hash_token(&device_code),
+            alias: Some(normalize(&code)),
+            kind: "device".into(),
+            data: serde_json::to_string(&grant).map_err(|_| ApiError::Internal)?,
+            expires_at: now.plus_secs(DEVICE_TTL),
+            used_at: None,
+            session: None,
+        })
+        .await?;
+    let base = format!("{}/device", settings.issuer.trim_end_matches('/'));
+    Ok((
+        [(header::CACHE_CONTROL, "no-store")],
+        Json(json!({
+            "device_code": device_code,
+            "user_code": code,
+            "verification_uri": base,
+            "verification_uri_complete": format!("{base}?user_code={code}"),
+            "expires_in": DEVICE_TTL,
+            "interval": INTERVAL,
+        })),
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+pub(crate) struct CodeQuery {
+    user_code: Option<String>,
+}
+
+fn code_form(csrf: &str, code: &str, error: Option<&str>, status: StatusCode) -> Response {
+    let mut body = String::new();
+    if let Some(e) = error {
+        body.push_str(&format!("<p class=\"error\">{}</p>", escape(e)));
+    }
+    body.push_str(&format!(
+        "<p>Enter the code your device shows.</p><form method=\"post\" action=\"/device\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+         <input name=\"user_code\" value=\"{}\" autocomplete=\"off\" required>\
+         <button type=\"submit\">Continue</button></form>",
+        escape(csrf),
+        escape(code)
+    ));
+    let mut r = page::html(status, "Connect a device", &body);
+    r.headers_mut().append(
+        header::SET_COOKIE,
+        page::cookie(CSRF_COOKIE, csrf, crate::authorize::LOGIN_TTL),
+    );
+    r
+}
+
+/// `GET /device`: the form where the user types the code (pre-filled from the link).
+pub(crate) async fn device_page(Query(q): Query<CodeQuery>) -> Response {
+    code_form(
+        &new_secret(""),
+        q.user_code.as_deref().unwrap_or_default(),
+        None,
+        StatusCode::OK,
+    )
+}
+
+#[derive(Deserialize)]
+pub(crate) struct CodeForm {
+    csrf: Option<String>,
+    user_code: Option<String>,
+}
+
+/// `POST /device`: the code typed; on to the login page for that device.
+pub(crate) async fn device_submit(
+    State(state): State<AppState>,
+    ctx: RequestCtx,
+    headers: HeaderMap,
+    Form(form): Form<CodeForm>,
+) -> Response {
+    // Double-submit: the form's token must equal the cookie this site set with the form.
+    let cookie = page::read_cookie(&headers, CSRF_COOKIE);
+    let same = matches!((cookie, form.csrf.as_deref()), (Some(c), Some(f)) if Secret::new(c.to_owned()).matches(f));
+    if !same {
+        return page::error(
+            StatusCode::FORBIDDEN,
+            "Code refused",
+            "the form did not come from this site (CSRF check failed): open the device link again",
+        );
+    }
+    let typed = form.user_code.unwrap_or_default();
+    let now = state.clock().now();
+    let found = match state
+        .store()
+        .pending_by_alias(&normalize(&typed), now)
+        .await
+    {
+        Ok(f) => f,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    let again = |m: &str| code_form(&new_secret(""), &typed, Some(m), StatusCode::BAD_REQUEST);
+    let Some(p) = found.filter(|p| p.kind == "device" && p.used_at.is_none()) else {
+        state.login_denied(&ctx, "login.device", None, "unknown or expired user code");
+        return again(
+            "This code is unknown or has expired. Check it, or start again on the device.",
+        );
+    };
+    let Ok(grant) = serde_json::from_str::<DeviceGrant>(&p.data) else {
+        return ApiError::Internal.into_response();
+    };
+    if grant.approved.is_some() {
+        return again("This code was already used.");
+    }
+    let login = LoginRequest {
+        csrf: new_secret(""),
+        client_id: grant.client_id,
+        audience: grant.audience,
+        scope: grant.scope,
+        then: Then::Device {
+            device_key: p.key.0.iter().map(|b| format!("{b:02x}")).collect(),
+            user_code: grant.user_code,
+        },
+    };
+    match state.begin_login(&login).await {
+        Ok(id) => login_page(&state.settings(), &login, None, StatusCode::OK, Some(&id)),
+        Err(e) => e.into_response(),
+    }
+}
+
+fn device_error(error: &'static str, description: &str) -> ApiError {
+    ApiError::OAuth {
+        status: StatusCode::BAD_REQUEST,
+        error,
+        description: description.to_owned(),
+    }
+}
+
+impl AppState {
+    /// Marks the device's code approved by this login; false when it is gone or used.
+    pub(crate) async fn approve_device(
+        &self,
+        device_key: &str,
+        approved: Approved,
+        now: UnixTime,
+    ) -> Result<bool, ApiError> {
+        let Some(key) = unhex(device_key) else {
+            return Ok(false);
+        };
+        let Some(p) = self.store().pending(key, now).await? else {
+            return Ok(false);
+        };
+        let mut grant: DeviceGrant =
+            serde_json::from_str(&p.data).map_err(|_| ApiError::Internal)?;
+        if p.used_at.is_some() || grant.approved.is_some() {
+            return Ok(false);
+        }
+        grant.approved = Some(approved);
+        let data = serde_json::to_string(&grant).map_err(|_| ApiError::Internal)?;
+        Ok(self.store().update_pending(key, &data, now).await?)
+    }
+
+    /// The device grant's poll: pending, too fast, or the tokens once the user logged in.
+    pub(crate) async fn poll_device(
+        &self,
+        client: &Client,
+        device_code: &str,
+        ctx: &RequestCtx,
+    ) -> Result<TokenPair, ApiError> {
+        let now = self.clock().now();
+        let key = hash_token(device_code);
+        let Some(p) = self
+            .store()
+            .pending(key, now)
+            .await?
+            .filter(|p| p.kind == "device")
+        else {
+            return Err(device_error(
+                "expired_token",
+                "the device code is unknown or has expired; start again",
+            ));
+        };
+        let mut grant: DeviceGrant =
+            serde_json::from_str(&p.data).map_err(|_| ApiError::Internal)?;
+        if grant.client_id != client.id {
+            return Err(ApiError::invalid_grant(
+                "the device code was issued to another client",
+            ));
+        }
+        if p.used_at.is_some() {
+            return Err(ApiError::invalid_grant("the device code was already used"));
+        }
+        let Some(approved) = grant.approved.take() else {
+            let too_fast = now.0 - grant.last_poll < i64::try_from(grant.interval).unwrap_or(5);
+            if too_fast {
+                grant.interval += 5;
+            }
+            grant.last_poll = now.0;
+            let data = serde_json::to_string(&grant).map_err(|_| ApiError::Internal)?;
+            self.store().update_pending(key, &data, now).await?;
+            return Err(if too_fast {
+                device_error(
+                    "slow_down",
+                    &format!("poll at most every {} s", grant.interval),
+                )
+            } else {
+                device_error(
+                    "authorization_pending",
+                    "the user has not finished logging in yet",
+                )
+            });
+        };
+        match self.store().use_pending(key, now).await? {
+            Some((_, true)) => {}
+            _ => return Err(ApiError::invalid_grant("the device code was already used")),
+        }
+        let upstream = approved.upstream.clone();
+        let pair = self
+            .start_approved(
+                &client.id,
+                grant.audience,
+                grant.scope,
+                approved,
+                upstream,
+                ctx,
+            )
+            .await?;
+        if let Some(sid) = pair.session {
+            self.store().set_pending_session(key, sid).await?;
+        }
+        Ok(pair)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_codes_are_eight_unambiguous_letters() {
+        for _ in 0..100 {
+            let c = user_code();
+            assert_eq!(c.len(), 9, "{c}");
+            assert_eq!(&c[4..5], "-");
+            assert_eq!(normalize(&c).len(), 8);
+        }
+        assert_eq!(normalize("bcdf ghjk"), "BCDFGHJK");
+        assert_eq!(normalize("bcdf-ghjk"), "BCDFGHJK");
+        assert_eq!(normalize("a1e!"), "", "vowels and digits are not in codes");
+    }
+}
