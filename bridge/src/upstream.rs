@@ -128,7 +128,8 @@ pub(crate) struct UpstreamUser {
 struct Discovered {
     metadata: CoreProviderMetadata,
     jwks: CoreJsonWebKeySet,
-    jwks_at: Instant,
+    /// When an unknown key id last made us fetch the keys again.
+    refetched_at: Option<Instant>,
 }
 
 /// One upstream OpenID provider, with what was discovered about it.
@@ -212,7 +213,7 @@ impl Upstream {
         Ok(Discovered {
             metadata,
             jwks,
-            jwks_at: Instant::now(),
+            refetched_at: None,
         })
     }
 
@@ -403,20 +404,20 @@ impl Upstream {
             )) => {
                 // The provider may have rotated its keys: fetch them again, rate-limited.
                 let _one = self.refetch.lock().await;
-                let stale = self
-                    .discovered
-                    .read()
-                    .await
-                    .as_ref()
-                    .is_none_or(|d| d.jwks_at.elapsed() >= JWKS_REFETCH_EVERY);
+                let stale = self.discovered.read().await.as_ref().is_none_or(|d| {
+                    d.refetched_at
+                        .is_none_or(|t| t.elapsed() >= JWKS_REFETCH_EVERY)
+                });
                 if stale {
                     let jwks_uri = self.metadata().await?.jwks_uri().as_str().to_owned();
                     let jwks: CoreJsonWebKeySet = self.get_json(&jwks_uri).await?;
                     if let Some(d) = self.discovered.write().await.as_mut() {
                         d.jwks = jwks;
-                        d.jwks_at = Instant::now();
+                        d.refetched_at = Some(Instant::now());
                     }
                     tracing::info!(upstream = %self.config.name, "fetched the provider's keys again for an unknown key id");
+                } else {
+                    tracing::info!(upstream = %self.config.name, "unknown key id; the provider's keys were fetched again less than 30 s ago");
                 }
                 let guard = self.discovered.read().await;
                 let d = guard

@@ -3,9 +3,12 @@
 //
 //   node provider.mjs CONFIG.json
 //
-// CONFIG: { "cert": PEM file, "key": PEM file, "signing_key": JWK file (created when missing,
+// CONFIG: { "port": to listen on (default: any free one), "cert": PEM file, "key": PEM file, "signing_key": JWK file (created when missing,
 // so two providers can share one key), "clients": [{client_id, client_secret, redirect_uris}],
 // "users": { "alice": { "password", "email", "email_verified", "groups": [...] } } }.
+//
+// A registered https://127.0.0.1/... redirect URI matches that URI on any port, since idbridge
+// runs on an ephemeral port.
 //
 // Once listening it prints one JSON line, {"issuer": "https://127.0.0.1:PORT"}, to stdout.
 // Users log in through a plain HTML form at /interaction/{uid} (posted to
@@ -35,7 +38,7 @@ const server = https.createServer({
   cert: readFileSync(config.cert),
   key: readFileSync(config.key),
 });
-server.listen(0, '127.0.0.1', () => {
+server.listen(config.port ?? 0, '127.0.0.1', () => {
   const issuer = `https://127.0.0.1:${server.address().port}`;
   const provider = new Provider(issuer, {
     clients: config.clients.map((c) => ({
@@ -93,6 +96,16 @@ server.listen(0, '127.0.0.1', () => {
     },
   });
   provider.proxy = false;
+  // idbridge runs on an ephemeral port in the tests: a registered https://127.0.0.1/...
+  // redirect URI matches it on any port (as RFC 8252 does for http loopback URIs).
+  const allowed = provider.Client.prototype.redirectUriAllowed;
+  provider.Client.prototype.redirectUriAllowed = function redirectUriAllowed(value) {
+    if (allowed.call(this, value)) return true;
+    const u = URL.parse(value);
+    if (!u || u.protocol !== 'https:' || u.hostname !== '127.0.0.1') return false;
+    u.port = '';
+    return this.redirectUris.includes(u.href);
+  };
   const callback = provider.callback();
 
   const body = (req) => new Promise((resolve, reject) => {
@@ -108,6 +121,18 @@ server.listen(0, '127.0.0.1', () => {
       let m;
       if ((m = url.pathname.match(/^\/interaction\/([^/]+)$/)) && req.method === 'GET') {
         const details = await provider.interactionDetails(req, res);
+        if (details.prompt.name === 'consent') {
+          // Consent is implied (prompt=consent asks for it again): grant what was asked.
+          const grant = details.grantId
+            ? await provider.Grant.find(details.grantId)
+            : new provider.Grant({ accountId: details.session.accountId, clientId: details.params.client_id });
+          const missing = details.prompt.details;
+          if (missing.missingOIDCScope) grant.addOIDCScope(missing.missingOIDCScope.join(' '));
+          if (missing.missingOIDCClaims) grant.addOIDCClaims(missing.missingOIDCClaims);
+          const grantId = await grant.save();
+          await provider.interactionFinished(req, res, { consent: { grantId } }, { mergeWithLastSubmission: true });
+          return;
+        }
         res.setHeader('content-type', 'text/html');
         res.end(`<!doctype html><title>Sign in</title><h1>Sign in to ${escape(details.params.client_id)}</h1>
 <form method="post" action="/interaction/${escape(m[1])}/login">
