@@ -612,3 +612,69 @@ async fn groups_from_the_directory_and_refresh_rechecks_it() {
     assert_ne!(code, 0);
     assert!(err.contains("the directory account is"), "{err}");
 }
+
+#[tokio::test]
+async fn the_login_page_offers_kerberos_and_negotiate_ends_in_a_code() {
+    use idbridge_tests::oidc::{Browser, query_param};
+    let realm = realm().await;
+    let dir = idbridge_tests::scratch();
+    let i = realm.serve_alice_in(dir.path(), "dev").await;
+    let b = Browser::new(&[&i.data_dir.join("ca.crt")]).unwrap();
+    let verifier = "k".repeat(43);
+    let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, verifier.as_bytes()),
+    );
+    let redirect = "http://127.0.0.1:38113/cb";
+    let page = b
+        .get(&format!(
+            "{}?response_type=code&client_id=idbridge-cli&redirect_uri=http%3A%2F%2F127.0.0.1%3A38113%2Fcb&state=st&code_challenge={challenge}&code_challenge_method=S256",
+            i.url("/oauth2/authorize")
+        ))
+        .await
+        .unwrap();
+    assert_eq!(page.status, 200, "{}", page.body);
+    // The only method offered is a link carrying the page's CSRF token.
+    assert!(page.input("csrf").is_none(), "no form without upstreams or a directory");
+    let at = page.body.find("/login/kerberos?csrf=").expect("a Kerberos link");
+    let href = &page.body[at..at + page.body[at..].find('"').unwrap()];
+    let link = i.url(href);
+    // The browser is challenged first, as RFC 4559 has it.
+    let challenged = b.get(&link).await.unwrap();
+    assert_eq!(challenged.status, 401);
+    assert_eq!(challenged.headers["www-authenticate"], "Negotiate");
+    // A forged link (no CSRF token of this page) is refused before any ticket is looked at.
+    let forged = b.get(&i.url("/login/kerberos?csrf=x")).await.unwrap();
+    assert_eq!(forged.status, 403);
+    let cc = realm.alice().await;
+    let token = curl_negotiate_token(&realm.kdc.env(), &cc, "localhost")
+        .await
+        .unwrap();
+    let auth = format!("Negotiate {}", STANDARD.encode(token));
+    let done = b
+        .get_with(&link, &[("authorization", &auth)])
+        .await
+        .unwrap();
+    assert_eq!(done.status, 303, "{}", done.body);
+    let loc = done.headers["location"].to_str().unwrap();
+    assert!(loc.starts_with(redirect), "{loc}");
+    let code = query_param(loc, "code").unwrap();
+    let (st, pair) = i
+        .oauth(
+            "/oauth2/token",
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", &code),
+                ("redirect_uri", redirect),
+                ("code_verifier", &verifier),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(st, 200, "{pair}");
+    let review = i.review(&s(&pair, "access_token"), &[]).await.unwrap();
+    assert_eq!(review["user"]["username"], "alice", "{review}");
+    assert_eq!(
+        review["user"]["extra"]["idbridge.io/amr"],
+        serde_json::json!(["krb5"])
+    );
+}

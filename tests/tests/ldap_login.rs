@@ -383,3 +383,113 @@ async fn concurrent_first_logins_make_one_account() {
     }
     assert_eq!(uids.len(), 1, "{uids:?}");
 }
+
+#[tokio::test]
+async fn the_login_page_password_form_ends_in_a_code_with_directory_groups() {
+    use idbridge_tests::oidc::{Browser, query_param};
+    let slapd = Slapd::start().await.unwrap();
+    let alice = slapd.add_user("alice", "alice-pw-1").await.unwrap();
+    slapd.add_group("dev", &[&alice]).await.unwrap();
+    let dir = idbridge_tests::scratch();
+    let i = start(dir.path(), &slapd, &[slapd.ldaps_url()], "").await;
+    let b = Browser::new(&[&i.data_dir.join("ca.crt")]).unwrap();
+    let verifier = "v".repeat(43);
+    let challenge = {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(
+            &aws_lc_rs::digest::SHA256,
+            verifier.as_bytes(),
+        ))
+    };
+    let redirect = "http://127.0.0.1:38112/cb";
+    let url = format!(
+        "{}?response_type=code&client_id=idbridge-cli&redirect_uri={}&state=st&code_challenge={challenge}&code_challenge_method=S256",
+        i.url("/oauth2/authorize"),
+        "http%3A%2F%2F127.0.0.1%3A38112%2Fcb"
+    );
+    let page = b.get(&url).await.unwrap();
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(
+        page.body.contains("name=\"password\""),
+        "the password form is offered"
+    );
+    let csrf = page.input("csrf").unwrap();
+    let action = page.form_action("/login/password").unwrap();
+    // Without the page's CSRF token: refused, and the directory is not asked.
+    let binds = slapd.binds();
+    let forged = b
+        .post_form(
+            &action,
+            &[
+                ("csrf", "x"),
+                ("username", "alice"),
+                ("password", "alice-pw-1"),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(forged.status, 403);
+    assert_eq!(slapd.binds(), binds);
+    // A wrong password shows the page again with the one answer every failure gets.
+    let wrong = b
+        .post_form(
+            &action,
+            &[("csrf", &csrf), ("username", "alice"), ("password", "nope")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(wrong.status, 401);
+    assert!(
+        wrong.body.contains("invalid username or password"),
+        "{}",
+        wrong.body
+    );
+    let done = b
+        .post_form(
+            &action,
+            &[
+                ("csrf", &csrf),
+                ("username", "alice"),
+                ("password", "alice-pw-1"),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(done.status, 303, "{}", done.body);
+    let loc = done.headers["location"].to_str().unwrap();
+    assert!(loc.starts_with(redirect), "{loc}");
+    let code = query_param(loc, "code").unwrap();
+    let (st, pair) = i
+        .oauth(
+            "/oauth2/token",
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", &code),
+                ("redirect_uri", redirect),
+                ("code_verifier", &verifier),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(st, 200, "{pair}");
+    let review = i.review(&s(&pair, "access_token"), &[]).await.unwrap();
+    assert_eq!(review["user"]["username"], "alice", "{review}");
+    assert_eq!(review["user"]["groups"], serde_json::json!(["dev"]));
+    assert_eq!(
+        review["user"]["extra"]["idbridge.io/amr"],
+        serde_json::json!(["ldap"])
+    );
+    // The finished login cannot be used again.
+    let again = b
+        .post_form(
+            &action,
+            &[
+                ("csrf", &csrf),
+                ("username", "alice"),
+                ("password", "alice-pw-1"),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(again.status, 400, "{}", again.body);
+}
