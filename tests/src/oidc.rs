@@ -185,6 +185,28 @@ impl OidcProvider {
         user: &str,
         password: &str,
     ) -> anyhow::Result<String> {
+        let v = self
+            .tokens(client_id, client_secret, redirect_uri, user, password)
+            .await?;
+        v["id_token"]
+            .as_str()
+            .map(str::to_owned)
+            .with_context(|| format!("no id_token: {v}"))
+    }
+
+    /// As [`OidcProvider::id_token`], the provider's whole token response (with its refresh
+    /// token).
+    ///
+    /// # Errors
+    /// If any step fails.
+    pub async fn tokens(
+        &self,
+        client_id: &str,
+        client_secret: &str,
+        redirect_uri: &str,
+        user: &str,
+        password: &str,
+    ) -> anyhow::Result<Value> {
         use base64::Engine;
         let b = Browser::new(&[&self.ca_file])?;
         let verifier = "v".repeat(50);
@@ -223,11 +245,7 @@ impl OidcProvider {
             ])
             .send()
             .await?;
-        let v: Value = resp.json().await?;
-        v["id_token"]
-            .as_str()
-            .map(str::to_owned)
-            .with_context(|| format!("no id_token: {v}"))
+        Ok(resp.json().await?)
     }
 }
 

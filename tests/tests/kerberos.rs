@@ -634,8 +634,14 @@ async fn the_login_page_offers_kerberos_and_negotiate_ends_in_a_code() {
         .unwrap();
     assert_eq!(page.status, 200, "{}", page.body);
     // The only method offered is a link carrying the page's CSRF token.
-    assert!(page.input("csrf").is_none(), "no form without upstreams or a directory");
-    let at = page.body.find("/login/kerberos?csrf=").expect("a Kerberos link");
+    assert!(
+        page.input("csrf").is_none(),
+        "no form without upstreams or a directory"
+    );
+    let at = page
+        .body
+        .find("/login/kerberos?csrf=")
+        .expect("a Kerberos link");
     let href = &page.body[at..at + page.body[at..].find('"').unwrap()];
     let link = i.url(href);
     // The browser is challenged first, as RFC 4559 has it.
