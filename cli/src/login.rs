@@ -3,7 +3,10 @@
 //!
 //! With `--method kerberos` the user's Kerberos ticket is exchanged at the token endpoint (the
 //! `urn:idbridge:params:oauth:grant-type:kerberos` grant) and the server's answer must prove
-//! its identity (mutual authentication). The session is cached per issuer and audience: while
+//! its identity (mutual authentication). With `--method browser` the server's login page is
+//! opened (authorization code with PKCE, answered on a loopback port, RFC 8252); with
+//! `--method device` a code is shown to type on any browser (RFC 8628). The session is cached
+//! per issuer and audience: while
 //! the access token is fresh it is printed again, then the refresh token renews it, and only
 //! when the session has ended does a new login happen. Everything stays silent, so kubectl can
 //! run this as an exec credential plugin.
@@ -21,6 +24,8 @@ use serde_json::{Value, json};
 
 /// The grant type of a Kerberos login.
 const KERBEROS_GRANT: &str = "urn:idbridge:params:oauth:grant-type:kerberos";
+/// The device grant's grant type.
+const DEVICE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
 /// The built-in first-party client.
 const CLI_CLIENT: &str = "idbridge-cli";
 /// A cached access token is used again only while it has at least this long to live.
@@ -33,9 +38,14 @@ pub struct LoginArgs {
     #[arg(long, env = "IDBRIDGE_ISSUER")]
     pub issuer: String,
     /// How to log in. `kerberos`: with the ticket you already hold (kinit, or a domain login);
-    /// nothing is asked.
+    /// nothing is asked. `browser`: the server's login page in your browser (your identity
+    /// provider, directory password or Kerberos). `device`: a code to enter on any browser,
+    /// for machines without one.
     #[arg(long, value_enum, default_value = "kerberos")]
     pub method: Method,
+    /// With `--method browser`: print the URL instead of opening a browser.
+    #[arg(long)]
+    pub no_browser: bool,
     /// The Kerberos service to ask a ticket for [default: HTTP@<issuer host>, i.e. the
     /// principal HTTP/<issuer host>@REALM].
     #[arg(long, value_name = "SERVICE@HOST")]
@@ -64,6 +74,10 @@ pub struct LoginArgs {
 pub enum Method {
     /// Kerberos single sign-on (SPNEGO).
     Kerberos,
+    /// The login page in a browser, answered on a loopback port.
+    Browser,
+    /// A code typed into a browser anywhere (the device grant).
+    Device,
 }
 
 /// What `login` prints.
@@ -100,14 +114,18 @@ pub async fn run(args: LoginArgs) -> anyhow::Result<()> {
     };
     let http = crate::admin_cmd::http_client(args.ca_file.as_deref())?;
     let token_url = format!("{issuer}/oauth2/token");
-    // Whose session: the ticket's principal (so another kinit never reuses it).
-    let Method::Kerberos = args.method;
-    let principal = idbridge_kerberos::default_principal().await?;
+    // Whose session: the ticket's principal (so another kinit never reuses it); for the
+    // interactive methods, whoever logs in.
+    let who = match args.method {
+        Method::Kerberos => idbridge_kerberos::default_principal().await?,
+        Method::Browser => "browser".to_owned(),
+        Method::Device => "device".to_owned(),
+    };
     let cache = cache_file(
         args.cache_dir.as_deref(),
         &issuer,
         args.audience.as_deref(),
-        &principal,
+        &who,
     )?;
     let output = args.output.unwrap_or_else(|| {
         if std::env::var_os("KUBERNETES_EXEC_INFO").is_some() {
@@ -128,13 +146,222 @@ pub async fn run(args: LoginArgs) -> anyhow::Result<()> {
             // The session ended (or was revoked): log in again.
             Err(e) => {
                 tracing::debug!(error = %format!("{e:#}"), "cached session unusable; logging in");
-                kerberos(&http, &token_url, &args, &host).await?
+                login(&http, &issuer, &args, &host).await?
             }
         },
-        _ => kerberos(&http, &token_url, &args, &host).await?,
+        _ => login(&http, &issuer, &args, &host).await?,
     };
     write_cache(&cache, &session)?;
     print(output, &session)
+}
+
+async fn login(
+    http: &reqwest::Client,
+    issuer: &str,
+    args: &LoginArgs,
+    host: &str,
+) -> anyhow::Result<Cached> {
+    let token_url = format!("{issuer}/oauth2/token");
+    match args.method {
+        Method::Kerberos => kerberos(http, &token_url, args, host).await,
+        Method::Browser => browser(http, issuer, args).await,
+        Method::Device => device(http, issuer, args).await,
+    }
+}
+
+/// The authorization code flow with PKCE: the login page in a browser, the answer on a
+/// loopback port.
+async fn browser(http: &reqwest::Client, issuer: &str, args: &LoginArgs) -> anyhow::Result<Cached> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("cannot listen on a loopback port for the browser's answer")?;
+    let redirect = format!(
+        "http://127.0.0.1:{}/callback",
+        listener.local_addr()?.port()
+    );
+    let verifier = random_text();
+    let challenge = URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        verifier.as_bytes(),
+    ));
+    let state = random_text();
+    let mut url = reqwest::Url::parse(&format!("{issuer}/oauth2/authorize"))?;
+    url.query_pairs_mut()
+        .append_pair("response_type", "code")
+        .append_pair("client_id", CLI_CLIENT)
+        .append_pair("redirect_uri", &redirect)
+        .append_pair("state", &state)
+        .append_pair("code_challenge", &challenge)
+        .append_pair("code_challenge_method", "S256");
+    if let Some(a) = &args.audience {
+        url.query_pairs_mut().append_pair("audience", a);
+    }
+    let opened = !args.no_browser && open_browser(url.as_str());
+    if opened {
+        eprintln!("Your browser was opened to log in. If it was not, open:\n  {url}");
+    } else {
+        eprintln!("Open this URL in a browser on this machine to log in:\n  {url}");
+    }
+    let query = tokio::time::timeout(
+        std::time::Duration::from_secs(300),
+        wait_for_callback(&listener),
+    )
+    .await
+    .context("no answer from the browser within 5 minutes")??;
+    let get = |k: &str| {
+        reqwest::Url::parse(&format!("http://x/?{query}"))
+            .ok()
+            .and_then(|u| {
+                u.query_pairs()
+                    .find(|(n, _)| n == k)
+                    .map(|(_, v)| v.into_owned())
+            })
+    };
+    if let Some(e) = get("error") {
+        bail!(
+            "the login failed: {e}: {}",
+            get("error_description").unwrap_or_default()
+        );
+    }
+    if get("state").as_deref() != Some(state.as_str()) {
+        bail!("the browser's answer does not carry this login's state; refusing it");
+    }
+    let code = get("code").context("the browser's answer has no code")?;
+    let form = [
+        ("grant_type", "authorization_code".to_owned()),
+        ("client_id", CLI_CLIENT.to_owned()),
+        ("code", code),
+        ("redirect_uri", redirect),
+        ("code_verifier", verifier),
+    ];
+    cached_from(&post(http, &format!("{issuer}/oauth2/token"), &form).await?)
+}
+
+/// 256 random bits, base64url: PKCE verifiers and states.
+fn random_text() -> String {
+    use aws_lc_rs::rand::SecureRandom;
+    let mut b = [0u8; 32];
+    let _ = aws_lc_rs::rand::SystemRandom::new().fill(&mut b);
+    URL_SAFE_NO_PAD.encode(b)
+}
+
+fn open_browser(url: &str) -> bool {
+    let opener = if cfg!(target_os = "macos") {
+        "open"
+    } else {
+        "xdg-open"
+    };
+    std::process::Command::new(opener)
+        .arg(url)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .is_ok()
+}
+
+/// Serves the loopback callback once: returns its query string, and tells the browser it may
+/// close the tab.
+async fn wait_for_callback(listener: &tokio::net::TcpListener) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        let (mut conn, _) = listener.accept().await?;
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 16 * 1024 {
+            let n = conn.read(&mut chunk).await?;
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let head = String::from_utf8_lossy(&buf);
+        let target = head
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("GET "))
+            .and_then(|l| l.split(' ').next())
+            .unwrap_or_default()
+            .to_owned();
+        let Some(query) = target.strip_prefix("/callback?") else {
+            let _ = conn
+                .write_all(
+                    b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                )
+                .await;
+            continue;
+        };
+        let page =
+            "<!doctype html><title>idbridge</title><p>Login finished: you may close this tab.</p>";
+        let _ = conn
+            .write_all(
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{page}",
+                    page.len()
+                )
+                .as_bytes(),
+            )
+            .await;
+        return Ok(query.to_owned());
+    }
+}
+
+/// The device grant: a code for the user to enter in any browser, then polling.
+async fn device(http: &reqwest::Client, issuer: &str, args: &LoginArgs) -> anyhow::Result<Cached> {
+    let mut form = vec![("client_id", CLI_CLIENT.to_owned())];
+    if let Some(a) = &args.audience {
+        form.push(("audience", a.clone()));
+    }
+    let start = post(
+        http,
+        &format!("{issuer}/oauth2/device_authorization"),
+        &form,
+    )
+    .await?;
+    let text = |k: &str| start.get(k).and_then(Value::as_str).map(str::to_owned);
+    let device_code = text("device_code").context("the server sent no device_code")?;
+    let user_code = text("user_code").context("the server sent no user_code")?;
+    let uri = text("verification_uri_complete")
+        .or_else(|| text("verification_uri"))
+        .context("the server sent no verification_uri")?;
+    let mut interval = start.get("interval").and_then(Value::as_u64).unwrap_or(5);
+    let expires = start
+        .get("expires_in")
+        .and_then(Value::as_u64)
+        .unwrap_or(600);
+    eprintln!("To log in, open {uri}\nand check that it shows the code {user_code}.");
+    let token_url = format!("{issuer}/oauth2/token");
+    let deadline = now() + expires;
+    while now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_secs(interval)).await;
+        let form = [
+            ("grant_type", DEVICE_GRANT.to_owned()),
+            ("client_id", CLI_CLIENT.to_owned()),
+            ("device_code", device_code.clone()),
+        ];
+        let resp = http
+            .post(&token_url)
+            .form(&form)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {token_url}"))?;
+        let ok = resp.status().is_success();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        if ok {
+            return cached_from(&body);
+        }
+        match body.get("error").and_then(Value::as_str) {
+            Some("authorization_pending") => {}
+            Some("slow_down") => interval += 5,
+            _ => bail!(
+                "the login failed: {}",
+                body.get("error_description")
+                    .and_then(Value::as_str)
+                    .unwrap_or("no reason given")
+            ),
+        }
+    }
+    bail!("the code expired before the login was finished; run the command again")
 }
 
 /// A Kerberos login: the SPNEGO token out, tokens and the mutual token back.

@@ -813,3 +813,145 @@ async fn keys_rotated_at_the_provider_are_fetched_again_at_most_every_30_seconds
     );
     assert_eq!(refetches(i.log()), 1, "rate-limited: {}", i.log());
 }
+
+/// Runs `idbridge login` with `args`; hands the URL it prints to `drive`; returns its exit
+/// code, standard output and standard error.
+async fn cli_login<F, Fut>(
+    i: &Idbridge,
+    dir: &Path,
+    args: &[&str],
+    drive: F,
+) -> (i32, String, String)
+where
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+    let mut child = tokio::process::Command::new(idbridge_tests::idbridge_bin())
+        .args([
+            "login",
+            "--issuer",
+            &i.base,
+            "--output",
+            "token",
+            "--cache-dir",
+        ])
+        .arg(dir.join("cache"))
+        .arg("--ca-file")
+        .arg(i.data_dir.join("ca.crt"))
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = String::new();
+    let url = loop {
+        let line = err
+            .next_line()
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("no URL: {seen}"));
+        seen.push_str(&line);
+        seen.push('\n');
+        if let Some(u) = line.split_whitespace().find(|w| w.starts_with("https://")) {
+            break u.to_owned();
+        }
+    };
+    drive(url).await;
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .await
+        .unwrap();
+    while let Ok(Some(l)) = err.next_line().await {
+        seen.push_str(&l);
+    }
+    let status = child.wait().await.unwrap();
+    (status.code().unwrap_or(-1), out, seen)
+}
+
+#[tokio::test]
+async fn idbridge_login_by_browser_and_by_device_code() {
+    let dir = idbridge_tests::scratch();
+    let p = provider(dir.path(), None).await;
+    let i = serve(dir.path(), &p, "").await;
+
+    // --method browser: the authorize URL printed, the answer on the CLI's loopback port.
+    let (code, out, err) = cli_login(
+        &i,
+        dir.path(),
+        &["--method", "browser", "--no-browser"],
+        |url| {
+            let (i, p) = (&i, &p);
+            async move {
+                assert!(url.contains("/oauth2/authorize?"), "{url}");
+                let b = browser(i, p);
+                let page = b.get(&url).await.unwrap();
+                let Step::Left(back) =
+                    through_upstream(&b, &page, "alice", "alice-pw", "http://127.0.0.1:").await
+                else {
+                    panic!("no redirect to the loopback port")
+                };
+                let r = reqwest::get(&back).await.unwrap();
+                assert_eq!(r.status(), 200);
+            }
+        },
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let review = i.review(out.trim(), &[]).await.unwrap();
+    assert_eq!(review["user"]["username"], "alice@example.test", "{review}");
+
+    // --method device: the code's page printed; the CLI polls until the login is done.
+    let (code, out, err) = cli_login(&i, dir.path(), &["--method", "device"], |url| {
+        let (i, p) = (&i, &p);
+        async move {
+            assert!(url.contains("/device?user_code="), "{url}");
+            let b = browser(i, p);
+            let form = b.get(&url).await.unwrap();
+            let csrf = form.input("csrf").unwrap();
+            let user_code = form.input("user_code").unwrap();
+            let login = b
+                .post_form(
+                    &i.url("/device"),
+                    &[("csrf", &csrf), ("user_code", &user_code)],
+                )
+                .await
+                .unwrap();
+            let Step::Page(done) =
+                through_upstream(&b, &login, "alice", "alice-pw", "http://nowhere").await
+            else {
+                panic!("redirected away")
+            };
+            assert_eq!(done.status, 200, "{}", done.body);
+        }
+    })
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let review = i.review(out.trim(), &[]).await.unwrap();
+    assert_eq!(review["user"]["username"], "alice@example.test", "{review}");
+    // The session is cached: the next run prints a token without asking anyone.
+    let (code, again, err) = idbridge_tests::run_idbridge(&[
+        "login",
+        "--issuer",
+        &i.base,
+        "--method",
+        "device",
+        "--output",
+        "token",
+        "--ca-file",
+        i.data_dir.join("ca.crt").to_str().unwrap(),
+        "--cache-dir",
+        dir.path().join("cache").to_str().unwrap(),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(again.trim(), out.trim());
+}
