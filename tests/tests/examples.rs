@@ -154,3 +154,48 @@ async fn the_kerberos_example_logs_users_in() {
     // The example's rule maps bob/admin@EXAMPLE.COM to bob-admin.
     assert!(stdout.starts_with("logged in as bob-admin;"), "{stdout}");
 }
+
+#[tokio::test]
+async fn the_oidc_example_offers_its_provider_on_the_login_page() {
+    let check = tokio::process::Command::new(idbridge_tests::idbridge_bin())
+        .args(["serve", "--check", "--config", "examples/oidc.yaml"])
+        .current_dir(repo_root())
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let dir = scratch();
+    let s = Idbridge::start_with(
+        dir.path(),
+        Options {
+            config_file: Some(repo_root().join("examples/oidc.yaml")),
+            cwd: Some(repo_root()),
+            ..Options::default()
+        },
+    )
+    .await
+    .unwrap();
+    let d = s
+        .get_json("/.well-known/openid-configuration")
+        .await
+        .unwrap();
+    assert_eq!(
+        d["authorization_endpoint"],
+        "https://idbridge.example.com:8443/oauth2/authorize"
+    );
+    let page = s
+        .http
+        .get(s.url(
+            "/oauth2/authorize?response_type=code&client_id=dashboard&redirect_uri=https%3A%2F%2Fdashboard.example.com%2Foauth%2Fcallback&state=s&code_challenge=E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM&code_challenge_method=S256",
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let body = page.text().await.unwrap();
+    assert!(body.contains("Sign in with Example SSO"), "{body}");
+}
