@@ -381,16 +381,23 @@ pub(crate) struct CsrfForm {
     csrf: Option<String>,
 }
 
-fn csrf_ok(login: &LoginRequest, given: Option<&str>) -> bool {
-    given.is_some_and(|g| Secret::new(login.csrf.clone()).matches(g))
-}
-
-fn csrf_refused() -> Response {
-    page::error(
-        StatusCode::FORBIDDEN,
-        "Sign-in refused",
-        "the form did not come from this sign-in page (CSRF check failed): start again from your application",
-    )
+impl AppState {
+    /// The browser's login in progress, if the form (or link) carries its CSRF token.
+    async fn checked_login(
+        &self,
+        headers: &HeaderMap,
+        csrf: Option<&str>,
+    ) -> Result<(String, LoginRequest), Response> {
+        let (id, login) = self.current_login(headers).await?;
+        if !csrf.is_some_and(|g| Secret::new(login.csrf.clone()).matches(g)) {
+            return Err(page::error(
+                StatusCode::FORBIDDEN,
+                "Sign-in refused",
+                "the form did not come from this sign-in page (CSRF check failed): start again from your application",
+            ));
+        }
+        Ok((id, login))
+    }
 }
 
 fn callback_uri(settings: &Settings) -> String {
@@ -407,13 +414,10 @@ pub(crate) async fn login_upstream(
     Path(name): Path<String>,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    let (id, login) = match state.current_login(&headers).await {
+    let (id, login) = match state.checked_login(&headers, form.csrf.as_deref()).await {
         Ok(l) => l,
         Err(r) => return r,
     };
-    if !csrf_ok(&login, form.csrf.as_deref()) {
-        return csrf_refused();
-    }
     let settings = state.settings();
     let Some(up) = settings.upstream(&name) else {
         return page::error(
@@ -919,13 +923,10 @@ pub(crate) async fn login_password(
     headers: HeaderMap,
     Form(form): Form<PasswordForm>,
 ) -> Response {
-    let (id, login) = match state.current_login(&headers).await {
+    let (id, login) = match state.checked_login(&headers, form.csrf.as_deref()).await {
         Ok(l) => l,
         Err(r) => return r,
     };
-    if !csrf_ok(&login, form.csrf.as_deref()) {
-        return csrf_refused();
-    }
     let settings = state.settings();
     let username = form.username.unwrap_or_default();
     let password = form.password.unwrap_or_default();
@@ -958,13 +959,10 @@ pub(crate) async fn login_kerberos(
     headers: HeaderMap,
     Query(q): Query<CsrfQuery>,
 ) -> Response {
-    let (id, login) = match state.current_login(&headers).await {
+    let (id, login) = match state.checked_login(&headers, q.csrf.as_deref()).await {
         Ok(l) => l,
         Err(r) => return r,
     };
-    if !csrf_ok(&login, q.csrf.as_deref()) {
-        return csrf_refused();
-    }
     let settings = state.settings();
     let Some(token) = crate::negotiate::offered(&headers) else {
         let mut r = login_page(

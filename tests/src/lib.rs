@@ -304,6 +304,29 @@ impl Idbridge {
         Ok(std::fs::read_to_string(path)?)
     }
 
+    /// Redeems an authorization code of the built-in CLI client at the token endpoint.
+    ///
+    /// # Errors
+    /// If the HTTP call fails.
+    pub async fn redeem_code(
+        &self,
+        code: &str,
+        redirect_uri: &str,
+        verifier: &str,
+    ) -> anyhow::Result<(u16, Value)> {
+        self.oauth(
+            "/oauth2/token",
+            &[
+                ("grant_type", "authorization_code"),
+                ("client_id", "idbridge-cli"),
+                ("code", code),
+                ("redirect_uri", redirect_uri),
+                ("code_verifier", verifier),
+            ],
+        )
+        .await
+    }
+
     /// Posts a v1 TokenReview as kube-apiserver does and returns the answer's `status`.
     ///
     /// # Errors

@@ -207,12 +207,9 @@ impl OidcProvider {
         user: &str,
         password: &str,
     ) -> anyhow::Result<Value> {
-        use base64::Engine;
         let b = Browser::new(&[&self.ca_file])?;
         let verifier = "v".repeat(50);
-        let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(
-            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, verifier.as_bytes()),
-        );
+        let challenge = pkce_challenge(&verifier);
         let mut url = reqwest::Url::parse(&format!("{}/auth", self.issuer))?;
         url.query_pairs_mut()
             .append_pair("client_id", client_id)
@@ -265,6 +262,33 @@ fn uuid_ish() -> String {
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+/// The PKCE S256 challenge of `verifier`.
+#[must_use]
+pub fn pkce_challenge(verifier: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        verifier.as_bytes(),
+    ))
+}
+
+/// idbridge's `/oauth2/authorize` URL for the built-in CLI client, PKCE S256 with `verifier`,
+/// state `client-state-1`.
+#[must_use]
+pub fn cli_authorize_url(base: &str, redirect: &str, verifier: &str) -> String {
+    let mut u = reqwest::Url::parse(&format!("{base}/oauth2/authorize")).unwrap_or_else(|_| {
+        reqwest::Url::parse("https://invalid.invalid/").unwrap_or_else(|_| unreachable!())
+    });
+    u.query_pairs_mut()
+        .append_pair("response_type", "code")
+        .append_pair("client_id", "idbridge-cli")
+        .append_pair("redirect_uri", redirect)
+        .append_pair("state", "client-state-1")
+        .append_pair("code_challenge", &pkce_challenge(verifier))
+        .append_pair("code_challenge_method", "S256");
+    u.into()
 }
 
 /// The value of `key` in a URL's query.

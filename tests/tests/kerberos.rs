@@ -615,21 +615,15 @@ async fn groups_from_the_directory_and_refresh_rechecks_it() {
 
 #[tokio::test]
 async fn the_login_page_offers_kerberos_and_negotiate_ends_in_a_code() {
-    use idbridge_tests::oidc::{Browser, query_param};
+    use idbridge_tests::oidc::{Browser, cli_authorize_url, query_param};
     let realm = realm().await;
     let dir = idbridge_tests::scratch();
     let i = realm.serve_alice_in(dir.path(), "dev").await;
     let b = Browser::new(&[&i.data_dir.join("ca.crt")]).unwrap();
     let verifier = "k".repeat(43);
-    let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(
-        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, verifier.as_bytes()),
-    );
     let redirect = "http://127.0.0.1:38113/cb";
     let page = b
-        .get(&format!(
-            "{}?response_type=code&client_id=idbridge-cli&redirect_uri=http%3A%2F%2F127.0.0.1%3A38113%2Fcb&state=st&code_challenge={challenge}&code_challenge_method=S256",
-            i.url("/oauth2/authorize")
-        ))
+        .get(&cli_authorize_url(&i.base, redirect, &verifier))
         .await
         .unwrap();
     assert_eq!(page.status, 200, "{}", page.body);
@@ -664,18 +658,7 @@ async fn the_login_page_offers_kerberos_and_negotiate_ends_in_a_code() {
     let loc = done.headers["location"].to_str().unwrap();
     assert!(loc.starts_with(redirect), "{loc}");
     let code = query_param(loc, "code").unwrap();
-    let (st, pair) = i
-        .oauth(
-            "/oauth2/token",
-            &[
-                ("grant_type", "authorization_code"),
-                ("code", &code),
-                ("redirect_uri", redirect),
-                ("code_verifier", &verifier),
-            ],
-        )
-        .await
-        .unwrap();
+    let (st, pair) = i.redeem_code(&code, redirect, &verifier).await.unwrap();
     assert_eq!(st, 200, "{pair}");
     let review = i.review(&s(&pair, "access_token"), &[]).await.unwrap();
     assert_eq!(review["user"]["username"], "alice", "{review}");

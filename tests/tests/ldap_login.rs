@@ -386,7 +386,7 @@ async fn concurrent_first_logins_make_one_account() {
 
 #[tokio::test]
 async fn the_login_page_password_form_ends_in_a_code_with_directory_groups() {
-    use idbridge_tests::oidc::{Browser, query_param};
+    use idbridge_tests::oidc::{Browser, cli_authorize_url, query_param};
     let slapd = Slapd::start().await.unwrap();
     let alice = slapd.add_user("alice", "alice-pw-1").await.unwrap();
     slapd.add_group("dev", &[&alice]).await.unwrap();
@@ -394,19 +394,8 @@ async fn the_login_page_password_form_ends_in_a_code_with_directory_groups() {
     let i = start(dir.path(), &slapd, &[slapd.ldaps_url()], "").await;
     let b = Browser::new(&[&i.data_dir.join("ca.crt")]).unwrap();
     let verifier = "v".repeat(43);
-    let challenge = {
-        use base64::Engine;
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(
-            &aws_lc_rs::digest::SHA256,
-            verifier.as_bytes(),
-        ))
-    };
     let redirect = "http://127.0.0.1:38112/cb";
-    let url = format!(
-        "{}?response_type=code&client_id=idbridge-cli&redirect_uri={}&state=st&code_challenge={challenge}&code_challenge_method=S256",
-        i.url("/oauth2/authorize"),
-        "http%3A%2F%2F127.0.0.1%3A38112%2Fcb"
-    );
+    let url = cli_authorize_url(&i.base, redirect, &verifier);
     let page = b.get(&url).await.unwrap();
     assert_eq!(page.status, 200, "{}", page.body);
     assert!(
@@ -459,18 +448,7 @@ async fn the_login_page_password_form_ends_in_a_code_with_directory_groups() {
     let loc = done.headers["location"].to_str().unwrap();
     assert!(loc.starts_with(redirect), "{loc}");
     let code = query_param(loc, "code").unwrap();
-    let (st, pair) = i
-        .oauth(
-            "/oauth2/token",
-            &[
-                ("grant_type", "authorization_code"),
-                ("code", &code),
-                ("redirect_uri", redirect),
-                ("code_verifier", &verifier),
-            ],
-        )
-        .await
-        .unwrap();
+    let (st, pair) = i.redeem_code(&code, redirect, &verifier).await.unwrap();
     assert_eq!(st, 200, "{pair}");
     let review = i.review(&s(&pair, "access_token"), &[]).await.unwrap();
     assert_eq!(review["user"]["username"], "alice", "{review}");

@@ -11,7 +11,7 @@ use std::path::Path;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use idbridge_tests::Idbridge;
-use idbridge_tests::oidc::{Browser, OidcProvider, Page, Step, query_param};
+use idbridge_tests::oidc::{Browser, OidcProvider, Page, Step, pkce_challenge, query_param};
 use serde_json::{Value, json};
 
 const SECRET: &str = "idbridge-at-the-provider";
@@ -19,13 +19,6 @@ const CALLBACK: &str = "https://127.0.0.1/login/oidc/callback";
 /// Where the CLI listens for the answer (nothing listens: the test reads the redirect).
 const CLIENT_REDIRECT: &str = "http://127.0.0.1:38111/callback";
 const VERIFIER: &str = "a-pkce-verifier-that-is-long-enough-0123456789";
-
-fn challenge(verifier: &str) -> String {
-    URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(
-        &aws_lc_rs::digest::SHA256,
-        verifier.as_bytes(),
-    ))
-}
 
 async fn provider(dir: &Path, key: Option<&Path>) -> OidcProvider {
     OidcProvider::start(
@@ -94,7 +87,7 @@ fn authorize_url(i: &Idbridge, client: &str, redirect: &str, verifier: &str) -> 
         .append_pair("client_id", client)
         .append_pair("redirect_uri", redirect)
         .append_pair("state", "client-state-1")
-        .append_pair("code_challenge", &challenge(verifier))
+        .append_pair("code_challenge", &pkce_challenge(verifier))
         .append_pair("code_challenge_method", "S256");
     u.into()
 }
@@ -143,18 +136,24 @@ async fn browser_login(i: &Idbridge, p: &OidcProvider, user: &str, pw: &str) -> 
 }
 
 async fn redeem(i: &Idbridge, code: &str, verifier: &str) -> (u16, Value) {
-    i.oauth(
-        "/oauth2/token",
-        &[
-            ("grant_type", "authorization_code"),
-            ("client_id", "idbridge-cli"),
-            ("code", code),
-            ("redirect_uri", CLIENT_REDIRECT),
-            ("code_verifier", verifier),
-        ],
-    )
-    .await
-    .unwrap()
+    i.redeem_code(code, CLIENT_REDIRECT, verifier)
+        .await
+        .unwrap()
+}
+
+/// A new browser on the login page, sent off to the upstream: the answer to the button.
+async fn to_upstream(i: &Idbridge, p: &OidcProvider) -> (Browser, Page) {
+    let b = browser(i, p);
+    let page = b
+        .get(&authorize_url(i, "idbridge-cli", CLIENT_REDIRECT, VERIFIER))
+        .await
+        .unwrap();
+    let csrf = page.input("csrf").unwrap();
+    let r = b
+        .post_form(&i.url("/login/oidc/corp"), &[("csrf", &csrf)])
+        .await
+        .unwrap();
+    (b, r)
 }
 
 #[tokio::test]
@@ -272,21 +271,7 @@ async fn the_browser_flow_ends_in_tokens_that_tokenreview_accepts_until_the_prov
         .unwrap();
     assert_eq!(review["authenticated"], false, "{review}");
     // And a new login through the provider fails there.
-    let b = browser(&i, &p);
-    let page = b
-        .get(&authorize_url(
-            &i,
-            "idbridge-cli",
-            CLIENT_REDIRECT,
-            VERIFIER,
-        ))
-        .await
-        .unwrap();
-    let csrf = page.input("csrf").unwrap();
-    let to = b
-        .post_form(&i.url("/login/oidc/corp"), &[("csrf", &csrf)])
-        .await
-        .unwrap();
+    let (b, to) = to_upstream(&i, &p).await;
     let Step::Page(at) = b.follow(to, CLIENT_REDIRECT).await.unwrap() else {
         panic!("no provider page")
     };
@@ -681,21 +666,7 @@ async fn a_provider_that_is_down_is_a_clear_error_and_keeps_sessions() {
     // A server that has not yet discovered the provider says at once that it is unavailable.
     let dir2 = idbridge_tests::scratch();
     let i2 = serve(dir2.path(), &p, "").await;
-    let b = browser(&i2, &p);
-    let page = b
-        .get(&authorize_url(
-            &i2,
-            "idbridge-cli",
-            CLIENT_REDIRECT,
-            VERIFIER,
-        ))
-        .await
-        .unwrap();
-    let csrf = page.input("csrf").unwrap();
-    let r = b
-        .post_form(&i2.url("/login/oidc/corp"), &[("csrf", &csrf)])
-        .await
-        .unwrap();
+    let (_, r) = to_upstream(&i2, &p).await;
     assert_eq!(r.status, 503, "{}", r.body);
     assert!(r.body.contains("unavailable"), "{}", r.body);
 }
