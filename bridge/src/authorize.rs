@@ -102,7 +102,7 @@ pub(crate) struct Verified {
     pub upstream: Option<UpstreamGrant>,
 }
 
-fn hex(h: &idbridge_core::TokenHash) -> String {
+pub(crate) fn hex(h: &idbridge_core::TokenHash) -> String {
     h.0.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -277,20 +277,32 @@ pub(crate) async fn authorize(
 }
 
 impl AppState {
+    /// Stores an unused single-use record of `kind`, named by the hash of `secret` (and by
+    /// `alias`), holding `data`, for `ttl` seconds.
+    pub(crate) async fn put_pending(
+        &self,
+        secret: &str,
+        alias: Option<String>,
+        kind: &str,
+        data: &impl Serialize,
+        ttl: u64,
+    ) -> Result<(), ApiError> {
+        let record = Pending {
+            key: hash_token(secret),
+            alias,
+            kind: kind.to_owned(),
+            data: serde_json::to_string(data).map_err(|_| ApiError::Internal)?,
+            expires_at: self.clock().now().plus_secs(ttl),
+            used_at: None,
+            session: None,
+        };
+        Ok(self.store().put_pending(&record).await?)
+    }
+
     /// Stores a login in progress; returns the secret its cookie carries.
     pub(crate) async fn begin_login(&self, login: &LoginRequest) -> Result<String, ApiError> {
         let id = new_secret("");
-        let now = self.clock().now();
-        self.store()
-            .put_pending(&Pending {
-                key: hash_token(&id),
-                alias: None,
-                kind: "login".into(),
-                data: serde_json::to_string(login).map_err(|_| ApiError::Internal)?,
-                expires_at: now.plus_secs(LOGIN_TTL),
-                used_at: None,
-                session: None,
-            })
+        self.put_pending(&id, None, "login", login, LOGIN_TTL)
             .await?;
         Ok(id)
     }
@@ -447,22 +459,12 @@ pub(crate) async fn login_upstream(
         nonce,
         verifier: verifier.secret().clone(),
     };
-    let now = state.clock().now();
-    let put = state
-        .store()
-        .put_pending(&Pending {
-            key: hash_token(&upstream_state),
-            alias: None,
-            kind: "upstream".into(),
-            data: serde_json::to_string(&record).unwrap_or_default(),
-            expires_at: now.plus_secs(LOGIN_TTL),
-            used_at: None,
-            session: None,
-        })
-        .await;
-    match put {
+    match state
+        .put_pending(&upstream_state, None, "upstream", &record, LOGIN_TTL)
+        .await
+    {
         Ok(()) => see_other(&url),
-        Err(e) => ApiError::from(e).into_response(),
+        Err(e) => e.into_response(),
     }
 }
 
@@ -748,16 +750,7 @@ impl AppState {
                     scope: login.scope,
                     approved,
                 };
-                self.store()
-                    .put_pending(&Pending {
-                        key,
-                        alias: None,
-                        kind: "code".into(),
-                        data: serde_json::to_string(&grant).map_err(|_| ApiError::Internal)?,
-                        expires_at: now.plus_secs(CODE_TTL),
-                        used_at: None,
-                        session: None,
-                    })
+                self.put_pending(&code, None, "code", &grant, CODE_TTL)
                     .await?;
                 let mut r = see_other(&with_query(
                     &redirect_uri,

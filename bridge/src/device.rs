@@ -8,11 +8,11 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Form, Json};
-use idbridge_core::{Pending, UnixTime};
+use idbridge_core::UnixTime;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::authorize::{Approved, LoginRequest, Then, login_page, unhex};
+use crate::authorize::{Approved, LoginRequest, Then, hex, login_page, unhex};
 use crate::error::ApiError;
 use crate::page::{self, escape};
 use crate::sessions::TokenPair;
@@ -104,7 +104,6 @@ pub(crate) async fn device_authorization(
     let audience = crate::oauth::target(&settings, client, req.audience)?;
     let device_code = new_secret("idb_dc_");
     let code = user_code();
-    let now = state.clock().now();
     let grant = DeviceGrant {
         client_id: client.id.clone(),
         audience,
@@ -115,16 +114,13 @@ pub(crate) async fn device_authorization(
         approved: None,
     };
     state
-        .store()
-        .put_pending(&Pending {
-            key: hash_token(&device_code),
-            alias: Some(normalize(&code)),
-            kind: "device".into(),
-            data: serde_json::to_string(&grant).map_err(|_| ApiError::Internal)?,
-            expires_at: now.plus_secs(DEVICE_TTL),
-            used_at: None,
-            session: None,
-        })
+        .put_pending(
+            &device_code,
+            Some(normalize(&code)),
+            "device",
+            &grant,
+            DEVICE_TTL,
+        )
         .await?;
     let base = format!("{}/device", settings.issuer.trim_end_matches('/'));
     Ok((
@@ -229,7 +225,7 @@ pub(crate) async fn device_submit(
         audience: grant.audience,
         scope: grant.scope,
         then: Then::Device {
-            device_key: p.key.0.iter().map(|b| format!("{b:02x}")).collect(),
+            device_key: hex(&p.key),
             user_code: grant.user_code,
         },
     };

@@ -59,6 +59,14 @@ fn oauth(status: StatusCode, error: &'static str, description: impl Into<String>
     }
 }
 
+/// A form field that must be present and not empty.
+fn required<'a>(field: &'a Option<String>, name: &str) -> Result<&'a str, ApiError> {
+    field
+        .as_deref()
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| ApiError::invalid_request(format!("{name} is required")))
+}
+
 fn invalid_client(description: &str) -> ApiError {
     oauth(StatusCode::UNAUTHORIZED, "invalid_client", description)
 }
@@ -220,11 +228,8 @@ pub(crate) async fn token(
         ));
     }
     if grant == "refresh_token" {
-        let token = req
-            .refresh_token
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| ApiError::invalid_request("refresh_token is required"))?;
-        let pair = state.refresh(&client.id, &token, &ctx).await?;
+        let token = required(&req.refresh_token, "refresh_token")?;
+        let pair = state.refresh(&client.id, token, &ctx).await?;
         return Ok(token_response(&pair, true));
     }
     if grant == crate::discovery::PASSWORD_GRANT {
@@ -254,11 +259,7 @@ pub(crate) async fn token(
         return Ok(token_response(&pair, true));
     }
     if grant == crate::discovery::KERBEROS_GRANT {
-        let token = req
-            .kerberos_token
-            .as_deref()
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| ApiError::invalid_request("kerberos_token is required"))?;
+        let token = required(&req.kerberos_token, "kerberos_token")?;
         let audience = target(&settings, client, req.audience.clone())?;
         let (pair, mutual) = state
             .kerberos_login(
@@ -278,11 +279,7 @@ pub(crate) async fn token(
         return Ok(no_store(body));
     }
     if grant == crate::authorize::AUTHORIZATION_CODE_GRANT {
-        let code = req
-            .code
-            .as_deref()
-            .filter(|c| !c.is_empty())
-            .ok_or_else(|| ApiError::invalid_request("code is required"))?;
+        let code = required(&req.code, "code")?;
         let pair = state
             .redeem_code(
                 client,
@@ -295,11 +292,7 @@ pub(crate) async fn token(
         return Ok(token_response(&pair, true));
     }
     if grant == crate::device::DEVICE_GRANT {
-        let code = req
-            .device_code
-            .as_deref()
-            .filter(|c| !c.is_empty())
-            .ok_or_else(|| ApiError::invalid_request("device_code is required"))?;
+        let code = required(&req.device_code, "device_code")?;
         let pair = state.poll_device(client, code, &ctx).await?;
         return Ok(token_response(&pair, true));
     }
@@ -311,11 +304,7 @@ pub(crate) async fn token(
             "requested_token_type must be {ACCESS_TOKEN_TYPE}"
         )));
     }
-    let subject = req
-        .subject_token
-        .clone()
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| ApiError::invalid_request("subject_token is required"))?;
+    let subject = required(&req.subject_token, "subject_token")?.to_owned();
     let audience = target(&settings, client, req.audience.clone())?;
     let pair = match req.subject_token_type.as_deref() {
         Some(STATIC_TOKEN_TYPE) => {

@@ -307,17 +307,16 @@ impl AppState {
                 &serde_json::to_vec(&pair).map_err(|_| ApiError::Internal)?,
             )
             .map_err(|_| ApiError::Internal)?;
+        let mut next = RefreshRecord::fresh(hash_token(&next_secret), session.id, now);
+        if let Some(u) = &upstream {
+            next.upstream_sealed = Some(u.seal(&next_secret, &next.hash)?);
+        }
         let spend = Spend {
             old: hash,
             at: now,
             grace_until: now.plus_secs(settings.refresh_grace.as_secs()),
             sealed,
-            next: RefreshRecord {
-                upstream_sealed: upstream
-                    .map(|u| u.seal(&next_secret, &hash_token(&next_secret)))
-                    .transpose()?,
-                ..RefreshRecord::fresh(hash_token(&next_secret), session.id, now)
-            },
+            next,
             login_groups,
         };
         match self.store().spend_refresh(&spend).await? {

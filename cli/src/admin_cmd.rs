@@ -286,6 +286,8 @@ fn fmt_time(t: Option<i64>) -> String {
 }
 
 fn print_tokens(tokens: &[StaticToken], as_json: bool) -> anyhow::Result<()> {
+    // Metadata only: a StaticToken holds no secret (the store keeps just the hash, which is
+    // not part of this type).
     if as_json {
         println!("{}", serde_json::to_string_pretty(tokens)?);
         return Ok(());
