@@ -311,13 +311,23 @@ fn main() {
     ];
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
     let mut floor = Vec::new();
+    // BENCH_ONLY=1 (say) runs only that case, for profiling.
+    let only: Option<usize> = std::env::var("BENCH_ONLY")
+        .ok()
+        .and_then(|v| v.parse().ok());
     for r in 0..rounds {
         for (i, (name, kind, addr)) in cases.iter().enumerate() {
+            if only.is_some_and(|o| o != i) {
+                continue;
+            }
             let (rps, next) =
                 client_rt.block_on(load(*addr, *kind, live.clone(), client.clone(), secs));
             live = next;
             eprintln!("round {r}: {name:<44} {rps:>8.0} grants/s");
             samples[i].push(rps);
+        }
+        if only.is_some() {
+            continue;
         }
         let f = floor_round();
         eprintln!(
@@ -325,6 +335,9 @@ fn main() {
             "floor: durable spend + sign"
         );
         floor.push(f);
+    }
+    if only.is_some() {
+        return;
     }
     println!("\n| case | grants/s (median) | ratio (median of rounds, range) |");
     println!("| --- | ---: | --- |");

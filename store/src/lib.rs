@@ -20,7 +20,7 @@ pub enum OpenError {
         path: String,
         /// Why.
         #[source]
-        source: sqlx::Error,
+        source: rusqlite::Error,
     },
     /// A migration failed; the store is left at the last version that applied completely.
     #[error("cannot upgrade the store schema to version {version}")]
@@ -29,8 +29,11 @@ pub enum OpenError {
         version: i64,
         /// Why.
         #[source]
-        source: sqlx::Error,
+        source: rusqlite::Error,
     },
+    /// The store's writer thread could not start or stopped while opening.
+    #[error("cannot start the store writer: {0}")]
+    Thread(String),
     /// The database was written by a newer idbridge.
     #[error("the store has schema version {found}, newer than this idbridge knows ({known})")]
     TooNew {

@@ -1,8 +1,22 @@
 //! The SQLite store.
+//!
+//! Two ways in, chosen for what each costs:
+//!
+//! - **Writes** run on one writer thread that owns the only writing connection. A write is a
+//!   closure handed to that thread once, however many statements it takes, and the thread
+//!   group-commits: whatever queued while the previous commit was being fsynced goes into the
+//!   next transaction, each write inside its own savepoint (so one failing write does not undo
+//!   its neighbours), and every write is answered only after its commit is on disk.
+//! - **Reads** are point lookups that SQLite serves from its page cache in microseconds. They run
+//!   on the calling thread with a connection from a small pool; in WAL mode a reader never waits
+//!   for the writer. Handing each statement to another thread and back (what an async driver
+//!   does) cost more than the statement itself.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -11,11 +25,8 @@ use idbridge_core::{
     NewAccount, Pending, RefreshRecord, Revocations, Session, SessionId, Spend, SpendOutcome,
     StaticToken, Store, StoreError, StoredKey, TokenHash, TokenId, UnixTime, UserAccount,
 };
-use sqlx::Row;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
-};
+use rusqlite::types::FromSql;
+use rusqlite::{Connection, OpenFlags, Params, Row, ffi, params};
 
 use crate::OpenError;
 
@@ -25,20 +36,37 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("../migrations/0003_logins.sql")),
 ];
 
-/// A [`Store`] in one SQLite file.
-///
-/// Reads share a small pool; every write goes through one connection, so writers queue in
-/// order inside the process instead of meeting SQLite's busy handler (which sleeps). Refresh
-/// spends and session starts, the hot writes, are group-committed by one writer task. A write
-/// is acknowledged only after its commit is fsynced.
-#[derive(Debug, Clone)]
+/// How long a statement waits for a lock another process holds (an `--offline` admin command).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Most writes one commit carries.
+const WRITE_BATCH: usize = 256;
+
+/// Idle read connections kept open.
+const READERS: usize = 8;
+
+/// A [`Store`] in one SQLite file (WAL, `synchronous = FULL`). See the module docs for how reads
+/// and writes run.
+#[derive(Clone)]
 pub struct SqliteStore {
-    pool: SqlitePool,
-    writer: SqlitePool,
-    writes: tokio::sync::mpsc::Sender<WriteJob>,
+    inner: Arc<Inner>,
 }
 
-fn backend(e: sqlx::Error) -> StoreError {
+struct Inner {
+    path: PathBuf,
+    readers: Mutex<Vec<Connection>>,
+    writes: mpsc::Sender<Box<dyn WriteJob>>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn backend(e: rusqlite::Error) -> StoreError {
     StoreError::Backend(Box::new(e))
 }
 
@@ -46,8 +74,72 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {e}"))
 }
 
-fn is_unique_violation(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+fn extended_code(e: &rusqlite::Error) -> Option<std::ffi::c_int> {
+    match e {
+        rusqlite::Error::SqliteFailure(f, _) => Some(f.extended_code),
+        _ => None,
+    }
+}
+
+/// A uniqueness violation becomes `Conflict(what)`; anything else a backend failure.
+fn conflict_or_backend(e: rusqlite::Error, what: impl FnOnce() -> String) -> StoreError {
+    match extended_code(&e) {
+        Some(ffi::SQLITE_CONSTRAINT_UNIQUE | ffi::SQLITE_CONSTRAINT_PRIMARYKEY) => {
+            StoreError::Conflict(what())
+        }
+        _ => backend(e),
+    }
+}
+
+/// As [`conflict_or_backend`], and a missing parent row (the account) becomes `NotFound`.
+fn insert_error(
+    e: rusqlite::Error,
+    account: AccountUid,
+    what: impl FnOnce() -> String,
+) -> StoreError {
+    if extended_code(&e) == Some(ffi::SQLITE_CONSTRAINT_FOREIGNKEY) {
+        StoreError::NotFound(format!("account {account}"))
+    } else {
+        conflict_or_backend(e, what)
+    }
+}
+
+/// One column, its decoding failure named.
+fn col<T: FromSql>(row: &Row<'_>, name: &str) -> Result<T, StoreError> {
+    row.get(name).map_err(|e| corrupt(name, e))
+}
+
+/// The first row a statement yields, mapped.
+fn query_one<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl Params,
+    map: impl FnOnce(&Row<'_>) -> Result<T, StoreError>,
+) -> Result<Option<T>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql).map_err(backend)?;
+    let mut rows = stmt.query(params).map_err(backend)?;
+    rows.next().map_err(backend)?.map(map).transpose()
+}
+
+/// Every row a statement yields, mapped.
+fn query_all<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl Params,
+    mut map: impl FnMut(&Row<'_>) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql).map_err(backend)?;
+    let mut rows = stmt.query(params).map_err(backend)?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().map_err(backend)? {
+        out.push(map(row)?);
+    }
+    Ok(out)
+}
+
+/// Runs a statement that changes rows and says how many it changed.
+fn execute(conn: &Connection, sql: &str, params: impl Params) -> rusqlite::Result<usize> {
+    conn.prepare_cached(sql)?.execute(params)
 }
 
 macro_rules! session_columns {
@@ -63,336 +155,461 @@ macro_rules! pending_columns {
     };
 }
 
-/// A write the group-commit writer carries.
-#[derive(Debug)]
-enum Write {
-    /// Spend a refresh token.
-    Spend(Box<Spend>),
-    /// Start a session with its first refresh token.
-    Start(Box<(Session, RefreshRecord)>),
+macro_rules! token_columns {
+    () => {
+        "id, account_uid, description, created_at, expires_at, revoked_at"
+    };
 }
 
-/// What a write came to.
-#[derive(Debug, Clone, Copy)]
-enum Done {
-    Spent(SpendOutcome),
-    Started,
+/// An account row with its identities, read in one statement (so in one snapshot).
+macro_rules! account_select {
+    ($from_where:literal) => {
+        concat!(
+            "SELECT a.uid, a.name, a.groups_json, a.labels_json, a.default_namespace, a.disabled, \
+             a.created_at, (SELECT json_group_array(json(i.identity_json)) FROM identities i \
+             WHERE i.account_uid = a.uid) AS identities_json ",
+            $from_where
+        )
+    };
 }
 
-type WriteJob = (
-    Write,
-    tokio::sync::oneshot::Sender<Result<Done, StoreError>>,
-);
+/// A write the writer thread runs inside the batch's transaction, then answers once the batch
+/// has committed (or failed).
+trait WriteJob: Send {
+    /// Runs the write's statements; `false` when it failed (its savepoint is rolled back).
+    fn run(&mut self, conn: &Connection) -> bool;
+    /// Answers the caller: with the write's own result, or with `failed` when the transaction
+    /// could not begin or commit.
+    fn finish(self: Box<Self>, failed: Option<&rusqlite::Error>);
+}
 
-/// Most writes one commit carries.
-const WRITE_BATCH: usize = 256;
+struct Op<T, F> {
+    work: Option<F>,
+    out: Option<Result<T, StoreError>>,
+    reply: tokio::sync::oneshot::Sender<Result<T, StoreError>>,
+}
 
-/// Spends refresh tokens and starts sessions (the hot writes: every refresh and every login)
-/// with group commit: whatever queued while the previous commit was being fsynced goes into the
-/// next transaction, so many share one fsync and none waits for a timer. Each write is still
-/// all-or-nothing and answered only after its commit.
-async fn write_loop(writer: SqlitePool, mut jobs: tokio::sync::mpsc::Receiver<WriteJob>) {
-    let mut batch: Vec<WriteJob> = Vec::with_capacity(WRITE_BATCH);
-    while jobs.recv_many(&mut batch, WRITE_BATCH).await > 0 {
-        let writes: Vec<&Write> = batch.iter().map(|j| &j.0).collect();
-        match write_batch(&writer, &writes).await {
-            Ok(done) => {
-                for ((_, reply), d) in batch.drain(..).zip(done) {
-                    let _ = reply.send(Ok(d));
-                }
+impl<T, F> WriteJob for Op<T, F>
+where
+    T: Send,
+    F: FnOnce(&Connection) -> Result<T, StoreError> + Send,
+{
+    fn run(&mut self, conn: &Connection) -> bool {
+        let Some(work) = self.work.take() else {
+            return false;
+        };
+        // A bug in one write must not take the writer thread (and every later write) with it.
+        let out = catch_unwind(AssertUnwindSafe(|| work(conn)))
+            .unwrap_or_else(|_| Err(StoreError::Backend("a store write panicked".into())));
+        let ok = out.is_ok();
+        self.out = Some(out);
+        ok
+    }
+
+    fn finish(self: Box<Self>, failed: Option<&rusqlite::Error>) {
+        let answer = match (failed, self.out) {
+            (Some(e), _) => Err(StoreError::Backend(
+                format!("the store could not commit: {e}").into(),
+            )),
+            (None, Some(out)) => out,
+            (None, None) => Err(StoreError::Backend("the write did not run".into())),
+        };
+        let _ = self.reply.send(answer);
+    }
+}
+
+/// The writer thread: group commit, each write in its own savepoint.
+fn write_loop(conn: &Connection, jobs: &mpsc::Receiver<Box<dyn WriteJob>>) {
+    let mut batch: Vec<Box<dyn WriteJob>> = Vec::with_capacity(WRITE_BATCH);
+    while let Ok(first) = jobs.recv() {
+        batch.push(first);
+        while batch.len() < WRITE_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
             }
-            // One bad write must not fail its neighbours: retry each alone.
-            Err(_) => {
-                for (write, reply) in batch.drain(..) {
-                    let r = write_batch(&writer, &[&write]).await.map(|o| o[0]);
-                    let _ = reply.send(r);
-                }
+        }
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            tracing::error!(error = %e, "store: cannot begin a write transaction");
+            for job in batch.drain(..) {
+                job.finish(Some(&e));
             }
+            continue;
+        }
+        let mut failed = None;
+        for job in &mut batch {
+            let step = execute(conn, "SAVEPOINT w", []).and_then(|_| {
+                if !job.run(conn) {
+                    execute(conn, "ROLLBACK TO w", [])?;
+                }
+                execute(conn, "RELEASE w", [])
+            });
+            if let Err(e) = step {
+                failed = Some(e);
+                break;
+            }
+        }
+        let failed = failed.or_else(|| conn.execute_batch("COMMIT").err());
+        if let Some(e) = &failed {
+            tracing::error!(error = %e, "store: a write transaction failed");
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        for job in batch.drain(..) {
+            job.finish(failed.as_ref());
         }
     }
 }
 
-async fn write_batch(writer: &SqlitePool, writes: &[&Write]) -> Result<Vec<Done>, StoreError> {
-    let mut tx = writer.begin().await.map_err(backend)?;
-    let mut out = Vec::with_capacity(writes.len());
-    for w in writes {
-        out.push(match w {
-            Write::Spend(spend) => Done::Spent(spend_in(&mut tx, spend).await?),
-            Write::Start(start) => {
-                insert_session(&mut tx, &start.0, &start.1).await?;
-                Done::Started
-            }
+fn open_connection(path: &Path, flags: OpenFlags) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+/// Opens the writing connection and brings the schema up to date.
+fn open_writer(path: &Path) -> Result<Connection, OpenError> {
+    let open = |source| OpenError::Open {
+        path: path.display().to_string(),
+        source,
+    };
+    let conn = open_connection(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(open)?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .map_err(open)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(open(rusqlite::Error::InvalidParameterName(format!(
+            "journal_mode stayed {mode}"
+        ))));
+    }
+    conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
+        .map_err(open)?;
+    migrate(&conn)?;
+    Ok(conn)
+}
+
+fn migrate(conn: &Connection) -> Result<(), OpenError> {
+    let known = MIGRATIONS.last().map_or(0, |m| m.0);
+    let mig = |version| move |source| OpenError::Migrate { version, source };
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY NOT NULL)",
+    )
+    .map_err(mig(0))?;
+    let current: i64 = conn
+        .query_row(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(mig(0))?;
+    if current > known {
+        return Err(OpenError::TooNew {
+            found: current,
+            known,
         });
     }
-    tx.commit().await.map_err(backend)?;
-    Ok(out)
-}
-
-async fn insert_session(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-    session: &Session,
-    first: &RefreshRecord,
-) -> Result<(), StoreError> {
-    let id = session.id.to_string();
-    sqlx::query(concat!(
-        "INSERT INTO sessions (",
-        session_columns!(),
-        ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-    ))
-    .bind(&id)
-    .bind(session.account.to_string())
-    .bind(&session.client_id)
-    .bind(serde_json::to_string(&session.amr).map_err(|e| corrupt("amr", e))?)
-    .bind(&session.audience)
-    .bind(&session.scope)
-    .bind(serde_json::to_string(&session.login_groups).map_err(|e| corrupt("groups", e))?)
-    .bind(session.created_at.0)
-    .bind(session.last_used_at.0)
-    .bind(session.expires_at.0)
-    .bind(session.revoked_at.map(|t| t.0))
-    .bind(session.revoked_reason.as_deref())
-    .execute(&mut **tx)
-    .await
-    .map_err(|e| {
-        if matches!(&e, sqlx::Error::Database(d) if d.is_foreign_key_violation()) {
-            StoreError::NotFound(format!("account {}", session.account))
-        } else {
-            conflict_or_backend(e, || format!("session {id}"))
-        }
-    })?;
-    insert_refresh(tx, first).await
-}
-
-async fn spend_in(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-    spend: &Spend,
-) -> Result<SpendOutcome, StoreError> {
-    // The first statement writes, so the transaction holds the write lock from the start and
-    // the check ("still unspent, session live") and the spend are one atomic step; spends later
-    // in the batch see the earlier ones.
-    let won = sqlx::query(
-        "UPDATE refresh_tokens SET spent_at = ?, grace_until = ?, grace_sealed = ?
-         WHERE hash = ? AND spent_at IS NULL
-           AND session_id IN (SELECT id FROM sessions WHERE revoked_at IS NULL)",
-    )
-    .bind(spend.at.0)
-    .bind(spend.grace_until.0)
-    .bind(&spend.sealed)
-    .bind(&spend.old.0[..])
-    .execute(&mut **tx)
-    .await
-    .map_err(backend)?
-    .rows_affected()
-        == 1;
-    if !won {
-        return Ok(SpendOutcome::Lost);
+    for &(version, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
+        let tx = conn.unchecked_transaction().map_err(mig(version))?;
+        tx.execute_batch(sql).map_err(mig(version))?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version) VALUES (?)",
+            [version],
+        )
+        .map_err(mig(version))?;
+        tx.commit().map_err(mig(version))?;
+        tracing::info!(version, "store schema upgraded");
     }
-    insert_refresh(tx, &spend.next).await?;
-    sqlx::query("UPDATE sessions SET last_used_at = ? WHERE id = ?")
-        .bind(spend.at.0)
-        .bind(spend.next.session.to_string())
-        .execute(&mut **tx)
-        .await
-        .map_err(backend)?;
-    if let Some(groups) = &spend.login_groups {
-        sqlx::query("UPDATE sessions SET login_groups_json = ? WHERE id = ?")
-            .bind(serde_json::to_string(groups).map_err(|e| corrupt("groups", e))?)
-            .bind(spend.next.session.to_string())
-            .execute(&mut **tx)
-            .await
-            .map_err(backend)?;
-    }
-    Ok(SpendOutcome::Spent)
-}
-
-/// A uniqueness violation becomes `Conflict(what)`; anything else a backend failure.
-fn conflict_or_backend(e: sqlx::Error, what: impl FnOnce() -> String) -> StoreError {
-    if is_unique_violation(&e) {
-        StoreError::Conflict(what())
-    } else {
-        backend(e)
-    }
+    Ok(())
 }
 
 impl SqliteStore {
-    /// The one account a query with one text parameter finds.
-    async fn account_where(
-        &self,
-        sql: &'static str,
-        key: String,
-    ) -> Result<Option<UserAccount>, StoreError> {
-        let row = sqlx::query(sql)
-            .bind(key)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(backend)?;
-        match row {
-            Some(r) => Ok(Some(self.load_account(&r).await?)),
-            None => Ok(None),
-        }
-    }
-
-    /// Hands a write to the group-commit writer and waits for its commit.
-    async fn write(&self, write: Write) -> Result<Done, StoreError> {
-        let stopped = || StoreError::Backend("the store writer has stopped".into());
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        self.writes
-            .send((write, reply))
-            .await
-            .map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
-    }
-
     /// Opens (creating if needed) the database file and brings its schema up to date.
     ///
     /// # Errors
     /// When the file cannot be opened or a migration fails.
     pub async fn open(path: &Path) -> Result<Self, OpenError> {
-        let opts = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
-        let open = |source| OpenError::Open {
-            path: path.display().to_string(),
-            source,
-        };
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(opts.clone())
+        let (ready, opened) = tokio::sync::oneshot::channel();
+        let (writes, jobs) = mpsc::channel::<Box<dyn WriteJob>>();
+        let at = path.to_path_buf();
+        std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || match open_writer(&at) {
+                Ok(conn) => {
+                    let _ = ready.send(Ok(()));
+                    write_loop(&conn, &jobs);
+                }
+                Err(e) => {
+                    let _ = ready.send(Err(e));
+                }
+            })
+            .map_err(|e| OpenError::Thread(e.to_string()))?;
+        opened
             .await
-            .map_err(open)?;
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(opts)
-            .await
-            .map_err(open)?;
-        let (writes, jobs) = tokio::sync::mpsc::channel(4 * WRITE_BATCH);
-        tokio::spawn(write_loop(writer.clone(), jobs));
-        let store = Self {
-            pool,
-            writer,
-            writes,
-        };
-        store.migrate().await?;
-        Ok(store)
-    }
-
-    async fn migrate(&self) -> Result<(), OpenError> {
-        let known = MIGRATIONS.last().map_or(0, |m| m.0);
-        let mig = |version| move |source| OpenError::Migrate { version, source };
-        sqlx::query(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY NOT NULL)",
-        )
-        .execute(&self.writer)
-        .await
-        .map_err(mig(0))?;
-        let current: i64 =
-            sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
-                .fetch_one(&self.writer)
-                .await
-                .map_err(mig(0))?;
-        if current > known {
-            return Err(OpenError::TooNew {
-                found: current,
-                known,
-            });
-        }
-        for &(version, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
-            let mut tx = self.writer.begin().await.map_err(mig(version))?;
-            sqlx::raw_sql(sql)
-                .execute(&mut *tx)
-                .await
-                .map_err(mig(version))?;
-            sqlx::query("INSERT INTO schema_migrations (version) VALUES (?)")
-                .bind(version)
-                .execute(&mut *tx)
-                .await
-                .map_err(mig(version))?;
-            tx.commit().await.map_err(mig(version))?;
-            tracing::info!(version, "store schema upgraded");
-        }
-        Ok(())
-    }
-
-    async fn load_account(&self, row: &SqliteRow) -> Result<UserAccount, StoreError> {
-        let uid: String = row.get("uid");
-        let identities: Vec<String> =
-            sqlx::query_scalar("SELECT identity_json FROM identities WHERE account_uid = ?")
-                .bind(&uid)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(backend)?;
-        let identities = identities
-            .iter()
-            .map(|j| serde_json::from_str::<ExternalIdentity>(j))
-            .collect::<Result<BTreeSet<_>, _>>()
-            .map_err(|e| corrupt("identity", e))?;
-        let groups: BTreeSet<GroupName> = serde_json::from_str(row.get::<&str, _>("groups_json"))
-            .map_err(|e| corrupt("groups", e))?;
-        let labels: BTreeMap<LabelKey, String> =
-            serde_json::from_str(row.get::<&str, _>("labels_json"))
-                .map_err(|e| corrupt("labels", e))?;
-        let default_namespace = row
-            .get::<Option<String>, _>("default_namespace")
-            .map(|n| Namespace::from_str(&n))
-            .transpose()
-            .map_err(|e| corrupt("namespace", e))?;
-        Ok(UserAccount {
-            uid: uid.parse().map_err(|e| corrupt("uid", e))?,
-            name: AccountName::from_str(row.get("name")).map_err(|e| corrupt("name", e))?,
-            groups,
-            labels,
-            default_namespace,
-            disabled: row.get::<i64, _>("disabled") != 0,
-            identities,
-            created_at: UnixTime(row.get("created_at")),
+            .map_err(|_| OpenError::Thread("the store writer stopped while opening".into()))??;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                path: path.to_path_buf(),
+                readers: Mutex::new(Vec::new()),
+                writes,
+            }),
         })
     }
 
-    async fn write_identities(
-        tx: &mut sqlx::SqliteConnection,
-        uid: &str,
-        identities: &BTreeSet<ExternalIdentity>,
-    ) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM identities WHERE account_uid = ?")
-            .bind(uid)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
-        for id in identities {
-            let json = serde_json::to_string(id).map_err(|e| corrupt("identity", e))?;
-            sqlx::query(
-                "INSERT INTO identities (identity_key, account_uid, identity_json) VALUES (?, ?, ?)",
+    /// Runs a read on the calling thread with a pooled read-only connection.
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let idle = self
+            .inner
+            .readers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        let conn = match idle {
+            Some(c) => c,
+            None => open_connection(
+                &self.inner.path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
             )
-            .bind(id.key())
-            .bind(uid)
-            .bind(json)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| conflict_or_backend(e, || format!("identity {}", id.key())))?;
+            .map_err(backend)?,
+        };
+        let out = f(&conn);
+        let mut pool = self
+            .inner
+            .readers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if pool.len() < READERS {
+            pool.push(conn);
         }
-        Ok(())
+        out
+    }
+
+    /// Hands a write to the writer thread and waits for its commit.
+    async fn write<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let stopped = || StoreError::Backend("the store writer has stopped".into());
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job: Box<dyn WriteJob> = Box::new(Op {
+            work: Some(work),
+            out: None,
+            reply,
+        });
+        self.inner.writes.send(job).map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// The one account a query with one text parameter finds.
+    fn account_where(&self, sql: &str, key: &str) -> Result<Option<UserAccount>, StoreError> {
+        self.read(|c| query_one(c, sql, [key], account_from_row))
     }
 }
 
-fn token_from_row(row: &SqliteRow) -> Result<StaticToken, StoreError> {
-    Ok(StaticToken {
-        id: TokenId::from_str(row.get("id")).map_err(|e| corrupt("token id", e))?,
-        account: AccountUid::from_str(row.get("account_uid")).map_err(|e| corrupt("uid", e))?,
-        description: row.get("description"),
-        created_at: UnixTime(row.get("created_at")),
-        expires_at: row.get::<Option<i64>, _>("expires_at").map(UnixTime),
-        revoked_at: row.get::<Option<i64>, _>("revoked_at").map(UnixTime),
+fn account_from_row(row: &Row<'_>) -> Result<UserAccount, StoreError> {
+    let identities: Vec<ExternalIdentity> =
+        serde_json::from_str(&col::<String>(row, "identities_json")?)
+            .map_err(|e| corrupt("identity", e))?;
+    let groups: BTreeSet<GroupName> = serde_json::from_str(&col::<String>(row, "groups_json")?)
+        .map_err(|e| corrupt("groups", e))?;
+    let labels: BTreeMap<LabelKey, String> =
+        serde_json::from_str(&col::<String>(row, "labels_json")?)
+            .map_err(|e| corrupt("labels", e))?;
+    let default_namespace = col::<Option<String>>(row, "default_namespace")?
+        .map(|n| Namespace::from_str(&n))
+        .transpose()
+        .map_err(|e| corrupt("namespace", e))?;
+    Ok(UserAccount {
+        uid: col::<String>(row, "uid")?
+            .parse()
+            .map_err(|e| corrupt("uid", e))?,
+        name: AccountName::from_str(&col::<String>(row, "name")?)
+            .map_err(|e| corrupt("name", e))?,
+        groups,
+        labels,
+        default_namespace,
+        disabled: col::<i64>(row, "disabled")? != 0,
+        identities: identities.into_iter().collect(),
+        created_at: UnixTime(col(row, "created_at")?),
     })
 }
 
-macro_rules! token_columns {
-    () => {
-        "id, account_uid, description, created_at, expires_at, revoked_at"
-    };
+fn write_identities(
+    conn: &Connection,
+    uid: &str,
+    identities: &BTreeSet<ExternalIdentity>,
+) -> Result<(), StoreError> {
+    execute(conn, "DELETE FROM identities WHERE account_uid = ?", [uid]).map_err(backend)?;
+    for id in identities {
+        let json = serde_json::to_string(id).map_err(|e| corrupt("identity", e))?;
+        execute(
+            conn,
+            "INSERT INTO identities (identity_key, account_uid, identity_json) VALUES (?, ?, ?)",
+            params![id.key(), uid, json],
+        )
+        .map_err(|e| conflict_or_backend(e, || format!("identity {}", id.key())))?;
+    }
+    Ok(())
+}
+
+fn insert_session(
+    conn: &Connection,
+    session: &Session,
+    first: &RefreshRecord,
+) -> Result<(), StoreError> {
+    let id = session.id.to_string();
+    execute(
+        conn,
+        concat!(
+            "INSERT INTO sessions (",
+            session_columns!(),
+            ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        ),
+        params![
+            id,
+            session.account.to_string(),
+            session.client_id,
+            serde_json::to_string(&session.amr).map_err(|e| corrupt("amr", e))?,
+            session.audience,
+            session.scope,
+            serde_json::to_string(&session.login_groups).map_err(|e| corrupt("groups", e))?,
+            session.created_at.0,
+            session.last_used_at.0,
+            session.expires_at.0,
+            session.revoked_at.map(|t| t.0),
+            session.revoked_reason.as_deref(),
+        ],
+    )
+    .map_err(|e| insert_error(e, session.account, || format!("session {id}")))?;
+    insert_refresh(conn, first)
+}
+
+fn insert_refresh(conn: &Connection, r: &RefreshRecord) -> Result<(), StoreError> {
+    execute(
+        conn,
+        "INSERT INTO refresh_tokens
+           (hash, session_id, created_at, spent_at, grace_until, grace_sealed, upstream_sealed)
+         VALUES (?, ?, ?, ?, ?, ?, ?)",
+        params![
+            &r.hash.0[..],
+            r.session.to_string(),
+            r.created_at.0,
+            r.spent_at.map(|t| t.0),
+            r.grace_until.map(|t| t.0),
+            r.grace_sealed.as_deref(),
+            r.upstream_sealed.as_deref(),
+        ],
+    )
+    .map_err(|e| conflict_or_backend(e, || "refresh token".to_owned()))?;
+    Ok(())
+}
+
+fn spend_in(conn: &Connection, spend: &Spend) -> Result<SpendOutcome, StoreError> {
+    // The check ("still unspent, session live") and the spend are one statement inside the
+    // writer's transaction; spends later in the same batch see the earlier ones.
+    let won = execute(
+        conn,
+        "UPDATE refresh_tokens SET spent_at = ?, grace_until = ?, grace_sealed = ?
+         WHERE hash = ? AND spent_at IS NULL
+           AND session_id IN (SELECT id FROM sessions WHERE revoked_at IS NULL)",
+        params![
+            spend.at.0,
+            spend.grace_until.0,
+            spend.sealed,
+            &spend.old.0[..]
+        ],
+    )
+    .map_err(backend)?
+        == 1;
+    if !won {
+        return Ok(SpendOutcome::Lost);
+    }
+    insert_refresh(conn, &spend.next)?;
+    let session = spend.next.session.to_string();
+    execute(
+        conn,
+        "UPDATE sessions SET last_used_at = ? WHERE id = ?",
+        params![spend.at.0, session],
+    )
+    .map_err(backend)?;
+    if let Some(groups) = &spend.login_groups {
+        execute(
+            conn,
+            "UPDATE sessions SET login_groups_json = ? WHERE id = ?",
+            params![
+                serde_json::to_string(groups).map_err(|e| corrupt("groups", e))?,
+                session
+            ],
+        )
+        .map_err(backend)?;
+    }
+    Ok(SpendOutcome::Spent)
+}
+
+fn token_from_row(row: &Row<'_>) -> Result<StaticToken, StoreError> {
+    Ok(StaticToken {
+        id: TokenId::from_str(&col::<String>(row, "id")?).map_err(|e| corrupt("token id", e))?,
+        account: AccountUid::from_str(&col::<String>(row, "account_uid")?)
+            .map_err(|e| corrupt("uid", e))?,
+        description: col(row, "description")?,
+        created_at: UnixTime(col(row, "created_at")?),
+        expires_at: col::<Option<i64>>(row, "expires_at")?.map(UnixTime),
+        revoked_at: col::<Option<i64>>(row, "revoked_at")?.map(UnixTime),
+    })
+}
+
+fn session_from_row(row: &Row<'_>) -> Result<Session, StoreError> {
+    Ok(Session {
+        id: SessionId::from_str(&col::<String>(row, "id")?)
+            .map_err(|e| corrupt("session id", e))?,
+        account: AccountUid::from_str(&col::<String>(row, "account_uid")?)
+            .map_err(|e| corrupt("uid", e))?,
+        client_id: col(row, "client_id")?,
+        amr: serde_json::from_str(&col::<String>(row, "amr_json")?)
+            .map_err(|e| corrupt("amr", e))?,
+        audience: col(row, "audience")?,
+        scope: col(row, "scope")?,
+        login_groups: serde_json::from_str(&col::<String>(row, "login_groups_json")?)
+            .map_err(|e| corrupt("groups", e))?,
+        created_at: UnixTime(col(row, "created_at")?),
+        last_used_at: UnixTime(col(row, "last_used_at")?),
+        expires_at: UnixTime(col(row, "expires_at")?),
+        revoked_at: col::<Option<i64>>(row, "revoked_at")?.map(UnixTime),
+        revoked_reason: col(row, "revoked_reason")?,
+    })
+}
+
+fn pending_from_row(row: &Row<'_>) -> Result<Pending, StoreError> {
+    let key: Vec<u8> = col(row, "key")?;
+    Ok(Pending {
+        key: TokenHash(
+            key.try_into()
+                .map_err(|_| corrupt("pending key", "not 32 bytes"))?,
+        ),
+        alias: col(row, "alias")?,
+        kind: col(row, "kind")?,
+        data: col(row, "data")?,
+        expires_at: UnixTime(col(row, "expires_at")?),
+        used_at: col::<Option<i64>>(row, "used_at")?.map(UnixTime),
+        session: col::<Option<String>>(row, "session_id")?
+            .map(|s| SessionId::from_str(&s))
+            .transpose()
+            .map_err(|e| corrupt("session id", e))?,
+    })
+}
+
+fn session_by_id(conn: &Connection, sql: &str, p: impl Params) -> Result<Session, StoreError> {
+    query_one(conn, sql, p, session_from_row)?
+        .ok_or_else(|| StoreError::NotFound("session".to_owned()))
 }
 
 #[async_trait]
@@ -412,38 +629,44 @@ impl Store for SqliteStore {
             identities: new.identities,
             created_at: now,
         };
-        let uid = account.uid.to_string();
-        let mut tx = self.writer.begin().await.map_err(backend)?;
-        sqlx::query(
-            "INSERT INTO accounts (uid, name, groups_json, labels_json, default_namespace, disabled, created_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&uid)
-        .bind(account.name.as_str())
-        .bind(serde_json::to_string(&account.groups).map_err(|e| corrupt("groups", e))?)
-        .bind(serde_json::to_string(&account.labels).map_err(|e| corrupt("labels", e))?)
-        .bind(account.default_namespace.as_ref().map(Namespace::as_str))
-        .bind(i64::from(account.disabled))
-        .bind(now.0)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| conflict_or_backend(e, || format!("account {}", account.name)))?;
-        Self::write_identities(&mut tx, &uid, &account.identities).await?;
-        tx.commit().await.map_err(backend)?;
+        let groups = serde_json::to_string(&account.groups).map_err(|e| corrupt("groups", e))?;
+        let labels = serde_json::to_string(&account.labels).map_err(|e| corrupt("labels", e))?;
+        let a = account.clone();
+        self.write(move |c| {
+            let uid = a.uid.to_string();
+            execute(
+                c,
+                "INSERT INTO accounts (uid, name, groups_json, labels_json, default_namespace, disabled, created_at)
+                 VALUES (?, ?, ?, ?, ?, ?, ?)",
+                params![
+                    uid,
+                    a.name.as_str(),
+                    groups,
+                    labels,
+                    a.default_namespace.as_ref().map(Namespace::as_str),
+                    i64::from(a.disabled),
+                    now.0
+                ],
+            )
+            .map_err(|e| conflict_or_backend(e, || format!("account {}", a.name)))?;
+            write_identities(c, &uid, &a.identities)
+        })
+        .await?;
         Ok(account)
     }
 
     async fn account(&self, uid: AccountUid) -> Result<Option<UserAccount>, StoreError> {
-        self.account_where("SELECT * FROM accounts WHERE uid = ?", uid.to_string())
-            .await
+        self.account_where(
+            account_select!("FROM accounts a WHERE a.uid = ?"),
+            &uid.to_string(),
+        )
     }
 
     async fn account_by_name(&self, name: &AccountName) -> Result<Option<UserAccount>, StoreError> {
         self.account_where(
-            "SELECT * FROM accounts WHERE name = ?",
-            name.as_str().to_owned(),
+            account_select!("FROM accounts a WHERE a.name = ?"),
+            name.as_str(),
         )
-        .await
     }
 
     async fn account_by_identity(
@@ -451,46 +674,50 @@ impl Store for SqliteStore {
         identity: &ExternalIdentity,
     ) -> Result<Option<UserAccount>, StoreError> {
         self.account_where(
-            "SELECT a.* FROM accounts a JOIN identities i ON i.account_uid = a.uid \
-             WHERE i.identity_key = ?",
-            identity.key(),
+            account_select!(
+                "FROM accounts a JOIN identities k ON k.account_uid = a.uid WHERE k.identity_key = ?"
+            ),
+            &identity.key(),
         )
-        .await
     }
 
     async fn accounts(&self) -> Result<Vec<UserAccount>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM accounts ORDER BY name")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(backend)?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in &rows {
-            out.push(self.load_account(r).await?);
-        }
-        Ok(out)
+        self.read(|c| {
+            query_all(
+                c,
+                account_select!("FROM accounts a ORDER BY a.name"),
+                [],
+                account_from_row,
+            )
+        })
     }
 
     async fn update_account(&self, account: &UserAccount) -> Result<(), StoreError> {
-        let uid = account.uid.to_string();
-        let mut tx = self.writer.begin().await.map_err(backend)?;
-        let done = sqlx::query(
-            "UPDATE accounts SET name = ?, groups_json = ?, labels_json = ?, default_namespace = ?, disabled = ?
-             WHERE uid = ?",
-        )
-        .bind(account.name.as_str())
-        .bind(serde_json::to_string(&account.groups).map_err(|e| corrupt("groups", e))?)
-        .bind(serde_json::to_string(&account.labels).map_err(|e| corrupt("labels", e))?)
-        .bind(account.default_namespace.as_ref().map(Namespace::as_str))
-        .bind(i64::from(account.disabled))
-        .bind(&uid)
-        .execute(&mut *tx)
+        let groups = serde_json::to_string(&account.groups).map_err(|e| corrupt("groups", e))?;
+        let labels = serde_json::to_string(&account.labels).map_err(|e| corrupt("labels", e))?;
+        let a = account.clone();
+        self.write(move |c| {
+            let uid = a.uid.to_string();
+            let changed = execute(
+                c,
+                "UPDATE accounts SET name = ?, groups_json = ?, labels_json = ?, default_namespace = ?, disabled = ?
+                 WHERE uid = ?",
+                params![
+                    a.name.as_str(),
+                    groups,
+                    labels,
+                    a.default_namespace.as_ref().map(Namespace::as_str),
+                    i64::from(a.disabled),
+                    uid
+                ],
+            )
+            .map_err(|e| conflict_or_backend(e, || format!("account {}", a.name)))?;
+            if changed == 0 {
+                return Err(StoreError::NotFound(format!("account {uid}")));
+            }
+            write_identities(c, &uid, &a.identities)
+        })
         .await
-        .map_err(|e| conflict_or_backend(e, || format!("account {}", account.name)))?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!("account {uid}")));
-        }
-        Self::write_identities(&mut tx, &uid, &account.identities).await?;
-        tx.commit().await.map_err(backend)
     }
 
     async fn create_static_token(
@@ -498,43 +725,44 @@ impl Store for SqliteStore {
         token: &StaticToken,
         hash: TokenHash,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO static_tokens (id, hash, account_uid, description, created_at, expires_at, revoked_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(token.id.to_string())
-        .bind(&hash.0[..])
-        .bind(token.account.to_string())
-        .bind(&token.description)
-        .bind(token.created_at.0)
-        .bind(token.expires_at.map(|t| t.0))
-        .bind(token.revoked_at.map(|t| t.0))
-        .execute(&self.writer)
+        let t = token.clone();
+        self.write(move |c| {
+            execute(
+                c,
+                "INSERT INTO static_tokens (id, hash, account_uid, description, created_at, expires_at, revoked_at)
+                 VALUES (?, ?, ?, ?, ?, ?, ?)",
+                params![
+                    t.id.to_string(),
+                    &hash.0[..],
+                    t.account.to_string(),
+                    t.description,
+                    t.created_at.0,
+                    t.expires_at.map(|x| x.0),
+                    t.revoked_at.map(|x| x.0)
+                ],
+            )
+            .map_err(|e| insert_error(e, t.account, || format!("token {}", t.id)))?;
+            Ok(())
+        })
         .await
-        .map_err(|e| {
-            if matches!(&e, sqlx::Error::Database(d) if d.is_foreign_key_violation()) {
-                StoreError::NotFound(format!("account {}", token.account))
-            } else {
-                conflict_or_backend(e, || format!("token {}", token.id))
-            }
-        })?;
-        Ok(())
     }
 
     async fn static_token_by_hash(
         &self,
         hash: TokenHash,
     ) -> Result<Option<StaticToken>, StoreError> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            token_columns!(),
-            " FROM static_tokens WHERE hash = ?"
-        ))
-        .bind(&hash.0[..])
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(backend)?;
-        row.as_ref().map(token_from_row).transpose()
+        self.read(|c| {
+            query_one(
+                c,
+                concat!(
+                    "SELECT ",
+                    token_columns!(),
+                    " FROM static_tokens WHERE hash = ?"
+                ),
+                [&hash.0[..]],
+                token_from_row,
+            )
+        })
     }
 
     async fn static_tokens(
@@ -542,16 +770,18 @@ impl Store for SqliteStore {
         account: Option<AccountUid>,
     ) -> Result<Vec<StaticToken>, StoreError> {
         // One statement for both: `?1 IS NULL` keeps every account when none is named.
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            token_columns!(),
-            " FROM static_tokens WHERE ?1 IS NULL OR account_uid = ?1 ORDER BY created_at DESC, id"
-        ))
-        .bind(account.map(|uid| uid.to_string()))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(backend)?;
-        rows.iter().map(token_from_row).collect()
+        self.read(|c| {
+            query_all(
+                c,
+                concat!(
+                    "SELECT ",
+                    token_columns!(),
+                    " FROM static_tokens WHERE ?1 IS NULL OR account_uid = ?1 ORDER BY created_at DESC, id"
+                ),
+                [account.map(|uid| uid.to_string())],
+                token_from_row,
+            )
+        })
     }
 
     async fn revoke_static_token(
@@ -559,20 +789,19 @@ impl Store for SqliteStore {
         id: TokenId,
         now: UnixTime,
     ) -> Result<StaticToken, StoreError> {
-        let row = sqlx::query(concat!(
-            "UPDATE static_tokens SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ? RETURNING ",
-            token_columns!(),
-            ""
-        ))
-        .bind(now.0)
-        .bind(id.to_string())
-        .fetch_optional(&self.writer)
+        self.write(move |c| {
+            query_one(
+                c,
+                concat!(
+                    "UPDATE static_tokens SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ? RETURNING ",
+                    token_columns!()
+                ),
+                params![now.0, id.to_string()],
+                token_from_row,
+            )?
+            .ok_or_else(|| StoreError::NotFound(format!("token {id}")))
+        })
         .await
-        .map_err(backend)?;
-        match row {
-            Some(r) => token_from_row(&r),
-            None => Err(StoreError::NotFound(format!("token {id}"))),
-        }
     }
 
     async fn create_session(
@@ -580,68 +809,63 @@ impl Store for SqliteStore {
         session: &Session,
         first: &RefreshRecord,
     ) -> Result<(), StoreError> {
-        self.write(Write::Start(Box::new((session.clone(), first.clone()))))
+        let (session, first) = (session.clone(), first.clone());
+        self.write(move |c| insert_session(c, &session, &first))
             .await
-            .map(drop)
     }
 
     async fn session(&self, id: SessionId) -> Result<Option<Session>, StoreError> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            session_columns!(),
-            " FROM sessions WHERE id = ?"
-        ))
-        .bind(id.to_string())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(backend)?;
-        row.as_ref().map(session_from_row).transpose()
+        self.read(|c| {
+            query_one(
+                c,
+                concat!("SELECT ", session_columns!(), " FROM sessions WHERE id = ?"),
+                [id.to_string()],
+                session_from_row,
+            )
+        })
     }
 
     async fn sessions(&self, account: Option<AccountUid>) -> Result<Vec<Session>, StoreError> {
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            session_columns!(),
-            " FROM sessions WHERE ?1 IS NULL OR account_uid = ?1 ORDER BY created_at DESC, id"
-        ))
-        .bind(account.map(|uid| uid.to_string()))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(backend)?;
-        rows.iter().map(session_from_row).collect()
+        self.read(|c| {
+            query_all(
+                c,
+                concat!(
+                    "SELECT ",
+                    session_columns!(),
+                    " FROM sessions WHERE ?1 IS NULL OR account_uid = ?1 ORDER BY created_at DESC, id"
+                ),
+                [account.map(|uid| uid.to_string())],
+                session_from_row,
+            )
+        })
     }
 
     async fn refresh_token(&self, hash: TokenHash) -> Result<Option<RefreshRecord>, StoreError> {
-        let row = sqlx::query(
-            "SELECT hash, session_id, created_at, spent_at, grace_until, grace_sealed, upstream_sealed
-             FROM refresh_tokens WHERE hash = ?",
-        )
-        .bind(&hash.0[..])
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(backend)?;
-        row.map(|r| {
-            Ok(RefreshRecord {
-                hash,
-                session: SessionId::from_str(r.get("session_id"))
-                    .map_err(|e| corrupt("session id", e))?,
-                created_at: UnixTime(r.get("created_at")),
-                spent_at: r.get::<Option<i64>, _>("spent_at").map(UnixTime),
-                grace_until: r.get::<Option<i64>, _>("grace_until").map(UnixTime),
-                grace_sealed: r.get("grace_sealed"),
-                upstream_sealed: r.get("upstream_sealed"),
-            })
+        self.read(|c| {
+            query_one(
+                c,
+                "SELECT session_id, created_at, spent_at, grace_until, grace_sealed, upstream_sealed
+                 FROM refresh_tokens WHERE hash = ?",
+                [&hash.0[..]],
+                |r| {
+                    Ok(RefreshRecord {
+                        hash,
+                        session: SessionId::from_str(&col::<String>(r, "session_id")?)
+                            .map_err(|e| corrupt("session id", e))?,
+                        created_at: UnixTime(col(r, "created_at")?),
+                        spent_at: col::<Option<i64>>(r, "spent_at")?.map(UnixTime),
+                        grace_until: col::<Option<i64>>(r, "grace_until")?.map(UnixTime),
+                        grace_sealed: col(r, "grace_sealed")?,
+                        upstream_sealed: col(r, "upstream_sealed")?,
+                    })
+                },
+            )
         })
-        .transpose()
     }
 
     async fn spend_refresh(&self, spend: &Spend) -> Result<SpendOutcome, StoreError> {
-        match self.write(Write::Spend(Box::new(spend.clone()))).await? {
-            Done::Spent(outcome) => Ok(outcome),
-            Done::Started => Err(StoreError::Backend(
-                "the writer answered out of turn".into(),
-            )),
-        }
+        let spend = spend.clone();
+        self.write(move |c| spend_in(c, &spend)).await
     }
 
     async fn revoke_session(
@@ -650,22 +874,21 @@ impl Store for SqliteStore {
         reason: &str,
         now: UnixTime,
     ) -> Result<Session, StoreError> {
-        let row = sqlx::query(concat!(
-            "UPDATE sessions SET revoked_at = COALESCE(revoked_at, ?),
-                 revoked_reason = COALESCE(revoked_reason, ?)
-             WHERE id = ? RETURNING ",
-            session_columns!()
-        ))
-        .bind(now.0)
-        .bind(reason)
-        .bind(id.to_string())
-        .fetch_optional(&self.writer)
+        let reason = reason.to_owned();
+        self.write(move |c| {
+            session_by_id(
+                c,
+                concat!(
+                    "UPDATE sessions SET revoked_at = COALESCE(revoked_at, ?),
+                         revoked_reason = COALESCE(revoked_reason, ?)
+                     WHERE id = ? RETURNING ",
+                    session_columns!()
+                ),
+                params![now.0, reason, id.to_string()],
+            )
+            .map_err(|_| StoreError::NotFound(format!("session {id}")))
+        })
         .await
-        .map_err(backend)?;
-        match row {
-            Some(r) => session_from_row(&r),
-            None => Err(StoreError::NotFound(format!("session {id}"))),
-        }
     }
 
     async fn revoke_account_sessions(
@@ -674,18 +897,18 @@ impl Store for SqliteStore {
         reason: &str,
         now: UnixTime,
     ) -> Result<u64, StoreError> {
-        let done = sqlx::query(
-            "UPDATE sessions SET revoked_at = ?, revoked_reason = ?
-             WHERE account_uid = ? AND revoked_at IS NULL AND expires_at > ?",
-        )
-        .bind(now.0)
-        .bind(reason)
-        .bind(account.to_string())
-        .bind(now.0)
-        .execute(&self.writer)
+        let reason = reason.to_owned();
+        self.write(move |c| {
+            let n = execute(
+                c,
+                "UPDATE sessions SET revoked_at = ?, revoked_reason = ?
+                 WHERE account_uid = ? AND revoked_at IS NULL AND expires_at > ?",
+                params![now.0, reason, account.to_string(), now.0],
+            )
+            .map_err(backend)?;
+            Ok(n as u64)
+        })
         .await
-        .map_err(backend)?;
-        Ok(done.rows_affected())
     }
 
     async fn revoke_jti(
@@ -694,94 +917,97 @@ impl Store for SqliteStore {
         expires_at: UnixTime,
         now: UnixTime,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO revoked_jtis (jti, revoked_at, expires_at) VALUES (?, ?, ?)
-             ON CONFLICT (jti) DO UPDATE SET expires_at = MAX(expires_at, excluded.expires_at)",
-        )
-        .bind(jti)
-        .bind(now.0)
-        .bind(expires_at.0)
-        .execute(&self.writer)
+        let jti = jti.to_owned();
+        self.write(move |c| {
+            execute(
+                c,
+                "INSERT INTO revoked_jtis (jti, revoked_at, expires_at) VALUES (?, ?, ?)
+                 ON CONFLICT (jti) DO UPDATE SET expires_at = MAX(expires_at, excluded.expires_at)",
+                params![jti, now.0, expires_at.0],
+            )
+            .map_err(backend)?;
+            Ok(())
+        })
         .await
-        .map_err(backend)?;
-        Ok(())
     }
 
     async fn revocations(&self, now: UnixTime) -> Result<Revocations, StoreError> {
-        let sessions: Vec<String> = sqlx::query_scalar(
-            "SELECT id FROM sessions WHERE revoked_at IS NOT NULL AND expires_at > ?",
-        )
-        .bind(now.0)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(backend)?;
-        let jtis: Vec<String> =
-            sqlx::query_scalar("SELECT jti FROM revoked_jtis WHERE expires_at > ?")
-                .bind(now.0)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(backend)?;
-        Ok(Revocations {
-            sessions: sessions
-                .iter()
-                .map(|s| SessionId::from_str(s).map_err(|e| corrupt("session id", e)))
-                .collect::<Result<_, _>>()?,
-            jtis,
+        self.read(|c| {
+            // One snapshot for both lists.
+            let tx = c.unchecked_transaction().map_err(backend)?;
+            let sessions = query_all(
+                &tx,
+                "SELECT id FROM sessions WHERE revoked_at IS NOT NULL AND expires_at > ?",
+                [now.0],
+                |r| {
+                    SessionId::from_str(&col::<String>(r, "id")?)
+                        .map_err(|e| corrupt("session id", e))
+                },
+            )?;
+            let jtis = query_all(
+                &tx,
+                "SELECT jti FROM revoked_jtis WHERE expires_at > ?",
+                [now.0],
+                |r| col(r, "jti"),
+            )?;
+            Ok(Revocations { sessions, jtis })
         })
     }
 
     async fn purge(&self, before: UnixTime) -> Result<u64, StoreError> {
-        let mut tx = self.writer.begin().await.map_err(backend)?;
-        let mut n = 0;
-        for sql in [
-            "DELETE FROM sessions WHERE expires_at <= ?",
-            "DELETE FROM revoked_jtis WHERE expires_at <= ?",
-            "DELETE FROM pending WHERE expires_at <= ?",
-            // A sealed next pair is needed only during its grace window.
-            "UPDATE refresh_tokens SET grace_sealed = NULL
-             WHERE grace_sealed IS NOT NULL AND grace_until <= ?",
-        ] {
-            n += sqlx::query(sql)
-                .bind(before.0)
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?
-                .rows_affected();
-        }
-        tx.commit().await.map_err(backend)?;
-        Ok(n)
+        self.write(move |c| {
+            let mut n = 0;
+            for sql in [
+                "DELETE FROM sessions WHERE expires_at <= ?",
+                "DELETE FROM revoked_jtis WHERE expires_at <= ?",
+                "DELETE FROM pending WHERE expires_at <= ?",
+                // A sealed next pair is needed only during its grace window.
+                "UPDATE refresh_tokens SET grace_sealed = NULL
+                 WHERE grace_sealed IS NOT NULL AND grace_until <= ?",
+            ] {
+                n += execute(c, sql, [before.0]).map_err(backend)? as u64;
+            }
+            Ok(n)
+        })
+        .await
     }
 
     async fn put_pending(&self, p: &Pending) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO pending (key, alias, kind, data, expires_at, used_at, session_id)
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&p.key.0[..])
-        .bind(p.alias.as_deref())
-        .bind(&p.kind)
-        .bind(&p.data)
-        .bind(p.expires_at.0)
-        .bind(p.used_at.map(|t| t.0))
-        .bind(p.session.map(|s| s.to_string()))
-        .execute(&self.writer)
+        let p = p.clone();
+        self.write(move |c| {
+            execute(
+                c,
+                "INSERT INTO pending (key, alias, kind, data, expires_at, used_at, session_id)
+                 VALUES (?, ?, ?, ?, ?, ?, ?)",
+                params![
+                    &p.key.0[..],
+                    p.alias.as_deref(),
+                    p.kind,
+                    p.data,
+                    p.expires_at.0,
+                    p.used_at.map(|t| t.0),
+                    p.session.map(|s| s.to_string())
+                ],
+            )
+            .map_err(|e| conflict_or_backend(e, || format!("pending {}", p.kind)))?;
+            Ok(())
+        })
         .await
-        .map_err(|e| conflict_or_backend(e, || format!("pending {}", p.kind)))?;
-        Ok(())
     }
 
     async fn pending(&self, key: TokenHash, now: UnixTime) -> Result<Option<Pending>, StoreError> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            pending_columns!(),
-            " FROM pending WHERE key = ? AND expires_at > ?"
-        ))
-        .bind(&key.0[..])
-        .bind(now.0)
-        .fetch_optional(&self.writer)
-        .await
-        .map_err(backend)?;
-        row.as_ref().map(pending_from_row).transpose()
+        self.read(|c| {
+            query_one(
+                c,
+                concat!(
+                    "SELECT ",
+                    pending_columns!(),
+                    " FROM pending WHERE key = ? AND expires_at > ?"
+                ),
+                params![&key.0[..], now.0],
+                pending_from_row,
+            )
+        })
     }
 
     async fn pending_by_alias(
@@ -789,17 +1015,18 @@ impl Store for SqliteStore {
         alias: &str,
         now: UnixTime,
     ) -> Result<Option<Pending>, StoreError> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            pending_columns!(),
-            " FROM pending WHERE alias = ? AND expires_at > ?"
-        ))
-        .bind(alias)
-        .bind(now.0)
-        .fetch_optional(&self.writer)
-        .await
-        .map_err(backend)?;
-        row.as_ref().map(pending_from_row).transpose()
+        self.read(|c| {
+            query_one(
+                c,
+                concat!(
+                    "SELECT ",
+                    pending_columns!(),
+                    " FROM pending WHERE alias = ? AND expires_at > ?"
+                ),
+                params![alias, now.0],
+                pending_from_row,
+            )
+        })
     }
 
     async fn update_pending(
@@ -808,16 +1035,17 @@ impl Store for SqliteStore {
         data: &str,
         now: UnixTime,
     ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "UPDATE pending SET data = ? WHERE key = ? AND used_at IS NULL AND expires_at > ?",
-        )
-        .bind(data)
-        .bind(&key.0[..])
-        .bind(now.0)
-        .execute(&self.writer)
+        let data = data.to_owned();
+        self.write(move |c| {
+            let n = execute(
+                c,
+                "UPDATE pending SET data = ? WHERE key = ? AND used_at IS NULL AND expires_at > ?",
+                params![data, &key.0[..], now.0],
+            )
+            .map_err(backend)?;
+            Ok(n == 1)
+        })
         .await
-        .map_err(backend)?;
-        Ok(done.rows_affected() == 1)
     }
 
     async fn use_pending(
@@ -825,32 +1053,28 @@ impl Store for SqliteStore {
         key: TokenHash,
         now: UnixTime,
     ) -> Result<Option<(Pending, bool)>, StoreError> {
-        let first = sqlx::query(
-            "UPDATE pending SET used_at = ? WHERE key = ? AND used_at IS NULL AND expires_at > ?",
-        )
-        .bind(now.0)
-        .bind(&key.0[..])
-        .bind(now.0)
-        .execute(&self.writer)
+        self.write(move |c| {
+            let first = execute(
+                c,
+                "UPDATE pending SET used_at = ? WHERE key = ? AND used_at IS NULL AND expires_at > ?",
+                params![now.0, &key.0[..], now.0],
+            )
+            .map_err(backend)?
+                == 1;
+            // A used record stays findable until it expires, so a second use can be traced to
+            // the session the first one started.
+            let found = query_one(
+                c,
+                concat!("SELECT ", pending_columns!(), " FROM pending WHERE key = ?"),
+                [&key.0[..]],
+                pending_from_row,
+            )?;
+            Ok(match found {
+                Some(p) if first || p.used_at.is_some() => Some((p, first)),
+                _ => None,
+            })
+        })
         .await
-        .map_err(backend)?
-        .rows_affected()
-            == 1;
-        // A used record stays findable until it expires, so a second use can be traced to the
-        // session the first one started.
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            pending_columns!(),
-            " FROM pending WHERE key = ?"
-        ))
-        .bind(&key.0[..])
-        .fetch_optional(&self.writer)
-        .await
-        .map_err(backend)?;
-        match row.as_ref().map(pending_from_row).transpose()? {
-            Some(p) if first || p.used_at.is_some() => Ok(Some((p, first))),
-            _ => Ok(None),
-        }
     }
 
     async fn set_pending_session(
@@ -858,124 +1082,67 @@ impl Store for SqliteStore {
         key: TokenHash,
         session: SessionId,
     ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE pending SET session_id = ? WHERE key = ?")
-            .bind(session.to_string())
-            .bind(&key.0[..])
-            .execute(&self.writer)
-            .await
+        self.write(move |c| {
+            execute(
+                c,
+                "UPDATE pending SET session_id = ? WHERE key = ?",
+                params![session.to_string(), &key.0[..]],
+            )
             .map_err(backend)?;
-        Ok(())
+            Ok(())
+        })
+        .await
     }
 
     async fn signing_keys(&self) -> Result<Vec<StoredKey>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT kid, private_pkcs8, sealed_by, state, created_at, activated_at, retire_after
-             FROM signing_keys ORDER BY created_at, kid",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(backend)?;
-        rows.iter()
-            .map(|r| {
-                Ok(StoredKey {
-                    kid: r.get("kid"),
-                    private: r.get("private_pkcs8"),
-                    sealed_by: r.get("sealed_by"),
-                    state: KeyState::from_str(r.get("state"))
-                        .map_err(|e| corrupt("key state", e))?,
-                    created_at: UnixTime(r.get("created_at")),
-                    activated_at: r.get::<Option<i64>, _>("activated_at").map(UnixTime),
-                    retire_after: r.get::<Option<i64>, _>("retire_after").map(UnixTime),
-                })
-            })
-            .collect()
+        self.read(|c| {
+            query_all(
+                c,
+                "SELECT kid, private_pkcs8, sealed_by, state, created_at, activated_at, retire_after
+                 FROM signing_keys ORDER BY created_at, kid",
+                [],
+                |r| {
+                    Ok(StoredKey {
+                        kid: col(r, "kid")?,
+                        private: col(r, "private_pkcs8")?,
+                        sealed_by: col(r, "sealed_by")?,
+                        state: KeyState::from_str(&col::<String>(r, "state")?)
+                            .map_err(|e| corrupt("key state", e))?,
+                        created_at: UnixTime(col(r, "created_at")?),
+                        activated_at: col::<Option<i64>>(r, "activated_at")?.map(UnixTime),
+                        retire_after: col::<Option<i64>>(r, "retire_after")?.map(UnixTime),
+                    })
+                },
+            )
+        })
     }
 
     async fn replace_signing_keys(&self, keys: &[StoredKey]) -> Result<(), StoreError> {
-        let mut tx = self.writer.begin().await.map_err(backend)?;
-        sqlx::query("DELETE FROM signing_keys")
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
-        for k in keys {
-            sqlx::query(
-                "INSERT INTO signing_keys
-                   (kid, private_pkcs8, sealed_by, state, created_at, activated_at, retire_after)
-                 VALUES (?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(&k.kid)
-            .bind(&k.private)
-            .bind(k.sealed_by.as_deref())
-            .bind(k.state.to_string())
-            .bind(k.created_at.0)
-            .bind(k.activated_at.map(|t| t.0))
-            .bind(k.retire_after.map(|t| t.0))
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| conflict_or_backend(e, || format!("signing key {}", k.kid)))?;
-        }
-        tx.commit().await.map_err(backend)
+        let keys = keys.to_vec();
+        self.write(move |c| {
+            execute(c, "DELETE FROM signing_keys", []).map_err(backend)?;
+            for k in &keys {
+                execute(
+                    c,
+                    "INSERT INTO signing_keys
+                       (kid, private_pkcs8, sealed_by, state, created_at, activated_at, retire_after)
+                     VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    params![
+                        k.kid,
+                        k.private,
+                        k.sealed_by.as_deref(),
+                        k.state.to_string(),
+                        k.created_at.0,
+                        k.activated_at.map(|t| t.0),
+                        k.retire_after.map(|t| t.0)
+                    ],
+                )
+                .map_err(|e| conflict_or_backend(e, || format!("signing key {}", k.kid)))?;
+            }
+            Ok(())
+        })
+        .await
     }
-}
-
-async fn insert_refresh(
-    tx: &mut sqlx::SqliteConnection,
-    r: &RefreshRecord,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO refresh_tokens
-           (hash, session_id, created_at, spent_at, grace_until, grace_sealed, upstream_sealed)
-         VALUES (?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(&r.hash.0[..])
-    .bind(r.session.to_string())
-    .bind(r.created_at.0)
-    .bind(r.spent_at.map(|t| t.0))
-    .bind(r.grace_until.map(|t| t.0))
-    .bind(r.grace_sealed.as_deref())
-    .bind(r.upstream_sealed.as_deref())
-    .execute(&mut *tx)
-    .await
-    .map_err(|e| conflict_or_backend(e, || "refresh token".to_owned()))?;
-    Ok(())
-}
-
-fn pending_from_row(row: &SqliteRow) -> Result<Pending, StoreError> {
-    let key: Vec<u8> = row.get("key");
-    Ok(Pending {
-        key: TokenHash(
-            key.try_into()
-                .map_err(|_| corrupt("pending key", "not 32 bytes"))?,
-        ),
-        alias: row.get("alias"),
-        kind: row.get("kind"),
-        data: row.get("data"),
-        expires_at: UnixTime(row.get("expires_at")),
-        used_at: row.get::<Option<i64>, _>("used_at").map(UnixTime),
-        session: row
-            .get::<Option<&str>, _>("session_id")
-            .map(SessionId::from_str)
-            .transpose()
-            .map_err(|e| corrupt("session id", e))?,
-    })
-}
-
-fn session_from_row(row: &SqliteRow) -> Result<Session, StoreError> {
-    Ok(Session {
-        id: SessionId::from_str(row.get("id")).map_err(|e| corrupt("session id", e))?,
-        account: AccountUid::from_str(row.get("account_uid")).map_err(|e| corrupt("uid", e))?,
-        client_id: row.get("client_id"),
-        amr: serde_json::from_str(row.get::<&str, _>("amr_json")).map_err(|e| corrupt("amr", e))?,
-        audience: row.get("audience"),
-        scope: row.get("scope"),
-        login_groups: serde_json::from_str(row.get::<&str, _>("login_groups_json"))
-            .map_err(|e| corrupt("groups", e))?,
-        created_at: UnixTime(row.get("created_at")),
-        last_used_at: UnixTime(row.get("last_used_at")),
-        expires_at: UnixTime(row.get("expires_at")),
-        revoked_at: row.get::<Option<i64>, _>("revoked_at").map(UnixTime),
-        revoked_reason: row.get("revoked_reason"),
-    })
 }
 
 #[cfg(test)]
@@ -1042,6 +1209,46 @@ mod tests {
                 .unwrap(),
             None
         );
+    }
+
+    #[tokio::test]
+    async fn a_failing_write_does_not_undo_the_others_committed_with_it() {
+        let (_d, s) = store().await;
+        // Queued together, these share one transaction; the duplicate fails inside it.
+        let mut dup = NewAccount::named("dup".parse().unwrap());
+        dup.identities
+            .insert(ExternalIdentity::Directory { id: "d1".into() });
+        s.create_account(dup.clone(), UnixTime(1)).await.unwrap();
+        // A new name, so its account row is written, then its identity collides.
+        let mut again = dup.clone();
+        again.name = "dup2".parse().unwrap();
+        let tries: Vec<_> = (0..10)
+            .map(|i| {
+                let s = s.clone();
+                let new = if i == 5 {
+                    again.clone()
+                } else {
+                    NewAccount::named(format!("user{i}").parse().unwrap())
+                };
+                tokio::spawn(async move { s.create_account(new, UnixTime(2)).await })
+            })
+            .collect();
+        let mut conflicts = 0;
+        for t in tries {
+            match t.await.unwrap() {
+                Ok(_) => {}
+                Err(StoreError::Conflict(_)) => conflicts += 1,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(conflicts, 1);
+        assert_eq!(s.accounts().await.unwrap().len(), 10);
+        // The refused account's row was rolled back with its identity.
+        let dup2 = "dup2".parse().unwrap();
+        assert_eq!(s.account_by_name(&dup2).await.unwrap(), None);
+        let d1 = ExternalIdentity::Directory { id: "d1".into() };
+        let found = s.account_by_identity(&d1).await.unwrap().unwrap();
+        assert_eq!(found.name.as_str(), "dup");
     }
 
     #[tokio::test]
@@ -1142,20 +1349,14 @@ mod tests {
         let p = dir.path().join("old.db");
         {
             // The schema and the key exactly as the first release wrote them.
-            let opts = SqliteConnectOptions::new()
-                .filename(&p)
-                .create_if_missing(true);
-            let pool = SqlitePoolOptions::new().connect_with(opts).await.unwrap();
-            sqlx::raw_sql(MIGRATIONS[0].1).execute(&pool).await.unwrap();
-            sqlx::raw_sql(
+            let c = Connection::open(&p).unwrap();
+            c.execute_batch(MIGRATIONS[0].1).unwrap();
+            c.execute_batch(
                 "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY NOT NULL);
                  INSERT INTO schema_migrations VALUES (1);
                  INSERT INTO signing_keys (kid, private_pkcs8, created_at) VALUES ('k0', x'00', 7);",
             )
-            .execute(&pool)
-            .await
             .unwrap();
-            pool.close().await;
         }
         let s = SqliteStore::open(&p).await.unwrap();
         let keys = s.signing_keys().await.unwrap();
