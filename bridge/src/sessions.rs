@@ -7,8 +7,8 @@
 //! window. A spend seen after the window is reuse, and revokes the whole session.
 
 use idbridge_core::{
-    RefreshRecord, Session, SessionId, SessionState, Spend, SpendOutcome, TokenHash, UnixTime,
-    UserAccount,
+    RefreshContext, RefreshRecord, Session, SessionId, SessionState, Spend, SpendOutcome,
+    TokenHash, UnixTime, UserAccount,
 };
 use serde::{Deserialize, Serialize};
 
@@ -236,13 +236,14 @@ impl AppState {
         if !token.starts_with(REFRESH_TOKEN_PREFIX) {
             return Err(deny("refresh_token is not an idbridge refresh token", None));
         }
-        let Some(record) = self.store().refresh_token(hash).await? else {
+        let Some(RefreshContext {
+            record,
+            session: Some(session),
+            account,
+        }) = self.store().refresh_context(hash).await?
+        else {
             return Err(deny("refresh_token is invalid", None));
         };
-        let Some(session) = self.store().session(record.session).await? else {
-            return Err(deny("refresh_token is invalid", None));
-        };
-        let account = self.store().account(session.account).await?;
         let who = account.as_ref();
         if session.client_id != client_id {
             return Err(deny("refresh_token was issued to another client", who));

@@ -27,8 +27,8 @@ pub use duration::HumanDuration;
 pub use error::{Error, StoreError};
 pub use names::{AccountName, GroupName, LabelKey, Namespace, Principal};
 pub use session::{
-    KeyState, Pending, RefreshRecord, Revocations, Session, SessionId, SessionState, Spend,
-    SpendOutcome, StoredKey,
+    KeyState, Pending, RefreshContext, RefreshRecord, Revocations, Session, SessionId,
+    SessionState, Spend, SpendOutcome, StoredKey,
 };
 pub use store::Store;
 pub use token::{StaticToken, TokenHash, TokenId};

@@ -111,6 +111,18 @@ pub struct RefreshRecord {
     pub upstream_sealed: Option<Vec<u8>>,
 }
 
+/// What a refresh needs to decide: the token, its session and the session's account, read in
+/// one snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefreshContext {
+    /// The refresh token.
+    pub record: RefreshRecord,
+    /// Its session, unless purged.
+    pub session: Option<Session>,
+    /// The session's account, unless deleted.
+    pub account: Option<crate::UserAccount>,
+}
+
 impl RefreshRecord {
     /// A newly issued, unspent refresh token of `session`.
     #[must_use]

@@ -3,9 +3,9 @@
 use async_trait::async_trait;
 
 use crate::{
-    AccountName, AccountUid, ExternalIdentity, NewAccount, Pending, RefreshRecord, Revocations,
-    Session, SessionId, Spend, SpendOutcome, StaticToken, StoreError, StoredKey, TokenHash,
-    TokenId, UnixTime, UserAccount,
+    AccountName, AccountUid, ExternalIdentity, NewAccount, Pending, RefreshContext, RefreshRecord,
+    Revocations, Session, SessionId, Spend, SpendOutcome, StaticToken, StoreError, StoredKey,
+    TokenHash, TokenId, UnixTime, UserAccount,
 };
 
 /// Durable state: accounts, static tokens, sessions, revocations and signing keys.
@@ -71,6 +71,23 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn sessions(&self, account: Option<AccountUid>) -> Result<Vec<Session>, StoreError>;
     /// The refresh token whose secret hashes to `hash`.
     async fn refresh_token(&self, hash: TokenHash) -> Result<Option<RefreshRecord>, StoreError>;
+    /// The refresh token whose secret hashes to `hash`, with its session and account, in one
+    /// snapshot. The default reads them one after another.
+    async fn refresh_context(&self, hash: TokenHash) -> Result<Option<RefreshContext>, StoreError> {
+        let Some(record) = self.refresh_token(hash).await? else {
+            return Ok(None);
+        };
+        let session = self.session(record.session).await?;
+        let account = match &session {
+            Some(s) => self.account(s.account).await?,
+            None => None,
+        };
+        Ok(Some(RefreshContext {
+            record,
+            session,
+            account,
+        }))
+    }
     /// Atomically spends an unspent refresh token of a live session, storing the next one and
     /// marking the session used. `Lost` when the token was already spent or the session revoked;
     /// then nothing changes.

@@ -22,8 +22,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use idbridge_core::{
     AccountName, AccountUid, ExternalIdentity, GroupName, KeyState, LabelKey, Namespace,
-    NewAccount, Pending, RefreshRecord, Revocations, Session, SessionId, Spend, SpendOutcome,
-    StaticToken, Store, StoreError, StoredKey, TokenHash, TokenId, UnixTime, UserAccount,
+    NewAccount, Pending, RefreshContext, RefreshRecord, Revocations, Session, SessionId, Spend,
+    SpendOutcome, StaticToken, Store, StoreError, StoredKey, TokenHash, TokenId, UnixTime,
+    UserAccount,
 };
 use rusqlite::types::FromSql;
 use rusqlite::{Connection, OpenFlags, Params, Row, ffi, params};
@@ -288,8 +289,13 @@ fn open_writer(path: &Path) -> Result<Connection, OpenError> {
             "journal_mode stayed {mode}"
         ))));
     }
-    conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
-        .map_err(open)?;
+    // Checkpoints every 10,000 pages (about 40 MB of WAL) rather than SQLite's 1,000: the hot
+    // pages (recent refresh tokens, index pages) are rewritten many times between two
+    // checkpoints, and a checkpoint copies each page once however often it changed.
+    conn.execute_batch(
+        "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA wal_autocheckpoint = 10000;",
+    )
+    .map_err(open)?;
     migrate(&conn)?;
     Ok(conn)
 }
@@ -513,6 +519,27 @@ fn insert_refresh(conn: &Connection, r: &RefreshRecord) -> Result<(), StoreError
     Ok(())
 }
 
+fn refresh_in(conn: &Connection, hash: TokenHash) -> Result<Option<RefreshRecord>, StoreError> {
+    query_one(
+        conn,
+        "SELECT session_id, created_at, spent_at, grace_until, grace_sealed, upstream_sealed
+         FROM refresh_tokens WHERE hash = ?",
+        [&hash.0[..]],
+        |r| {
+            Ok(RefreshRecord {
+                hash,
+                session: SessionId::from_str(&col::<String>(r, "session_id")?)
+                    .map_err(|e| corrupt("session id", e))?,
+                created_at: UnixTime(col(r, "created_at")?),
+                spent_at: col::<Option<i64>>(r, "spent_at")?.map(UnixTime),
+                grace_until: col::<Option<i64>>(r, "grace_until")?.map(UnixTime),
+                grace_sealed: col(r, "grace_sealed")?,
+                upstream_sealed: col(r, "upstream_sealed")?,
+            })
+        },
+    )
+}
+
 fn spend_in(conn: &Connection, spend: &Spend) -> Result<SpendOutcome, StoreError> {
     // The check ("still unspent, session live") and the spend are one statement inside the
     // writer's transaction; spends later in the same batch see the earlier ones.
@@ -673,9 +700,12 @@ impl Store for SqliteStore {
         &self,
         identity: &ExternalIdentity,
     ) -> Result<Option<UserAccount>, StoreError> {
+        // A scalar subquery, not a join: SQLite re-prepared the join form at every new binding
+        // of the key (seen in profiles), which cost more than the lookup itself.
         self.account_where(
             account_select!(
-                "FROM accounts a JOIN identities k ON k.account_uid = a.uid WHERE k.identity_key = ?"
+                "FROM accounts a \
+                 WHERE a.uid = (SELECT account_uid FROM identities WHERE identity_key = ?)"
             ),
             &identity.key(),
         )
@@ -841,25 +871,35 @@ impl Store for SqliteStore {
     }
 
     async fn refresh_token(&self, hash: TokenHash) -> Result<Option<RefreshRecord>, StoreError> {
+        self.read(|c| refresh_in(c, hash))
+    }
+
+    async fn refresh_context(&self, hash: TokenHash) -> Result<Option<RefreshContext>, StoreError> {
         self.read(|c| {
-            query_one(
-                c,
-                "SELECT session_id, created_at, spent_at, grace_until, grace_sealed, upstream_sealed
-                 FROM refresh_tokens WHERE hash = ?",
-                [&hash.0[..]],
-                |r| {
-                    Ok(RefreshRecord {
-                        hash,
-                        session: SessionId::from_str(&col::<String>(r, "session_id")?)
-                            .map_err(|e| corrupt("session id", e))?,
-                        created_at: UnixTime(col(r, "created_at")?),
-                        spent_at: col::<Option<i64>>(r, "spent_at")?.map(UnixTime),
-                        grace_until: col::<Option<i64>>(r, "grace_until")?.map(UnixTime),
-                        grace_sealed: col(r, "grace_sealed")?,
-                        upstream_sealed: col(r, "upstream_sealed")?,
-                    })
-                },
-            )
+            let tx = c.unchecked_transaction().map_err(backend)?;
+            let Some(record) = refresh_in(&tx, hash)? else {
+                return Ok(None);
+            };
+            let session = query_one(
+                &tx,
+                concat!("SELECT ", session_columns!(), " FROM sessions WHERE id = ?"),
+                [record.session.to_string()],
+                session_from_row,
+            )?;
+            let account = match &session {
+                Some(s) => query_one(
+                    &tx,
+                    account_select!("FROM accounts a WHERE a.uid = ?"),
+                    [s.account.to_string()],
+                    account_from_row,
+                )?,
+                None => None,
+            };
+            Ok(Some(RefreshContext {
+                record,
+                session,
+                account,
+            }))
         })
     }
 

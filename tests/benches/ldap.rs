@@ -25,6 +25,7 @@ use idbridge_core::{Directory, SystemClock};
 use idbridge_directory::{DirectoryConfig, LdapDirectory};
 use idbridge_store::SqliteStore;
 use idbridge_tests::ldap::{SERVICE_DN, SUFFIX, Slapd};
+use idbridge_tests::load::{FormPoster, tls_client};
 use idbridge_tests::stats::{env_num, median, median_ratio, pct};
 use ldap3::{LdapConnAsync, Scope, SearchEntry, ldap_escape};
 
@@ -120,10 +121,6 @@ fn main() {
         ));
         addr
     });
-    let http = reqwest::Client::builder()
-        .tls_certs_only(reqwest::Certificate::from_pem_bundle(&std::fs::read(ca).unwrap()).unwrap())
-        .build()
-        .unwrap();
     let url = format!("https://localhost:{}/oauth2/token", addr.port());
     let ldap_url = slapd.url();
     let service_pw = std::fs::read_to_string(&slapd.password_file)
@@ -131,29 +128,31 @@ fn main() {
         .trim()
         .to_owned();
 
+    // Each worker posts on its own keep-alive HTTP/1.1 connection with the light client.
+    let tls = tls_client(&std::fs::read(&ca).unwrap()).unwrap();
     let login = {
-        let http = http.clone();
         let url = url.clone();
         move |_w: usize| {
-            let http = http.clone();
-            let url = url.clone();
+            let (url, tls) = (url.clone(), tls.clone());
             async move {
+                let poster = Arc::new(tokio::sync::Mutex::new(
+                    FormPoster::connect(&url, tls).await.unwrap(),
+                ));
                 Box::new(move || {
-                    let http = http.clone();
-                    let url = url.clone();
+                    let poster = poster.clone();
                     Box::pin(async move {
-                        let r = http
-                            .post(&url)
-                            .form(&[
+                        let (status, body) = poster
+                            .lock()
+                            .await
+                            .post(&[
                                 ("grant_type", "password"),
                                 ("username", "bench"),
                                 ("password", "bench-pw-1"),
                             ])
-                            .send()
                             .await
                             .unwrap();
-                        assert!(r.status().is_success(), "{}", r.text().await.unwrap());
-                        let v: serde_json::Value = r.json().await.unwrap();
+                        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+                        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
                         assert!(v["access_token"].is_string());
                     }) as Pin<Box<dyn Future<Output = ()> + Send>>
                 }) as Op

@@ -7,6 +7,7 @@
 pub mod kdc;
 pub mod kubectl;
 pub mod ldap;
+pub mod load;
 pub mod oidc;
 pub mod samba;
 pub mod stats;
