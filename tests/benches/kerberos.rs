@@ -29,6 +29,7 @@ use idbridge_bridge::{
 use idbridge_core::SystemClock;
 use idbridge_store::SqliteStore;
 use idbridge_tests::kdc::Kdc;
+use idbridge_tests::load::{FormPoster, tls_client};
 use idbridge_tests::stats::{env_num, median, median_ratio, pct};
 use libgssapi::context::{ClientCtx, CtxFlags, SecurityContext, ServerCtx};
 use libgssapi::credential::{Cred, CredUsage};
@@ -43,19 +44,23 @@ const KERBEROS_GRANT: &str = "urn:idbridge:params:oauth:grant-type:kerberos";
 const EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 const STATIC_TYPE: &str = "urn:idbridge:params:oauth:token-type:static";
 
-/// Posts every form in `forms` to the token endpoint from `conns` concurrent workers; the rate,
-/// and each request's latency in ms.
+/// Posts every form in `forms` to the token endpoint from `conns` concurrent workers, each on
+/// its own keep-alive connection; the rate, and each request's latency in ms.
 async fn drive(
-    http: &reqwest::Client,
     url: &str,
+    tls: &Arc<rustls::ClientConfig>,
     conns: usize,
     forms: Vec<Vec<(&'static str, String)>>,
 ) -> (f64, Vec<f64>) {
     let queue = Arc::new(std::sync::Mutex::new(forms));
+    let mut posters = Vec::new();
+    for _ in 0..conns {
+        posters.push(FormPoster::connect(url, tls.clone()).await.unwrap());
+    }
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..conns {
-        let (http, url, queue) = (http.clone(), url.to_owned(), queue.clone());
+    for mut poster in posters {
+        let queue = queue.clone();
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             loop {
@@ -63,9 +68,10 @@ async fn drive(
                     break;
                 };
                 let s = Instant::now();
-                let resp = http.post(&url).form(&form).send().await.unwrap();
-                assert!(resp.status().is_success(), "{}", resp.text().await.unwrap());
-                let v: serde_json::Value = resp.json().await.unwrap();
+                let pairs: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                let (status, body) = poster.post(&pairs).await.unwrap();
+                assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+                let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
                 assert!(v["access_token"].is_string());
                 lat.push(s.elapsed().as_secs_f64() * 1e3);
             }
@@ -240,10 +246,7 @@ fn main() {
         ));
         (addr, static_token)
     });
-    let http = reqwest::Client::builder()
-        .tls_certs_only(reqwest::Certificate::from_pem_bundle(&std::fs::read(ca).unwrap()).unwrap())
-        .build()
-        .unwrap();
+    let tls = tls_client(&std::fs::read(ca).unwrap()).unwrap();
     let url = format!("https://localhost:{}/oauth2/token", addr.port());
     let logins = env_num("BENCH_LOGINS", 3000);
     println!(
@@ -272,7 +275,7 @@ fn main() {
                 ]
             })
             .collect();
-        let (l, mut ll) = rt.block_on(drive(&http, &url, conns, kerberos));
+        let (l, mut ll) = rt.block_on(drive(&url, &tls, conns, kerberos));
         let exchange: Vec<Vec<(&str, String)>> = (0..logins)
             .map(|_| {
                 vec![
@@ -283,7 +286,7 @@ fn main() {
                 ]
             })
             .collect();
-        let (m, _) = rt.block_on(drive(&http, &url, conns, exchange));
+        let (m, _) = rt.block_on(drive(&url, &tls, conns, exchange));
         mint.push(m);
         let (a, b) = (pct(&mut ll, 0.5), pct(&mut ll, 0.99));
         eprintln!(

@@ -447,6 +447,52 @@ async fn tampered_state_wrong_verifiers_replayed_codes_and_foreign_redirects_are
 }
 
 #[tokio::test]
+async fn an_id_token_with_another_nonce_is_refused_at_the_callback() {
+    let dir = idbridge_tests::scratch();
+    let p = provider(dir.path(), None).await;
+    let i = serve(dir.path(), &p, "").await;
+    // Someone changes the nonce on the way to the provider; state and PKCE stay intact, so only
+    // the nonce check can catch the ID token the provider then issues.
+    let (b, to_provider) = to_upstream(&i, &p).await;
+    assert_eq!(to_provider.status, 303, "{}", to_provider.body);
+    let loc = to_provider.headers["location"].to_str().unwrap().to_owned();
+    let nonce = query_param(&loc, "nonce").expect("a nonce is sent upstream");
+    assert!(nonce.len() >= 32, "{nonce}");
+    let tampered = loc.replace(&format!("nonce={nonce}"), "nonce=chosen-by-someone-else");
+    assert_ne!(tampered, loc);
+    let at_provider = b.get(&tampered).await.unwrap();
+    let callback = i.url("/login/oidc/callback");
+    let Step::Page(login) = b.follow(at_provider, &callback).await.unwrap() else {
+        panic!("expected the provider's login page");
+    };
+    let action = login
+        .form_action("/interaction/")
+        .expect("provider login form");
+    let after = b
+        .post_form(&action, &[("login", "alice"), ("password", "alice-pw")])
+        .await
+        .unwrap();
+    let Step::Left(back) = b.follow(after, &callback).await.unwrap() else {
+        panic!("expected the provider to send the browser back");
+    };
+    let r = b.get(&back).await.unwrap();
+    assert!(
+        r.status.is_client_error() || r.status.is_server_error(),
+        "{}",
+        r.status
+    );
+    assert!(r.body.contains("nonce"), "{}", r.body);
+    assert!(
+        r.headers.get("location").is_none(),
+        "no code for the client"
+    );
+    assert!(
+        !i.audit_log().contains("session.start"),
+        "no session started"
+    );
+}
+
+#[tokio::test]
 async fn the_device_flow_ends_in_tokens_once_the_user_logs_in() {
     let dir = idbridge_tests::scratch();
     let p = provider(dir.path(), None).await;
