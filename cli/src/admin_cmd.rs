@@ -550,6 +550,7 @@ pub async fn revoke(args: RevokeArgs, target: &Target) -> anyhow::Result<()> {
                 .await?;
         }
     }
+    // The `jti` is the token's public id (a claim anyone holding the token can read), not the token.
     eprintln!("revoked access token {jti}");
     Ok(())
 }

@@ -16,20 +16,18 @@
     missing_debug_implementations
 )] // a benchmark binary
 
+mod common;
+
+use common::serve_idbridge;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use idbridge_bridge::{
-    AppState, Audit, AuditSink, KerberosLogin, KeySet, Rotate, Settings, app, ensure_self_signed,
-    server_config,
-};
-use idbridge_core::SystemClock;
-use idbridge_store::SqliteStore;
+use idbridge_bridge::{KerberosLogin, Settings};
 use idbridge_tests::kdc::Kdc;
-use idbridge_tests::load::{FormPoster, tls_client};
+use idbridge_tests::load::FormPoster;
 use idbridge_tests::stats::{env_num, median, median_ratio, pct};
 use libgssapi::context::{ClientCtx, CtxFlags, SecurityContext, ServerCtx};
 use libgssapi::credential::{Cred, CredUsage};
@@ -192,38 +190,28 @@ fn main() {
     });
 
     // idbridge in process, behind its own TLS stack.
-    let (server_tls, ca) = ensure_self_signed(dir.path(), &["localhost".into()]).unwrap();
-    let (addr, static_token) = rt.block_on(async {
-        let store = Arc::new(SqliteStore::open(&dir.path().join("b.db")).await.unwrap());
-        let (kid, der) = KeySet::generate().unwrap();
-        let mut settings = Settings::new("https://idbridge.bench".into());
-        let cfg: idbridge_kerberos::KerberosConfig = serde_yaml_ng::from_str(&format!(
-            "keytab: {}\nrealms: [{REALM}]\n",
-            keytab.display()
-        ))
-        .unwrap();
-        settings.kerberos = Some(KerberosLogin {
-            acceptor: Arc::new(
-                idbridge_kerberos::Acceptor::new(
-                    &keytab,
-                    Some(&dir.path().join("krb5.rcache")),
-                    "kerberos.keytab",
-                )
-                .unwrap(),
-            ),
-            mapper: idbridge_kerberos::Mapper::new(&cfg).unwrap(),
-            jit: true,
-            link_by_name: false,
-            groups_from_directory: false,
-        });
-        let state = AppState::new(
-            store,
-            Arc::new(SystemClock),
-            KeySet::from_pkcs8(&[(kid, der)]).unwrap(),
-            settings,
-            Audit::open(&AuditSink::File(dir.path().join("audit.log"))).unwrap(),
-        );
-        state.maintain_keys(Rotate::Policy).await.unwrap();
+    let mut settings = Settings::new("https://idbridge.bench".into());
+    let cfg: idbridge_kerberos::KerberosConfig = serde_yaml_ng::from_str(&format!(
+        "keytab: {}\nrealms: [{REALM}]\n",
+        keytab.display()
+    ))
+    .unwrap();
+    settings.kerberos = Some(KerberosLogin {
+        acceptor: Arc::new(
+            idbridge_kerberos::Acceptor::new(
+                &keytab,
+                Some(&dir.path().join("krb5.rcache")),
+                "kerberos.keytab",
+            )
+            .unwrap(),
+        ),
+        mapper: idbridge_kerberos::Mapper::new(&cfg).unwrap(),
+        jit: true,
+        link_by_name: false,
+        groups_from_directory: false,
+    });
+    let (addr, static_token, tls) = rt.block_on(async {
+        let (state, addr, tls) = serve_idbridge(dir.path(), settings).await;
         let robot: idbridge_core::AccountName = "robot".parse().unwrap();
         state
             .ops()
@@ -236,17 +224,8 @@ fn main() {
             .await
             .unwrap()
             .secret;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(idbridge_bridge::serve(
-            listener,
-            server_config(&server_tls).unwrap(),
-            app(state),
-            std::future::pending(),
-        ));
-        (addr, static_token)
+        (addr, static_token, tls)
     });
-    let tls = tls_client(&std::fs::read(ca).unwrap()).unwrap();
     let url = format!("https://localhost:{}/oauth2/token", addr.port());
     let logins = env_num("BENCH_LOGINS", 3000);
     println!(

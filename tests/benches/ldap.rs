@@ -12,20 +12,19 @@
     missing_debug_implementations
 )] // a benchmark binary
 
+mod common;
+
+use common::serve_idbridge;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use idbridge_bridge::{
-    AppState, Audit, AuditSink, DirectoryLogin, KeySet, Rotate, Settings, ThrottlePolicy, app,
-    ensure_self_signed, server_config,
-};
-use idbridge_core::{Directory, SystemClock};
+use idbridge_bridge::{DirectoryLogin, Settings, ThrottlePolicy};
+use idbridge_core::Directory;
 use idbridge_directory::{DirectoryConfig, LdapDirectory};
-use idbridge_store::SqliteStore;
 use idbridge_tests::ldap::{SERVICE_DN, SUFFIX, Slapd};
-use idbridge_tests::load::{FormPoster, tls_client};
+use idbridge_tests::load::FormPoster;
 use idbridge_tests::stats::{env_num, median, median_ratio, pct};
 use ldap3::{LdapConnAsync, Scope, SearchEntry, ldap_escape};
 
@@ -88,39 +87,18 @@ fn main() {
     }
 
     // idbridge in process, behind its own TLS stack.
-    let (server_tls, ca) = ensure_self_signed(dir.path(), &["localhost".into()]).unwrap();
-    let addr = rt.block_on(async {
-        let store = Arc::new(SqliteStore::open(&dir.path().join("b.db")).await.unwrap());
-        let (kid, der) = KeySet::generate().unwrap();
-        let mut settings = Settings::new("https://idbridge.bench".into());
-        settings.directory = Some(DirectoryLogin {
-            directory: Arc::new(directory(&slapd, "nested: none")),
-            jit: true,
-            link_by_name: false,
-            throttle: ThrottlePolicy {
-                per_source: 1000,
-                per_user_source: 1000,
-                window: Duration::from_secs(60),
-            },
-        });
-        let state = AppState::new(
-            store,
-            Arc::new(SystemClock),
-            KeySet::from_pkcs8(&[(kid, der)]).unwrap(),
-            settings,
-            Audit::open(&AuditSink::File(dir.path().join("audit.log"))).unwrap(),
-        );
-        state.maintain_keys(Rotate::Policy).await.unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(idbridge_bridge::serve(
-            listener,
-            server_config(&server_tls).unwrap(),
-            app(state),
-            std::future::pending(),
-        ));
-        addr
+    let mut settings = Settings::new("https://idbridge.bench".into());
+    settings.directory = Some(DirectoryLogin {
+        directory: Arc::new(directory(&slapd, "nested: none")),
+        jit: true,
+        link_by_name: false,
+        throttle: ThrottlePolicy {
+            per_source: 1000,
+            per_user_source: 1000,
+            window: Duration::from_secs(60),
+        },
     });
+    let (_, addr, tls) = rt.block_on(serve_idbridge(dir.path(), settings));
     let url = format!("https://localhost:{}/oauth2/token", addr.port());
     let ldap_url = slapd.url();
     let service_pw = std::fs::read_to_string(&slapd.password_file)
@@ -129,7 +107,6 @@ fn main() {
         .to_owned();
 
     // Each worker posts on its own keep-alive HTTP/1.1 connection with the light client.
-    let tls = tls_client(&std::fs::read(&ca).unwrap()).unwrap();
     let login = {
         let url = url.clone();
         move |_w: usize| {

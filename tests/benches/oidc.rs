@@ -19,15 +19,13 @@
     missing_debug_implementations
 )] // a benchmark binary
 
+mod common;
+
+use common::serve_idbridge;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use idbridge_bridge::{
-    AppState, Audit, AuditSink, KeySet, Rotate, Settings, Upstream, UpstreamConfig, app,
-    ensure_self_signed, server_config,
-};
-use idbridge_core::SystemClock;
-use idbridge_store::SqliteStore;
+use idbridge_bridge::{Settings, Upstream, UpstreamConfig};
 use idbridge_tests::load::{FormPoster, tls_client};
 use idbridge_tests::oidc::OidcProvider;
 use idbridge_tests::stats::{env_num, median, median_ratio, pct};
@@ -121,65 +119,36 @@ fn main() {
         .unwrap();
 
     // idbridge in process, behind its own TLS stack, with the provider as its upstream.
-    let (server_tls, ca) = ensure_self_signed(dir.path(), &["localhost".into()]).unwrap();
-    let addr = rt.block_on(async {
-        let store = Arc::new(SqliteStore::open(&dir.path().join("b.db")).await.unwrap());
-        let (kid, der) = KeySet::generate().unwrap();
-        let mut settings = Settings::new("https://idbridge.bench".into());
-        settings.refresh_grace = Duration::ZERO;
-        let upstream_http = reqwest::Client::builder()
-            .tls_certs_only(
-                reqwest::Certificate::from_pem_bundle(&std::fs::read(&provider.ca_file).unwrap())
-                    .unwrap(),
-            )
-            .build()
-            .unwrap();
-        settings.upstreams = vec![Arc::new(Upstream::new(
-            UpstreamConfig {
-                name: "corp".into(),
-                display_name: "Corp".into(),
-                issuer: provider.issuer.clone(),
-                client_id: "idbridge".into(),
-                client_secret: Some(idbridge_bridge::Secret::new(SECRET.into())),
-                scopes: vec!["email".into()],
-                username_claim: "email".into(),
-                groups_claim: "groups".into(),
-                username_prefix: String::new(),
-                groups_prefix: String::new(),
-                require_email_verified: true,
-                refresh: false,
-                jit: true,
-                link_by_name: false,
-            },
-            upstream_http,
-        ))];
-        let state = AppState::new(
-            store,
-            Arc::new(SystemClock),
-            KeySet::from_pkcs8(&[(kid, der)]).unwrap(),
-            settings,
-            Audit::open(&AuditSink::File(dir.path().join("audit.log"))).unwrap(),
-        );
-        state.maintain_keys(Rotate::Policy).await.unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(idbridge_bridge::serve(
-            listener,
-            server_config(&server_tls).unwrap(),
-            app(state),
-            std::future::pending(),
-        ));
-        addr
-    });
-    let http = reqwest::Client::builder()
+    let mut settings = Settings::new("https://idbridge.bench".into());
+    let upstream_http = reqwest::Client::builder()
         .tls_certs_only(
-            reqwest::Certificate::from_pem_bundle(&std::fs::read(&ca).unwrap()).unwrap(),
+            reqwest::Certificate::from_pem_bundle(&std::fs::read(&provider.ca_file).unwrap())
+                .unwrap(),
         )
         .build()
         .unwrap();
+    settings.upstreams = vec![Arc::new(Upstream::new(
+        UpstreamConfig {
+            name: "corp".into(),
+            display_name: "Corp".into(),
+            issuer: provider.issuer.clone(),
+            client_id: "idbridge".into(),
+            client_secret: Some(idbridge_bridge::Secret::new(SECRET.into())),
+            scopes: vec!["email".into()],
+            username_claim: "email".into(),
+            groups_claim: "groups".into(),
+            username_prefix: String::new(),
+            groups_prefix: String::new(),
+            require_email_verified: true,
+            refresh: false,
+            jit: true,
+            link_by_name: false,
+        },
+        upstream_http,
+    ))];
+    let (_, addr, tls) = rt.block_on(serve_idbridge(dir.path(), settings));
     // The timed requests: HTTP/1.1 keep-alive to both (the provider's server speaks nothing
     // else), from the same light client.
-    let tls = tls_client(&std::fs::read(&ca).unwrap()).unwrap();
     let provider_tls = tls_client(&std::fs::read(&provider.ca_file).unwrap()).unwrap();
     let url = format!("https://localhost:{}/oauth2/token", addr.port());
     let provider_url = format!("{}/token", provider.issuer);
@@ -199,9 +168,10 @@ fn main() {
                     .expect("a refresh token")
                     .to_owned(),
             );
-            let resp = http
-                .post(&url)
-                .form(&[
+            let (status, body) = FormPoster::connect(&url, tls.clone())
+                .await
+                .unwrap()
+                .post(&[
                     (
                         "grant_type",
                         "urn:ietf:params:oauth:grant-type:token-exchange",
@@ -212,10 +182,10 @@ fn main() {
                         "urn:ietf:params:oauth:token-type:id_token",
                     ),
                 ])
-                .send()
                 .await
                 .unwrap();
-            let v: serde_json::Value = resp.json().await.unwrap();
+            assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
             ours.push(v["refresh_token"].as_str().expect("a session").to_owned());
         }
         (ours, theirs)
