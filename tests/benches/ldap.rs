@@ -2,9 +2,14 @@
 //! search, session start in a durable SQLite store, ES256 signature) beside a floor that does
 //! the same LDAP work with raw ldap3 on the same slapd (one service connection and one bind
 //! connection per worker: search the user, bind as the user, search the groups), in one run,
-//! rounds interleaved. Then group resolution for a user in 1,000 groups nested 5 deep.
+//! rounds interleaved. A third case runs idbridge's directory layer alone, in process, on the
+//! same slapd: what the LDAP part of a login costs through idbridge's pools, escaping, paging
+//! and entry mapping, without HTTP, session or signature; a fourth runs the `password` grant with
+//! a directory that answers from memory: what idbridge adds. Then group resolution for a user in
+//! 1,000 groups nested 5 deep.
 //!
-//! Run: `cargo bench -p idbridge-tests --bench ldap` (BENCH_SECS, BENCH_ROUNDS, BENCH_CONNS).
+//! Run: `cargo bench -p idbridge-tests --bench ldap` (BENCH_SECS, BENCH_ROUNDS, BENCH_CONNS;
+//! BENCH_ONLY=floor, directory, added or login runs one case alone, for a profiler).
 
 #![allow(
     clippy::unwrap_used,
@@ -21,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use idbridge_bridge::{DirectoryLogin, Settings, ThrottlePolicy};
-use idbridge_core::Directory;
+use idbridge_core::{Directory, DirectoryError, DirectoryUser};
 use idbridge_directory::{DirectoryConfig, LdapDirectory};
 use idbridge_tests::ldap::{SERVICE_DN, SUFFIX, Slapd};
 use idbridge_tests::load::FormPoster;
@@ -32,12 +37,101 @@ const GROUPS: usize = 20;
 
 /// One operation of a worker, run again and again.
 type Op = Box<dyn FnMut() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+/// Makes worker `w`'s operation (connecting first, where the case needs connections).
+type Maker = Arc<dyn Fn(usize) -> Pin<Box<dyn Future<Output = Op> + Send>> + Send + Sync>;
+
+fn maker<F, Fut>(f: F) -> Maker
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Op> + Send + 'static,
+{
+    Arc::new(move |w| Box::pin(f(w)))
+}
 
 fn directory(slapd: &Slapd, groups: &str) -> LdapDirectory {
     let yaml = slapd.directory_yaml(&[slapd.url()], "pool_size: 16", groups);
     let v: serde_yaml_ng::Value = serde_yaml_ng::from_str(&yaml).unwrap();
     let cfg: DirectoryConfig = serde_yaml_ng::from_value(v["directory"].clone()).unwrap();
     LdapDirectory::new(&cfg).unwrap()
+}
+
+/// A directory that answers from memory with the user slapd returned once: the password grant
+/// through it is everything idbridge adds to the LDAP work (HTTP and TLS at both ends, the
+/// account lookup, the durable session start, the signature, the audit line).
+#[derive(Debug)]
+struct Remembered {
+    user: DirectoryUser,
+    password: &'static str,
+    real: Arc<LdapDirectory>,
+}
+
+#[async_trait::async_trait]
+impl Directory for Remembered {
+    async fn authenticate(&self, _: &str, password: &str) -> Result<DirectoryUser, DirectoryError> {
+        if password == self.password {
+            Ok(self.user.clone())
+        } else {
+            Err(DirectoryError::InvalidCredentials)
+        }
+    }
+    async fn user_by_id(&self, _: &str) -> Result<Option<DirectoryUser>, DirectoryError> {
+        Ok(Some(self.user.clone()))
+    }
+    async fn user_by_principal(&self, _: &str) -> Result<Option<DirectoryUser>, DirectoryError> {
+        Ok(Some(self.user.clone()))
+    }
+    fn token_groups(&self, user: &DirectoryUser, audience: &str) -> (Vec<String>, usize) {
+        self.real.token_groups(user, audience)
+    }
+}
+
+/// Serves idbridge in process with `directory` for password logins, and returns what makes a
+/// worker's login: each worker posts on its own keep-alive HTTP/1.1 connection with the light
+/// client.
+fn password_grant(
+    rt: &tokio::runtime::Runtime,
+    dir: &std::path::Path,
+    directory: Arc<dyn Directory>,
+) -> Maker {
+    let mut settings = Settings::new("https://idbridge.bench".into());
+    settings.directory = Some(DirectoryLogin {
+        directory,
+        jit: true,
+        link_by_name: false,
+        throttle: ThrottlePolicy {
+            per_source: 1000,
+            per_user_source: 1000,
+            window: Duration::from_secs(60),
+        },
+    });
+    let (_, addr, tls) = rt.block_on(serve_idbridge(dir, settings));
+    let url = format!("https://localhost:{}/oauth2/token", addr.port());
+    maker(move |_w: usize| {
+        let (url, tls) = (url.clone(), tls.clone());
+        async move {
+            let poster = Arc::new(tokio::sync::Mutex::new(
+                FormPoster::connect(&url, tls).await.unwrap(),
+            ));
+            Box::new(move || {
+                let poster = poster.clone();
+                Box::pin(async move {
+                    let (status, body) = poster
+                        .lock()
+                        .await
+                        .post(&[
+                            ("grant_type", "password"),
+                            ("username", "bench"),
+                            ("password", "bench-pw-1"),
+                        ])
+                        .await
+                        .unwrap();
+                    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+                    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                    assert!(v["access_token"].is_string());
+                }) as Pin<Box<dyn Future<Output = ()> + Send>>
+            }) as Op
+        }
+    })
 }
 
 /// One round: `conns` workers doing `op` back to back for `secs`; per-op latencies in ms.
@@ -86,56 +180,29 @@ fn main() {
             .unwrap();
     }
 
-    // idbridge in process, behind its own TLS stack.
-    let mut settings = Settings::new("https://idbridge.bench".into());
-    settings.directory = Some(DirectoryLogin {
-        directory: Arc::new(directory(&slapd, "nested: none")),
-        jit: true,
-        link_by_name: false,
-        throttle: ThrottlePolicy {
-            per_source: 1000,
-            per_user_source: 1000,
-            window: Duration::from_secs(60),
-        },
-    });
-    let (_, addr, tls) = rt.block_on(serve_idbridge(dir.path(), settings));
-    let url = format!("https://localhost:{}/oauth2/token", addr.port());
+    // idbridge in process, behind its own TLS stack; a second one whose directory answers from
+    // memory, for what idbridge adds to the LDAP work.
+    let ldap_dir = Arc::new(directory(&slapd, "nested: none"));
+    let user = rt
+        .block_on(ldap_dir.authenticate("bench", "bench-pw-1"))
+        .unwrap();
+    let login = password_grant(&rt, dir.path(), ldap_dir.clone());
+    let remembered = tempfile::tempdir().unwrap();
+    let added = password_grant(
+        &rt,
+        remembered.path(),
+        Arc::new(Remembered {
+            user,
+            password: "bench-pw-1",
+            real: ldap_dir,
+        }),
+    );
     let ldap_url = slapd.url();
     let service_pw = std::fs::read_to_string(&slapd.password_file)
         .unwrap()
         .trim()
         .to_owned();
 
-    // Each worker posts on its own keep-alive HTTP/1.1 connection with the light client.
-    let login = {
-        let url = url.clone();
-        move |_w: usize| {
-            let (url, tls) = (url.clone(), tls.clone());
-            async move {
-                let poster = Arc::new(tokio::sync::Mutex::new(
-                    FormPoster::connect(&url, tls).await.unwrap(),
-                ));
-                Box::new(move || {
-                    let poster = poster.clone();
-                    Box::pin(async move {
-                        let (status, body) = poster
-                            .lock()
-                            .await
-                            .post(&[
-                                ("grant_type", "password"),
-                                ("username", "bench"),
-                                ("password", "bench-pw-1"),
-                            ])
-                            .await
-                            .unwrap();
-                        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-                        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-                        assert!(v["access_token"].is_string());
-                    }) as Pin<Box<dyn Future<Output = ()> + Send>>
-                }) as Op
-            }
-        }
-    };
     let floor = {
         let ldap_url = ldap_url.clone();
         move |_w: usize| {
@@ -197,50 +264,103 @@ fn main() {
         }
     };
 
+    // idbridge's directory layer alone, in process: the same LDAP work through its pools, with
+    // its escaping, paging and entry mapping, but no HTTP, session or signature.
+    let layer = {
+        let d = Arc::new(directory(&slapd, "nested: none"));
+        move |_w: usize| {
+            let d = d.clone();
+            async move {
+                Box::new(move || {
+                    let d = d.clone();
+                    Box::pin(async move {
+                        let u = d.authenticate("bench", "bench-pw-1").await.unwrap();
+                        assert_eq!(u.groups.len(), GROUPS);
+                    }) as Pin<Box<dyn Future<Output = ()> + Send>>
+                }) as Op
+            }
+        }
+    };
+
     println!(
         "# LDAP login benchmark: {rounds} rounds x {secs}s, {conns} concurrent clients, slapd on loopback, user in {GROUPS} groups"
     );
-    let (mut rate, mut frate, mut p50, mut p99, mut fp50, mut fp99) =
-        (vec![], vec![], vec![], vec![], vec![], vec![]);
-    for r in 0..rounds {
-        let (f, mut fl) = rt.block_on(drive(conns, secs, floor.clone()));
-        let (l, mut ll) = rt.block_on(drive(conns, secs, login.clone()));
-        let (a, b, c, d) = (
-            pct(&mut ll, 0.5),
-            pct(&mut ll, 0.99),
-            pct(&mut fl, 0.5),
-            pct(&mut fl, 0.99),
+    // The floor first: every ratio is to it. BENCH_ONLY=floor, directory, added or login runs
+    // that case alone, for a profiler.
+    let cases: [(&str, &str, Maker); 4] = [
+        (
+            "floor",
+            "floor: raw ldap3 search + bind + group search",
+            maker(floor),
+        ),
+        (
+            "directory",
+            "idbridge's directory layer alone, in process (the same LDAP work)",
+            maker(layer),
+        ),
+        (
+            "added",
+            "idbridge `password` grant with a directory answering from memory (HTTP+TLS, session, ES256)",
+            added,
+        ),
+        (
+            "login",
+            "idbridge `password` grant (HTTP+TLS, LDAP, session, ES256)",
+            login,
+        ),
+    ];
+    let only = std::env::var("BENCH_ONLY").ok();
+    if let Some(o) = &only {
+        assert!(
+            cases.iter().any(|c| c.0 == o),
+            "BENCH_ONLY: `floor`, `directory`, `added` or `login`, not {o:?}"
         );
-        eprintln!(
-            "round {r}: idbridge {l:>7.0} logins/s p50 {a:.2} ms p99 {b:.2} ms | floor {f:>7.0}/s p50 {c:.2} ms p99 {d:.2} ms"
-        );
-        rate.push(l);
-        frate.push(f);
-        p50.push(a);
-        p99.push(b);
-        fp50.push(c);
-        fp99.push(d);
+    }
+    // Per case: logins/s, p50 and p99 of each round. Round 0 is an untimed warm-up of one
+    // second per case, so that no case pays for cold caches.
+    let mut seen: Vec<[Vec<f64>; 3]> = vec![Default::default(); cases.len()];
+    for r in 0..=rounds {
+        for (i, (name, _, m)) in cases.iter().enumerate() {
+            if only.as_ref().is_some_and(|o| o != name) {
+                continue;
+            }
+            let m = m.clone();
+            let (rate, mut lat) =
+                rt.block_on(drive(conns, if r == 0 { 1 } else { secs }, move |w| m(w)));
+            if r == 0 {
+                continue;
+            }
+            let (a, b) = (pct(&mut lat, 0.5), pct(&mut lat, 0.99));
+            eprintln!("round {r}: {name:>9} {rate:>7.0}/s p50 {a:.2} ms p99 {b:.2} ms");
+            for (v, x) in seen[i].iter_mut().zip([rate, a, b]) {
+                v.push(x);
+            }
+        }
+    }
+    if only.is_some() {
+        return;
     }
     println!("\n| case | logins/s (median) | p50 ms | p99 ms |");
     println!("| --- | ---: | ---: | ---: |");
-    println!(
-        "| idbridge `password` grant (HTTP+TLS, LDAP, session, ES256) | {:.0} | {:.2} | {:.2} |",
-        median(rate.clone()),
-        median(p50.clone()),
-        median(p99.clone())
-    );
-    println!(
-        "| floor: raw ldap3 search + bind + group search | {:.0} | {:.2} | {:.2} |",
-        median(frate.clone()),
-        median(fp50.clone()),
-        median(fp99.clone())
-    );
-    println!(
-        "\nLatency ratio (median of per-round ratios): p50 {:.2}x, p99 {:.2}x the floor; throughput {:.2} of the floor.",
-        median_ratio(&p50, &fp50),
-        median_ratio(&p99, &fp99),
-        median_ratio(&rate, &frate)
-    );
+    for (i, (_, label, _)) in cases.iter().enumerate().rev() {
+        let [rate, p50, p99] = &seen[i];
+        println!(
+            "| {label} | {:.0} | {:.2} | {:.2} |",
+            median(rate.clone()),
+            median(p50.clone()),
+            median(p99.clone())
+        );
+    }
+    let [frate, fp50, fp99] = &seen[0];
+    for (i, (_, label, _)) in cases.iter().enumerate().skip(1) {
+        let [rate, p50, p99] = &seen[i];
+        println!(
+            "\n{label}: latency p50 {:.2}x, p99 {:.2}x the floor; throughput {:.2} of the floor (medians of per-round ratios).",
+            median_ratio(p50, fp50),
+            median_ratio(p99, fp99),
+            median_ratio(rate, frate)
+        );
+    }
 
     // Nested groups: a user in 200 groups, each the start of a chain 5 deep: 1,000 groups.
     let nested = rt.block_on(async {
