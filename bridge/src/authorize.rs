@@ -1070,6 +1070,7 @@ mod tests {
             grants: vec![],
             audiences: vec![],
             redirect_uris: uris.iter().map(|u| (*u).to_owned()).collect(),
+            audience_changes: vec![],
         }
     }
 

@@ -130,6 +130,21 @@ impl Kek {
         })
     }
 
+    /// Generates a new key into `path` (mode 0600, written atomically).
+    ///
+    /// # Errors
+    /// When the random source fails or the file cannot be written.
+    pub fn create_file(path: &Path) -> Result<Self, CryptoError> {
+        let mut key = [0u8; 32];
+        SystemRandom::new()
+            .fill(&mut key)
+            .map_err(|_| CryptoError::KeyFile("the random source failed".into()))?;
+        let text = format!("{}\n", STANDARD.encode(key));
+        crate::tls::write_private(path, text.as_bytes())
+            .map_err(|e| CryptoError::KeyFile(format!("cannot write {}: {e}", path.display())))?;
+        Self::from_base64(text.trim()).map_err(CryptoError::KeyFile)
+    }
+
     fn from_base64(text: &str) -> Result<Self, String> {
         let bytes = STANDARD.decode(text).map_err(|_| "not base64".to_owned())?;
         let key: [u8; 32] = bytes

@@ -125,11 +125,16 @@ impl IntoResponse for ApiError {
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
+        // `error` and `error_description` are RFC 6749's fields, which every OAuth client shows;
+        // `message` stays for the admin CLI and existing callers.
+        let message = self.to_string();
         let mut r = (
             status,
-            Json(json!({"error": body, "message": self.to_string()})),
+            Json(json!({"error": body, "error_description": message, "message": message})),
         )
             .into_response();
+        r.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if status == StatusCode::UNAUTHORIZED {
             r.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

@@ -2,8 +2,8 @@
 //! every refresh of a session that started with one.
 //!
 //! A wrong password, an unknown user and an empty password get one answer. Failures are
-//! throttled per source and per username and source (429 with `Retry-After`) before the
-//! directory is asked. A user whose password was right but whose account may not log in is
+//! throttled per source, per user and source, and per user across sources (429 with
+//! `Retry-After`), each attempt reserved before the password reaches the directory. A user whose password was right but whose account may not log in is
 //! told why. A directory that does not answer is a 503 and never a token.
 
 use idbridge_core::{
@@ -15,6 +15,7 @@ use crate::provision::Provision;
 use crate::sessions::{Login, TokenPair};
 use crate::settings::{Client, DirectoryLogin};
 use crate::state::{AppState, RequestCtx};
+use crate::throttle::Outcome;
 
 /// The answer to every failed password check.
 const INVALID: &str = "invalid username or password";
@@ -89,32 +90,48 @@ impl AppState {
         let source = ctx.source.map(|s| s.ip());
         let deny = |reason: &str| self.login_denied(ctx, "login.ldap", Some(username), reason);
         let started = std::time::Instant::now();
-        if let Err(wait) = self
-            .throttle()
-            .check(&dir.throttle, source, username, started)
-        {
+        let throttled = |wait: u64| {
             deny("throttled");
-            return Err(ApiError::Throttled(wait));
-        }
-        let user = match dir.directory.authenticate(username, password).await {
-            Ok(u) => u,
-            Err(DirectoryError::InvalidCredentials) => {
-                self.throttle()
-                    .fail(&dir.throttle, source, username, started);
-                deny(INVALID);
-                return Err(ApiError::invalid_grant(INVALID));
-            }
-            Err(DirectoryError::Refused(problem)) => {
-                let why = problem.to_string();
-                deny(&why);
-                return Err(ApiError::invalid_grant(why));
-            }
+            ApiError::Throttled(wait)
+        };
+        self.throttle()
+            .check_source(&dir.throttle, source, started)
+            .map_err(throttled)?;
+        let candidate = match dir.directory.find_login(username).await {
+            Ok(c) => c,
             Err(e) => {
                 deny("directory unavailable");
                 return Err(unavailable(&e));
             }
         };
-        self.throttle().succeed(source, username);
+        // Counted before the bind, against the entry the name found: parallel attempts and
+        // other spellings of the name share one budget.
+        let reservation = self
+            .throttle()
+            .reserve(&dir.throttle, source, &candidate.key)
+            .await
+            .map_err(throttled)?;
+        let user = match dir.directory.check_password(candidate, password).await {
+            Ok(u) => u,
+            Err(DirectoryError::InvalidCredentials) => {
+                reservation.settle(Outcome::Failed);
+                deny(INVALID);
+                return Err(ApiError::invalid_grant(INVALID));
+            }
+            Err(DirectoryError::Refused(problem)) => {
+                // The password was right.
+                reservation.settle(Outcome::Succeeded);
+                let why = problem.to_string();
+                deny(&why);
+                return Err(ApiError::invalid_grant(why));
+            }
+            Err(e) => {
+                reservation.settle(Outcome::Undecided);
+                deny("directory unavailable");
+                return Err(unavailable(&e));
+            }
+        };
+        reservation.settle(Outcome::Succeeded);
         let account = self
             .directory_account(&user, (dir.jit, dir.link_by_name), "login.ldap", ctx)
             .await?;

@@ -50,7 +50,8 @@ pub use ops::{AdminOps, CreatedToken, KeyInfo, OpsError, SessionInfo, UserRevoca
 pub use review::{TokenReviewRequest, TokenReviewSpec, TokenReviewStatus, UserInfo};
 pub use server::{PeerInfo, serve};
 pub use settings::{
-    Client, DirectoryLogin, KerberosLogin, MayAct, ProxySettings, Secret, Settings, Who,
+    AudienceChange, Client, DirectoryLogin, KerberosLogin, MayAct, ProxySettings, Secret, Settings,
+    Who,
 };
 pub use state::{AppState, app};
 pub use throttle::ThrottlePolicy;

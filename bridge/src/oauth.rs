@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use crate::auth::Denial;
 use crate::error::ApiError;
 use crate::sessions::{Grant, Login, TokenPair};
-use crate::settings::{Client, Settings};
+use crate::settings::{AudienceChange, Client, Settings};
 use crate::state::{AppState, RequestCtx};
 use crate::tokens::{AccessClaims, Actor, REFRESH_TOKEN_PREFIX, STATIC_TOKEN_PREFIX, hash_token};
 
@@ -305,7 +305,13 @@ pub(crate) async fn token(
         )));
     }
     let subject = required(&req.subject_token, "subject_token")?.to_owned();
-    let audience = target(&settings, client, req.audience.clone())?;
+    // An access token keeps its own audience unless a rule re-targets it: its audience is
+    // judged once the subject token is verified.
+    let audience = if req.subject_token_type.as_deref() == Some(ACCESS_TOKEN_TYPE) {
+        String::new()
+    } else {
+        target(&settings, client, req.audience.clone())?
+    };
     let pair = match req.subject_token_type.as_deref() {
         Some(STATIC_TOKEN_TYPE) => {
             if req.actor_token.is_some() {
@@ -315,7 +321,7 @@ pub(crate) async fn token(
             }
             exchange_static(&state, &ctx, client, &subject, audience, req.scope).await?
         }
-        Some(ACCESS_TOKEN_TYPE) => exchange_access(&state, &ctx, &req, &subject, audience).await?,
+        Some(ACCESS_TOKEN_TYPE) => exchange_access(&state, &ctx, client, &req, &subject).await?,
         Some(ID_TOKEN_TYPE) => {
             if req.actor_token.is_some() {
                 return Err(ApiError::invalid_request(
@@ -437,13 +443,53 @@ fn narrow(subject: &AccessClaims, scope: Option<&str>) -> Result<(Vec<String>, S
     Ok((groups, scopes.join(" ")))
 }
 
+/// The audience an access-token exchange yields: the subject token's own (the requested one,
+/// or the subject's when none is asked for), or another only where an `audience_changes` rule
+/// (global or the client's) allows the change from the subject's audience; the client's
+/// allow-list applies on top.
+///
+/// # Errors
+/// `invalid_target` naming the audiences at fault.
+fn exchange_target(
+    settings: &Settings,
+    client: &Client,
+    subject: &AccessClaims,
+    requested: Option<&str>,
+) -> Result<String, ApiError> {
+    let audience = match requested.filter(|a| !a.is_empty()) {
+        Some(a) => a.to_owned(),
+        None => subject
+            .aud
+            .iter()
+            .find(|a| *a == settings.default_audience())
+            .or_else(|| subject.aud.first())
+            .cloned()
+            .unwrap_or_else(|| settings.default_audience().to_owned()),
+    };
+    if !subject.aud.contains(&audience)
+        && !AudienceChange::allows(&settings.audience_changes, &subject.aud, &audience)
+        && !AudienceChange::allows(&client.audience_changes, &subject.aud, &audience)
+    {
+        return Err(oauth(
+            StatusCode::BAD_REQUEST,
+            "invalid_target",
+            format!(
+                "the subject token is for {:?}; no token_exchange.audience_changes rule allows \
+                 re-targeting it to {audience:?}",
+                subject.aud.join(" ")
+            ),
+        ));
+    }
+    target(settings, client, Some(audience))
+}
+
 /// An access token becomes a narrower one; with an actor token, a delegated one carrying `act`.
 async fn exchange_access(
     state: &AppState,
     ctx: &RequestCtx,
+    client: &Client,
     req: &TokenRequest,
     subject: &str,
-    audience: String,
 ) -> Result<TokenPair, ApiError> {
     let deny = |reason: &str, who: Option<&AccessClaims>| {
         let mut ev = ctx.event("token.exchange", "denied");
@@ -462,6 +508,15 @@ async fn exchange_access(
             return Err(ApiError::invalid_grant(format!("subject_token: {d}")));
         }
     };
+    // The audience first: a refused re-target answers invalid_target whatever the scope says.
+    let audience =
+        match exchange_target(&state.settings(), client, &claims, req.audience.as_deref()) {
+            Ok(a) => a,
+            Err(e) => {
+                deny(&e.to_string(), Some(&claims));
+                return Err(e);
+            }
+        };
     let (groups, scope) = match narrow(&claims, req.scope.as_deref()) {
         Ok(n) => n,
         Err(e) => {
@@ -482,6 +537,22 @@ async fn exchange_access(
                 }
             } else {
                 match verified_access(state, actor).await {
+                    // An actor's access token must be meant for idbridge itself or for the
+                    // subject token's audience: a token for some other service proves nothing
+                    // here.
+                    Ok(a)
+                        if !a
+                            .aud
+                            .iter()
+                            .any(|x| *x == state.settings().issuer || claims.aud.contains(x)) =>
+                    {
+                        deny("actor_token is for another audience", Some(&claims));
+                        return Err(ApiError::invalid_grant(format!(
+                            "actor_token: the token is for {:?}, neither idbridge nor the \
+                             subject token's audience",
+                            a.aud.join(" ")
+                        )));
+                    }
                     Ok(a) => (a.name, a.sub, a.groups),
                     Err(d) => {
                         deny("actor_token is invalid", Some(&claims));
@@ -796,6 +867,57 @@ mod tests {
         );
         assert!(narrow(&c, Some("group:admins")).is_err());
         assert!(narrow(&c, Some("delete")).is_err());
+    }
+
+    #[test]
+    fn an_exchange_keeps_the_audience_unless_a_rule_retargets_it() {
+        let mut settings = Settings::new("https://idb".into());
+        let mut client = Client::cli(vec!["kubernetes".into(), "vault".into()]);
+        let mut c = claims(&["dev"], "");
+        let err = |r: Result<String, ApiError>| match r {
+            Err(ApiError::OAuth { error, .. }) => error,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            exchange_target(&settings, &client, &c, None).unwrap(),
+            "kubernetes"
+        );
+        assert_eq!(
+            err(exchange_target(&settings, &client, &c, Some("vault"))),
+            "invalid_target"
+        );
+        // A rule on the client, then globally; it goes one way only.
+        client.audience_changes = vec![AudienceChange {
+            from: "kubernetes".into(),
+            to: vec!["vault".into()],
+        }];
+        assert_eq!(
+            exchange_target(&settings, &client, &c, Some("vault")).unwrap(),
+            "vault"
+        );
+        settings.audience_changes = std::mem::take(&mut client.audience_changes);
+        assert_eq!(
+            exchange_target(&settings, &client, &c, Some("vault")).unwrap(),
+            "vault"
+        );
+        c.aud = vec!["vault".into()];
+        assert_eq!(
+            exchange_target(&settings, &client, &c, None).unwrap(),
+            "vault"
+        );
+        assert_eq!(
+            err(exchange_target(&settings, &client, &c, Some("kubernetes"))),
+            "invalid_target"
+        );
+        // The client's allow-list still applies on top of a rule.
+        settings.audience_changes = vec![AudienceChange {
+            from: "vault".into(),
+            to: vec!["prod-db".into()],
+        }];
+        assert_eq!(
+            err(exchange_target(&settings, &client, &c, Some("prod-db"))),
+            "invalid_target"
+        );
     }
 
     #[test]

@@ -50,7 +50,28 @@ impl Client {
                 .collect(),
             audiences,
             redirect_uris: Vec::new(),
+            audience_changes: Vec::new(),
         }
+    }
+}
+
+/// A token-exchange rule that lets an access token for `from` be exchanged for one of `to`:
+/// the one way an exchange may change a token's audience.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AudienceChange {
+    /// The subject token's audience.
+    pub from: String,
+    /// Audiences it may be re-targeted to.
+    pub to: Vec<String>,
+}
+
+impl AudienceChange {
+    /// Whether a token for `from` may become one for `to` under any of `rules`.
+    #[must_use]
+    pub fn allows(rules: &[Self], from: &[String], to: &str) -> bool {
+        rules
+            .iter()
+            .any(|r| from.contains(&r.from) && r.to.iter().any(|t| t == to))
     }
 }
 
@@ -95,6 +116,8 @@ pub struct Settings {
     pub clients: Vec<Client>,
     /// Who may act for whom (RFC 8693 delegation); nobody when empty.
     pub may_act: Vec<MayAct>,
+    /// Audience changes an access-token exchange may make, for every client.
+    pub audience_changes: Vec<AudienceChange>,
     /// The trusted authenticating proxy, when enabled.
     pub proxy: Option<ProxySettings>,
     /// LDAP / AD password logins, when a directory is configured.
@@ -124,6 +147,9 @@ pub struct Client {
     /// a loopback address matches any port (RFC 8252). The built-in `idbridge-cli` may use any
     /// loopback URI.
     pub redirect_uris: Vec<String>,
+    /// Audience changes an access-token exchange by this client may make, besides the global
+    /// ones.
+    pub audience_changes: Vec<AudienceChange>,
 }
 
 /// Names accounts by name or group.
@@ -242,6 +268,7 @@ impl Settings {
             refresh_grace: Duration::from_secs(5),
             clients: vec![Client::cli(vec!["kubernetes".to_owned()])],
             may_act: Vec::new(),
+            audience_changes: Vec::new(),
             proxy: None,
             directory: None,
             kerberos: None,

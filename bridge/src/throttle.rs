@@ -1,7 +1,14 @@
-//! Failed-login throttling: counts failures per source address and per username and source in
-//! fixed windows. Never per username alone, so nobody can lock another user out by failing on
-//! purpose; the per-user limit sits below the directory's own lockout threshold, so attackers are
-//! stopped here before the directory locks the account.
+//! Failed-login throttling for directory passwords: failures are counted per source address,
+//! per user and source, and per user across all sources, in fixed windows.
+//!
+//! An attempt is reserved, atomically against every limit, after the name is looked up and
+//! before the password reaches the directory; while attempts in flight could still reach a
+//! limit, the next one waits for them to settle. So parallel attempts cannot outrun a limit
+//! (and parallel right passwords are never refused), and the
+//! per-user budget (set below the directory's own lockout threshold) means nobody can make the
+//! directory lock an account through idbridge. Users are counted by their directory entry, so
+//! every spelling of a name shares one count; names no entry has get the same budget and the
+//! same answer, so a 429 tells nobody who exists.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -13,103 +20,230 @@ use std::time::{Duration, Instant};
 pub struct ThrottlePolicy {
     /// Failures allowed from one address per window.
     pub per_source: u32,
-    /// Failures allowed for one username from one address per window.
+    /// Failures allowed for one user from one address per window.
     pub per_user_source: u32,
-    /// The window.
+    /// The window of both limits above.
     pub window: Duration,
+    /// Failed binds allowed for one user from all sources together per `per_user_window`.
+    pub per_user: u32,
+    /// The window of `per_user`.
+    pub per_user_window: Duration,
 }
 
 #[derive(Debug, Clone, Copy)]
 struct Count {
     since: Instant,
     failures: u32,
+    /// Attempts reserved and not yet settled.
+    in_flight: u32,
 }
 
 /// Entries kept before expired ones are swept.
 const SWEEP_AT: usize = 100_000;
 
+/// The longest an attempt waits for others of the same user or source to settle.
+const SETTLE_WAIT: Duration = Duration::from_secs(15);
+
 /// The failure counters.
 #[derive(Debug, Default)]
 pub(crate) struct Throttle {
     counts: Mutex<HashMap<String, Count>>,
+    settled: tokio::sync::Notify,
 }
 
-fn keys(source: Option<IpAddr>, username: &str) -> (String, String) {
-    let src = source.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
-    (
-        format!("s\0{src}"),
-        format!("u\0{src}\0{}", username.to_lowercase()),
-    )
+fn source_key(source: Option<IpAddr>) -> String {
+    source.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string())
+}
+
+/// The three counters an attempt for `user` (a [`LoginCandidate`](idbridge_core::LoginCandidate)
+/// key) from `source` counts against, with their limits and windows.
+fn keys(
+    policy: &ThrottlePolicy,
+    source: Option<IpAddr>,
+    user: &str,
+) -> [(String, u32, Duration); 3] {
+    let src = source_key(source);
+    [
+        (format!("s\0{src}"), policy.per_source, policy.window),
+        (
+            format!("us\0{src}\0{user}"),
+            policy.per_user_source,
+            policy.window,
+        ),
+        (
+            format!("u\0{user}"),
+            policy.per_user,
+            policy.per_user_window,
+        ),
+    ]
+}
+
+/// Seconds to wait, rounded up: a client that waits exactly this long is let through.
+fn wait_secs(w: Duration) -> u64 {
+    w.as_secs() + u64::from(w.subsec_nanos() > 0)
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// The password was wrong: a failure against every counter.
+    Failed,
+    /// The password was right: the user's count from that source starts again.
+    Succeeded,
+    /// The directory decided nothing (it did not answer).
+    Undecided,
+}
+
+/// One reserved attempt; settled as [`Outcome::Failed`] if dropped unsettled (a cancelled
+/// request whose bind may have reached the directory).
+#[derive(Debug)]
+pub(crate) struct Reservation<'a> {
+    throttle: &'a Throttle,
+    keys: Vec<String>,
+    settled: bool,
+}
+
+impl Reservation<'_> {
+    /// Records how the attempt ended.
+    pub(crate) fn settle(mut self, outcome: Outcome) {
+        self.settled = true;
+        self.throttle.settle(&self.keys, outcome, Instant::now());
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.throttle
+                .settle(&self.keys, Outcome::Failed, Instant::now());
+        }
+    }
 }
 
 impl Throttle {
-    /// `Err(seconds to wait)` when either limit is reached.
-    pub(crate) fn check(
-        &self,
-        policy: &ThrottlePolicy,
-        source: Option<IpAddr>,
-        username: &str,
-        now: Instant,
-    ) -> Result<(), u64> {
-        let (src, usr) = keys(source, username);
-        let counts = self
-            .counts
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut wait = None::<Duration>;
-        for (key, limit) in [(src, policy.per_source), (usr, policy.per_user_source)] {
-            if let Some(c) = counts.get(&key) {
-                let end = c.since + policy.window;
-                if c.failures >= limit && end > now {
-                    wait = Some(wait.unwrap_or_default().max(end - now));
-                }
-            }
-        }
-        match wait {
-            // Round up: a client that waits exactly this long is let through.
-            Some(w) => Err(w.as_secs() + u64::from(w.subsec_nanos() > 0)),
-            None => Ok(()),
-        }
-    }
-
-    /// Counts a failure against both keys.
-    pub(crate) fn fail(
-        &self,
-        policy: &ThrottlePolicy,
-        source: Option<IpAddr>,
-        username: &str,
-        now: Instant,
-    ) {
-        let (src, usr) = keys(source, username);
-        let mut counts = self
-            .counts
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if counts.len() >= SWEEP_AT {
-            counts.retain(|_, c| c.since + policy.window > now);
-        }
-        for key in [src, usr] {
-            let c = counts.entry(key).or_insert(Count {
-                since: now,
-                failures: 0,
-            });
-            if c.since + policy.window <= now {
-                *c = Count {
-                    since: now,
-                    failures: 0,
-                };
-            }
-            c.failures += 1;
-        }
-    }
-
-    /// A success clears the username-and-source count (not the source's).
-    pub(crate) fn succeed(&self, source: Option<IpAddr>, username: &str) {
-        let (_, usr) = keys(source, username);
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Count>> {
         self.counts
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&usr);
+    }
+
+    /// `Err(seconds to wait)` when the source alone is over its limit: checked before the
+    /// directory is asked anything.
+    pub(crate) fn check_source(
+        &self,
+        policy: &ThrottlePolicy,
+        source: Option<IpAddr>,
+        now: Instant,
+    ) -> Result<(), u64> {
+        let key = format!("s\0{}", source_key(source));
+        match self.lock().get(&key) {
+            Some(c) if c.failures >= policy.per_source && c.since + policy.window > now => {
+                Err(wait_secs(c.since + policy.window - now))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Reserves an attempt for `user` from `source`: `Err(seconds to wait)` when failures
+    /// have reached any limit. While attempts in flight could still reach one, this one waits
+    /// for them to settle, so parallel attempts never outrun a limit and parallel right
+    /// passwords are never refused.
+    pub(crate) async fn reserve(
+        &self,
+        policy: &ThrottlePolicy,
+        source: Option<IpAddr>,
+        user: &str,
+    ) -> Result<Reservation<'_>, u64> {
+        let keys = keys(policy, source, user);
+        let deadline = tokio::time::Instant::now() + SETTLE_WAIT;
+        loop {
+            let settled = self.settled.notified();
+            tokio::pin!(settled);
+            settled.as_mut().enable();
+            match self.try_reserve(&keys, Instant::now()) {
+                Ok(Some(r)) => return Ok(r),
+                Err(wait) => return Err(wait),
+                Ok(None) => {
+                    if tokio::time::timeout_at(deadline, settled).await.is_err() {
+                        // Attempts that never settle: treat this one as over the limit.
+                        return Err(wait_secs(policy.window));
+                    }
+                }
+            }
+        }
+    }
+
+    /// `Ok(None)`: attempts in flight must settle first.
+    fn try_reserve(
+        &self,
+        keys: &[(String, u32, Duration); 3],
+        now: Instant,
+    ) -> Result<Option<Reservation<'_>>, u64> {
+        let mut counts = self.lock();
+        if counts.len() >= SWEEP_AT {
+            let longest = keys.iter().map(|k| k.2).max().unwrap_or_default();
+            counts.retain(|_, c| c.in_flight > 0 || c.since + longest > now);
+        }
+        let mut wait = None::<Duration>;
+        let mut busy = false;
+        for (key, limit, window) in keys {
+            if let Some(c) = counts.get_mut(key) {
+                if c.since + *window <= now {
+                    c.since = now;
+                    c.failures = 0;
+                }
+                if c.failures >= *limit {
+                    let w = c.since + *window - now;
+                    wait = Some(wait.unwrap_or_default().max(w));
+                } else if c.failures + c.in_flight >= *limit {
+                    busy = true;
+                }
+            }
+        }
+        if let Some(w) = wait {
+            return Err(wait_secs(w));
+        }
+        if busy {
+            return Ok(None);
+        }
+        for (key, _, _) in keys {
+            counts
+                .entry(key.clone())
+                .or_insert(Count {
+                    since: now,
+                    failures: 0,
+                    in_flight: 0,
+                })
+                .in_flight += 1;
+        }
+        Ok(Some(Reservation {
+            throttle: self,
+            keys: keys.iter().map(|k| k.0.clone()).collect(),
+            settled: false,
+        }))
+    }
+
+    fn settle(&self, keys: &[String], outcome: Outcome, now: Instant) {
+        {
+            let mut counts = self.lock();
+            for (i, key) in keys.iter().enumerate() {
+                let Some(c) = counts.get_mut(key) else {
+                    continue;
+                };
+                c.in_flight = c.in_flight.saturating_sub(1);
+                match outcome {
+                    Outcome::Failed => c.failures += 1,
+                    // The user's count from this source starts again (not the source's, nor
+                    // the user's budget across sources).
+                    Outcome::Succeeded if i == 1 => {
+                        c.failures = 0;
+                        c.since = now;
+                    }
+                    Outcome::Succeeded | Outcome::Undecided => {}
+                }
+            }
+        }
+        self.settled.notify_waiters();
     }
 }
 
@@ -121,41 +255,108 @@ mod tests {
         per_source: 5,
         per_user_source: 2,
         window: Duration::from_secs(60),
+        per_user: 3,
+        per_user_window: Duration::from_secs(900),
     };
 
-    #[test]
-    fn per_user_and_source_then_per_source() {
+    fn ip(s: &str) -> Option<IpAddr> {
+        Some(s.parse().unwrap())
+    }
+
+    async fn fail(t: &Throttle, source: &str, user: &str) {
+        t.reserve(&P, ip(source), user)
+            .await
+            .unwrap()
+            .settle(Outcome::Failed);
+    }
+
+    #[tokio::test]
+    async fn per_user_and_source_then_per_source() {
         let t = Throttle::default();
-        let a: Option<IpAddr> = Some("10.0.0.1".parse().unwrap());
-        let b: Option<IpAddr> = Some("10.0.0.2".parse().unwrap());
-        let now = Instant::now();
-        t.fail(&P, a, "Alice", now);
-        assert!(t.check(&P, a, "alice", now).is_ok());
-        t.fail(&P, a, "alice", now);
-        // Two failures for alice from a: she is throttled there, and only there.
-        assert_eq!(t.check(&P, a, "alice", now), Err(60));
-        assert!(t.check(&P, b, "alice", now).is_ok(), "never per user alone");
-        assert!(t.check(&P, a, "bob", now).is_ok());
+        fail(&t, "10.0.0.1", "id:alice").await;
+        fail(&t, "10.0.0.1", "id:alice").await;
+        // Two failures for alice from a: she is throttled there.
+        assert_eq!(
+            t.reserve(&P, ip("10.0.0.1"), "id:alice").await.unwrap_err(),
+            60
+        );
+        fail(&t, "10.0.0.1", "id:bob").await;
+        fail(&t, "10.0.0.1", "id:carol").await;
+        fail(&t, "10.0.0.1", "id:dave").await;
         // Five failures from a, whoever: a is throttled for everyone.
-        for u in ["bob", "carol", "dave"] {
-            t.fail(&P, a, u, now);
-        }
-        assert!(t.check(&P, a, "erin", now + Duration::from_secs(10)) == Err(50));
-        // The window ends.
-        assert!(
-            t.check(&P, a, "alice", now + Duration::from_secs(60))
-                .is_ok()
+        let now = Instant::now();
+        assert!(t.check_source(&P, ip("10.0.0.1"), now).is_err());
+        assert!(t.reserve(&P, ip("10.0.0.1"), "id:erin").await.is_err());
+        assert!(t.check_source(&P, ip("10.0.0.2"), now).is_ok());
+        assert_eq!(
+            t.check_source(&P, ip("10.0.0.1"), now + Duration::from_secs(60)),
+            Ok(())
         );
     }
 
-    #[test]
-    fn success_clears_only_the_user_count() {
+    #[tokio::test]
+    async fn the_per_user_budget_spans_sources() {
         let t = Throttle::default();
-        let a: Option<IpAddr> = Some("::1".parse().unwrap());
-        let now = Instant::now();
-        t.fail(&P, a, "alice", now);
-        t.fail(&P, a, "alice", now);
-        t.succeed(a, "alice");
-        assert!(t.check(&P, a, "alice", now).is_ok());
+        for s in ["10.0.0.1", "10.0.0.2", "10.0.0.3"] {
+            fail(&t, s, "id:alice").await;
+        }
+        // A fourth address: alice's budget is spent wherever the attempt comes from, for the
+        // rest of the per-user window.
+        let wait = t.reserve(&P, ip("10.0.0.4"), "id:alice").await.unwrap_err();
+        assert!((899..=900).contains(&wait), "{wait}");
+        assert!(t.reserve(&P, ip("10.0.0.4"), "id:bob").await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn parallel_wrong_passwords_cannot_outrun_a_limit() {
+        let t = std::sync::Arc::new(Throttle::default());
+        let mut tasks = Vec::new();
+        for _ in 0..12 {
+            let t = t.clone();
+            tasks.push(tokio::spawn(async move {
+                match t.reserve(&P, ip("10.0.0.1"), "id:dave").await {
+                    Ok(r) => {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        r.settle(Outcome::Failed);
+                        true
+                    }
+                    Err(_) => false,
+                }
+            }));
+        }
+        let mut admitted = 0;
+        for h in tasks {
+            admitted += usize::from(h.await.unwrap());
+        }
+        assert_eq!(admitted, 2);
+    }
+
+    #[tokio::test]
+    async fn parallel_right_passwords_all_get_through() {
+        let t = std::sync::Arc::new(Throttle::default());
+        let mut tasks = Vec::new();
+        for _ in 0..10 {
+            let t = t.clone();
+            tasks.push(tokio::spawn(async move {
+                let r = t.reserve(&P, ip("10.0.0.1"), "id:jo").await.unwrap();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                r.settle(Outcome::Succeeded);
+            }));
+        }
+        for h in tasks {
+            h.await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unsettled_attempt_counts_as_a_failure() {
+        let t = Throttle::default();
+        drop(t.reserve(&P, ip("::1"), "id:alice").await.unwrap());
+        t.reserve(&P, ip("::1"), "id:alice")
+            .await
+            .unwrap()
+            .settle(Outcome::Undecided);
+        drop(t.reserve(&P, ip("::1"), "id:alice").await.unwrap());
+        assert!(t.reserve(&P, ip("::1"), "id:alice").await.is_err());
     }
 }

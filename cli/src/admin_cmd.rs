@@ -592,7 +592,7 @@ pub async fn keys(cmd: KeysCmd, target: &Target) -> anyhow::Result<()> {
                 retain: cfg.tokens.access_token_ttl.as_secs() + cfg.tokens.clock_skew.as_secs(),
             };
             let rotate = if now { Rotate::Now } else { Rotate::Soon };
-            ops.maintain_keys(&policy, rotate, profile::kek(cfg)?.as_ref())
+            ops.maintain_keys(&policy, rotate, profile::ensure_kek(cfg)?.as_ref())
                 .await?;
             ops.keys().await?
         }

@@ -31,6 +31,8 @@ pub struct Config {
     pub clients: Vec<ClientConfig>,
     /// Who may act for whom (RFC 8693 delegation); nobody when empty.
     pub delegation: Vec<DelegationRule>,
+    /// Rules for access-token exchanges that apply to every client.
+    pub token_exchange: TokenExchangeConfig,
     pub proxy: ProxyConfig,
     /// LDAP / Active Directory for password logins; none by default.
     pub directory: Option<idbridge_directory::DirectoryConfig>,
@@ -49,6 +51,9 @@ pub struct Config {
     /// Create the `admin` account and `<data_dir>/admin.token` on first start. Default: true
     /// without a config file (the simple profile), false with one.
     pub bootstrap_admin: Option<bool>,
+    /// Accept a data dir or store file that group or others can read (not made by idbridge);
+    /// warned about at every start.
+    pub insecure_store_permissions: bool,
 }
 
 impl Default for Config {
@@ -64,6 +69,7 @@ impl Default for Config {
             keys: KeysConfig::default(),
             clients: Vec::new(),
             delegation: Vec::new(),
+            token_exchange: TokenExchangeConfig::default(),
             proxy: ProxyConfig::default(),
             directory: None,
             kerberos: None,
@@ -76,6 +82,7 @@ impl Default for Config {
             accounts_file: None,
             limits: LimitsConfig::default(),
             bootstrap_admin: None,
+            insecure_store_permissions: false,
         }
     }
 }
@@ -176,6 +183,51 @@ pub struct ClientConfig {
     /// or `http://[::1]/...` entry matches any port (RFC 8252).
     #[serde(default)]
     pub redirect_uris: Vec<String>,
+    /// Rules for this client's access-token exchanges, besides the global ones.
+    #[serde(default)]
+    pub token_exchange: TokenExchangeConfig,
+}
+
+/// Access-token exchange rules.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokenExchangeConfig {
+    /// The audience changes an exchange may make; none by default, so an exchanged access
+    /// token keeps its audience.
+    pub audience_changes: Vec<AudienceChangeConfig>,
+}
+
+/// An exchange may turn an access token for `from` into one for any of `to`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AudienceChangeConfig {
+    pub from: String,
+    pub to: Vec<String>,
+}
+
+impl TokenExchangeConfig {
+    fn validate(&self, at: &str) -> anyhow::Result<()> {
+        for (i, r) in self.audience_changes.iter().enumerate() {
+            if r.from.is_empty() {
+                bail!("field `{at}.audience_changes[{i}].from`: name an audience");
+            }
+            if r.to.is_empty() || r.to.iter().any(String::is_empty) {
+                bail!("field `{at}.audience_changes[{i}].to`: name at least one audience");
+            }
+        }
+        Ok(())
+    }
+
+    /// The rules as the bridge takes them.
+    pub fn rules(&self) -> Vec<idbridge_bridge::AudienceChange> {
+        self.audience_changes
+            .iter()
+            .map(|r| idbridge_bridge::AudienceChange {
+                from: r.from.clone(),
+                to: r.to.clone(),
+            })
+            .collect()
+    }
 }
 
 /// An upstream OpenID provider users may log in through.
@@ -612,6 +664,8 @@ impl Config {
             if c.audiences.as_ref().is_some_and(Vec::is_empty) {
                 bail!("field `clients[{i}].audiences`: name at least one audience");
             }
+            c.token_exchange
+                .validate(&format!("clients[{i}].token_exchange"))?;
             for (j, u) in c.redirect_uris.iter().enumerate() {
                 let ok = reqwest::Url::parse(u).is_ok_and(|p| {
                     p.fragment().is_none()
@@ -636,6 +690,7 @@ impl Config {
                 );
             }
         }
+        self.token_exchange.validate("token_exchange")?;
         for (i, r) in self.delegation.iter().enumerate() {
             if r.audiences.is_empty() {
                 bail!("field `delegation[{i}].audiences`: name at least one audience");

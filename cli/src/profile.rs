@@ -30,8 +30,10 @@ pub struct Boot {
     pub webhook_token: String,
 }
 
-/// Creates the data directory readable only by its owner.
-pub fn ensure_data_dir(dir: &Path) -> anyhow::Result<()> {
+/// Creates the data directory readable only by its owner. An existing one that group or
+/// others may read was not made by idbridge (which makes it 0700): refused unless
+/// `insecure_store_permissions`, then warned about.
+pub fn ensure_data_dir(dir: &Path, insecure: bool) -> anyhow::Result<()> {
     if !dir.exists() {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create data dir {} (--data-dir)", dir.display()))?;
@@ -40,16 +42,49 @@ pub fn ensure_data_dir(dir: &Path) -> anyhow::Result<()> {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
         }
+        return Ok(());
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir)
+            .with_context(|| format!("cannot read data dir {} (--data-dir)", dir.display()))?
+            .permissions()
+            .mode()
+            & 0o777;
+        if mode & 0o077 != 0 {
+            if !insecure {
+                bail!(
+                    "data dir {} is open to group or others (mode {mode:o}); it holds keys and \
+                     tokens: run `chmod 700 {}`, or set `insecure_store_permissions: true`",
+                    dir.display(),
+                    dir.display()
+                );
+            }
+            tracing::warn!(
+                data_dir = %dir.display(),
+                mode = format!("{mode:o}"),
+                "insecure_store_permissions: the data dir is open to group or others"
+            );
+        }
     }
     Ok(())
 }
 
 pub async fn open_store(cfg: &Config) -> anyhow::Result<Arc<SqliteStore>> {
-    ensure_data_dir(&cfg.data_dir)?;
+    let insecure = cfg.insecure_store_permissions;
+    if insecure {
+        tracing::warn!(
+            "insecure_store_permissions is set: a store or data dir readable by others is accepted"
+        );
+    }
+    ensure_data_dir(&cfg.data_dir, insecure)?;
     let path = cfg.sqlite_path();
-    Ok(Arc::new(SqliteStore::open(&path).await.with_context(
-        || format!("field `store.sqlite`: cannot open {}", path.display()),
-    )?))
+    Ok(Arc::new(
+        SqliteStore::open_with(&path, insecure)
+            .await
+            .with_context(|| format!("field `store.sqlite`: cannot open {}", path.display()))?,
+    ))
 }
 
 fn read_secret_file(path: &Path, field: &str) -> anyhow::Result<String> {
@@ -99,7 +134,7 @@ pub async fn bootstrap(
     let store: Arc<dyn Store> = open_store(cfg).await?;
     let now = clock.now();
 
-    let kek = kek(cfg)?;
+    let kek = ensure_kek(cfg)?;
     let policy = KeyPolicy {
         rotate_every: cfg.keys.rotate_every.as_secs(),
         publish_lead: cfg.keys.publish_lead.as_secs(),
@@ -290,15 +325,38 @@ pub fn check_files(cfg: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The key-encryption key, when one is configured.
+/// The key-encryption key file: the configured one, else `<data_dir>/kek`.
+fn kek_path(cfg: &Config) -> (PathBuf, bool) {
+    match &cfg.keys.encryption_key_file {
+        Some(p) => (p.clone(), true),
+        None => (cfg.data_dir.join("kek"), false),
+    }
+}
+
+/// The key-encryption key: the configured file, or `<data_dir>/kek` when it exists. Reads
+/// only; see [`ensure_kek`].
 pub fn kek(cfg: &Config) -> anyhow::Result<Option<Kek>> {
-    cfg.keys
-        .encryption_key_file
-        .as_deref()
-        .map(|p| {
-            Kek::from_file(p).map_err(|e| anyhow::anyhow!("field `keys.encryption_key_file`: {e}"))
-        })
-        .transpose()
+    let (path, configured) = kek_path(cfg);
+    if !configured && !path.exists() {
+        return Ok(None);
+    }
+    Kek::from_file(&path)
+        .map(Some)
+        .map_err(|e| anyhow::anyhow!("field `keys.encryption_key_file`: {e}"))
+}
+
+/// The key-encryption key, generated into `<data_dir>/kek` (mode 0600) on first start when
+/// none is configured, so signing keys are never stored in the clear.
+pub fn ensure_kek(cfg: &Config) -> anyhow::Result<Option<Kek>> {
+    let (path, configured) = kek_path(cfg);
+    if !configured && !path.exists() {
+        Kek::create_file(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
+        tracing::info!(
+            kek = %path.display(),
+            "generated a key-encryption key for the signing keys; back it up apart from the store"
+        );
+    }
+    kek(cfg)
 }
 
 /// Reads a client's secret file.

@@ -109,6 +109,7 @@ fn settings(
         client.id.clone_from(&c.id);
         client.secret = secret;
         client.redirect_uris.clone_from(&c.redirect_uris);
+        client.audience_changes = c.token_exchange.rules();
         match &c.grants {
             Some(g) => client.grants.clone_from(g),
             // Passwords go only to clients named first-party by listing the grant.
@@ -117,6 +118,7 @@ fn settings(
         s.clients.retain(|o| o.id != client.id);
         s.clients.push(client);
     }
+    s.audience_changes = cfg.token_exchange.rules();
     s.may_act = cfg
         .delegation
         .iter()
@@ -153,6 +155,8 @@ fn settings(
                 per_source: d.throttle.per_source,
                 per_user_source: d.throttle.per_user_source,
                 window: d.throttle.window.get(),
+                per_user: d.throttle.per_user,
+                per_user_window: d.throttle.per_user_window.get(),
             },
         });
     }

@@ -100,16 +100,59 @@ pub enum DirectoryError {
     Failed(String),
 }
 
+/// A login name looked up in the directory before any password is tried. The caller counts
+/// an attempt against [`key`](Self::key) between the look-up and the bind, so that parallel
+/// attempts cannot outrun the count and every spelling of one entry's name shares it.
+pub struct LoginCandidate {
+    /// What per-user limits count: `id:` and the entry's stable id, or, when no entry has the
+    /// name, `name:` and the name as [`normalised_login`] gives it.
+    pub key: String,
+    /// Whether an entry has the name (never shown to the user).
+    pub found: bool,
+    /// The implementation's own state: the entry it found.
+    pub state: Box<dyn std::any::Any + Send + Sync>,
+}
+
+impl fmt::Debug for LoginCandidate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoginCandidate")
+            .field("key", &self.key)
+            .field("found", &self.found)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A typed login name as per-user limits count it when no entry has it: surrounding white
+/// space dropped, lower case.
+#[must_use]
+pub fn normalised_login(name: &str) -> String {
+    name.trim().to_lowercase()
+}
+
 /// A directory that checks passwords and resolves users and their groups.
 #[async_trait]
 pub trait Directory: Send + Sync + fmt::Debug {
-    /// Checks a username and password: search for the user with the service account, then bind
-    /// as the user. An empty password fails without any bind.
+    /// Looks the login name up with the service account; binds nothing.
+    async fn find_login(&self, username: &str) -> Result<LoginCandidate, DirectoryError>;
+
+    /// Checks the password of a name [`find_login`](Self::find_login) looked up: binds as the
+    /// entry, or, when there is none, spends what a wrong password would, and answers
+    /// [`DirectoryError::InvalidCredentials`]. An empty password fails without any bind.
+    async fn check_password(
+        &self,
+        candidate: LoginCandidate,
+        password: &str,
+    ) -> Result<DirectoryUser, DirectoryError>;
+
+    /// Both steps at once: look the name up, then check the password.
     async fn authenticate(
         &self,
         username: &str,
         password: &str,
-    ) -> Result<DirectoryUser, DirectoryError>;
+    ) -> Result<DirectoryUser, DirectoryError> {
+        let candidate = self.find_login(username).await?;
+        self.check_password(candidate, password).await
+    }
 
     /// Reads a user again by stable id (for refresh); `None` when the entry is gone.
     async fn user_by_id(&self, id: &str) -> Result<Option<DirectoryUser>, DirectoryError>;

@@ -22,7 +22,10 @@ mod store;
 
 pub use account::{AccountUid, ExternalIdentity, Labels, NewAccount, Provisioning, UserAccount};
 pub use clock::{Clock, FixedClock, SystemClock, UnixTime};
-pub use directory::{AccountProblem, Directory, DirectoryError, DirectoryStatus, DirectoryUser};
+pub use directory::{
+    AccountProblem, Directory, DirectoryError, DirectoryStatus, DirectoryUser, LoginCandidate,
+    normalised_login,
+};
 pub use duration::HumanDuration;
 pub use error::{Error, StoreError};
 pub use names::{AccountName, GroupName, LabelKey, Namespace, Principal};

@@ -204,6 +204,13 @@ pub struct ThrottleConfig {
     /// The counting window; a throttled caller waits until it ends.
     #[serde(default = "default_window")]
     pub window: HumanDuration,
+    /// Failed binds allowed for one user from all addresses together within
+    /// `per_user_window`; then password logins of that user are refused (429) until the window
+    /// ends, while other login methods go on. Set it below the directory's lockout threshold.
+    #[serde(default = "default_user_failures")]
+    pub per_user: u32,
+    #[serde(default = "default_user_window")]
+    pub per_user_window: HumanDuration,
 }
 
 impl Default for ThrottleConfig {
@@ -212,6 +219,8 @@ impl Default for ThrottleConfig {
             per_source: default_source_failures(),
             per_user_source: default_user_source_failures(),
             window: default_window(),
+            per_user: default_user_failures(),
+            per_user_window: default_user_window(),
         }
     }
 }
@@ -248,6 +257,12 @@ fn default_user_source_failures() -> u32 {
 }
 fn default_window() -> HumanDuration {
     secs(300)
+}
+fn default_user_failures() -> u32 {
+    8
+}
+fn default_user_window() -> HumanDuration {
+    secs(900)
 }
 
 /// The config with every preset default filled in and checked.
@@ -437,7 +452,10 @@ impl DirectoryConfig {
                 "field `directory.groups.max_per_audience.{a}`: must be at least 1"
             ));
         }
-        if self.throttle.per_source == 0 || self.throttle.per_user_source == 0 {
+        if self.throttle.per_source == 0
+            || self.throttle.per_user_source == 0
+            || self.throttle.per_user == 0
+        {
             return Err("field `directory.throttle`: failure limits must be at least 1".into());
         }
         Ok(r)

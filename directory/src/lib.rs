@@ -16,7 +16,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use idbridge_core::{AccountProblem, Directory, DirectoryError, DirectoryStatus, DirectoryUser};
+use idbridge_core::{
+    AccountProblem, Directory, DirectoryError, DirectoryStatus, DirectoryUser, LoginCandidate,
+    normalised_login,
+};
 use ldap3::adapters::{Adapter, EntriesOnly, PagedResults};
 use ldap3::{Ldap, LdapError, Scope, SearchEntry, SearchOptions, ldap_escape};
 
@@ -44,6 +47,44 @@ pub struct LdapDirectory {
     /// Connections for user binds only, never for searches.
     binds: Pool,
     op_timeout: Duration,
+    /// How long existing users' binds take, for the unknown-user path to match.
+    bind_time: BindTime,
+}
+
+/// The recent durations of binds as existing entries: their median is what an unknown user's
+/// failed login waits for, so that a directory's slow password hash is no oracle.
+#[derive(Debug, Default)]
+struct BindTime {
+    recent: std::sync::Mutex<std::collections::VecDeque<Duration>>,
+}
+
+/// How many recent binds the median is taken over.
+const BIND_TIMES_KEPT: usize = 15;
+
+impl BindTime {
+    fn observe(&self, d: Duration) {
+        let mut r = self
+            .recent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if r.len() == BIND_TIMES_KEPT {
+            r.pop_front();
+        }
+        r.push_back(d);
+    }
+
+    /// The median of the recent binds; `None` before the first.
+    fn typical(&self) -> Option<Duration> {
+        let mut v: Vec<Duration> = self
+            .recent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .copied()
+            .collect();
+        v.sort_unstable();
+        v.get(v.len() / 2).copied()
+    }
 }
 
 /// A problem with the `directory` section, naming the field.
@@ -204,6 +245,7 @@ impl LdapDirectory {
             binds: Pool::new(servers, Prepare::None, cfg.pool_size, op_timeout),
             cfg: resolved,
             op_timeout,
+            bind_time: BindTime::default(),
         })
     }
 
@@ -559,14 +601,14 @@ impl LdapDirectory {
 
 #[async_trait]
 impl Directory for LdapDirectory {
-    async fn authenticate(
-        &self,
-        username: &str,
-        password: &str,
-    ) -> Result<DirectoryUser, DirectoryError> {
-        // An empty password would be an anonymous bind, which "succeeds": never send one.
-        if password.is_empty() || username.is_empty() || username.len() > 256 {
-            return Err(DirectoryError::InvalidCredentials);
+    async fn find_login(&self, username: &str) -> Result<LoginCandidate, DirectoryError> {
+        let unknown = || LoginCandidate {
+            key: format!("name:{}", normalised_login(username)),
+            found: false,
+            state: Box::new(None::<SearchEntry>),
+        };
+        if username.is_empty() || username.len() > 256 {
+            return Ok(unknown());
         }
         let login = ldap_escape(username);
         let mut f = String::from("(|");
@@ -574,13 +616,51 @@ impl Directory for LdapDirectory {
             f.push_str(&format!("({a}={login})"));
         }
         f.push(')');
-        let Some(entry) = self.find_user(f).await? else {
-            // Spend what a wrong password costs, so the answer time tells nothing.
+        Ok(match self.find_user(f).await? {
+            Some(entry) => LoginCandidate {
+                // Every name that finds the entry (uid, mail, sAMAccountName, UPN, any case)
+                // counts against the one entry.
+                key: format!(
+                    "id:{}",
+                    self.stable_id(&entry)
+                        .unwrap_or_else(|| entry.dn.to_lowercase())
+                ),
+                found: true,
+                state: Box::new(Some(entry)),
+            },
+            None => unknown(),
+        })
+    }
+
+    async fn check_password(
+        &self,
+        candidate: LoginCandidate,
+        password: &str,
+    ) -> Result<DirectoryUser, DirectoryError> {
+        let entry = *candidate
+            .state
+            .downcast::<Option<SearchEntry>>()
+            .map_err(|_| DirectoryError::Failed("a login looked up by another directory".into()))?;
+        // An empty password would be an anonymous bind, which "succeeds": never send one.
+        if password.is_empty() {
+            return Err(DirectoryError::InvalidCredentials);
+        }
+        let Some(entry) = entry else {
+            // Bind to a DN no entry has, then wait as long as a real user's bind takes: a
+            // directory that hashes slowly spends that time on every existing user's bind and
+            // none on this one, so the answer time would tell who exists.
+            let started = std::time::Instant::now();
             let dn = format!("{NO_SUCH_USER_RDN},{}", self.cfg.user_base);
             let _ = self.bind(&dn, password).await?;
+            if let Some(typical) = self.bind_time.typical() {
+                tokio::time::sleep(typical.saturating_sub(started.elapsed())).await;
+            }
             return Err(DirectoryError::InvalidCredentials);
         };
-        if let Some(diagnostic) = self.bind(&entry.dn, password).await? {
+        let started = std::time::Instant::now();
+        let diagnostic = self.bind(&entry.dn, password).await?;
+        self.bind_time.observe(started.elapsed());
+        if let Some(diagnostic) = diagnostic {
             // Sub-codes only AD gives, and only when the password was right.
             return Err(match ad::bind_problem(&diagnostic) {
                 Some(p) if self.cfg.preset == Preset::ActiveDirectory => DirectoryError::Refused(p),

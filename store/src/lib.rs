@@ -5,6 +5,7 @@
 //! SQL files applied in order inside one transaction each; the applied version is recorded in the
 //! database itself, so an interrupted upgrade is simply retried at the next start.
 
+mod files;
 mod sqlite;
 
 pub use sqlite::SqliteStore;
@@ -34,6 +35,9 @@ pub enum OpenError {
     /// The store's writer thread could not start or stopped while opening.
     #[error("cannot start the store writer: {0}")]
     Thread(String),
+    /// The store's files are readable by others and cannot or may not be made private.
+    #[error("store file permissions: {0}")]
+    Permissions(String),
     /// The database was written by a newer idbridge.
     #[error("the store has schema version {found}, newer than this idbridge knows ({known})")]
     TooNew {

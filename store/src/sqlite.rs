@@ -355,6 +355,19 @@ impl SqliteStore {
     /// # Errors
     /// When the file cannot be opened or a migration fails.
     pub async fn open(path: &Path) -> Result<Self, OpenError> {
+        Self::open_with(path, false).await
+    }
+
+    /// Opens (or creates) the store at `path`, first making its files private (see
+    /// [`crate::files`]); `insecure_permissions` lets a store that is not idbridge's own stay
+    /// readable by others, with a warning.
+    ///
+    /// # Errors
+    /// As [`SqliteStore::open`], and [`OpenError::Permissions`].
+    pub async fn open_with(path: &Path, insecure_permissions: bool) -> Result<Self, OpenError> {
+        for w in crate::files::secure(path, insecure_permissions)? {
+            tracing::warn!("{w}");
+        }
         let (ready, opened) = tokio::sync::oneshot::channel();
         let (writes, jobs) = mpsc::channel::<Box<dyn WriteJob>>();
         let at = path.to_path_buf();

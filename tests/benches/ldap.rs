@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use idbridge_bridge::{DirectoryLogin, Settings, ThrottlePolicy};
-use idbridge_core::{Directory, DirectoryError, DirectoryUser};
+use idbridge_core::{Directory, DirectoryError, DirectoryUser, LoginCandidate};
 use idbridge_directory::{DirectoryConfig, LdapDirectory};
 use idbridge_tests::ldap::{SERVICE_DN, SUFFIX, Slapd};
 use idbridge_tests::load::FormPoster;
@@ -67,7 +67,18 @@ struct Remembered {
 
 #[async_trait::async_trait]
 impl Directory for Remembered {
-    async fn authenticate(&self, _: &str, password: &str) -> Result<DirectoryUser, DirectoryError> {
+    async fn find_login(&self, _: &str) -> Result<LoginCandidate, DirectoryError> {
+        Ok(LoginCandidate {
+            key: format!("id:{}", self.user.id),
+            found: true,
+            state: Box::new(()),
+        })
+    }
+    async fn check_password(
+        &self,
+        _: LoginCandidate,
+        password: &str,
+    ) -> Result<DirectoryUser, DirectoryError> {
         // A benchmark's stand-in, with a fixed password: no timing to hide here.
         if password == self.password {
             Ok(self.user.clone())
@@ -103,6 +114,8 @@ fn password_grant(
             per_source: 1000,
             per_user_source: 1000,
             window: Duration::from_secs(60),
+            per_user: 1_000_000,
+            per_user_window: Duration::from_secs(60),
         },
     });
     let (_, addr, tls) = rt.block_on(serve_idbridge(dir, settings));

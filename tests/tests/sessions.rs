@@ -137,7 +137,8 @@ async fn exchange_narrows_and_refuses_a_wider_audience() {
     let dir = scratch();
     let i = with_accounts(
         dir.path(),
-        "clients:\n  - id: idbridge-cli\n    audiences: [kubernetes, vault]\n",
+        "clients:\n  - id: idbridge-cli\n    audiences: [kubernetes, vault]\n\
+         token_exchange:\n  audience_changes:\n    - {from: kubernetes, to: [vault]}\n",
     )
     .await;
     let alice = i.create_token("alice", false).await.unwrap();
@@ -173,20 +174,34 @@ async fn exchange_narrows_and_refuses_a_wider_audience() {
     assert_eq!((st, e["error"].as_str()), (400, Some("invalid_target")));
     let (st, e) = ex("vault", "group:admins").await;
     assert_eq!((st, e["error"].as_str()), (400, Some("invalid_scope")));
+    let back = |aud: &'static str, scope: &'static str| {
+        let token = token.clone();
+        let i = &i;
+        async move {
+            i.oauth(
+                "/oauth2/token",
+                &[
+                    ("grant_type", EXCHANGE),
+                    ("subject_token", &token),
+                    ("subject_token_type", ACCESS),
+                    ("audience", aud),
+                    ("scope", scope),
+                ],
+            )
+            .await
+            .unwrap()
+        }
+    };
+    // The rule goes one way: a token for vault never becomes one for kubernetes, and the
+    // audience is judged before the scope.
+    let (st, e) = back("kubernetes", "group:ops").await;
+    assert_eq!(
+        (st, e["error"].as_str()),
+        (400, Some("invalid_target")),
+        "{e}"
+    );
     // An exchanged token cannot be exchanged back up to a group it lost.
-    let (st, e) = i
-        .oauth(
-            "/oauth2/token",
-            &[
-                ("grant_type", EXCHANGE),
-                ("subject_token", &token),
-                ("subject_token_type", ACCESS),
-                ("audience", "kubernetes"),
-                ("scope", "group:ops"),
-            ],
-        )
-        .await
-        .unwrap();
+    let (st, e) = back("vault", "group:ops").await;
     assert_eq!((st, e["error"].as_str()), (400, Some("invalid_scope")));
 }
 
