@@ -35,8 +35,9 @@ pub(crate) const LOGIN_TTL: u64 = 600;
 const CODE_TTL: u64 = 60;
 pub(crate) const AUTHORIZATION_CODE_GRANT: &str = "authorization_code";
 
-/// A login in progress, from `/oauth2/authorize` or the device page.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// A login in progress, from `/oauth2/authorize` or the device page. `Debug` hides the CSRF
+/// token and the device's codes.
+#[derive(Clone, Serialize, Deserialize)]
 pub(crate) struct LoginRequest {
     pub csrf: String,
     pub client_id: String,
@@ -45,8 +46,42 @@ pub(crate) struct LoginRequest {
     pub then: Then,
 }
 
+impl std::fmt::Debug for LoginRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginRequest")
+            .field("csrf", &"<redacted>")
+            .field("client_id", &self.client_id)
+            .field("audience", &self.audience)
+            .field("scope", &self.scope)
+            .field("then", &self.then)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Then {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Code {
+                redirect_uri,
+                code_challenge,
+                ..
+            } => f
+                .debug_struct("Code")
+                .field("redirect_uri", redirect_uri)
+                .field("state", &"<redacted>")
+                .field("code_challenge", code_challenge)
+                .finish(),
+            Self::Device { .. } => f
+                .debug_struct("Device")
+                .field("device_key", &"<redacted>")
+                .field("user_code", &"<redacted>")
+                .finish(),
+        }
+    }
+}
+
 /// Where a finished login goes.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub(crate) enum Then {
     /// Back to the client with a code.
@@ -1072,6 +1107,31 @@ mod tests {
             redirect_uris: uris.iter().map(|u| (*u).to_owned()).collect(),
             audience_changes: vec![],
         }
+    }
+
+    #[test]
+    fn debug_output_of_a_login_in_progress_shows_no_secret() {
+        let login = LoginRequest {
+            csrf: "csrf-secret-1".into(),
+            client_id: "idbridge-cli".into(),
+            audience: "kubernetes".into(),
+            scope: String::new(),
+            then: Then::Device {
+                device_key: "device-key-2".into(),
+                user_code: "BCDF-GHJK".into(),
+            },
+        };
+        let shown = format!("{login:?}");
+        for secret in ["csrf-secret-1", "device-key-2", "BCDF-GHJK"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        assert!(shown.contains("idbridge-cli"), "{shown}");
+        let code = Then::Code {
+            redirect_uri: "http://127.0.0.1/cb".into(),
+            state: "state-secret-3".into(),
+            code_challenge: "c".into(),
+        };
+        assert!(!format!("{code:?}").contains("state-secret-3"));
     }
 
     #[test]

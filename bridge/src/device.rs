@@ -180,6 +180,11 @@ pub(crate) struct CodeForm {
 }
 
 /// `POST /device`: the code typed; on to the login page for that device.
+/// Wrong user codes allowed from one address per [`CODE_GUESS_WINDOW`]: a person mistyping
+/// never gets near it, a guesser gets a few tries in a space of 20^8 codes.
+const CODE_GUESSES: u32 = 10;
+const CODE_GUESS_WINDOW: std::time::Duration = std::time::Duration::from_secs(300);
+
 pub(crate) async fn device_submit(
     State(state): State<AppState>,
     ctx: RequestCtx,
@@ -197,6 +202,28 @@ pub(crate) async fn device_submit(
         );
     }
     let typed = form.user_code.unwrap_or_default();
+    let guesses = format!(
+        "device\0{}",
+        ctx.source
+            .map_or_else(|| "unknown".to_owned(), |s| s.ip().to_string())
+    );
+    let started = std::time::Instant::now();
+    if let Err(wait) =
+        state
+            .throttle()
+            .check_guesses(&guesses, CODE_GUESSES, CODE_GUESS_WINDOW, started)
+    {
+        state.login_denied(&ctx, "login.device", None, "throttled");
+        let mut r = page::error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many wrong codes",
+            &format!("Too many wrong codes from this address; try again in {wait} s."),
+        );
+        if let Ok(v) = axum::http::HeaderValue::from_str(&wait.to_string()) {
+            r.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
+        }
+        return r;
+    }
     let now = state.clock().now();
     let found = match state
         .store()
@@ -208,6 +235,9 @@ pub(crate) async fn device_submit(
     };
     let again = |m: &str| code_form(&new_secret(""), &typed, Some(m), StatusCode::BAD_REQUEST);
     let Some(p) = found.filter(|p| p.kind == "device" && p.used_at.is_none()) else {
+        state
+            .throttle()
+            .count_guess(&guesses, CODE_GUESS_WINDOW, started);
         state.login_denied(&ctx, "login.device", None, "unknown or expired user code");
         return again(
             "This code is unknown or has expired. Check it, or start again on the device.",

@@ -48,7 +48,7 @@ pub use keys::{KeyError, KeyPolicy, KeySet, Rotate, maintain};
 pub use metrics::Metrics;
 pub use ops::{AdminOps, CreatedToken, KeyInfo, OpsError, SessionInfo, UserRevocation};
 pub use review::{TokenReviewRequest, TokenReviewSpec, TokenReviewStatus, UserInfo};
-pub use server::{PeerInfo, serve};
+pub use server::{ConnectionLimits, ConnectionStats, PeerInfo, serve, serve_with};
 pub use settings::{
     AudienceChange, Client, DirectoryLogin, KerberosLogin, MayAct, ProxySettings, Secret, Settings,
     Who,

@@ -39,6 +39,7 @@ pub struct Metrics {
     reviews_denied: AtomicU64,
     cache_hits: AtomicU64,
     cache_misses: AtomicU64,
+    connections: std::sync::Arc<crate::server::ConnectionStats>,
 }
 
 impl Default for Metrics {
@@ -60,7 +61,14 @@ impl Metrics {
             reviews_denied: AtomicU64::new(0),
             cache_hits: AtomicU64::new(0),
             cache_misses: AtomicU64::new(0),
+            connections: std::sync::Arc::default(),
         }
+    }
+
+    /// The connection counters the server updates (see [`crate::serve_with`]).
+    #[must_use]
+    pub fn connections(&self) -> std::sync::Arc<crate::server::ConnectionStats> {
+        self.connections.clone()
     }
 
     /// Records one request.
@@ -109,6 +117,28 @@ impl Metrics {
     pub fn render(&self) -> String {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let mut out = String::new();
+        let c = &self.connections;
+        let _ = writeln!(
+            out,
+            "# HELP idbridge_connections_open Client connections open now.\n\
+             # TYPE idbridge_connections_open gauge\n\
+             idbridge_connections_open {}\n\
+             # HELP idbridge_connections_total Client connections accepted.\n\
+             # TYPE idbridge_connections_total counter\n\
+             idbridge_connections_total {}\n\
+             # HELP idbridge_connections_closed_total Connections closed by a limit, by reason.\n\
+             # TYPE idbridge_connections_closed_total counter\n\
+             idbridge_connections_closed_total{{reason=\"idle\"}} {}\n\
+             idbridge_connections_closed_total{{reason=\"handshake_timeout\"}} {}\n\
+             # HELP idbridge_connection_limit_reached_total Times accepting paused at limits.max_connections.\n\
+             # TYPE idbridge_connection_limit_reached_total counter\n\
+             idbridge_connection_limit_reached_total {}",
+            load(&c.open),
+            load(&c.accepted),
+            load(&c.idle_closed),
+            load(&c.handshake_timeouts),
+            load(&c.limit_reached),
+        );
         out.push_str(
             "# HELP idbridge_http_request_duration_seconds HTTP requests by route and status.\n\
              # TYPE idbridge_http_request_duration_seconds histogram\n",

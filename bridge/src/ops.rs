@@ -75,7 +75,8 @@ pub struct KeyInfo {
 }
 
 /// A static token just created: the only time its secret exists outside the caller's hands.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `Debug` hides the secret.
+#[derive(Clone, Serialize, Deserialize)]
 pub struct CreatedToken {
     /// The stored record.
     pub token: StaticToken,
@@ -83,6 +84,16 @@ pub struct CreatedToken {
     pub account_name: AccountName,
     /// The secret.
     pub secret: String,
+}
+
+impl std::fmt::Debug for CreatedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreatedToken")
+            .field("token", &self.token)
+            .field("account_name", &self.account_name)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
 }
 
 /// Administrative operations over a store.
@@ -341,5 +352,33 @@ impl AdminOps {
     #[must_use]
     pub fn now(&self) -> UnixTime {
         self.clock.now()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use idbridge_core::{AccountUid, StaticToken, TokenId, UnixTime};
+
+    use super::*;
+
+    #[test]
+    fn debug_output_of_a_created_token_shows_no_secret() {
+        let t = CreatedToken {
+            token: StaticToken {
+                id: TokenId::random(),
+                account: AccountUid::random(),
+                description: "laptop".into(),
+                created_at: UnixTime(1),
+                expires_at: None,
+                revoked_at: None,
+            },
+            account_name: "alice".parse().unwrap(),
+            secret: "idb_st_secret-1".into(),
+        };
+        let shown = format!("{t:?}");
+        assert!(
+            !shown.contains("secret-1") && shown.contains("alice"),
+            "{shown}"
+        );
     }
 }

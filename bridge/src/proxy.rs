@@ -113,7 +113,8 @@ pub(crate) async fn login(
     };
     if account.disabled {
         deny("account is disabled");
-        return Err(ApiError::Forbidden("account is disabled"));
+        // As every other login method answers a disabled account.
+        return Err(ApiError::invalid_grant("account is disabled"));
     }
     let pair = state
         .start_session(

@@ -8,14 +8,153 @@ use std::time::Duration;
 
 use axum::Router;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// What one client may hold of the server: against slow or idle clients (slowloris).
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// An HTTP/1.1 request's headers must arrive within this.
+    pub header_read_timeout: Duration,
+    /// A connection on which nothing moves either way for this long is closed (HTTP/1.1 and
+    /// HTTP/2 alike).
+    pub idle_timeout: Duration,
+    /// Connections open at once; the next waits in the listen queue until one closes.
+    pub max_connections: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 1024,
+        }
+    }
+}
+
+/// Connection counters, shown on `/metrics`.
+#[derive(Debug, Default)]
+pub struct ConnectionStats {
+    /// Connections open now.
+    pub open: AtomicU64,
+    /// Connections accepted in all.
+    pub accepted: AtomicU64,
+    /// Connections closed because nothing moved for the idle timeout.
+    pub idle_closed: AtomicU64,
+    /// TLS handshakes that did not finish in time.
+    pub handshake_timeouts: AtomicU64,
+    /// Times the connection limit was reached and accepting paused.
+    pub limit_reached: AtomicU64,
+}
+
+/// An I/O stream that fails with `TimedOut` once nothing has been read or written for
+/// `timeout`.
+struct IdleIo<T> {
+    inner: T,
+    timeout: Duration,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    stats: Arc<ConnectionStats>,
+}
+
+impl<T> IdleIo<T> {
+    fn new(inner: T, timeout: Duration, stats: Arc<ConnectionStats>) -> Self {
+        Self {
+            inner,
+            timeout,
+            deadline: Box::pin(tokio::time::sleep(timeout)),
+            stats,
+        }
+    }
+
+    fn moved(&mut self) {
+        self.deadline
+            .as_mut()
+            .reset(tokio::time::Instant::now() + self.timeout);
+    }
+
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            self.stats.idle_closed.fetch_add(1, Ordering::Relaxed);
+            // Once: a later poll starts a new period rather than counting again.
+            self.moved();
+            true
+        } else {
+            false
+        }
+    }
+}
+
+fn idle() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, "connection idle")
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for IdleIo<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                if buf.filled().len() > before {
+                    self.moved();
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending if self.expired(cx) => Poll::Ready(Err(idle())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match Pin::new(&mut self.inner).poll_write(cx, data) {
+            Poll::Ready(Ok(n)) => {
+                if n > 0 {
+                    self.moved();
+                }
+                Poll::Ready(Ok(n))
+            }
+            Poll::Pending if self.expired(cx) => Poll::Ready(Err(idle())),
+            other => other,
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Counts a connection as open while it lives.
+struct OpenGuard(Arc<ConnectionStats>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// Who is on the other end of the connection a request came in on.
 #[derive(Debug, Clone)]
@@ -29,7 +168,7 @@ pub struct PeerInfo {
 }
 
 /// Serves `app` over TLS on `listener` until `shutdown` completes, then stops accepting and waits
-/// (up to 20 s) for open requests to finish.
+/// (up to 20 s) for open requests to finish; with the default [`ConnectionLimits`].
 ///
 /// # Errors
 /// Only if accepting fails in a way that will not recover.
@@ -39,11 +178,57 @@ pub async fn serve(
     app: Router,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    serve_with(
+        listener,
+        tls,
+        app,
+        shutdown,
+        ConnectionLimits::default(),
+        Arc::default(),
+    )
+    .await
+}
+
+/// [`serve`] with these limits, counting connections in `stats`.
+///
+/// # Errors
+/// Only if accepting fails in a way that will not recover.
+pub async fn serve_with(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    app: Router,
+    shutdown: impl Future<Output = ()>,
+    limits: ConnectionLimits,
+    stats: Arc<ConnectionStats>,
+) -> std::io::Result<()> {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let graceful = GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
     tokio::pin!(shutdown);
     loop {
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                stats.limit_reached.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    max = limits.max_connections,
+                    "connection limit reached (`limits.max_connections`); accepting again when one closes"
+                );
+                tokio::select! {
+                    () = &mut shutdown => break,
+                    p = slots.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
+                }
+            }
+        };
         let (tcp, addr) = tokio::select! {
             () = &mut shutdown => break,
             r = listener.accept() => match r {
@@ -56,12 +241,17 @@ pub async fn serve(
                 }
             },
         };
+        stats.accepted.fetch_add(1, Ordering::Relaxed);
+        stats.open.fetch_add(1, Ordering::Relaxed);
+        let stats = stats.clone();
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let app = app.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
+            let _slot = slot;
+            let _open = OpenGuard(stats.clone());
             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
@@ -69,6 +259,7 @@ pub async fn serve(
                     return;
                 }
                 Err(_) => {
+                    stats.handshake_timeouts.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(peer = %addr, "TLS handshake timed out");
                     return;
                 }
@@ -88,7 +279,8 @@ pub async fn serve(
                 req.extensions_mut().insert(peer.clone());
                 app.clone().oneshot(req)
             });
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+            let io = IdleIo::new(stream, limits.idle_timeout, stats.clone());
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
             if let Err(e) = watcher.watch(conn.into_owned()).await {
                 tracing::debug!(peer = %addr, error = %e, "connection ended with an error");
             }

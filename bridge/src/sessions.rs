@@ -19,8 +19,8 @@ use crate::tokens::{AccessClaims, Actor, REFRESH_TOKEN_PREFIX, hash_token, new_s
 
 const GRACE_INFO: &[u8] = b"idbridge refresh grace pair v1";
 
-/// What the token endpoint returns.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// What the token endpoint returns. `Debug` hides both tokens.
+#[derive(Clone, Serialize, Deserialize)]
 pub(crate) struct TokenPair {
     pub access_token: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -33,6 +33,22 @@ pub(crate) struct TokenPair {
     /// The session the pair belongs to, when it was just started.
     #[serde(skip)]
     pub session: Option<SessionId>,
+}
+
+impl std::fmt::Debug for TokenPair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenPair")
+            .field("access_token", &"<redacted>")
+            .field(
+                "refresh_token",
+                &self.refresh_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("expires_in", &self.expires_in)
+            .field("scope", &self.scope)
+            .field("jti", &self.jti)
+            .field("session", &self.session)
+            .finish()
+    }
 }
 
 /// What a new access token says beyond its session.
@@ -474,6 +490,24 @@ mod tests {
     use crate::settings::Settings;
 
     const T0: i64 = 1_900_000_000;
+
+    #[test]
+    fn debug_output_of_a_token_pair_shows_no_token() {
+        let pair = TokenPair {
+            access_token: "eyJ.access-secret.sig".into(),
+            refresh_token: Some("idb_rt_refresh-secret".into()),
+            expires_in: 900,
+            scope: String::new(),
+            jti: "j1".into(),
+            session: None,
+        };
+        let shown = format!("{pair:?}");
+        assert!(
+            !shown.contains("access-secret") && !shown.contains("refresh-secret"),
+            "{shown}"
+        );
+        assert!(shown.contains("j1"), "{shown}");
+    }
 
     struct Fixture {
         _dir: tempfile::TempDir,

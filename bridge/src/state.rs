@@ -17,6 +17,7 @@ use idbridge_core::{Clock, Store};
 use crate::audit::{Audit, AuditEvent};
 use crate::auth::{Authenticated, Authenticator, Refusal};
 use crate::crypto::Kek;
+use crate::error::ApiError;
 use crate::keys::KeySet;
 use crate::keys::Rotate;
 use crate::metrics::Metrics;
@@ -337,6 +338,45 @@ async fn observe(State(state): State<AppState>, mut req: Request, next: Next) ->
     resp
 }
 
+/// How much of an oversized body is read (and dropped) before answering 413: enough that
+/// ordinary clients see the answer rather than a reset stream.
+const DRAIN_CAP: usize = 1024 * 1024;
+
+/// Reads the whole request body before any handler runs, so that every answer, a refusal
+/// before the body was looked at included, goes out after the body was received: a response
+/// sent while the client is still sending makes HTTP/2 reset the stream, and clients then
+/// report a framing error instead of the answer. A body over `limits.max_body_bytes` is read
+/// up to a cap, dropped, and answered 413.
+async fn body_first(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    use http_body_util::BodyExt;
+    let limit = state.settings().max_body_bytes;
+    let (parts, mut body) = req.into_parts();
+    if axum::body::HttpBody::is_end_stream(&body) {
+        return next.run(Request::from_parts(parts, body)).await;
+    }
+    let mut buf = Vec::new();
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return ApiError::BadRequest("the request body could not be read".into())
+                .into_response();
+        };
+        if let Ok(data) = frame.into_data() {
+            total += data.len();
+            if total <= limit {
+                buf.extend_from_slice(&data);
+            } else if total > DRAIN_CAP {
+                break;
+            }
+        }
+    }
+    if total > limit {
+        return ApiError::PayloadTooLarge.into_response();
+    }
+    next.run(Request::from_parts(parts, axum::body::Body::from(buf)))
+        .await
+}
+
 async fn healthz() -> &'static str {
     "ok\n"
 }
@@ -426,6 +466,7 @@ pub fn app(state: AppState) -> Router {
         .route("/webhooks/tokenreview", post(review::token_review))
         .nest("/admin/v1", admin::routes())
         .layer(DefaultBodyLimit::max(limit))
+        .route_layer(middleware::from_fn_with_state(state.clone(), body_first))
         .route_layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }

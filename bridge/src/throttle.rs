@@ -223,6 +223,38 @@ impl Throttle {
         }))
     }
 
+    /// `Err(seconds to wait)` when `key` has `limit` failures in its current `window`: for
+    /// guesses that never reach the directory (device user codes).
+    pub(crate) fn check_guesses(
+        &self,
+        key: &str,
+        limit: u32,
+        window: Duration,
+        now: Instant,
+    ) -> Result<(), u64> {
+        match self.lock().get(key) {
+            Some(c) if c.failures >= limit && c.since + window > now => {
+                Err(wait_secs(c.since + window - now))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Counts a wrong guess against `key`.
+    pub(crate) fn count_guess(&self, key: &str, window: Duration, now: Instant) {
+        let mut counts = self.lock();
+        let c = counts.entry(key.to_owned()).or_insert(Count {
+            since: now,
+            failures: 0,
+            in_flight: 0,
+        });
+        if c.since + window <= now {
+            c.since = now;
+            c.failures = 0;
+        }
+        c.failures += 1;
+    }
+
     fn settle(&self, keys: &[String], outcome: Outcome, now: Instant) {
         {
             let mut counts = self.lock();

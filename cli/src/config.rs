@@ -366,8 +366,12 @@ pub struct ProxyConfig {
     pub enabled: bool,
     /// CA that issued the proxy's client certificate.
     pub client_ca_file: Option<PathBuf>,
-    /// DNS names the proxy's certificate must be valid for (any when empty).
+    /// DNS names the proxy's certificate must be valid for; required when the proxy is
+    /// enabled, unless `insecure_any_proxy_name`.
     pub allowed_names: Vec<String>,
+    /// Let any certificate from `client_ca_file` act as the proxy, whatever it names; warned
+    /// about at every start.
+    pub insecure_any_proxy_name: bool,
     pub user_header: String,
     pub group_header: String,
     pub provisioning: Provisioning,
@@ -379,6 +383,7 @@ impl Default for ProxyConfig {
             enabled: false,
             client_ca_file: None,
             allowed_names: Vec::new(),
+            insecure_any_proxy_name: false,
             user_header: "X-Remote-User".to_owned(),
             group_header: "X-Remote-Group".to_owned(),
             provisioning: Provisioning::Existing,
@@ -463,12 +468,21 @@ pub struct AuditConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     pub max_body_bytes: usize,
+    /// An HTTP/1.1 request's headers must arrive within this (at most 30 s).
+    pub header_read_timeout: HumanDuration,
+    /// A connection on which nothing moves for this long is closed.
+    pub idle_timeout: HumanDuration,
+    /// Client connections open at once.
+    pub max_connections: usize,
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
             max_body_bytes: 64 * 1024,
+            header_read_timeout: HumanDuration::from_secs(10),
+            idle_timeout: HumanDuration::from_secs(60),
+            max_connections: 1024,
         }
     }
 }
@@ -703,6 +717,26 @@ impl Config {
         }
         if self.proxy.enabled && self.proxy.client_ca_file.is_none() {
             bail!("field `proxy.client_ca_file`: required when `proxy.enabled` is true");
+        }
+        if self.proxy.enabled
+            && self.proxy.allowed_names.is_empty()
+            && !self.proxy.insecure_any_proxy_name
+        {
+            bail!(
+                "field `proxy.allowed_names`: name the DNS names of the proxy's certificate; \
+                 without them any certificate from `proxy.client_ca_file` could name any user \
+                 (or set `proxy.insecure_any_proxy_name: true`)"
+            );
+        }
+        let hrt = self.limits.header_read_timeout.get();
+        if hrt.is_zero() || hrt > std::time::Duration::from_secs(30) {
+            bail!("field `limits.header_read_timeout`: must be more than 0s and at most 30s");
+        }
+        if self.limits.idle_timeout.get().is_zero() {
+            bail!("field `limits.idle_timeout`: must be more than 0s");
+        }
+        if self.limits.max_connections == 0 {
+            bail!("field `limits.max_connections`: must be at least 1");
         }
         if self.admin.groups.is_empty() {
             bail!("field `admin.groups`: name at least one group, or nobody can administer");

@@ -480,10 +480,31 @@ fn read_cache(path: &Path) -> Option<Cached> {
     serde_json::from_slice(&std::fs::read(path).ok()?).ok()
 }
 
+/// Creates the cache directory readable by its owner only (the file names show the user and
+/// the issuer), and makes an existing one so.
+fn private_dir(dir: &Path) -> anyhow::Result<()> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+    b.create(dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("cannot make {} private", dir.display()))?;
+        }
+    }
+    Ok(())
+}
+
 /// Writes the cache atomically, readable by its owner only.
 fn write_cache(path: &Path, session: &Cached) -> anyhow::Result<()> {
     let dir = path.parent().context("cache path has no directory")?;
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    private_dir(dir)?;
     let tmp = path.with_extension("tmp");
     {
         let mut opts = std::fs::OpenOptions::new();

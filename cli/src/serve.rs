@@ -7,8 +7,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Args;
 use idbridge_bridge::{
-    AdminOps, AppState, Audit, AuditSink, Client, DirectoryLogin, MayAct, ProxySettings, Rotate,
-    Secret, Settings, ThrottlePolicy, Who, app, client_verifier, serve,
+    AdminOps, AppState, Audit, AuditSink, Client, ConnectionLimits, DirectoryLogin, MayAct,
+    ProxySettings, Rotate, Secret, Settings, ThrottlePolicy, Who, app, client_verifier, serve_with,
 };
 use idbridge_core::{Clock, SystemClock};
 use tokio::net::TcpListener;
@@ -137,6 +137,11 @@ fn settings(
     if cfg.proxy.enabled
         && let Some(ca) = &cfg.proxy.client_ca_file
     {
+        if cfg.proxy.allowed_names.is_empty() {
+            tracing::warn!(
+                "proxy.insecure_any_proxy_name: any certificate from the proxy CA may name any user"
+            );
+        }
         s.proxy = Some(ProxySettings {
             verifier: client_verifier(ca).context("field `proxy.client_ca_file`")?,
             allowed_names: cfg.proxy.allowed_names.clone(),
@@ -248,7 +253,21 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
         stop_state.set_not_ready();
     };
-    serve(listener, tls, app(state.clone()), shutdown).await?;
+    let limits = ConnectionLimits {
+        header_read_timeout: cfg.limits.header_read_timeout.get(),
+        idle_timeout: cfg.limits.idle_timeout.get(),
+        max_connections: cfg.limits.max_connections,
+    };
+    let connections = state.metrics().connections();
+    serve_with(
+        listener,
+        tls,
+        app(state.clone()),
+        shutdown,
+        limits,
+        connections,
+    )
+    .await?;
     reloader.abort();
     maintenance.abort();
     drop(state);
@@ -292,7 +311,10 @@ async fn reload(args: &ServeArgs, running: &Config, issuer: &str, state: &AppSta
             ("audit", cfg.audit.file != running.audit.file),
             (
                 "limits",
-                cfg.limits.max_body_bytes != running.limits.max_body_bytes,
+                cfg.limits.max_body_bytes != running.limits.max_body_bytes
+                    || cfg.limits.header_read_timeout != running.limits.header_read_timeout
+                    || cfg.limits.idle_timeout != running.limits.idle_timeout
+                    || cfg.limits.max_connections != running.limits.max_connections,
             ),
             (
                 "proxy.enabled/proxy.client_ca_file",

@@ -142,7 +142,8 @@ impl RefreshRecord {
 /// A short-lived, single-use record of a login in progress: an authorization request waiting
 /// for its user, an upstream login waiting for its callback, an authorization code, a device
 /// code. Found by the hash of its secret handle, or by an alias (a device's user code).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `Debug` shows neither the alias nor the content (which can hold an upstream grant).
+#[derive(Clone, PartialEq, Eq)]
 pub struct Pending {
     /// SHA-256 of the secret that names it.
     pub key: TokenHash,
@@ -158,6 +159,23 @@ pub struct Pending {
     pub used_at: Option<UnixTime>,
     /// The session its use started, revoked if it is presented again.
     pub session: Option<SessionId>,
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending")
+            .field("key", &self.key)
+            .field("alias", &self.alias.as_ref().map(|_| "<redacted>"))
+            .field("kind", &self.kind)
+            .field(
+                "data",
+                &format_args!("<{} bytes redacted>", self.data.len()),
+            )
+            .field("expires_at", &self.expires_at)
+            .field("used_at", &self.used_at)
+            .field("session", &self.session)
+            .finish()
+    }
 }
 
 /// What spending a refresh token stores with it.
@@ -270,6 +288,25 @@ impl fmt::Debug for StoredKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_output_of_a_pending_record_shows_neither_alias_nor_content() {
+        let p = Pending {
+            key: TokenHash([7; 32]),
+            alias: Some("BCDFGHJK".into()),
+            kind: "device".into(),
+            data: r#"{"upstream":"refresh-secret-1"}"#.into(),
+            expires_at: UnixTime(1),
+            used_at: None,
+            session: None,
+        };
+        let shown = format!("{p:?}");
+        assert!(
+            !shown.contains("BCDFGHJK") && !shown.contains("refresh-secret-1"),
+            "{shown}"
+        );
+        assert!(shown.contains("device"), "{shown}");
+    }
 
     #[test]
     fn session_state_follows_idle_and_absolute_limits() {

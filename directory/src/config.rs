@@ -54,6 +54,10 @@ pub struct DirectoryConfig {
     /// Upgrade `ldap://` connections with StartTLS.
     #[serde(default)]
     pub start_tls: bool,
+    /// Allow `ldap://` without StartTLS: passwords then cross the network in clear. Warned
+    /// about at every start.
+    #[serde(default)]
+    pub insecure_plaintext: bool,
     /// PEM CA bundle that issued the servers' certificates (default: the system's roots).
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
@@ -323,6 +327,13 @@ impl DirectoryConfig {
                     "field `directory.urls[{i}]`: {u:?} must start with ldap:// or ldaps://"
                 ));
             }
+            if u.starts_with("ldap://") && !self.start_tls && !self.insecure_plaintext {
+                return Err(format!(
+                    "field `directory.urls[{i}]`: {u:?} would send passwords in clear; use \
+                     ldaps://, or set `directory.start_tls: true` (or, only on a network nobody \
+                     else can read, `directory.insecure_plaintext: true`)"
+                ));
+            }
             if self.start_tls && u.starts_with("ldaps://") {
                 return Err(format!(
                     "field `directory.urls[{i}]`: StartTLS (`directory.start_tls`) applies to ldap:// URLs only"
@@ -470,7 +481,7 @@ mod tests {
         serde_yaml_ng::from_str(yaml).unwrap()
     }
 
-    const BASE: &str = "preset: openldap\nurls: [ldap://127.0.0.1:389]\nbind_dn: cn=svc\nbind_password_file: /p\nusers: {base: 'dc=example'}\n";
+    const BASE: &str = "preset: openldap\nurls: [ldap://127.0.0.1:389]\nstart_tls: true\nbind_dn: cn=svc\nbind_password_file: /p\nusers: {base: 'dc=example'}\n";
 
     #[test]
     fn presets_fill_the_attributes() {
@@ -504,11 +515,27 @@ mod tests {
         .resolve()
         .unwrap_err();
         assert!(e.contains("directory.users.filter"), "{e}");
-        let e = cfg(&format!("{BASE}start_tls: true\n").replace("ldap://", "ldaps://"))
+        let e = cfg(&BASE.replace("ldap://", "ldaps://"))
             .resolve()
             .unwrap_err();
         assert!(e.contains("StartTLS"), "{e}");
         assert!(serde_yaml_ng::from_str::<DirectoryConfig>(&format!("{BASE}bogus: 1\n")).is_err());
+    }
+
+    #[test]
+    fn plaintext_ldap_needs_the_insecure_option() {
+        let plain = BASE.replace("start_tls: true\n", "");
+        let e = cfg(&plain).resolve().unwrap_err();
+        assert!(
+            e.contains("directory.urls[0]") && e.contains("insecure_plaintext"),
+            "{e}"
+        );
+        assert!(
+            cfg(&format!("{plain}insecure_plaintext: true\n"))
+                .resolve()
+                .is_ok()
+        );
+        assert!(cfg(&plain.replace("ldap://", "ldaps://")).resolve().is_ok());
     }
 
     #[test]

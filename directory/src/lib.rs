@@ -193,6 +193,14 @@ impl LdapDirectory {
     /// A [`ConfigError`] naming the field at fault.
     pub fn new(cfg: &DirectoryConfig) -> Result<Self, ConfigError> {
         let resolved = cfg.resolve().map_err(ConfigError)?;
+        if cfg.insecure_plaintext
+            && cfg.urls.iter().any(|u| u.starts_with("ldap://"))
+            && !cfg.start_tls
+        {
+            tracing::warn!(
+                "directory.insecure_plaintext: passwords go to the directory in clear over ldap://"
+            );
+        }
         if cfg.groups.prefix.starts_with("system:") {
             return Err(ConfigError(
                 "field `directory.groups.prefix`: `system:` names are reserved".into(),

@@ -49,7 +49,12 @@ where
 }
 
 fn directory(slapd: &Slapd, groups: &str) -> LdapDirectory {
-    let yaml = slapd.directory_yaml(&[slapd.url()], "pool_size: 16", groups);
+    let yaml = slapd.directory_yaml(
+        &[slapd.url()],
+        // Plaintext like the raw ldap3 floor beside it: the comparison is of LDAP work alone.
+        "pool_size: 16\ninsecure_plaintext: true",
+        groups,
+    );
     let v: serde_yaml_ng::Value = serde_yaml_ng::from_str(&yaml).unwrap();
     let cfg: DirectoryConfig = serde_yaml_ng::from_value(v["directory"].clone()).unwrap();
     LdapDirectory::new(&cfg).unwrap()

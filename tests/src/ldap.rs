@@ -352,6 +352,16 @@ pwdFailureCountInterval: 0
         self.ldap_tool("ldapmodify", &[], ldif).await.map(drop)
     }
 
+    /// The attributes `attrs` of the entry `dn` (operational ones included), as LDIF.
+    ///
+    /// # Errors
+    /// If ldapsearch fails.
+    pub async fn read(&self, dn: &str, attrs: &[&str]) -> anyhow::Result<String> {
+        let mut args = vec!["-LLL", "-b", dn, "-s", "base", "(objectClass=*)"];
+        args.extend_from_slice(attrs);
+        self.ldap_tool("ldapsearch", &args, "").await
+    }
+
     /// Binds as `dn` with `password` (a raw bind, not through idbridge): true on success.
     ///
     /// # Errors
@@ -406,6 +416,13 @@ pwdFailureCountInterval: 0
             pw = self.password_file.display().to_string(),
         );
         crate::indent_into(&mut y, groups, "    ");
+        // Plain ldap:// URLs go through StartTLS, unless the test is about plaintext.
+        if urls.contains("ldap://")
+            && !extra.contains("insecure_plaintext")
+            && !extra.contains("start_tls")
+        {
+            crate::indent_into(&mut y, "start_tls: true", "  ");
+        }
         crate::indent_into(&mut y, extra, "  ");
         y
     }
