@@ -731,7 +731,7 @@ mod tests {
         let pw = dir.join("pw");
         std::fs::write(&pw, "s3rvice-secret\n").unwrap();
         let yaml = format!(
-            "preset: openldap\nurls: [ldap://127.0.0.1:1]\nbind_dn: cn=svc\nbind_password_file: {}\nusers: {{base: 'dc=x'}}\n",
+            "preset: openldap\nurls: [ldap://127.0.0.1:1]\nstart_tls: true\nbind_dn: cn=svc\nbind_password_file: {}\nusers: {{base: 'dc=x'}}\n",
             pw.display()
         );
         let cfg: DirectoryConfig = serde_yaml_ng::from_str(&yaml).unwrap();

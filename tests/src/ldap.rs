@@ -83,9 +83,10 @@ pub(crate) async fn wait_port(
     log: &Path,
 ) -> anyhow::Result<()> {
     for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
+        // A connect to a loopback port nobody listens on yet can meet itself (TCP
+        // simultaneous open, when the kernel picks that very port as the source): not a server.
+        if let Ok(s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await
+            && s.local_addr().ok() != s.peer_addr().ok()
         {
             return Ok(());
         }

@@ -305,7 +305,9 @@ async fn hostile_jwts_are_refused() {
     let store = idbridge_store::SqliteStore::open(&s.data_dir.join("idbridge.db"))
         .await
         .unwrap();
-    let ours = KeySet::from_stored(&store.signing_keys().await.unwrap(), None).unwrap();
+    // (Keys are sealed at rest: this insider also has the key-encryption key.)
+    let kek = idbridge_bridge::Kek::from_file(&s.data_dir.join("kek")).unwrap();
+    let ours = KeySet::from_stored(&store.signing_keys().await.unwrap(), Some(&kek)).unwrap();
     let now = claims.iat;
     let with = |f: &dyn Fn(&mut AccessClaims)| {
         let mut c = claims.clone();
