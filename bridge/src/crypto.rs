@@ -130,18 +130,40 @@ impl Kek {
         })
     }
 
-    /// Generates a new key into `path` (mode 0600, written atomically).
+    /// Generates a new key into `path`, which must not exist yet (mode 0600, synced). When two
+    /// starts race, the one that finds the file made reads it instead: a key is never replaced.
     ///
     /// # Errors
     /// When the random source fails or the file cannot be written.
     pub fn create_file(path: &Path) -> Result<Self, CryptoError> {
+        use std::io::Write;
         let mut key = [0u8; 32];
         SystemRandom::new()
             .fill(&mut key)
             .map_err(|_| CryptoError::KeyFile("the random source failed".into()))?;
         let text = format!("{}\n", STANDARD.encode(key));
-        crate::tls::write_private(path, text.as_bytes())
-            .map_err(|e| CryptoError::KeyFile(format!("cannot write {}: {e}", path.display())))?;
+        let mut o = std::fs::OpenOptions::new();
+        o.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+        let fail = |e: std::io::Error| {
+            CryptoError::KeyFile(format!("cannot write {}: {e}", path.display()))
+        };
+        match o.open(path) {
+            Ok(mut f) => {
+                f.write_all(text.as_bytes()).map_err(fail)?;
+                f.sync_all().map_err(fail)?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Self::from_file(path);
+            }
+            Err(e) => return Err(fail(e)),
+        }
+        if let Some(dir) = path.parent()
+            && let Ok(d) = std::fs::File::open(dir)
+        {
+            let _ = d.sync_all();
+        }
         Self::from_base64(text.trim()).map_err(CryptoError::KeyFile)
     }
 

@@ -179,12 +179,12 @@ pub(crate) struct CodeForm {
     user_code: Option<String>,
 }
 
-/// `POST /device`: the code typed; on to the login page for that device.
 /// Wrong user codes allowed from one address per [`CODE_GUESS_WINDOW`]: a person mistyping
 /// never gets near it, a guesser gets a few tries in a space of 20^8 codes.
 const CODE_GUESSES: u32 = 10;
 const CODE_GUESS_WINDOW: std::time::Duration = std::time::Duration::from_secs(300);
 
+/// `POST /device`: the code typed; on to the login page for that device.
 pub(crate) async fn device_submit(
     State(state): State<AppState>,
     ctx: RequestCtx,
@@ -207,12 +207,14 @@ pub(crate) async fn device_submit(
         ctx.source
             .map_or_else(|| "unknown".to_owned(), |s| s.ip().to_string())
     );
-    let started = std::time::Instant::now();
-    if let Err(wait) =
-        state
-            .throttle()
-            .check_guesses(&guesses, CODE_GUESSES, CODE_GUESS_WINDOW, started)
-    {
+    // Counted before the look-up, atomically, so parallel guesses cannot outrun the limit; a
+    // right code is given back.
+    if let Err(wait) = state.throttle().count_guess(
+        &guesses,
+        CODE_GUESSES,
+        CODE_GUESS_WINDOW,
+        std::time::Instant::now(),
+    ) {
         state.login_denied(&ctx, "login.device", None, "throttled");
         let mut r = page::error(
             StatusCode::TOO_MANY_REQUESTS,
@@ -235,9 +237,6 @@ pub(crate) async fn device_submit(
     };
     let again = |m: &str| code_form(&new_secret(""), &typed, Some(m), StatusCode::BAD_REQUEST);
     let Some(p) = found.filter(|p| p.kind == "device" && p.used_at.is_none()) else {
-        state
-            .throttle()
-            .count_guess(&guesses, CODE_GUESS_WINDOW, started);
         state.login_denied(&ctx, "login.device", None, "unknown or expired user code");
         return again(
             "This code is unknown or has expired. Check it, or start again on the device.",
@@ -249,6 +248,7 @@ pub(crate) async fn device_submit(
     if grant.approved.is_some() {
         return again("This code was already used.");
     }
+    state.throttle().forgive_guess(&guesses);
     let login = LoginRequest {
         csrf: new_secret(""),
         client_id: grant.client_id,

@@ -22,7 +22,7 @@ const INVALID: &str = "invalid username or password";
 
 pub(crate) fn unavailable(e: &DirectoryError) -> ApiError {
     match e {
-        DirectoryError::Unavailable(m) => {
+        DirectoryError::Unavailable(m) | DirectoryError::NoAnswer(m) => {
             ApiError::Unavailable(format!("{m}; no token was issued, retry shortly"))
         }
         other => {
@@ -126,7 +126,14 @@ impl AppState {
                 return Err(ApiError::invalid_grant(why));
             }
             Err(e) => {
-                reservation.settle(Outcome::Undecided);
+                // A bind that got no answer may have counted at the directory: so it does
+                // here. Nothing reached it otherwise.
+                let counted = matches!(e, DirectoryError::NoAnswer(_));
+                reservation.settle(if counted {
+                    Outcome::Failed
+                } else {
+                    Outcome::Undecided
+                });
                 deny("directory unavailable");
                 return Err(unavailable(&e));
             }

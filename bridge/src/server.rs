@@ -32,6 +32,8 @@ pub struct ConnectionLimits {
     pub idle_timeout: Duration,
     /// Connections open at once; the next waits in the listen queue until one closes.
     pub max_connections: usize,
+    /// Connections open at once from one address; more are closed at once.
+    pub max_connections_per_source: usize,
 }
 
 impl Default for ConnectionLimits {
@@ -40,6 +42,7 @@ impl Default for ConnectionLimits {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             max_connections: 1024,
+            max_connections_per_source: 128,
         }
     }
 }
@@ -57,24 +60,29 @@ pub struct ConnectionStats {
     pub handshake_timeouts: AtomicU64,
     /// Times the connection limit was reached and accepting paused.
     pub limit_reached: AtomicU64,
+    /// Connections closed at once because their address had too many open.
+    pub per_source_refused: AtomicU64,
 }
 
 /// An I/O stream that fails with `TimedOut` once nothing has been read or written for
-/// `timeout`.
+/// `timeout` while no request is being handled on it (a slow handler is not an idle client).
 struct IdleIo<T> {
     inner: T,
     timeout: Duration,
     deadline: Pin<Box<tokio::time::Sleep>>,
     stats: Arc<ConnectionStats>,
+    /// Requests of this connection being handled now.
+    busy: Arc<AtomicU64>,
 }
 
 impl<T> IdleIo<T> {
-    fn new(inner: T, timeout: Duration, stats: Arc<ConnectionStats>) -> Self {
+    fn new(inner: T, timeout: Duration, stats: Arc<ConnectionStats>, busy: Arc<AtomicU64>) -> Self {
         Self {
             inner,
             timeout,
             deadline: Box::pin(tokio::time::sleep(timeout)),
             stats,
+            busy,
         }
     }
 
@@ -86,6 +94,11 @@ impl<T> IdleIo<T> {
 
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
         if self.deadline.as_mut().poll(cx).is_ready() {
+            if self.busy.load(Ordering::Relaxed) > 0 {
+                self.moved();
+                let _ = self.deadline.as_mut().poll(cx);
+                return false;
+            }
             self.stats.idle_closed.fetch_add(1, Ordering::Relaxed);
             // Once: a later poll starts a new period rather than counting again.
             self.moved();
@@ -139,11 +152,68 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        match Pin::new(&mut self.inner).poll_flush(cx) {
+            Poll::Pending if self.expired(cx) => Poll::Ready(Err(idle())),
+            other => other,
+        }
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        match Pin::new(&mut self.inner).poll_shutdown(cx) {
+            Poll::Pending if self.expired(cx) => Poll::Ready(Err(idle())),
+            other => other,
+        }
+    }
+}
+
+/// Open connections per address.
+type PerSource = Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>;
+
+/// One connection counted against its address while it lives.
+struct SourceSlot(PerSource, std::net::IpAddr);
+
+impl SourceSlot {
+    fn take(map: &PerSource, ip: std::net::IpAddr, limits: ConnectionLimits) -> Option<Self> {
+        let mut m = map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = m.entry(ip).or_insert(0);
+        if *n >= limits.max_connections_per_source.max(1) {
+            return None;
+        }
+        *n += 1;
+        Some(Self(map.clone(), ip))
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut m = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = m.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.1);
+            }
+        }
+    }
+}
+
+/// Counts a request as being handled while it lives.
+struct Busy(Arc<AtomicU64>);
+
+impl Busy {
+    fn start(n: &Arc<AtomicU64>) -> Self {
+        n.fetch_add(1, Ordering::Relaxed);
+        Self(n.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -210,6 +280,7 @@ pub async fn serve_with(
         .header_read_timeout(limits.header_read_timeout);
     builder.http2().timer(TokioTimer::new());
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let per_source: PerSource = Arc::default();
     tokio::pin!(shutdown);
     loop {
         let slot = match slots.clone().try_acquire_owned() {
@@ -242,6 +313,12 @@ pub async fn serve_with(
             },
         };
         stats.accepted.fetch_add(1, Ordering::Relaxed);
+        let Some(from_source) = SourceSlot::take(&per_source, addr.ip(), limits) else {
+            stats.per_source_refused.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(peer = %addr, "too many connections from this address (`limits.max_connections_per_source`)");
+            drop(tcp);
+            continue;
+        };
         stats.open.fetch_add(1, Ordering::Relaxed);
         let stats = stats.clone();
         let _ = tcp.set_nodelay(true);
@@ -250,7 +327,7 @@ pub async fn serve_with(
         let builder = builder.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let _slot = slot;
+            let _slot = (slot, from_source);
             let _open = OpenGuard(stats.clone());
             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
@@ -275,11 +352,19 @@ pub async fn serve_with(
                 client_cert: chain.is_some(),
                 chain,
             };
+            let busy = Arc::new(AtomicU64::new(0));
+            let in_flight = busy.clone();
             let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
                 req.extensions_mut().insert(peer.clone());
-                app.clone().oneshot(req)
+                let handling = Busy::start(&in_flight);
+                let answer = app.clone().oneshot(req);
+                async move {
+                    let r = answer.await;
+                    drop(handling);
+                    r
+                }
             });
-            let io = IdleIo::new(stream, limits.idle_timeout, stats.clone());
+            let io = IdleIo::new(stream, limits.idle_timeout, stats.clone(), busy);
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
             if let Err(e) = watcher.watch(conn.into_owned()).await {
                 tracing::debug!(peer = %addr, error = %e, "connection ended with an error");

@@ -341,6 +341,8 @@ async fn observe(State(state): State<AppState>, mut req: Request, next: Next) ->
 /// How much of an oversized body is read (and dropped) before answering 413: enough that
 /// ordinary clients see the answer rather than a reset stream.
 const DRAIN_CAP: usize = 1024 * 1024;
+/// The whole body must arrive within this: a body trickled in keeps no connection forever.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Reads the whole request body before any handler runs, so that every answer, a refusal
 /// before the body was looked at included, goes out after the body was received: a response
@@ -356,19 +358,28 @@ async fn body_first(State(state): State<AppState>, req: Request, next: Next) -> 
     }
     let mut buf = Vec::new();
     let mut total = 0usize;
-    while let Some(frame) = body.frame().await {
-        let Ok(frame) = frame else {
-            return ApiError::BadRequest("the request body could not be read".into())
-                .into_response();
-        };
-        if let Ok(data) = frame.into_data() {
-            total += data.len();
-            if total <= limit {
-                buf.extend_from_slice(&data);
-            } else if total > DRAIN_CAP {
-                break;
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else {
+                return Err(ApiError::BadRequest(
+                    "the request body could not be read".into(),
+                ));
+            };
+            if let Ok(data) = frame.into_data() {
+                total += data.len();
+                if total <= limit {
+                    buf.extend_from_slice(&data);
+                } else if total > DRAIN_CAP {
+                    break;
+                }
             }
         }
+        Ok(())
+    };
+    match tokio::time::timeout(BODY_TIMEOUT, read).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return e.into_response(),
+        Err(_) => return ApiError::RequestTimeout.into_response(),
     }
     if total > limit {
         return ApiError::PayloadTooLarge.into_response();

@@ -47,8 +47,24 @@ const SETTLE_WAIT: Duration = Duration::from_secs(15);
 /// The failure counters.
 #[derive(Debug, Default)]
 pub(crate) struct Throttle {
-    counts: Mutex<HashMap<String, Count>>,
+    counts: Mutex<Counts>,
     settled: tokio::sync::Notify,
+}
+
+/// The counters, and the size at which the next sweep runs (0: [`SWEEP_AT`]).
+#[derive(Debug, Default)]
+struct Counts {
+    map: HashMap<String, Count>,
+    sweep_at: usize,
+}
+
+impl Counts {
+    fn sweep(&mut self, window: Duration, now: Instant) {
+        if self.sweep_at == 0 {
+            self.sweep_at = SWEEP_AT;
+        }
+        sweep(&mut self.map, &mut self.sweep_at, window, now);
+    }
 }
 
 fn source_key(source: Option<IpAddr>) -> String {
@@ -76,6 +92,17 @@ fn keys(
             policy.per_user_window,
         ),
     ]
+}
+
+/// Drops counters whose window has ended once there are `*at` of them. When many are still
+/// live, the next sweep waits until the map has doubled, so a flood of fresh keys costs a scan
+/// now and then, not one per attempt.
+fn sweep(counts: &mut HashMap<String, Count>, at: &mut usize, window: Duration, now: Instant) {
+    if counts.len() < *at {
+        return;
+    }
+    counts.retain(|_, c| c.in_flight > 0 || c.since + window > now);
+    *at = SWEEP_AT.max(counts.len() * 2);
 }
 
 /// Seconds to wait, rounded up: a client that waits exactly this long is let through.
@@ -121,7 +148,7 @@ impl Drop for Reservation<'_> {
 }
 
 impl Throttle {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Count>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
         self.counts
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -136,7 +163,7 @@ impl Throttle {
         now: Instant,
     ) -> Result<(), u64> {
         let key = format!("s\0{}", source_key(source));
-        match self.lock().get(&key) {
+        match self.lock().map.get(&key) {
             Some(c) if c.failures >= policy.per_source && c.since + policy.window > now => {
                 Err(wait_secs(c.since + policy.window - now))
             }
@@ -166,7 +193,8 @@ impl Throttle {
                 Ok(None) => {
                     if tokio::time::timeout_at(deadline, settled).await.is_err() {
                         // Attempts that never settle: treat this one as over the limit.
-                        return Err(wait_secs(policy.window));
+                        let longest = keys.iter().map(|k| k.2).max().unwrap_or_default();
+                        return Err(wait_secs(longest));
                     }
                 }
             }
@@ -179,11 +207,10 @@ impl Throttle {
         keys: &[(String, u32, Duration); 3],
         now: Instant,
     ) -> Result<Option<Reservation<'_>>, u64> {
-        let mut counts = self.lock();
-        if counts.len() >= SWEEP_AT {
-            let longest = keys.iter().map(|k| k.2).max().unwrap_or_default();
-            counts.retain(|_, c| c.in_flight > 0 || c.since + longest > now);
-        }
+        let mut guard = self.lock();
+        let longest = keys.iter().map(|k| k.2).max().unwrap_or_default();
+        guard.sweep(longest, now);
+        let counts = &mut guard.map;
         let mut wait = None::<Duration>;
         let mut busy = false;
         for (key, limit, window) in keys {
@@ -223,27 +250,19 @@ impl Throttle {
         }))
     }
 
-    /// `Err(seconds to wait)` when `key` has `limit` failures in its current `window`: for
-    /// guesses that never reach the directory (device user codes).
-    pub(crate) fn check_guesses(
+    /// Counts a guess that never reaches the directory (a device user code) against `key`,
+    /// atomically: `Err(seconds to wait)` when `limit` guesses in the current `window` were
+    /// counted already. A right guess is given back with [`Throttle::forgive_guess`].
+    pub(crate) fn count_guess(
         &self,
         key: &str,
         limit: u32,
         window: Duration,
         now: Instant,
     ) -> Result<(), u64> {
-        match self.lock().get(key) {
-            Some(c) if c.failures >= limit && c.since + window > now => {
-                Err(wait_secs(c.since + window - now))
-            }
-            _ => Ok(()),
-        }
-    }
-
-    /// Counts a wrong guess against `key`.
-    pub(crate) fn count_guess(&self, key: &str, window: Duration, now: Instant) {
         let mut counts = self.lock();
-        let c = counts.entry(key.to_owned()).or_insert(Count {
+        counts.sweep(window, now);
+        let c = counts.map.entry(key.to_owned()).or_insert(Count {
             since: now,
             failures: 0,
             in_flight: 0,
@@ -252,12 +271,23 @@ impl Throttle {
             c.since = now;
             c.failures = 0;
         }
+        if c.failures >= limit {
+            return Err(wait_secs(c.since + window - now));
+        }
         c.failures += 1;
+        Ok(())
+    }
+
+    /// Takes back a guess [`Throttle::count_guess`] counted: it was right.
+    pub(crate) fn forgive_guess(&self, key: &str) {
+        if let Some(c) = self.lock().map.get_mut(key) {
+            c.failures = c.failures.saturating_sub(1);
+        }
     }
 
     fn settle(&self, keys: &[String], outcome: Outcome, now: Instant) {
         {
-            let mut counts = self.lock();
+            let counts = &mut self.lock().map;
             for (i, key) in keys.iter().enumerate() {
                 let Some(c) = counts.get_mut(key) else {
                     continue;

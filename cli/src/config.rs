@@ -474,6 +474,8 @@ pub struct LimitsConfig {
     pub idle_timeout: HumanDuration,
     /// Client connections open at once.
     pub max_connections: usize,
+    /// Client connections open at once from one address.
+    pub max_connections_per_source: usize,
 }
 
 impl Default for LimitsConfig {
@@ -483,6 +485,7 @@ impl Default for LimitsConfig {
             header_read_timeout: HumanDuration::from_secs(10),
             idle_timeout: HumanDuration::from_secs(60),
             max_connections: 1024,
+            max_connections_per_source: 128,
         }
     }
 }
@@ -737,6 +740,9 @@ impl Config {
         }
         if self.limits.max_connections == 0 {
             bail!("field `limits.max_connections`: must be at least 1");
+        }
+        if self.limits.max_connections_per_source == 0 {
+            bail!("field `limits.max_connections_per_source`: must be at least 1");
         }
         if self.admin.groups.is_empty() {
             bail!("field `admin.groups`: name at least one group, or nobody can administer");

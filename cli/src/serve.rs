@@ -257,6 +257,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         header_read_timeout: cfg.limits.header_read_timeout.get(),
         idle_timeout: cfg.limits.idle_timeout.get(),
         max_connections: cfg.limits.max_connections,
+        max_connections_per_source: cfg.limits.max_connections_per_source,
     };
     let connections = state.metrics().connections();
     serve_with(
@@ -314,7 +315,9 @@ async fn reload(args: &ServeArgs, running: &Config, issuer: &str, state: &AppSta
                 cfg.limits.max_body_bytes != running.limits.max_body_bytes
                     || cfg.limits.header_read_timeout != running.limits.header_read_timeout
                     || cfg.limits.idle_timeout != running.limits.idle_timeout
-                    || cfg.limits.max_connections != running.limits.max_connections,
+                    || cfg.limits.max_connections != running.limits.max_connections
+                    || cfg.limits.max_connections_per_source
+                        != running.limits.max_connections_per_source,
             ),
             (
                 "proxy.enabled/proxy.client_ca_file",

@@ -95,6 +95,10 @@ pub enum DirectoryError {
     /// No directory server answered (every URL tried); nothing was decided.
     #[error("the directory is unavailable: {0}")]
     Unavailable(String),
+    /// A password bind was sent and no answer came in time: nothing was decided here, but the
+    /// directory may have counted a failure (throttling counts it as one).
+    #[error("the directory did not answer in time: {0}")]
+    NoAnswer(String),
     /// The directory answered with something idbridge cannot use (a configuration problem).
     #[error("directory error: {0}")]
     Failed(String),

@@ -589,12 +589,12 @@ impl LdapDirectory {
     /// the directory refused the credentials.
     async fn bind(&self, dn: &str, password: &str) -> Result<Option<String>, DirectoryError> {
         let t = self.op_timeout;
-        let res =
-            self.binds
-                .run(|mut ldap: Ldap| async move {
-                    ldap.with_timeout(t).simple_bind(dn, password).await
-                })
-                .await?;
+        let res = self
+            .binds
+            .run_bind(|mut ldap: Ldap| async move {
+                ldap.with_timeout(t).simple_bind(dn, password).await
+            })
+            .await?;
         match res.rc {
             0 => Ok(None),
             // invalidCredentials, and what some servers answer for locked or disabled entries.

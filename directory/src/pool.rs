@@ -249,7 +249,26 @@ impl Pool {
 
     /// Runs `op` on a pooled connection; when the connection turns out broken (the server
     /// restarted, the socket died), runs it once more on a fresh one, which may fail over.
-    pub(crate) async fn run<T, F, Fut>(&self, mut op: F) -> Result<T, DirectoryError>
+    pub(crate) async fn run<T, F, Fut>(&self, op: F) -> Result<T, DirectoryError>
+    where
+        F: FnMut(Ldap) -> Fut,
+        Fut: std::future::Future<Output = Result<T, LdapError>>,
+    {
+        self.run_with(op, false).await
+    }
+
+    /// [`Pool::run`] for password binds: an operation that timed out is not sent again (the
+    /// directory may have counted it) and is [`DirectoryError::NoAnswer`]; a broken socket,
+    /// where the bind did not get through, is retried once.
+    pub(crate) async fn run_bind<T, F, Fut>(&self, op: F) -> Result<T, DirectoryError>
+    where
+        F: FnMut(Ldap) -> Fut,
+        Fut: std::future::Future<Output = Result<T, LdapError>>,
+    {
+        self.run_with(op, true).await
+    }
+
+    async fn run_with<T, F, Fut>(&self, mut op: F, bind: bool) -> Result<T, DirectoryError>
     where
         F: FnMut(Ldap) -> Fut,
         Fut: std::future::Future<Output = Result<T, LdapError>>,
@@ -259,6 +278,10 @@ impl Pool {
             let mut conn = self.get().await?;
             match op(conn.ldap.clone()).await {
                 Ok(v) => return Ok(v),
+                Err(e @ LdapError::Timeout { .. }) if bind => {
+                    conn.discard();
+                    return Err(DirectoryError::NoAnswer(describe(&e)));
+                }
                 Err(e) if broken(&e) => {
                     conn.discard();
                     // A broken connection usually means the server went away: its siblings
