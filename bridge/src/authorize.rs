@@ -1077,8 +1077,32 @@ impl AppState {
                 return Err(err);
             }
         };
+        // An exchanged ID token carries no refresh token, so the provider cannot be asked again:
+        // the session ends when the ID token does, and each ID token starts one session only.
+        let Some(exp) = claims.get("exp").and_then(serde_json::Value::as_i64) else {
+            return Err(deny("the ID token has no exp claim".into()));
+        };
+        let once = Pending {
+            key: hash_token(&format!("id_token\0{raw}")),
+            alias: None,
+            kind: "id_token".into(),
+            data: String::new(),
+            expires_at: idbridge_core::UnixTime(exp).plus_secs(settings.clock_skew.as_secs()),
+            used_at: Some(self.clock().now()),
+            session: None,
+        };
+        match self.store().put_pending(&once).await {
+            Ok(()) => {}
+            Err(idbridge_core::StoreError::Conflict(_)) => {
+                return Err(deny(
+                    "this ID token was exchanged already; log in at the provider again for a new one"
+                        .into(),
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        }
         let (account, groups) = self.upstream_account(up, &claims, ctx).await?;
-        self.start_session(
+        self.start_session_until(
             Login {
                 account: &account,
                 client_id: &client.id,
@@ -1088,6 +1112,7 @@ impl AppState {
                 login_groups: groups,
                 upstream: None,
             },
+            Some(idbridge_core::UnixTime(exp)),
             ctx,
         )
         .await

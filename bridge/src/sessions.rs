@@ -196,8 +196,20 @@ impl AppState {
         login: Login<'_>,
         ctx: &RequestCtx,
     ) -> Result<TokenPair, ApiError> {
+        self.start_session_until(login, None, ctx).await
+    }
+
+    /// [`AppState::start_session`] for a session that must end by `ends_by` at the latest (a
+    /// login whose source cannot be asked again, such as an exchanged ID token).
+    pub(crate) async fn start_session_until(
+        &self,
+        login: Login<'_>,
+        ends_by: Option<UnixTime>,
+        ctx: &RequestCtx,
+    ) -> Result<TokenPair, ApiError> {
         let settings = self.settings();
         let now = self.clock().now();
+        let longest = now.plus_secs(settings.session_max_lifetime.as_secs());
         let session = Session {
             id: SessionId::random(),
             account: login.account.uid,
@@ -208,7 +220,7 @@ impl AppState {
             login_groups: login.login_groups,
             created_at: now,
             last_used_at: now,
-            expires_at: now.plus_secs(settings.session_max_lifetime.as_secs()),
+            expires_at: ends_by.map_or(longest, |e| e.min(longest)),
             revoked_at: None,
             revoked_reason: None,
         };

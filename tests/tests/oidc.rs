@@ -618,6 +618,33 @@ async fn upstream_id_tokens_are_exchanged_only_for_this_client_and_issuer() {
         .unwrap();
     let (status, tokens) = exchange_on(&i, good.clone()).await;
     assert_eq!(status, 200, "{tokens}");
+    // One ID token starts one session, and that session ends when the ID token does: the
+    // provider cannot be asked again without a refresh token.
+    let (status, again) = exchange_on(&i, good.clone()).await;
+    assert_eq!(status, 400, "{again}");
+    assert!(
+        again["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("exchanged already"),
+        "{again}"
+    );
+    let id_exp = serde_json::from_slice::<Value>(
+        &URL_SAFE_NO_PAD
+            .decode(good.split('.').nth(1).unwrap())
+            .unwrap(),
+    )
+    .unwrap()["exp"]
+        .as_i64()
+        .unwrap();
+    let sessions: Value = serde_json::from_str(
+        &i.cli_ok(&["session", "list", "--user", "alice@example.test", "--json"])
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(sessions.as_array().unwrap().len(), 1, "{sessions}");
+    assert_eq!(sessions[0]["expires_at"], id_exp, "{sessions}");
     let review = i
         .review(tokens["access_token"].as_str().unwrap(), &[])
         .await
