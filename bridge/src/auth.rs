@@ -184,6 +184,19 @@ impl Authenticator {
         }
     }
 
+    /// Drops what is cached for one account only (its reviews and its account record), and makes
+    /// the revocation list be read again: after a change that affects that account alone, such
+    /// as a token revoked through `/oauth2/revoke`, so nobody empties everyone's cache.
+    pub fn invalidate_account(&self, uid: AccountUid) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        if let Some(c) = write(&self.reviews).as_mut() {
+            c.retain(|_, v| v.uid != uid);
+        }
+        if let Some(c) = write(&self.accounts).as_mut() {
+            c.retain(|k, _| *k != uid);
+        }
+    }
+
     /// Replaces the caches after a settings change.
     pub fn resize(&self, settings: &Settings) {
         self.generation.fetch_add(1, Ordering::SeqCst);

@@ -50,8 +50,8 @@ pub enum ApiError {
     /// A dependency (the store) is unavailable; retry later.
     #[error("{0}")]
     Unavailable(String),
-    /// Too many failed logins; retry after this many seconds.
-    #[error("too many failed logins; retry in {0} s")]
+    /// Too many attempts (failed logins, revocations); retry after this many seconds.
+    #[error("too many attempts; retry in {0} s")]
     Throttled(u64),
     /// A bug or an unexpected failure; details are logged, not returned.
     #[error("internal error")]

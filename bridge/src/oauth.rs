@@ -656,6 +656,9 @@ impl TokenForm {
     }
 }
 
+/// Revocation requests allowed from one address per minute.
+const REVOCATIONS_PER_MINUTE: u32 = 60;
+
 /// RFC 7009: revokes a refresh token (its whole session), an access token (by `jti`) or a static
 /// token. Unknown tokens are answered 200, as the RFC asks.
 pub(crate) async fn revoke(
@@ -674,6 +677,22 @@ pub(crate) async fn revoke(
     )?;
     let token = req.token()?;
     let now = state.clock().now();
+    // Each revocation makes every replica read its revocation list again: a few per minute per
+    // address are plenty for a client logging out.
+    let revocations = format!(
+        "revoke\0{}",
+        ctx.source
+            .map_or_else(|| "unknown".to_owned(), |s| s.ip().to_string())
+    );
+    state
+        .throttle()
+        .count_guess(
+            &revocations,
+            REVOCATIONS_PER_MINUTE,
+            std::time::Duration::from_secs(60),
+            std::time::Instant::now(),
+        )
+        .map_err(ApiError::Throttled)?;
     let mut what = None;
     if token.starts_with(REFRESH_TOKEN_PREFIX) {
         if let Some(r) = state.store().refresh_token(hash_token(&token)).await?
@@ -710,7 +729,7 @@ pub(crate) async fn revoke(
         }
     }
     if let Some((uid, object)) = what {
-        state.invalidate();
+        state.invalidate_account(uid);
         let account = state.store().account(uid).await?;
         let mut ev = ctx.event("token.revoke", "ok");
         ev.account = account.as_ref().map(|a| a.name.as_str());

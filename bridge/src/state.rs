@@ -193,6 +193,11 @@ impl AppState {
         self.0.auth.invalidate();
     }
 
+    /// Drops what the caches hold for one account (see [`Authenticator::invalidate_account`]).
+    pub fn invalidate_account(&self, uid: idbridge_core::AccountUid) {
+        self.0.auth.invalidate_account(uid);
+    }
+
     /// Marks the service as not ready (shutting down).
     pub fn set_not_ready(&self) {
         self.0.ready.store(false, Ordering::SeqCst);

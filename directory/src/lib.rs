@@ -93,6 +93,52 @@ impl BindTime {
 pub struct ConfigError(String);
 
 fn rustls_config(ca_file: &std::path::Path) -> Result<rustls::ClientConfig, ConfigError> {
+    let roots = ca_roots(ca_file)?;
+    client_config(roots)
+}
+
+fn client_config(roots: rustls::RootCertStore) -> Result<rustls::ClientConfig, ConfigError> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ConfigError(format!("field `directory.ca_file`: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// The TLS configuration for servers named by an IPv6 literal (see [`pool::ip_literal`]):
+/// the CA bundle's roots, or the system's, and a verifier that checks the certificate for the
+/// address.
+fn ip_literal_config(
+    ca_file: Option<&std::path::Path>,
+) -> Result<rustls::ClientConfig, ConfigError> {
+    let roots = match ca_file {
+        Some(f) => ca_roots(f)?,
+        None => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(c);
+            }
+            roots
+        }
+    };
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots.clone()),
+        provider,
+    )
+    .build()
+    .map_err(|e| ConfigError(format!("field `directory.ca_file`: {e}")))?;
+    let mut config = client_config(roots)?;
+    config
+        .dangerous()
+        .set_certificate_verifier(Arc::new(pool::IpLiteralVerifier::new(inner)));
+    // The stand-in host name is no name to send.
+    config.enable_sni = false;
+    Ok(config)
+}
+
+fn ca_roots(ca_file: &std::path::Path) -> Result<rustls::RootCertStore, ConfigError> {
     let field = "field `directory.ca_file`";
     let pem = std::fs::read(ca_file)
         .map_err(|e| ConfigError(format!("{field}: cannot read {}: {e}", ca_file.display())))?;
@@ -112,12 +158,7 @@ fn rustls_config(ca_file: &std::path::Path) -> Result<rustls::ClientConfig, Conf
             ca_file.display()
         )));
     }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ConfigError(format!("{field}: {e}")))?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
+    Ok(roots)
 }
 
 fn first(e: &SearchEntry, attr: &str) -> Option<String> {
@@ -225,13 +266,18 @@ impl LdapDirectory {
             .map(rustls_config)
             .transpose()?
             .map(Arc::new);
+        let ip_tls = if cfg.urls.iter().any(|u| pool::ip_literal(u).is_some()) {
+            Some(Arc::new(ip_literal_config(cfg.ca_file.as_deref())?))
+        } else {
+            None
+        };
         let op_timeout = cfg.timeout.get();
         let servers = Arc::new(Servers::new(
             cfg.urls.clone(),
             cfg.retry_dead_after.get(),
             cfg.connect_timeout.get(),
             cfg.start_tls,
-            tls,
+            (tls, ip_tls),
         ));
         Ok(Self {
             shaping: Shaping {

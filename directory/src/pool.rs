@@ -18,6 +18,8 @@ pub(crate) struct Servers {
     connect_timeout: Duration,
     start_tls: bool,
     tls: Option<Arc<rustls::ClientConfig>>,
+    /// For servers named by an IPv6 literal.
+    ip_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Servers {
@@ -26,7 +28,10 @@ impl Servers {
         retry_dead_after: Duration,
         connect_timeout: Duration,
         start_tls: bool,
-        tls: Option<Arc<rustls::ClientConfig>>,
+        (tls, ip_tls): (
+            Option<Arc<rustls::ClientConfig>>,
+            Option<Arc<rustls::ClientConfig>>,
+        ),
     ) -> Self {
         let n = urls.len();
         Self {
@@ -36,6 +41,7 @@ impl Servers {
             connect_timeout,
             start_tls,
             tls,
+            ip_tls,
         }
     }
 
@@ -47,6 +53,35 @@ impl Servers {
             s = s.set_config(tls.clone());
         }
         s
+    }
+
+    /// Opens a connection to `url`. A server named by an IPv6 literal is dialled here and
+    /// handed to ldap3 with a stand-in host name (ldap3 would give rustls the host with its
+    /// brackets, which no certificate check accepts); [`IpLiteralVerifier`] checks the
+    /// certificate for the address itself.
+    async fn open(&self, url: &str) -> Result<(LdapConnAsync, Ldap), LdapError> {
+        let Some(lit) = ip_literal(url) else {
+            return LdapConnAsync::with_settings(self.settings(), url).await;
+        };
+        let tcp = tokio::time::timeout(
+            self.connect_timeout,
+            tokio::net::TcpStream::connect((lit.ip, lit.port)),
+        )
+        .await
+        .map_err(|_| {
+            LdapError::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "connect timed out",
+            ))
+        })??;
+        let _ = tcp.set_nodelay(true);
+        let mut s = self
+            .settings()
+            .set_std_stream(ldap3::StdStream::Tcp(tcp.into_std()?));
+        if let Some(tls) = &self.ip_tls {
+            s = s.set_config(tls.clone());
+        }
+        LdapConnAsync::with_settings(s, &lit.stand_in_url).await
     }
 
     /// The URLs in the order to try now: live ones first, then those in their back-off (a dead
@@ -75,7 +110,7 @@ impl Servers {
         let mut failures = Vec::new();
         for i in self.order() {
             let url = &self.urls[i];
-            match LdapConnAsync::with_settings(self.settings(), url).await {
+            match self.open(url).await {
                 Ok((conn, ldap)) => {
                     self.mark(i, false);
                     tokio::spawn(async move {
@@ -96,6 +131,147 @@ impl Servers {
             "no directory server answered ({})",
             failures.join("; ")
         )))
+    }
+}
+
+/// An LDAP URL whose host is an IPv6 literal.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct IpLiteral {
+    pub ip: std::net::Ipv6Addr,
+    pub port: u16,
+    /// The same URL with the stand-in host name.
+    pub stand_in_url: String,
+}
+
+/// The domain of stand-in host names: `<32 hex digits>.ipv6.idbridge.invalid` (`.invalid` is
+/// reserved, RFC 6761: no such name can exist).
+const STAND_IN: &str = ".ipv6.idbridge.invalid";
+
+/// `ldap://[::1]:389/…` or `ldaps://[…]` → the address, the port and the URL with a stand-in.
+pub(crate) fn ip_literal(url: &str) -> Option<IpLiteral> {
+    let (scheme, rest) = url.split_once("://")?;
+    let default = match scheme {
+        "ldap" => 389,
+        "ldaps" => 636,
+        _ => return None,
+    };
+    let rest = rest.strip_prefix('[')?;
+    let (host, after) = rest.split_once(']')?;
+    let ip: std::net::Ipv6Addr = host.split('%').next()?.parse().ok()?;
+    let (port, path) = match after.strip_prefix(':') {
+        Some(p) => {
+            let end = p.find('/').unwrap_or(p.len());
+            (p[..end].parse().ok()?, &p[end..])
+        }
+        None => (default, after),
+    };
+    let hex: String = ip.octets().iter().map(|b| format!("{b:02x}")).collect();
+    Some(IpLiteral {
+        ip,
+        port,
+        stand_in_url: format!("{scheme}://{hex}{STAND_IN}:{port}{path}"),
+    })
+}
+
+/// The address a stand-in host name stands for.
+fn from_stand_in(name: &str) -> Option<std::net::Ipv6Addr> {
+    let hex = name.strip_suffix(STAND_IN)?;
+    if hex.len() != 32 {
+        return None;
+    }
+    let mut octets = [0u8; 16];
+    for (i, o) in octets.iter_mut().enumerate() {
+        *o = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(std::net::Ipv6Addr::from(octets))
+}
+
+/// Checks a server certificate as rustls's WebPKI verifier does, for the IPv6 address a
+/// stand-in host name stands for (any other name is checked as it is).
+#[derive(Debug)]
+pub(crate) struct IpLiteralVerifier {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+}
+
+impl IpLiteralVerifier {
+    pub(crate) fn new(inner: Arc<rustls::client::WebPkiServerVerifier>) -> Self {
+        Self { inner }
+    }
+}
+
+impl rustls::client::danger::ServerCertVerifier for IpLiteralVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let mapped = match server_name {
+            rustls::pki_types::ServerName::DnsName(d) => from_stand_in(d.as_ref()).map(|ip| {
+                rustls::pki_types::ServerName::IpAddress(std::net::IpAddr::V6(ip).into())
+            }),
+            _ => None,
+        };
+        self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            mapped.as_ref().unwrap_or(server_name),
+            ocsp_response,
+            now,
+        )
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_literals_get_a_stand_in_name_that_maps_back() {
+        let l = ip_literal("ldaps://[::1]:13636").unwrap();
+        assert_eq!((l.ip, l.port), ("::1".parse().unwrap(), 13636));
+        let host = l
+            .stand_in_url
+            .strip_prefix("ldaps://")
+            .unwrap()
+            .split(':')
+            .next()
+            .unwrap();
+        assert!(
+            rustls::pki_types::ServerName::try_from(host).is_ok(),
+            "{host}"
+        );
+        assert_eq!(from_stand_in(host), Some("::1".parse().unwrap()));
+        let l = ip_literal("ldap://[fd00::12:34]/dc=x").unwrap();
+        assert_eq!(l.port, 389);
+        assert!(l.stand_in_url.ends_with(":389/dc=x"), "{}", l.stand_in_url);
+        assert_eq!(ip_literal("ldaps://127.0.0.1:636"), None);
+        assert_eq!(ip_literal("ldaps://ldap.example.com"), None);
+        assert_eq!(from_stand_in("example.com"), None);
     }
 }
 

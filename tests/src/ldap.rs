@@ -48,7 +48,7 @@ pub fn program(name: &str) -> anyhow::Result<PathBuf> {
     bail!("`{name}` is not installed: run scripts/setup (it installs the test servers)")
 }
 
-/// A CA and a server certificate for `localhost` and 127.0.0.1, as PEM files in `dir`.
+/// A CA and a server certificate for `localhost`, 127.0.0.1 and ::1, as PEM files in `dir`.
 ///
 /// # Errors
 /// If the files cannot be written.
@@ -61,7 +61,11 @@ pub fn test_ca(dir: &Path, name: &str) -> anyhow::Result<(PathBuf, PathBuf, Path
         .push(rcgen::DnType::CommonName, format!("{name} test CA"));
     let ca_cert = ca.self_signed(&ca_key)?;
     let key = KeyPair::generate()?;
-    let params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
+    let params = CertificateParams::new(vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ])?;
     let issuer = rcgen::Issuer::new(ca, ca_key);
     let cert = params.signed_by(&key, &issuer)?;
     let (ca_p, cert_p, key_p) = (
@@ -243,9 +247,11 @@ pwdFailureCountInterval: 0
             .arg("-f")
             .arg(d.join("slapd.conf"))
             .arg("-h")
+            // The same ports on ::1 too, for IPv6 URLs.
             .arg(format!(
-                "ldap://127.0.0.1:{}/ ldaps://127.0.0.1:{}/",
-                self.port, self.ldaps_port
+                "ldap://127.0.0.1:{p}/ ldaps://127.0.0.1:{s}/ ldap://[::1]:{p}/ ldaps://[::1]:{s}/",
+                p = self.port,
+                s = self.ldaps_port
             ))
             // Foreground, logging operations (stats) to slapd.log.
             .arg("-d")
@@ -306,6 +312,15 @@ pwdFailureCountInterval: 0
     #[must_use]
     pub fn url(&self) -> String {
         format!("ldap://127.0.0.1:{}", self.port)
+    }
+
+    /// The same servers on IPv6 loopback: `ldap://[::1]:PORT` and `ldaps://[::1]:PORT`.
+    #[must_use]
+    pub fn ipv6_urls(&self) -> (String, String) {
+        (
+            format!("ldap://[::1]:{}", self.port),
+            format!("ldaps://[::1]:{}", self.ldaps_port),
+        )
     }
 
     /// `ldaps://localhost:PORT` (the certificate names localhost and 127.0.0.1).

@@ -686,3 +686,66 @@ async fn refusals_over_http2() {
         }
     }
 }
+
+/// The review-cache hit counter on `/metrics`.
+async fn cache_hits(i: &Idbridge) -> u64 {
+    let m = i
+        .http
+        .get(i.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    m.lines()
+        .find(|l| l.starts_with("idbridge_review_cache_total{result=\"hit\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{m}"))
+}
+
+/// Anyone may call `/oauth2/revoke`: a revocation drops only what it affects from the review
+/// cache (nobody can empty everyone's), and revocations are rate-limited per address.
+#[tokio::test]
+async fn revocation_flood() {
+    let dir = scratch();
+    let i = with_accounts(dir.path(), "").await;
+    let admin = i.admin_token();
+    assert_eq!(i.review(&admin, &[]).await.unwrap()["authenticated"], true);
+    let alice = i.create_token("alice", false).await.unwrap();
+    let before = cache_hits(&i).await;
+    assert_eq!(i.review(&admin, &[]).await.unwrap()["authenticated"], true);
+    assert_eq!(
+        cache_hits(&i).await,
+        before + 1,
+        "the admin's review is cached"
+    );
+    // alice revokes one of her access tokens: it stops at once; the admin's review stays cached.
+    let token = i.access_token(&alice).await.unwrap();
+    assert_eq!(i.review(&token, &[]).await.unwrap()["authenticated"], true);
+    let (st, _) = i
+        .oauth("/oauth2/revoke", &[("token", &token)])
+        .await
+        .unwrap();
+    assert_eq!(st, 200);
+    assert_eq!(i.review(&token, &[]).await.unwrap()["authenticated"], false);
+    let hits = cache_hits(&i).await;
+    assert_eq!(i.review(&admin, &[]).await.unwrap()["authenticated"], true);
+    assert_eq!(
+        cache_hits(&i).await,
+        hits + 1,
+        "the admin's review was not evicted"
+    );
+    // A flood of revocations from one address is cut off.
+    let mut statuses = Vec::new();
+    for n in 0..70 {
+        let (st, _) = i
+            .oauth("/oauth2/revoke", &[("token", &format!("idb_rt_forged{n}"))])
+            .await
+            .unwrap();
+        statuses.push(st);
+    }
+    assert!(statuses.contains(&429), "{statuses:?}");
+    assert!(statuses[..50].iter().all(|s| *s == 200), "{statuses:?}");
+}

@@ -126,6 +126,12 @@ async fn failover_tls_and_restart() {
     assert!(d.authenticate("frank", "frank-pw-1").await.is_ok());
     let d = directory(&s, &[s.url()], "start_tls: true", "");
     assert!(d.authenticate("frank", "frank-pw-1").await.is_ok());
+    // Bracketed IPv6 literals, with LDAPS and with StartTLS (the certificate names ::1).
+    let (ldap6, ldaps6) = s.ipv6_urls();
+    let d = directory(&s, &[ldaps6], "", "");
+    assert!(d.authenticate("frank", "frank-pw-1").await.is_ok());
+    let d = directory(&s, &[ldap6], "start_tls: true", "");
+    assert!(d.authenticate("frank", "frank-pw-1").await.is_ok());
     // A CA that did not issue the server's certificate: no connection, a clear error.
     let other = tempfile::tempdir().unwrap();
     let (other_ca, _, _) = idbridge_tests::ldap::test_ca(other.path(), "other").unwrap();
@@ -137,6 +143,15 @@ async fn failover_tls_and_restart() {
     let bad =
         LdapDirectory::new(&serde_yaml_ng::from_value(v["directory"].clone()).unwrap()).unwrap();
     match bad.authenticate("frank", "frank-pw-1").await.unwrap_err() {
+        DirectoryError::Unavailable(m) => assert!(m.contains("no directory server"), "{m}"),
+        e => panic!("{e:?}"),
+    }
+    // The same over IPv6: the address's certificate is checked, not skipped.
+    let yaml6 = yaml.replace(&s.ldaps_url(), &s.ipv6_urls().1);
+    let v: serde_yaml_ng::Value = serde_yaml_ng::from_str(&yaml6).unwrap();
+    let bad6 =
+        LdapDirectory::new(&serde_yaml_ng::from_value(v["directory"].clone()).unwrap()).unwrap();
+    match bad6.authenticate("frank", "frank-pw-1").await.unwrap_err() {
         DirectoryError::Unavailable(m) => assert!(m.contains("no directory server"), "{m}"),
         e => panic!("{e:?}"),
     }
