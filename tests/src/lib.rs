@@ -121,9 +121,10 @@ impl Idbridge {
         if let Some(d) = &opts.cwd {
             cmd.current_dir(d);
         }
+        // `info` unless the test asks for another level.
         cmd.args(&opts.args)
-            .envs(opts.env.iter().map(|(k, v)| (k, v)))
             .env("IDBRIDGE_LOG", "info")
+            .envs(opts.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -1,7 +1,7 @@
 //! Kerberos single sign-on against the real binary and a real MIT KDC: `kinit`, then
 //! `idbridge login` (or `curl --negotiate` on `/login`), then TokenReview; tickets that are
-//! missing, expired, for an unlisted realm or for a key the keytab lacks; garbage, truncated,
-//! NTLM and replayed tokens; a keytab rotated on disk; groups from the directory.
+//! missing, expired, for an unlisted realm or for a key the keytab lacks; a keytab rotated on
+//! disk; groups from the directory. Garbage, NTLM and replayed tokens are in attacks.rs.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // end-to-end tests fail loudly by design
 
@@ -118,25 +118,6 @@ async fn login(
     )
 }
 
-/// Posts the Kerberos grant with a raw token.
-async fn grant(i: &Idbridge, token: &str) -> (u16, Value) {
-    let resp = i
-        .http
-        .post(i.url("/oauth2/token"))
-        .form(&[
-            (
-                "grant_type",
-                "urn:idbridge:params:oauth:grant-type:kerberos",
-            ),
-            ("client_id", "idbridge-cli"),
-            ("kerberos_token", token),
-        ])
-        .send()
-        .await
-        .unwrap();
-    (resp.status().as_u16(), resp.json().await.unwrap())
-}
-
 use idbridge_tests::text as s;
 
 #[tokio::test]
@@ -234,12 +215,6 @@ async fn sessions(i: &Idbridge, user: &str) -> usize {
 }
 
 /// A DER item, for hand-made tokens.
-fn tlv(tag: u8, value: &[u8]) -> Vec<u8> {
-    let mut out = vec![tag, u8::try_from(value.len()).unwrap()];
-    out.extend_from_slice(value);
-    out
-}
-
 #[tokio::test]
 async fn the_session_is_cached_refreshed_and_used_by_kubectl() {
     let realm = realm().await;
@@ -364,89 +339,6 @@ async fn unlisted_realms_and_unmapped_principals_are_refused() {
     );
     let users = other.cli_ok(&["user", "list", "--json"]).await.unwrap();
     assert!(!users.contains("alice"), "{users}");
-}
-
-#[tokio::test]
-async fn garbage_ntlm_truncated_and_replayed_tokens_are_refused() {
-    let realm = realm().await;
-    let dir = idbridge_tests::scratch();
-    let i = realm.serve(dir.path(), "").await;
-    let cc = realm.alice().await;
-    let token = curl_negotiate_token(&realm.kdc.env(), &cc, "localhost")
-        .await
-        .unwrap();
-
-    let (st, v) = grant(&i, "%%% not base64").await;
-    assert_eq!(
-        (st, s(&v, "error").as_str()),
-        (400, "invalid_request"),
-        "{v}"
-    );
-    let (st, v) = grant(&i, &STANDARD.encode("hello, world")).await;
-    assert_eq!(st, 400, "{v}");
-    assert!(s(&v, "error_description").contains("not a Kerberos"), "{v}");
-
-    let ntlm = b"NTLMSSP\0\x01\0\0\0\x07\x82\x08\xa2".to_vec();
-    let spnego_ntlm = {
-        let mechs = tlv(
-            0xa0,
-            &tlv(
-                0x30,
-                &tlv(0x06, &[0x2b, 6, 1, 4, 1, 0x82, 0x37, 2, 2, 0x0a]),
-            ),
-        );
-        let mut fields = mechs;
-        fields.extend(tlv(0xa2, &tlv(0x04, &ntlm)));
-        let mut body = tlv(0x06, &[0x2b, 6, 1, 5, 5, 2]);
-        body.extend(tlv(0xa0, &tlv(0x30, &fields)));
-        tlv(0x60, &body)
-    };
-    for t in [&ntlm, &spnego_ntlm] {
-        let (st, v) = grant(&i, &STANDARD.encode(t)).await;
-        assert_eq!(st, 400, "{v}");
-        assert!(
-            s(&v, "error_description").contains("NTLM is not accepted, Kerberos is required"),
-            "{v}"
-        );
-    }
-    // Browsers get the same on /login, with a fresh challenge.
-    let r = i
-        .http
-        .get(i.url("/login"))
-        .header(
-            "authorization",
-            format!("Negotiate {}", STANDARD.encode(&spnego_ntlm)),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401);
-    assert_eq!(r.headers()["www-authenticate"], "Negotiate");
-    assert!(r.text().await.unwrap().contains("Kerberos is required"));
-
-    // Cut anywhere, or with a flipped byte, a real token is refused with a 400, never a 5xx.
-    for cut in [1, 2, 10, 40, token.len() / 2, token.len() - 1] {
-        let (st, v) = grant(&i, &STANDARD.encode(&token[..cut])).await;
-        assert_eq!(st, 400, "cut at {cut}: {v}");
-    }
-    let mut flipped = token.clone();
-    let mid = flipped.len() - 20;
-    flipped[mid] ^= 0x5a;
-    let (st, v) = grant(&i, &STANDARD.encode(&flipped)).await;
-    assert_eq!(st, 400, "{v}");
-
-    // The real token logs in once; replayed, it is refused.
-    let (st, v) = grant(&i, &STANDARD.encode(&token)).await;
-    assert_eq!(st, 200, "{v}");
-    assert!(!s(&v, "kerberos_mutual_token").is_empty());
-    let review = i.review(&s(&v, "access_token"), &[]).await.unwrap();
-    assert_eq!(review["user"]["username"], "alice", "{review}");
-    let (st, v) = grant(&i, &STANDARD.encode(&token)).await;
-    assert_eq!(st, 400, "{v}");
-    assert!(s(&v, "error_description").contains("already used"), "{v}");
-    // The server is still well.
-    let (st, _, body) = curl_login(&realm, &i, &cc).await;
-    assert_eq!(st, 200, "{body}");
 }
 
 #[tokio::test]

@@ -1,5 +1,6 @@
 //! TokenReview against a real `idbridge serve`: the Kubernetes user mapping, revocation and
-//! disabling taking effect at once, caller authentication, and hostile input.
+//! disabling taking effect at once, caller authentication, and malformed input (hostile tokens
+//! are in attacks.rs).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // end-to-end tests fail loudly by design
 
