@@ -402,6 +402,28 @@ impl Idbridge {
         .await
     }
 
+    /// Starts with the `admin` account, the accounts listed in `accounts` (YAML, written to
+    /// `root/accounts.yaml`) and the configuration `extra`.
+    ///
+    /// # Errors
+    /// As [`Idbridge::start_with`].
+    pub async fn start_with_accounts(
+        root: &Path,
+        accounts: &str,
+        extra: &str,
+    ) -> anyhow::Result<Self> {
+        let file = root.join("accounts.yaml");
+        std::fs::write(&file, accounts)?;
+        Self::start_config(
+            root,
+            format!(
+                "bootstrap_admin: true\naccounts_file: {}\n{extra}",
+                file.display()
+            ),
+        )
+        .await
+    }
+
     /// GETs a path and parses the JSON answer.
     ///
     /// # Errors

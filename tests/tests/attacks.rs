@@ -14,18 +14,10 @@ const ACCESS: &str = "urn:ietf:params:oauth:token-type:access_token";
 
 /// A server with accounts alice (dev, ops) and helm-bot (robots), from an accounts file.
 async fn with_accounts(dir: &std::path::Path, extra: &str) -> Idbridge {
-    let accounts = dir.join("accounts.yaml");
-    std::fs::write(
-        &accounts,
-        "- name: alice\n  groups: [dev, ops]\n- name: helm-bot\n  groups: [robots]\n",
-    )
-    .unwrap();
-    Idbridge::start_config(
+    Idbridge::start_with_accounts(
         dir,
-        format!(
-            "bootstrap_admin: true\naccounts_file: {}\n{extra}",
-            accounts.display()
-        ),
+        "- name: alice\n  groups: [dev, ops]\n- name: helm-bot\n  groups: [robots]\n",
+        extra,
     )
     .await
     .unwrap()
@@ -116,13 +108,32 @@ fn localhost(i: &Idbridge) -> String {
     i.base.replace("127.0.0.1", "localhost")
 }
 
+/// An HTTP client trusting the server's CA, to be configured further.
+fn client(i: &Idbridge) -> reqwest::ClientBuilder {
+    reqwest::Client::builder().add_root_certificate(
+        reqwest::Certificate::from_pem(&std::fs::read(i.data_dir.join("ca.crt")).unwrap()).unwrap(),
+    )
+}
+
+/// A realm with the service `HTTP/localhost` in a keytab, and `user` with `password`.
+async fn http_realm(
+    realm: &str,
+    user: &str,
+    password: &str,
+) -> (idbridge_tests::kdc::Kdc, std::path::PathBuf) {
+    let kdc = idbridge_tests::kdc::Kdc::start(realm).await.unwrap();
+    kdc.add_service("HTTP/localhost").await.unwrap();
+    let keytab = kdc.dir().join("http.keytab");
+    kdc.export_keytab(&keytab, &["HTTP/localhost"])
+        .await
+        .unwrap();
+    kdc.add_user(user, password).await.unwrap();
+    (kdc, keytab)
+}
+
 /// Posts the password grant from the loopback address `from` (127.0.0.0/8 is all loopback).
 async fn password_from(i: &Idbridge, from: &str, user: &str, password: &str) -> (u16, Value) {
-    let http = reqwest::Client::builder()
-        .add_root_certificate(
-            reqwest::Certificate::from_pem(&std::fs::read(i.data_dir.join("ca.crt")).unwrap())
-                .unwrap(),
-        )
+    let http = client(i)
         .local_address(Some(from.parse().unwrap()))
         .build()
         .unwrap();
@@ -144,16 +155,9 @@ async fn password_from(i: &Idbridge, from: &str, user: &str, password: &str) -> 
 /// logins are refused for a window, and Kerberos still logs her in.
 #[tokio::test]
 async fn lockout_through_idbridge() {
-    use idbridge_tests::kdc::Kdc;
     use idbridge_tests::ldap::Slapd;
     const REALM: &str = "IDBRIDGE.TEST";
-    let kdc = Kdc::start(REALM).await.unwrap();
-    kdc.add_service("HTTP/localhost").await.unwrap();
-    let keytab = kdc.dir().join("http.keytab");
-    kdc.export_keytab(&keytab, &["HTTP/localhost"])
-        .await
-        .unwrap();
-    kdc.add_user("dave", "dave-krb-pw").await.unwrap();
+    let (kdc, keytab) = http_realm(REALM, "dave", "dave-krb-pw").await;
     let slapd = Slapd::start().await.unwrap();
     let dave = slapd.add_user("dave", "dave-ldap-pw").await.unwrap();
     slapd
@@ -557,22 +561,8 @@ async fn slowloris() {
     }
     assert!(started.elapsed() < std::time::Duration::from_secs(20));
     // The server still answers, and says what it closed.
-    let metrics = i
-        .http
-        .get(i.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let idle: u64 = metrics
-        .lines()
-        .find(|l| l.starts_with("idbridge_connections_closed_total{reason=\"idle\"}"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("{metrics}"));
-    assert!(idle >= 25, "{metrics}");
+    let idle = metric(&i, "idbridge_connections_closed_total{reason=\"idle\"}").await;
+    assert!(idle >= 25, "{idle} connections closed as idle");
 }
 
 /// Every early refusal (401, 403, 413, 415, 429) reaches an HTTP/2 client as its answer
@@ -592,85 +582,45 @@ async fn refusals_over_http2() {
     std::fs::write(&form, format!("token=idb_rt_{}", "x".repeat(60_000))).unwrap();
     let huge = dir.path().join("huge.json");
     std::fs::write(&huge, "x".repeat(300_000)).unwrap();
-    let admin = format!("Authorization: Bearer {}", i.admin_token());
     i.cli_ok(&["user", "add", "bob"]).await.unwrap();
-    let bob = format!(
-        "Authorization: Bearer {}",
-        i.create_token("bob", false).await.unwrap()
-    );
+    let bob = i.create_token("bob", false).await.unwrap();
+    // curl arguments: an optional Authorization header, a content type, a body file.
+    let post = |auth: Option<&str>, content_type: &str, body: &std::path::Path| {
+        let mut v = Vec::new();
+        if let Some(a) = auth {
+            v.extend(["-H".to_owned(), format!("Authorization: Bearer {a}")]);
+        }
+        v.extend([
+            "-H".to_owned(),
+            format!("Content-Type: {content_type}"),
+            "--data-binary".to_owned(),
+            format!("@{}", body.display()),
+        ]);
+        v
+    };
+    let (admin, webhook) = (i.admin_token(), i.webhook_token());
+    let json = "application/json";
     let cases: Vec<(&str, Vec<String>, u16)> = vec![
-        // No caller credentials.
-        (
-            "/webhooks/tokenreview",
-            vec![
-                "-H".into(),
-                "Content-Type: application/json".into(),
-                "--data-binary".into(),
-                format!("@{}", big.display()),
-            ],
-            401,
-        ),
-        // A caller that is no webhook caller.
-        (
-            "/webhooks/tokenreview",
-            vec![
-                "-H".into(),
-                admin.clone(),
-                "-H".into(),
-                "Content-Type: application/json".into(),
-                "--data-binary".into(),
-                format!("@{}", big.display()),
-            ],
-            401,
-        ),
+        // No caller credentials; a caller that is no webhook caller.
+        ("/webhooks/tokenreview", post(None, json, &big), 401),
+        ("/webhooks/tokenreview", post(Some(&admin), json, &big), 401),
         // Authenticated, not an admin.
-        (
-            "/admin/v1/accounts",
-            vec![
-                "-H".into(),
-                bob.clone(),
-                "-H".into(),
-                "Content-Type: application/json".into(),
-                "--data-binary".into(),
-                format!("@{}", big.display()),
-            ],
-            403,
-        ),
-        // Too large.
+        ("/admin/v1/accounts", post(Some(&bob), json, &big), 403),
+        // Too large; not JSON.
         (
             "/webhooks/tokenreview",
-            vec![
-                "-H".into(),
-                format!("Authorization: Bearer {}", i.webhook_token()),
-                "-H".into(),
-                "Content-Type: application/json".into(),
-                "--data-binary".into(),
-                format!("@{}", huge.display()),
-            ],
+            post(Some(&webhook), json, &huge),
             413,
         ),
-        // Not JSON.
         (
             "/webhooks/tokenreview",
-            vec![
-                "-H".into(),
-                format!("Authorization: Bearer {}", i.webhook_token()),
-                "-H".into(),
-                "Content-Type: text/plain".into(),
-                "--data-binary".into(),
-                format!("@{}", big.display()),
-            ],
+            post(Some(&webhook), "text/plain", &big),
             415,
         ),
         // Over a rate limit: revocations from this address, spent below.
         (
             "/oauth2/revoke",
-            vec![
-                "-H".into(),
-                "Content-Type: application/x-www-form-urlencoded".into(),
-                "--data-binary".into(),
-                format!("@{}", form.display()),
-            ],
+            post(None, "application/x-www-form-urlencoded", &form),
             429,
         ),
     ];
@@ -712,8 +662,8 @@ async fn refusals_over_http2() {
     }
 }
 
-/// The review-cache hit counter on `/metrics`.
-async fn cache_hits(i: &Idbridge) -> u64 {
+/// The value of the `/metrics` sample whose name and labels are `sample`.
+async fn metric(i: &Idbridge, sample: &str) -> u64 {
     let m = i
         .http
         .get(i.url("/metrics"))
@@ -724,10 +674,13 @@ async fn cache_hits(i: &Idbridge) -> u64 {
         .await
         .unwrap();
     m.lines()
-        .find(|l| l.starts_with("idbridge_review_cache_total{result=\"hit\"}"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("{m}"))
+        .find_map(|l| l.strip_prefix(sample)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {sample} in {m}"))
+}
+
+/// The review-cache hit counter.
+async fn cache_hits(i: &Idbridge) -> u64 {
+    metric(i, "idbridge_review_cache_total{result=\"hit\"}").await
 }
 
 /// Anyone may call `/oauth2/revoke`: a revocation drops only what it affects from the review
@@ -1145,15 +1098,9 @@ async fn grant(i: &Idbridge, token: &str) -> (u16, Value) {
 async fn replayed_kerberos_authenticator_and_ntlm() {
     use base64::Engine;
     use base64::engine::general_purpose::STANDARD;
-    use idbridge_tests::kdc::{Kdc, curl_negotiate_token};
+    use idbridge_tests::kdc::curl_negotiate_token;
     const REALM: &str = "IDBRIDGE.TEST";
-    let kdc = Kdc::start(REALM).await.unwrap();
-    kdc.add_service("HTTP/localhost").await.unwrap();
-    let keytab = kdc.dir().join("http.keytab");
-    kdc.export_keytab(&keytab, &["HTTP/localhost"])
-        .await
-        .unwrap();
-    kdc.add_user("alice", "alice-kerberos-pw").await.unwrap();
+    let (kdc, keytab) = http_realm(REALM, "alice", "alice-kerberos-pw").await;
     let dir = scratch();
     let accounts = dir.path().join("accounts.yaml");
     std::fs::write(
@@ -1365,11 +1312,7 @@ async fn pkce_downgrade_and_code_replay() {
     let redirect = "http://127.0.0.1:38113/cb";
     let verifier = "v".repeat(43);
     // The plain method, or no challenge at all: refused at the client's redirect.
-    let http = reqwest::Client::builder()
-        .add_root_certificate(
-            reqwest::Certificate::from_pem(&std::fs::read(i.data_dir.join("ca.crt")).unwrap())
-                .unwrap(),
-        )
+    let http = client(&i)
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
@@ -1449,11 +1392,7 @@ async fn open_redirect() {
     )
     .await
     .unwrap();
-    let http = reqwest::Client::builder()
-        .add_root_certificate(
-            reqwest::Certificate::from_pem(&std::fs::read(i.data_dir.join("ca.crt")).unwrap())
-                .unwrap(),
-        )
+    let http = client(&i)
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();

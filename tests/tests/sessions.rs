@@ -26,18 +26,10 @@ async fn authenticated(i: &Idbridge, token: &str, aud: &[&str]) -> bool {
 
 /// A server with accounts alice (dev, ops), bob (qa) and helm-bot, from an accounts file.
 async fn with_accounts(dir: &std::path::Path, extra: &str) -> Idbridge {
-    let accounts = dir.join("accounts.yaml");
-    std::fs::write(
-        &accounts,
-        "- name: alice\n  groups: [dev, ops]\n- name: bob\n  groups: [qa]\n- name: helm-bot\n  groups: [robots]\n",
-    )
-    .unwrap();
-    Idbridge::start_config(
+    Idbridge::start_with_accounts(
         dir,
-        format!(
-            "bootstrap_admin: true\naccounts_file: {}\n{extra}",
-            accounts.display()
-        ),
+        "- name: alice\n  groups: [dev, ops]\n- name: bob\n  groups: [qa]\n- name: helm-bot\n  groups: [robots]\n",
+        extra,
     )
     .await
     .unwrap()
