@@ -1562,6 +1562,10 @@ async fn secrets_absent_from_logs_audit_and_debug() {
     let log = i.log();
     let audit = i.audit_log();
     assert!(log.contains("DEBUG"), "debug logging is on");
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a log written to a pipe"
+    );
     for secret in &secrets {
         // Tokens are long; any 16 characters of one would do harm.
         let probe = &secret[secret.len().saturating_sub(16)..];
