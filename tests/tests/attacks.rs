@@ -477,6 +477,47 @@ async fn secret_files_modes() {
         "{}",
         i.log()
     );
+    i.stop().await.unwrap();
+
+    // A store whose signing keys were kept in the clear (before they were sealed by default):
+    // sealed at the next start.
+    use idbridge_core::Store;
+    let old = scratch();
+    let data = old.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let store = idbridge_store::SqliteStore::open(&data.join("idbridge.db"))
+        .await
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let policy = idbridge_bridge::KeyPolicy {
+        rotate_every: 30 * 86_400,
+        publish_lead: 86_400,
+        retain: 3600,
+    };
+    let ring = idbridge_bridge::maintain(
+        &[],
+        idbridge_core::UnixTime(i64::try_from(now).unwrap()),
+        &policy,
+        idbridge_bridge::Rotate::Policy,
+        None,
+    )
+    .unwrap()
+    .unwrap();
+    assert!(ring.iter().all(|k| k.sealed_by.is_none()), "kept in the clear");
+    store.replace_signing_keys(&ring).await.unwrap();
+    drop(store);
+    let i = Idbridge::start(old.path()).await.unwrap();
+    let keys: Value =
+        serde_json::from_str(&i.cli_ok(&["keys", "list", "--json"]).await.unwrap()).unwrap();
+    let keys = keys.as_array().unwrap();
+    assert!(
+        keys.len() >= 2 && keys.iter().all(|k| k["encrypted"] == true),
+        "{keys:?}"
+    );
 }
 
 /// `ldap://` without StartTLS would send passwords in clear: refused unless the option that

@@ -266,6 +266,8 @@ async fn failover_outage_and_restart() {
         msg.contains("no directory server answered") && msg.contains("no token"),
         "{msg}"
     );
+    // In RFC 6749's field too, which OAuth clients show.
+    assert_eq!(s(&v, "error_description"), msg);
     assert!(v.get("access_token").is_none());
     // A refresh meanwhile is refused without ending the session.
     let (st, _) = i.refresh(&s(&pair, "refresh_token")).await.unwrap();

@@ -142,6 +142,26 @@ async fn invalid_configuration_exits_2_naming_the_field() {
             "accounts_file",
             None,
         ),
+        (
+            "proxy:\n  enabled: true\n  client_ca_file: /nonexistent/ca.crt\n",
+            "proxy.allowed_names",
+            None,
+        ),
+        (
+            "token_exchange:\n  audience_changes: [{from: kubernetes, to: []}]\n",
+            "token_exchange.audience_changes[0].to",
+            None,
+        ),
+        (
+            "limits:\n  header_read_timeout: 60s\n",
+            "limits.header_read_timeout",
+            None,
+        ),
+        (
+            "limits:\n  max_connections_per_source: 0\n",
+            "limits.max_connections_per_source",
+            None,
+        ),
     ];
     for (yaml, field, line) in cases {
         let path = dir.path().join("config.yaml");

@@ -629,6 +629,18 @@ async fn proxy_headers_count_only_with_the_proxy_certificate() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    // A disabled account gets what every other login method answers.
+    i.cli_ok(&["user", "disable", "alice"]).await.unwrap();
+    let (st, v) = login(with(Some(client_identity(
+        &proxy_ca,
+        "front-proxy.example",
+    ))))
+    .await;
+    assert_eq!(
+        (st, v["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "{v}"
+    );
 }
 
 #[tokio::test]
