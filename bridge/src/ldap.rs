@@ -22,8 +22,14 @@ const INVALID: &str = "invalid username or password";
 
 pub(crate) fn unavailable(e: &DirectoryError) -> ApiError {
     match e {
+        // The details (server URLs, TLS errors) are for the operator's log, not for whoever
+        // asked.
         DirectoryError::Unavailable(m) | DirectoryError::NoAnswer(m) => {
-            ApiError::Unavailable(format!("{m}; no token was issued, retry shortly"))
+            tracing::warn!(error = %m, "directory unavailable");
+            ApiError::Unavailable(
+                "the directory is unavailable; no token was issued, retry shortly (details in the server log)"
+                    .into(),
+            )
         }
         other => {
             tracing::error!(error = %other, "directory error");

@@ -130,6 +130,7 @@ impl Metrics {
              # TYPE idbridge_connections_closed_total counter\n\
              idbridge_connections_closed_total{{reason=\"idle\"}} {}\n\
              idbridge_connections_closed_total{{reason=\"handshake_timeout\"}} {}\n\
+             idbridge_connections_closed_total{{reason=\"header_timeout\"}} {}\n\
              idbridge_connections_closed_total{{reason=\"per_source_limit\"}} {}\n\
              # HELP idbridge_connection_limit_reached_total Times accepting paused at limits.max_connections.\n\
              # TYPE idbridge_connection_limit_reached_total counter\n\
@@ -138,6 +139,7 @@ impl Metrics {
             load(&c.accepted),
             load(&c.idle_closed),
             load(&c.handshake_timeouts),
+            load(&c.header_timeouts),
             load(&c.per_source_refused),
             load(&c.limit_reached),
         );

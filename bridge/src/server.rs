@@ -58,6 +58,8 @@ pub struct ConnectionStats {
     pub idle_closed: AtomicU64,
     /// TLS handshakes that did not finish in time.
     pub handshake_timeouts: AtomicU64,
+    /// Connections closed because a request's headers did not arrive in time.
+    pub header_timeouts: AtomicU64,
     /// Times the connection limit was reached and accepting paused.
     pub limit_reached: AtomicU64,
     /// Connections closed at once because their address had too many open.
@@ -367,6 +369,11 @@ pub async fn serve_with(
             let io = IdleIo::new(stream, limits.idle_timeout, stats.clone(), busy);
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
             if let Err(e) = watcher.watch(conn.into_owned()).await {
+                if e.downcast_ref::<hyper::Error>()
+                    .is_some_and(hyper::Error::is_timeout)
+                {
+                    stats.header_timeouts.fetch_add(1, Ordering::Relaxed);
+                }
                 tracing::debug!(peer = %addr, error = %e, "connection ended with an error");
             }
         });

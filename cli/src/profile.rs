@@ -71,6 +71,84 @@ pub fn ensure_data_dir(dir: &Path, insecure: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Secret files idbridge generates in the data dir, and the configured files holding secrets.
+fn secret_files(cfg: &Config) -> (Vec<PathBuf>, Vec<(&'static str, PathBuf)>) {
+    let d = &cfg.data_dir;
+    let generated = ["kek", "admin.token", "webhook.token", "tls.key", "ca.key"]
+        .iter()
+        .map(|f| d.join(f))
+        .collect();
+    let mut configured: Vec<(&'static str, PathBuf)> = Vec::new();
+    let mut add = |field: &'static str, p: Option<&PathBuf>| {
+        if let Some(p) = p {
+            configured.push((field, p.clone()));
+        }
+    };
+    add(
+        "keys.encryption_key_file",
+        cfg.keys.encryption_key_file.as_ref(),
+    );
+    add("tls.key_file", cfg.tls.key_file.as_ref());
+    add(
+        "webhooks.bearer_token_file",
+        cfg.webhooks.bearer_token_file.as_ref(),
+    );
+    add(
+        "directory.bind_password_file",
+        cfg.directory.as_ref().map(|d| &d.bind_password_file),
+    );
+    add("kerberos.keytab", cfg.kerberos.as_ref().map(|k| &k.keytab));
+    for c in &cfg.clients {
+        add("clients[].secret_file", c.secret_file.as_ref());
+    }
+    for u in &cfg.upstreams {
+        add(
+            "upstreams[].client_secret_file",
+            u.client_secret_file.as_ref(),
+        );
+    }
+    (generated, configured)
+}
+
+/// Makes the secret files idbridge generated private again if something loosened them, with a
+/// warning; warns about configured secret files that group or others can read (idbridge does
+/// not change files it did not make).
+pub fn secure_secret_files(cfg: &Config) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let loose = |p: &Path| {
+            std::fs::metadata(p)
+                .ok()
+                .map(|m| m.permissions().mode() & 0o777)
+                .filter(|m| m & 0o077 != 0)
+        };
+        let (generated, configured) = secret_files(cfg);
+        for p in generated {
+            if let Some(mode) = loose(&p) {
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))
+                    .with_context(|| format!("cannot make {} private", p.display()))?;
+                tracing::warn!(
+                    file = %p.display(),
+                    mode = format!("{mode:o}"),
+                    "a secret file was readable by others: made it 0600"
+                );
+            }
+        }
+        for (field, p) in configured {
+            if let Some(mode) = loose(&p) {
+                tracing::warn!(
+                    field,
+                    file = %p.display(),
+                    mode = format!("{mode:o}"),
+                    "a secret file is readable by group or others: chmod 600 it"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 pub async fn open_store(cfg: &Config) -> anyhow::Result<Arc<SqliteStore>> {
     let insecure = cfg.insecure_store_permissions;
     if insecure {
@@ -78,13 +156,21 @@ pub async fn open_store(cfg: &Config) -> anyhow::Result<Arc<SqliteStore>> {
             "insecure_store_permissions is set: a store or data dir readable by others is accepted"
         );
     }
-    ensure_data_dir(&cfg.data_dir, insecure)?;
+    // Permissions refused are a configuration matter (exit code 2): the fix is a chmod or
+    // `insecure_store_permissions`.
+    let refused = |e: anyhow::Error| {
+        anyhow::Error::new(crate::serve::ConfigErrorMarker).context(format!("{e:#}"))
+    };
+    ensure_data_dir(&cfg.data_dir, insecure).map_err(refused)?;
     let path = cfg.sqlite_path();
-    Ok(Arc::new(
-        SqliteStore::open_with(&path, insecure)
-            .await
-            .with_context(|| format!("field `store.sqlite`: cannot open {}", path.display()))?,
-    ))
+    match SqliteStore::open_with(&path, insecure).await {
+        Ok(s) => Ok(Arc::new(s)),
+        Err(e @ idbridge_store::OpenError::Permissions(_)) => Err(refused(e.into())),
+        Err(e) => Err(anyhow::Error::new(e).context(format!(
+            "field `store.sqlite`: cannot open {}",
+            path.display()
+        ))),
+    }
 }
 
 fn read_secret_file(path: &Path, field: &str) -> anyhow::Result<String> {
@@ -191,6 +277,7 @@ pub async fn bootstrap(
         sync_accounts_file(file, &AdminOps::new(store.clone(), clock.clone()), &*store).await?;
     }
     write_kube_files(cfg, issuer, ca_file.as_deref(), &webhook_token)?;
+    secure_secret_files(cfg)?;
     Ok(Boot {
         store,
         keys,

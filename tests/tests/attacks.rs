@@ -451,21 +451,33 @@ async fn secret_files_modes() {
     );
     i.stop().await.unwrap();
 
-    // An upgrade from a store left readable: tightened, with a warning.
-    std::fs::set_permissions(
-        d.join("idbridge.db"),
-        std::fs::Permissions::from_mode(0o644),
-    )
-    .unwrap();
+    // An upgrade from a store left readable, or secret files loosened since: tightened, each
+    // with a warning.
+    for f in ["idbridge.db", "kek", "admin.token", "tls.key", "ca.key"] {
+        std::fs::set_permissions(d.join(f), std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
     let i = Idbridge::start(dir.path()).await.unwrap();
-    assert_eq!(mode(&d.join("idbridge.db")), 0o600);
+    for f in ["idbridge.db", "kek", "admin.token", "tls.key", "ca.key"] {
+        assert_eq!(mode(&d.join(f)), 0o600, "{f}");
+    }
     assert!(i.log().contains("made it 0600"), "{}", i.log());
     i.stop().await.unwrap();
 
-    // A data dir others can read was not made by idbridge: refused, naming the fix.
+    // A data dir others can read was not made by idbridge: refused as a configuration
+    // problem (exit code 2), naming the fix.
     std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
     let err = Idbridge::start(dir.path()).await.unwrap_err().to_string();
     assert!(err.contains("insecure_store_permissions"), "{err}");
+    let (code, _, err) = idbridge_tests::run_idbridge(&[
+        "serve",
+        "--data-dir",
+        d.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ])
+    .await
+    .unwrap();
+    assert_eq!(code, 2, "{err}");
     let i = Idbridge::start_config(
         dir.path(),
         "bootstrap_admin: true\ninsecure_store_permissions: true\n".into(),
@@ -507,7 +519,10 @@ async fn secret_files_modes() {
     )
     .unwrap()
     .unwrap();
-    assert!(ring.iter().all(|k| k.sealed_by.is_none()), "kept in the clear");
+    assert!(
+        ring.iter().all(|k| k.sealed_by.is_none()),
+        "kept in the clear"
+    );
     store.replace_signing_keys(&ring).await.unwrap();
     drop(store);
     let i = Idbridge::start(old.path()).await.unwrap();
@@ -604,6 +619,15 @@ async fn slowloris() {
     // The server still answers, and says what it closed.
     let idle = metric(&i, "idbridge_connections_closed_total{reason=\"idle\"}").await;
     assert!(idle >= 25, "{idle} connections closed as idle");
+    let half = metric(
+        &i,
+        "idbridge_connections_closed_total{reason=\"header_timeout\"}",
+    )
+    .await;
+    assert!(
+        half >= 25,
+        "{half} half-sent requests closed by the header timeout"
+    );
 }
 
 /// Every early refusal (401, 403, 413, 415, 429) reaches an HTTP/2 client as its answer

@@ -263,8 +263,15 @@ async fn failover_outage_and_restart() {
     assert_eq!(st, 503, "{v}");
     let msg = s(&v, "message");
     assert!(
-        msg.contains("no directory server answered") && msg.contains("no token"),
+        msg.contains("directory is unavailable") && msg.contains("no token"),
         "{msg}"
+    );
+    // The servers' addresses and the cause are for the operator's log, not for the caller.
+    assert!(!msg.contains("127.0.0.1"), "{msg}");
+    assert!(
+        i.log().contains("no directory server answered"),
+        "{}",
+        i.log()
     );
     // In RFC 6749's field too, which OAuth clients show.
     assert_eq!(s(&v, "error_description"), msg);
