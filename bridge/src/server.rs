@@ -75,6 +75,8 @@ struct IdleIo<T> {
     stats: Arc<ConnectionStats>,
     /// Requests of this connection being handled now.
     busy: Arc<AtomicU64>,
+    /// When bytes last moved.
+    last: tokio::time::Instant,
 }
 
 impl<T> IdleIo<T> {
@@ -85,28 +87,35 @@ impl<T> IdleIo<T> {
             deadline: Box::pin(tokio::time::sleep(timeout)),
             stats,
             busy,
+            last: tokio::time::Instant::now(),
         }
     }
 
+    /// Bytes moved: only the time is noted (cheap, on every read and write); the timer is
+    /// moved when it fires.
     fn moved(&mut self) {
-        self.deadline
-            .as_mut()
-            .reset(tokio::time::Instant::now() + self.timeout);
+        self.last = tokio::time::Instant::now();
     }
 
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
-        if self.deadline.as_mut().poll(cx).is_ready() {
-            if self.busy.load(Ordering::Relaxed) > 0 {
-                self.moved();
-                let _ = self.deadline.as_mut().poll(cx);
+        loop {
+            if self.deadline.as_mut().poll(cx).is_pending() {
                 return false;
+            }
+            let now = tokio::time::Instant::now();
+            let due = self.last + self.timeout;
+            if self.busy.load(Ordering::Relaxed) > 0 || due > now {
+                // Not idle after all: wait until the real deadline (polled again, so the
+                // timer wakes this task).
+                let next = if due > now { due } else { now + self.timeout };
+                self.deadline.as_mut().reset(next);
+                continue;
             }
             self.stats.idle_closed.fetch_add(1, Ordering::Relaxed);
             // Once: a later poll starts a new period rather than counting again.
-            self.moved();
-            true
-        } else {
-            false
+            self.last = now;
+            self.deadline.as_mut().reset(now + self.timeout);
+            return true;
         }
     }
 }

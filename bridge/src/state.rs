@@ -361,7 +361,8 @@ async fn body_first(State(state): State<AppState>, req: Request, next: Next) -> 
     if axum::body::HttpBody::is_end_stream(&body) {
         return next.run(Request::from_parts(parts, body)).await;
     }
-    let mut buf = Vec::new();
+    // The chunks as they came: a body in one chunk (the usual case) is passed on uncopied.
+    let mut chunks: Vec<axum::body::Bytes> = Vec::new();
     let mut total = 0usize;
     let read = async {
         while let Some(frame) = body.frame().await {
@@ -373,9 +374,11 @@ async fn body_first(State(state): State<AppState>, req: Request, next: Next) -> 
             if let Ok(data) = frame.into_data() {
                 total += data.len();
                 if total <= limit {
-                    buf.extend_from_slice(&data);
+                    chunks.push(data);
                 } else if total > DRAIN_CAP {
                     break;
+                } else {
+                    chunks.clear();
                 }
             }
         }
@@ -389,8 +392,12 @@ async fn body_first(State(state): State<AppState>, req: Request, next: Next) -> 
     if total > limit {
         return ApiError::PayloadTooLarge.into_response();
     }
-    next.run(Request::from_parts(parts, axum::body::Body::from(buf)))
-        .await
+    let body = match chunks.len() {
+        0 => axum::body::Body::empty(),
+        1 => axum::body::Body::from(chunks.remove(0)),
+        _ => axum::body::Body::from(chunks.concat()),
+    };
+    next.run(Request::from_parts(parts, body)).await
 }
 
 async fn healthz() -> &'static str {
