@@ -384,7 +384,14 @@ async fn body_first(State(state): State<AppState>, req: Request, next: Next) -> 
         }
         Ok(())
     };
-    match tokio::time::timeout(BODY_TIMEOUT, read).await {
+    // A small body is usually in hand already: only a body still arriving gets a timer.
+    let mut read = std::pin::pin!(read);
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(read.as_mut().poll(cx))).await;
+    let done = match first {
+        std::task::Poll::Ready(r) => Ok(r),
+        std::task::Poll::Pending => tokio::time::timeout(BODY_TIMEOUT, read.as_mut()).await,
+    };
+    match done {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return e.into_response(),
         Err(_) => return ApiError::RequestTimeout.into_response(),
