@@ -284,7 +284,12 @@ impl AppState {
         let Some(key) = unhex(device_key) else {
             return Ok(false);
         };
-        let Some(p) = self.store().pending(key, now).await? else {
+        let Some(p) = self
+            .store()
+            .pending(key, now)
+            .await?
+            .filter(|p| p.kind == "device")
+        else {
             return Ok(false);
         };
         let mut grant: DeviceGrant =
