@@ -274,6 +274,25 @@ fn device_error(error: &'static str, description: &str) -> ApiError {
 }
 
 impl AppState {
+    /// The unexpired device-code record named by `key`, with its grant; `None` when there is
+    /// none, or the record is of another kind.
+    async fn device_record(
+        &self,
+        key: idbridge_core::TokenHash,
+        now: UnixTime,
+    ) -> Result<Option<(idbridge_core::Pending, DeviceGrant)>, ApiError> {
+        let Some(p) = self
+            .store()
+            .pending(key, now)
+            .await?
+            .filter(|p| p.kind == "device")
+        else {
+            return Ok(None);
+        };
+        let grant = serde_json::from_str(&p.data).map_err(|_| ApiError::Internal)?;
+        Ok(Some((p, grant)))
+    }
+
     /// Marks the device's code approved by this login; false when it is gone or used.
     pub(crate) async fn approve_device(
         &self,
@@ -284,16 +303,9 @@ impl AppState {
         let Some(key) = unhex(device_key) else {
             return Ok(false);
         };
-        let Some(p) = self
-            .store()
-            .pending(key, now)
-            .await?
-            .filter(|p| p.kind == "device")
-        else {
+        let Some((p, mut grant)) = self.device_record(key, now).await? else {
             return Ok(false);
         };
-        let mut grant: DeviceGrant =
-            serde_json::from_str(&p.data).map_err(|_| ApiError::Internal)?;
         if p.used_at.is_some() || grant.approved.is_some() {
             return Ok(false);
         }
@@ -311,19 +323,12 @@ impl AppState {
     ) -> Result<TokenPair, ApiError> {
         let now = self.clock().now();
         let key = hash_token(device_code);
-        let Some(p) = self
-            .store()
-            .pending(key, now)
-            .await?
-            .filter(|p| p.kind == "device")
-        else {
+        let Some((p, mut grant)) = self.device_record(key, now).await? else {
             return Err(device_error(
                 "expired_token",
                 "the device code is unknown or has expired; start again",
             ));
         };
-        let mut grant: DeviceGrant =
-            serde_json::from_str(&p.data).map_err(|_| ApiError::Internal)?;
         if grant.client_id != client.id {
             return Err(ApiError::invalid_grant(
                 "the device code was issued to another client",
