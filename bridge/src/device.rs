@@ -202,19 +202,14 @@ pub(crate) async fn device_submit(
         );
     }
     let typed = form.user_code.unwrap_or_default();
-    let guesses = format!(
-        "device\0{}",
-        ctx.source
-            .map_or_else(|| "unknown".to_owned(), |s| s.ip().to_string())
-    );
+    let source = ctx.source.map(|s| s.ip());
     // Counted before the look-up, atomically, so parallel guesses cannot outrun the limit; a
     // right code is given back.
-    if let Err(wait) = state.throttle().count_guess(
-        &guesses,
-        CODE_GUESSES,
-        CODE_GUESS_WINDOW,
-        std::time::Instant::now(),
-    ) {
+    if let Err(wait) =
+        state
+            .throttle()
+            .count_per_source("device", source, CODE_GUESSES, CODE_GUESS_WINDOW)
+    {
         state.login_denied(&ctx, "login.device", None, "throttled");
         let mut r = page::error(
             StatusCode::TOO_MANY_REQUESTS,
@@ -248,7 +243,7 @@ pub(crate) async fn device_submit(
     if grant.approved.is_some() {
         return again("This code was already used.");
     }
-    state.throttle().forgive_guess(&guesses);
+    state.throttle().forgive_per_source("device", source);
     let login = LoginRequest {
         csrf: new_secret(""),
         client_id: grant.client_id,

@@ -679,18 +679,13 @@ pub(crate) async fn revoke(
     let now = state.clock().now();
     // Each revocation makes every replica read its revocation list again: a few per minute per
     // address are plenty for a client logging out.
-    let revocations = format!(
-        "revoke\0{}",
-        ctx.source
-            .map_or_else(|| "unknown".to_owned(), |s| s.ip().to_string())
-    );
     state
         .throttle()
-        .count_guess(
-            &revocations,
+        .count_per_source(
+            "revoke",
+            ctx.source.map(|s| s.ip()),
             REVOCATIONS_PER_MINUTE,
             std::time::Duration::from_secs(60),
-            std::time::Instant::now(),
         )
         .map_err(ApiError::Throttled)?;
     let mut what = None;

@@ -38,6 +38,24 @@ struct Count {
     in_flight: u32,
 }
 
+impl Count {
+    fn new(now: Instant) -> Self {
+        Self {
+            since: now,
+            failures: 0,
+            in_flight: 0,
+        }
+    }
+
+    /// Starts a new window when the last one has ended.
+    fn roll(&mut self, window: Duration, now: Instant) {
+        if self.since + window <= now {
+            self.since = now;
+            self.failures = 0;
+        }
+    }
+}
+
 /// Entries kept before expired ones are swept.
 const SWEEP_AT: usize = 100_000;
 
@@ -51,19 +69,33 @@ pub(crate) struct Throttle {
     settled: tokio::sync::Notify,
 }
 
-/// The counters, and the size at which the next sweep runs (0: [`SWEEP_AT`]).
-#[derive(Debug, Default)]
+/// The counters, and the size at which the next sweep runs.
+#[derive(Debug)]
 struct Counts {
     map: HashMap<String, Count>,
     sweep_at: usize,
 }
 
-impl Counts {
-    fn sweep(&mut self, window: Duration, now: Instant) {
-        if self.sweep_at == 0 {
-            self.sweep_at = SWEEP_AT;
+impl Default for Counts {
+    fn default() -> Self {
+        Self {
+            map: HashMap::new(),
+            sweep_at: SWEEP_AT,
         }
-        sweep(&mut self.map, &mut self.sweep_at, window, now);
+    }
+}
+
+impl Counts {
+    /// Drops counters whose window has ended once there are `sweep_at` of them. When many are
+    /// still live, the next sweep waits until the map has doubled, so a flood of fresh keys
+    /// costs a scan now and then, not one per attempt.
+    fn sweep(&mut self, window: Duration, now: Instant) {
+        if self.map.len() < self.sweep_at {
+            return;
+        }
+        self.map
+            .retain(|_, c| c.in_flight > 0 || c.since + window > now);
+        self.sweep_at = SWEEP_AT.max(self.map.len() * 2);
     }
 }
 
@@ -92,17 +124,6 @@ fn keys(
             policy.per_user_window,
         ),
     ]
-}
-
-/// Drops counters whose window has ended once there are `*at` of them. When many are still
-/// live, the next sweep waits until the map has doubled, so a flood of fresh keys costs a scan
-/// now and then, not one per attempt.
-fn sweep(counts: &mut HashMap<String, Count>, at: &mut usize, window: Duration, now: Instant) {
-    if counts.len() < *at {
-        return;
-    }
-    counts.retain(|_, c| c.in_flight > 0 || c.since + window > now);
-    *at = SWEEP_AT.max(counts.len() * 2);
 }
 
 /// Seconds to wait, rounded up: a client that waits exactly this long is let through.
@@ -215,10 +236,7 @@ impl Throttle {
         let mut busy = false;
         for (key, limit, window) in keys {
             if let Some(c) = counts.get_mut(key) {
-                if c.since + *window <= now {
-                    c.since = now;
-                    c.failures = 0;
-                }
+                c.roll(*window, now);
                 if c.failures >= *limit {
                     let w = c.since + *window - now;
                     wait = Some(wait.unwrap_or_default().max(w));
@@ -236,11 +254,7 @@ impl Throttle {
         for (key, _, _) in keys {
             counts
                 .entry(key.clone())
-                .or_insert(Count {
-                    since: now,
-                    failures: 0,
-                    in_flight: 0,
-                })
+                .or_insert_with(|| Count::new(now))
                 .in_flight += 1;
         }
         Ok(Some(Reservation {
@@ -250,27 +264,25 @@ impl Throttle {
         }))
     }
 
-    /// Counts a guess that never reaches the directory (a device user code) against `key`,
-    /// atomically: `Err(seconds to wait)` when `limit` guesses in the current `window` were
-    /// counted already. A right guess is given back with [`Throttle::forgive_guess`].
-    pub(crate) fn count_guess(
+    /// Counts one `what` (a device-code guess, a revocation: requests that never reach the
+    /// directory) from `source`, atomically: `Err(seconds to wait)` when `limit` were counted
+    /// in the current `window` already. A right guess is given back with
+    /// [`Throttle::forgive_per_source`].
+    pub(crate) fn count_per_source(
         &self,
-        key: &str,
+        what: &str,
+        source: Option<IpAddr>,
         limit: u32,
         window: Duration,
-        now: Instant,
     ) -> Result<(), u64> {
+        let now = Instant::now();
         let mut counts = self.lock();
         counts.sweep(window, now);
-        let c = counts.map.entry(key.to_owned()).or_insert(Count {
-            since: now,
-            failures: 0,
-            in_flight: 0,
-        });
-        if c.since + window <= now {
-            c.since = now;
-            c.failures = 0;
-        }
+        let c = counts
+            .map
+            .entry(format!("{what}\0{}", source_key(source)))
+            .or_insert_with(|| Count::new(now));
+        c.roll(window, now);
         if c.failures >= limit {
             return Err(wait_secs(c.since + window - now));
         }
@@ -278,9 +290,10 @@ impl Throttle {
         Ok(())
     }
 
-    /// Takes back a guess [`Throttle::count_guess`] counted: it was right.
-    pub(crate) fn forgive_guess(&self, key: &str) {
-        if let Some(c) = self.lock().map.get_mut(key) {
+    /// Takes back one `what` [`Throttle::count_per_source`] counted from `source`.
+    pub(crate) fn forgive_per_source(&self, what: &str, source: Option<IpAddr>) {
+        let key = format!("{what}\0{}", source_key(source));
+        if let Some(c) = self.lock().map.get_mut(&key) {
             c.failures = c.failures.saturating_sub(1);
         }
     }

@@ -44,31 +44,42 @@ pub fn ensure_data_dir(dir: &Path, insecure: bool) -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    std::fs::metadata(dir)
+        .with_context(|| format!("cannot read data dir {} (--data-dir)", dir.display()))?;
+    if let Some(mode) = open_to_others(dir) {
+        if !insecure {
+            bail!(
+                "data dir {} is open to group or others (mode {mode:o}); it holds keys and \
+                 tokens: run `chmod 700 {}`, or set `insecure_store_permissions: true`",
+                dir.display(),
+                dir.display()
+            );
+        }
+        tracing::warn!(
+            data_dir = %dir.display(),
+            mode = format!("{mode:o}"),
+            "insecure_store_permissions: the data dir is open to group or others"
+        );
+    }
+    Ok(())
+}
+
+/// The mode of `p` when group or others may use it; `None` when only its owner may (or it
+/// cannot be read, or permissions are not Unix ones).
+fn open_to_others(p: &Path) -> Option<u32> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir)
-            .with_context(|| format!("cannot read data dir {} (--data-dir)", dir.display()))?
-            .permissions()
-            .mode()
-            & 0o777;
-        if mode & 0o077 != 0 {
-            if !insecure {
-                bail!(
-                    "data dir {} is open to group or others (mode {mode:o}); it holds keys and \
-                     tokens: run `chmod 700 {}`, or set `insecure_store_permissions: true`",
-                    dir.display(),
-                    dir.display()
-                );
-            }
-            tracing::warn!(
-                data_dir = %dir.display(),
-                mode = format!("{mode:o}"),
-                "insecure_store_permissions: the data dir is open to group or others"
-            );
-        }
+        std::fs::metadata(p)
+            .ok()
+            .map(|m| m.permissions().mode() & 0o777)
+            .filter(|m| m & 0o077 != 0)
     }
-    Ok(())
+    #[cfg(not(unix))]
+    {
+        let _ = p;
+        None
+    }
 }
 
 /// Secret files idbridge generates in the data dir, and the configured files holding secrets.
@@ -117,15 +128,9 @@ pub fn secure_secret_files(cfg: &Config) -> anyhow::Result<()> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let loose = |p: &Path| {
-            std::fs::metadata(p)
-                .ok()
-                .map(|m| m.permissions().mode() & 0o777)
-                .filter(|m| m & 0o077 != 0)
-        };
         let (generated, configured) = secret_files(cfg);
         for p in generated {
-            if let Some(mode) = loose(&p) {
+            if let Some(mode) = open_to_others(&p) {
                 std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))
                     .with_context(|| format!("cannot make {} private", p.display()))?;
                 tracing::warn!(
@@ -136,7 +141,7 @@ pub fn secure_secret_files(cfg: &Config) -> anyhow::Result<()> {
             }
         }
         for (field, p) in configured {
-            if let Some(mode) = loose(&p) {
+            if let Some(mode) = open_to_others(&p) {
                 tracing::warn!(
                     field,
                     file = %p.display(),
