@@ -324,22 +324,33 @@ fn request_id(req: &Request) -> String {
 }
 
 async fn observe(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    use tracing::Instrument;
     let start = Instant::now();
     let id = request_id(&req);
     let route = req.extensions().get::<MatchedPath>().cloned();
     let route_str = route.as_ref().map_or("unmatched", MatchedPath::as_str);
-    let span = tracing::debug_span!("request", method = %req.method(), route = %route_str, request_id = %id);
+    // One span per request, attached to the handler's future (not entered across an await), so
+    // every event of the request carries its fields and none of another's.
+    let span = tracing::info_span!(
+        target: "idbridge::access",
+        "request",
+        method = %req.method(),
+        route = %route_str,
+        request_id = %id,
+        status = tracing::field::Empty,
+        latency_ms = tracing::field::Empty,
+    );
     req.extensions_mut().insert(RequestId(id.clone()));
-    let mut resp = {
-        let _g = span.enter();
-        next.run(req).await
-    };
+    let mut resp = next.run(req).instrument(span.clone()).await;
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-request-id", v);
     }
+    let elapsed = start.elapsed();
+    span.record("status", resp.status().as_u16());
+    span.record("latency_ms", elapsed.as_secs_f64() * 1000.0);
     state
         .metrics()
-        .observe(route_str, resp.status().as_u16(), start.elapsed());
+        .observe(route_str, resp.status().as_u16(), elapsed);
     resp
 }
 
