@@ -24,15 +24,15 @@ use axum::Router;
 use axum::routing::post;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use idbridge_bridge::{
-    AccessClaims, AdminOps, AppState, Audit, AuditSink, KeySet, Rotate, Settings, app, hash_token,
-    new_secret,
-};
+use idbridge_bridge::{AppState, Settings, app};
 use idbridge_core::{
     Clock, GroupName, NewAccount, RefreshRecord, Session, SessionId, Spend, Store, SystemClock,
     UnixTime,
 };
 use idbridge_store::SqliteStore;
+use idbridge_tokens::{
+    AccessClaims, AdminOps, Audit, AuditSink, KeySet, Rotate, hash_token, new_secret,
+};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {

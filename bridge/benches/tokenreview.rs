@@ -23,11 +23,10 @@ use axum::Router;
 use axum::routing::post;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use idbridge_bridge::{
-    AccessClaims, AppState, Audit, AuditSink, KeySet, Secret, Settings, TokenReviewRequest, app,
-};
+use idbridge_bridge::{AppState, Settings, TokenReviewRequest, app};
 use idbridge_core::{GroupName, NewAccount, Store, SystemClock};
 use idbridge_store::SqliteStore;
+use idbridge_tokens::{AccessClaims, Audit, AuditSink, KeySet, Secret};
 use jsonwebtoken::{Algorithm, Validation};
 
 const WEBHOOK_TOKEN: &str = "idb_wh_benchmark";
@@ -164,7 +163,7 @@ fn main() {
     let make_state = |cache_ttl: u64| {
         let mut s = Settings::new(issuer.clone());
         s.webhook_tokens = vec![Secret::new(WEBHOOK_TOKEN.into())];
-        s.review_cache_ttl = Duration::from_secs(cache_ttl);
+        s.tokens.review_cache_ttl = Duration::from_secs(cache_ttl);
         let audit = if std::env::var_os("BENCH_NO_AUDIT").is_some() {
             Audit::open(&AuditSink::Discard).unwrap()
         } else {

@@ -13,9 +13,9 @@ use idbridge_core::{
 use serde::Deserialize;
 
 use crate::error::ApiError;
-use crate::keys::Rotate;
-use crate::ops::{CreatedToken, KeyInfo, SessionInfo, UserRevocation};
 use crate::state::{AppState, RequestCtx};
+use idbridge_tokens::Rotate;
+use idbridge_tokens::{CreatedToken, KeyInfo, SessionInfo, UserRevocation};
 
 /// An authenticated caller in an admin group.
 pub(crate) struct Admin {
@@ -46,7 +46,7 @@ impl FromRequestParts<AppState> for Admin {
                 return Err(ApiError::Unauthorized("the admin token is invalid"));
             }
         };
-        if !settings.is_admin(&who.groups) {
+        if !settings.tokens.is_admin(&who.groups) {
             deny("not in an admin group", Some((&who.name, who.uid)));
             return Err(ApiError::Forbidden(
                 "this account may not use the admin API",
@@ -240,7 +240,7 @@ async fn list_sessions(
     Query(q): Query<TokensQuery>,
 ) -> Result<Json<Vec<SessionInfo>>, ApiError> {
     let name = q.user.as_deref().map(account_name).transpose()?;
-    let idle = state.settings().session_idle_timeout.as_secs();
+    let idle = state.settings().tokens.session_idle_timeout.as_secs();
     Ok(Json(state.ops().sessions(name.as_ref(), idle).await?))
 }
 
@@ -299,13 +299,13 @@ async fn revoke(
                     )),
                 )
                 .await;
-            Ok(Json(
-                serde_json::to_value(done).map_err(|_| ApiError::Internal)?,
-            ))
+            Ok(Json(serde_json::to_value(done).map_err(|e| {
+                ApiError::internal("describe a revocation", &e)
+            })?))
         }
         (None, Some(jti)) if !jti.is_empty() && jti.len() <= 128 => {
             let s = state.settings();
-            let max = s.access_token_ttl.as_secs() + s.clock_skew.as_secs();
+            let max = s.tokens.access_token_ttl.as_secs() + s.tokens.clock_skew.as_secs();
             state.ops().revoke_jti(&jti, max).await?;
             state.invalidate();
             let mut ev = admin.ctx.event("token.revoke", "ok");

@@ -15,17 +15,18 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use idbridge_core::{AccountUid, ExternalIdentity, Pending, UserAccount};
+use idbridge_core::{AccountUid, Amr, ExternalIdentity, Pending, PendingKind, UserAccount};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
 use crate::page::{self, escape};
-use crate::provision::Provision;
-use crate::sessions::{Login, TokenPair, UpstreamGrant};
-use crate::settings::{Client, Secret, Settings};
+use crate::settings::Settings;
 use crate::state::{AppState, RequestCtx};
-use crate::tokens::{hash_token, new_secret};
 use crate::upstream::{Upstream, UpstreamError};
+use idbridge_tokens::provision::Provision;
+use idbridge_tokens::{Client, Secret};
+use idbridge_tokens::{Login, TokenPair, UpstreamGrant};
+use idbridge_tokens::{hash_token, new_secret};
 
 /// The cookie naming the login in progress.
 pub(crate) const LOGIN_COOKIE: &str = "__Host-idbridge-login";
@@ -110,7 +111,7 @@ struct UpstreamState {
 #[derive(Clone, Serialize, Deserialize)]
 pub(crate) struct Approved {
     pub uid: String,
-    pub amr: String,
+    pub amr: Amr,
     pub login_groups: Vec<String>,
     /// The upstream grant: sealed under the code for a code; as is for a device.
     #[serde(default)]
@@ -132,7 +133,7 @@ struct CodeGrant {
 /// A login that succeeded, before it becomes a code or a device approval.
 pub(crate) struct Verified {
     pub account: UserAccount,
-    pub amr: &'static str,
+    pub amr: Amr,
     pub login_groups: Vec<String>,
     pub upstream: Option<UpstreamGrant>,
 }
@@ -171,7 +172,9 @@ pub(crate) fn redirect_allowed(client: &Client, redirect_uri: &str) -> bool {
     if given.fragment().is_some() || given.username() != "" || given.password().is_some() {
         return false;
     }
-    if client.id == crate::oauth::CLI_CLIENT && client.redirect_uris.is_empty() && loopback(&given)
+    if client.id == idbridge_tokens::CLI_CLIENT
+        && client.redirect_uris.is_empty()
+        && loopback(&given)
     {
         return true;
     }
@@ -250,7 +253,11 @@ pub(crate) async fn authorize(
 ) -> Response {
     let settings = state.settings();
     let bad = |m: &str| page::error(StatusCode::BAD_REQUEST, "Sign-in request refused", m);
-    let Some(client) = q.client_id.as_deref().and_then(|id| settings.client(id)) else {
+    let Some(client) = q
+        .client_id
+        .as_deref()
+        .and_then(|id| settings.tokens.client(id))
+    else {
         return bad("unknown or missing client_id");
     };
     if !client.grants.iter().any(|g| g == AUTHORIZATION_CODE_GRANT) {
@@ -272,7 +279,7 @@ pub(crate) async fn authorize(
         if !client_state.is_empty() {
             pairs.push(("state", &client_state));
         }
-        pairs.push(("iss", &settings.issuer));
+        pairs.push(("iss", &settings.tokens.issuer));
         see_other(&with_query(redirect_uri, &pairs))
     };
     if q.response_type.as_deref() != Some("code") {
@@ -290,10 +297,11 @@ pub(crate) async fn authorize(
     if q.code_challenge_method.as_deref() != Some("S256") {
         return refuse("invalid_request", "code_challenge_method must be S256");
     }
-    let audience = match crate::oauth::target(&settings, client, q.audience.clone()) {
-        Ok(a) => a,
-        Err(e) => return refuse("invalid_target", &e.to_string()),
-    };
+    let audience =
+        match idbridge_tokens::exchange::target(&settings.tokens, client, q.audience.clone()) {
+            Ok(a) => a,
+            Err(e) => return refuse("invalid_target", &e.to_string()),
+        };
     let login = LoginRequest {
         csrf: new_secret(""),
         client_id: client.id.clone(),
@@ -305,66 +313,70 @@ pub(crate) async fn authorize(
             code_challenge: challenge.to_owned(),
         },
     };
-    match state.begin_login(&login).await {
+    match begin_login(&state, &login).await {
         Ok(id) => login_page(&settings, &login, None, StatusCode::OK, Some(&id)),
         Err(e) => e.into_response(),
     }
 }
 
-impl AppState {
-    /// Stores an unused single-use record of `kind`, named by the hash of `secret` (and by
-    /// `alias`), holding `data`, for `ttl` seconds.
-    pub(crate) async fn put_pending(
-        &self,
-        secret: &str,
-        alias: Option<String>,
-        kind: &str,
-        data: &impl Serialize,
-        ttl: u64,
-    ) -> Result<(), ApiError> {
-        let record = Pending {
-            key: hash_token(secret),
-            alias,
-            kind: kind.to_owned(),
-            data: serde_json::to_string(data).map_err(|_| ApiError::Internal)?,
-            expires_at: self.clock().now().plus_secs(ttl),
-            used_at: None,
-            session: None,
-        };
-        Ok(self.store().put_pending(&record).await?)
-    }
+/// Stores an unused single-use record of `kind`, named by the hash of `secret` (and by
+/// `alias`), holding `data`, for `ttl` seconds.
+pub(crate) async fn put_pending(
+    state: &AppState,
+    secret: &str,
+    alias: Option<String>,
+    kind: PendingKind,
+    data: &impl Serialize,
+    ttl: u64,
+) -> Result<(), ApiError> {
+    let record = Pending {
+        key: hash_token(secret),
+        alias,
+        kind: kind.to_string(),
+        data: serde_json::to_string(data)
+            .map_err(|e| ApiError::internal("serialize a pending record", &e))?,
+        expires_at: state.clock().now().plus_secs(ttl),
+        used_at: None,
+        session: None,
+    };
+    Ok(state.store().put_pending(&record).await?)
+}
 
-    /// Stores a login in progress; returns the secret its cookie carries.
-    pub(crate) async fn begin_login(&self, login: &LoginRequest) -> Result<String, ApiError> {
-        let id = new_secret("");
-        self.put_pending(&id, None, "login", login, LOGIN_TTL)
-            .await?;
-        Ok(id)
-    }
+/// Stores a login in progress; returns the secret its cookie carries.
+pub(crate) async fn begin_login(
+    state: &AppState,
+    login: &LoginRequest,
+) -> Result<String, ApiError> {
+    let id = new_secret("");
+    put_pending(state, &id, None, PendingKind::Login, login, LOGIN_TTL).await?;
+    Ok(id)
+}
 
-    /// The login in progress this browser holds, if its cookie names a live one.
-    async fn current_login(&self, headers: &HeaderMap) -> Result<(String, LoginRequest), Response> {
-        let expired = || {
-            page::error(
-                StatusCode::BAD_REQUEST,
-                "Sign-in expired",
-                "this sign-in has expired, was finished, or was started in another browser or window: start again from your application",
-            )
-        };
-        let Some(id) = page::read_cookie(headers, LOGIN_COOKIE) else {
-            return Err(expired());
-        };
-        let now = self.clock().now();
-        match self.store().pending(hash_token(id), now).await {
-            Ok(Some(p)) if p.kind == "login" && p.used_at.is_none() => {
-                match serde_json::from_str(&p.data) {
-                    Ok(l) => Ok((id.to_owned(), l)),
-                    Err(_) => Err(expired()),
-                }
+/// The login in progress this browser holds, if its cookie names a live one.
+async fn current_login(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<(String, LoginRequest), Response> {
+    let expired = || {
+        page::error(
+            StatusCode::BAD_REQUEST,
+            "Sign-in expired",
+            "this sign-in has expired, was finished, or was started in another browser or window: start again from your application",
+        )
+    };
+    let Some(id) = page::read_cookie(headers, LOGIN_COOKIE) else {
+        return Err(expired());
+    };
+    let now = state.clock().now();
+    match state.store().pending(hash_token(id), now).await {
+        Ok(Some(p)) if PendingKind::Login == p.kind && p.used_at.is_none() => {
+            match serde_json::from_str(&p.data) {
+                Ok(l) => Ok((id.to_owned(), l)),
+                Err(_) => Err(expired()),
             }
-            Ok(_) => Err(expired()),
-            Err(e) => Err(ApiError::from(e).into_response()),
         }
+        Ok(_) => Err(expired()),
+        Err(e) => Err(ApiError::from(e).into_response()),
     }
 }
 
@@ -428,29 +440,27 @@ pub(crate) struct CsrfForm {
     csrf: Option<String>,
 }
 
-impl AppState {
-    /// The browser's login in progress, if the form (or link) carries its CSRF token.
-    async fn checked_login(
-        &self,
-        headers: &HeaderMap,
-        csrf: Option<&str>,
-    ) -> Result<(String, LoginRequest), Response> {
-        let (id, login) = self.current_login(headers).await?;
-        if !csrf.is_some_and(|g| Secret::new(login.csrf.clone()).matches(g)) {
-            return Err(page::error(
-                StatusCode::FORBIDDEN,
-                "Sign-in refused",
-                "the form did not come from this sign-in page (CSRF check failed): start again from your application",
-            ));
-        }
-        Ok((id, login))
+/// The browser's login in progress, if the form (or link) carries its CSRF token.
+async fn checked_login(
+    state: &AppState,
+    headers: &HeaderMap,
+    csrf: Option<&str>,
+) -> Result<(String, LoginRequest), Response> {
+    let (id, login) = current_login(state, headers).await?;
+    if !csrf.is_some_and(|g| Secret::new(login.csrf.clone()).matches(g)) {
+        return Err(page::error(
+            StatusCode::FORBIDDEN,
+            "Sign-in refused",
+            "the form did not come from this sign-in page (CSRF check failed): start again from your application",
+        ));
     }
+    Ok((id, login))
 }
 
 fn callback_uri(settings: &Settings) -> String {
     format!(
         "{}/login/oidc/callback",
-        settings.issuer.trim_end_matches('/')
+        settings.tokens.issuer.trim_end_matches('/')
     )
 }
 
@@ -461,7 +471,7 @@ pub(crate) async fn login_upstream(
     Path(name): Path<String>,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    let (id, login) = match state.checked_login(&headers, form.csrf.as_deref()).await {
+    let (id, login) = match checked_login(&state, &headers, form.csrf.as_deref()).await {
         Ok(l) => l,
         Err(r) => return r,
     };
@@ -494,9 +504,15 @@ pub(crate) async fn login_upstream(
         nonce,
         verifier: verifier.secret().clone(),
     };
-    match state
-        .put_pending(&upstream_state, None, "upstream", &record, LOGIN_TTL)
-        .await
+    match put_pending(
+        &state,
+        &upstream_state,
+        None,
+        PendingKind::Upstream,
+        &record,
+        LOGIN_TTL,
+    )
+    .await
     {
         Ok(()) => see_other(&url),
         Err(e) => e.into_response(),
@@ -528,7 +544,9 @@ pub(crate) async fn upstream_callback(
     Query(q): Query<CallbackQuery>,
 ) -> Response {
     let refused = |m: &str| {
-        state.login_denied(&ctx, "login.oidc", None, m);
+        state
+            .service()
+            .login_denied(ctx.origin(), "login.oidc", None, m);
         page::error(StatusCode::BAD_REQUEST, "Sign-in refused", m)
     };
     let Some(upstream_state) = q.state.as_deref().filter(|s| !s.is_empty()) else {
@@ -540,7 +558,7 @@ pub(crate) async fn upstream_callback(
         .use_pending(hash_token(upstream_state), now)
         .await
     {
-        Ok(Some((p, true))) if p.kind == "upstream" => p,
+        Ok(Some((p, true))) if PendingKind::Upstream == p.kind => p,
         Ok(Some((_, false))) => {
             return refused("this answer of the identity provider was already used");
         }
@@ -555,7 +573,7 @@ pub(crate) async fn upstream_callback(
         return ApiError::Internal.into_response();
     };
     // The state must come back to the browser that started the login.
-    let (id, login) = match state.current_login(&headers).await {
+    let (id, login) = match current_login(&state, &headers).await {
         Ok(l) => l,
         Err(r) => return r,
     };
@@ -575,7 +593,9 @@ pub(crate) async fn upstream_callback(
                 .map(|d| format!(": {d}"))
                 .unwrap_or_default()
         );
-        state.login_denied(&ctx, "login.oidc", None, &why);
+        state
+            .service()
+            .login_denied(ctx.origin(), "login.oidc", None, &why);
         return login_page(
             &settings,
             &login,
@@ -587,18 +607,17 @@ pub(crate) async fn upstream_callback(
     let Some(code) = q.code.as_deref().filter(|c| !c.is_empty()) else {
         return refused("the identity provider's answer has no code");
     };
-    let verified = match state
-        .upstream_login(up, code, &up_state, &settings, &ctx)
-        .await
-    {
+    let verified = match upstream_login(&state, up, code, &up_state, &settings, &ctx).await {
         Ok(v) => v,
         Err(LoginFailure::Upstream(e)) => {
-            state.login_denied(&ctx, "login.oidc", None, &e.to_string());
+            state
+                .service()
+                .login_denied(ctx.origin(), "login.oidc", None, &e.to_string());
             return upstream_error_page(&settings, &login, &e);
         }
         Err(LoginFailure::Api(e)) => return login_failed(&settings, &login, e),
     };
-    state.complete_login(&id, login, verified, &ctx).await
+    complete_login(&state, &id, login, verified, &ctx).await
 }
 
 pub(crate) enum LoginFailure {
@@ -609,6 +628,12 @@ pub(crate) enum LoginFailure {
 impl From<ApiError> for LoginFailure {
     fn from(e: ApiError) -> Self {
         Self::Api(e)
+    }
+}
+
+impl From<idbridge_tokens::TokenError> for LoginFailure {
+    fn from(e: idbridge_tokens::TokenError) -> Self {
+        Self::Api(e.into())
     }
 }
 
@@ -629,312 +654,319 @@ fn login_failed(settings: &Settings, login: &LoginRequest, e: ApiError) -> Respo
     r
 }
 
-impl AppState {
-    /// The upstream's code exchanged and its ID token checked: the linked account.
-    async fn upstream_login(
-        &self,
-        up: &Upstream,
-        code: &str,
-        st: &UpstreamState,
-        settings: &Settings,
-        ctx: &RequestCtx,
-    ) -> Result<Verified, LoginFailure> {
-        let tokens = up
-            .exchange_code(code, &st.verifier, &callback_uri(settings))
-            .await
-            .map_err(LoginFailure::Upstream)?;
-        let raw = tokens.id_token.as_deref().ok_or_else(|| {
-            LoginFailure::Upstream(UpstreamError::Invalid {
-                name: up.config.name.clone(),
-                why: "its token response has no id_token".into(),
-            })
-        })?;
-        let claims = up
-            .verify_id_token(raw, Some(&st.nonce))
-            .await
-            .map_err(LoginFailure::Upstream)?;
-        let (account, groups) = self.upstream_account(up, &claims, ctx).await?;
-        let upstream = if up.config.refresh {
-            let rt = tokens.refresh_token.ok_or_else(|| {
-                LoginFailure::Upstream(UpstreamError::Invalid {
-                    name: up.config.name.clone(),
-                    why: "it sent no refresh token, and `refresh` is on for it (does the client allow the refresh_token grant and offline_access?)".into(),
-                })
-            })?;
-            Some(UpstreamGrant {
-                upstream: up.config.name.clone(),
-                refresh_token: rt,
-            })
-        } else {
-            None
-        };
-        Ok(Verified {
-            account,
-            amr: "oidc",
-            login_groups: groups,
-            upstream,
+/// The upstream's code exchanged and its ID token checked: the linked account.
+async fn upstream_login(
+    state: &AppState,
+    up: &Upstream,
+    code: &str,
+    st: &UpstreamState,
+    settings: &Settings,
+    ctx: &RequestCtx,
+) -> Result<Verified, LoginFailure> {
+    let tokens = up
+        .exchange_code(code, &st.verifier, &callback_uri(settings))
+        .await
+        .map_err(LoginFailure::Upstream)?;
+    let raw = tokens.id_token.as_deref().ok_or_else(|| {
+        LoginFailure::Upstream(UpstreamError::Invalid {
+            name: up.config.name.clone(),
+            why: "its token response has no id_token".into(),
         })
-    }
-
-    /// The account an upstream's verified claims name, linked by `iss` + `sub`.
-    pub(crate) async fn upstream_account(
-        &self,
-        up: &Upstream,
-        claims: &serde_json::Value,
-        ctx: &RequestCtx,
-    ) -> Result<(UserAccount, Vec<String>), LoginFailure> {
-        let user = up.user(claims).map_err(LoginFailure::Upstream)?;
-        let name = user.name.parse().map_err(|e| {
+    })?;
+    let claims = up
+        .verify_id_token(raw, Some(&st.nonce))
+        .await
+        .map_err(LoginFailure::Upstream)?;
+    let (account, groups) = upstream_account(state, up, &claims, ctx).await?;
+    let upstream = if up.config.refresh {
+        let rt = tokens.refresh_token.ok_or_else(|| {
             LoginFailure::Upstream(UpstreamError::Invalid {
                 name: up.config.name.clone(),
-                why: format!(
-                    "its {} claim is not a usable account name: {e}",
-                    up.config.username_claim
-                ),
+                why: "it sent no refresh token, and `refresh` is on for it (does the client allow the refresh_token grant and offline_access?)".into(),
             })
         })?;
-        let account = self
-            .provisioned_account(
-                Provision {
-                    identity: ExternalIdentity::Oidc {
-                        iss: user.iss,
-                        sub: user.sub,
-                    },
-                    name: &name,
-                    jit: up.config.jit,
-                    link_by_name: up.config.link_by_name,
-                    event: "login.oidc",
-                    what: "identity provider's user",
-                    section: "upstreams[]",
+        Some(UpstreamGrant {
+            upstream: up.config.name.clone(),
+            refresh_token: rt,
+        })
+    } else {
+        None
+    };
+    Ok(Verified {
+        account,
+        amr: idbridge_core::Amr::Oidc,
+        login_groups: groups,
+        upstream,
+    })
+}
+
+/// The account an upstream's verified claims name, linked by `iss` + `sub`.
+pub(crate) async fn upstream_account(
+    state: &AppState,
+    up: &Upstream,
+    claims: &serde_json::Value,
+    ctx: &RequestCtx,
+) -> Result<(UserAccount, Vec<String>), LoginFailure> {
+    let user = up.user(claims).map_err(LoginFailure::Upstream)?;
+    let name = user.name.parse().map_err(|e| {
+        LoginFailure::Upstream(UpstreamError::Invalid {
+            name: up.config.name.clone(),
+            why: format!(
+                "its {} claim is not a usable account name: {e}",
+                up.config.username_claim
+            ),
+        })
+    })?;
+    let account = state
+        .service()
+        .provisioned_account(
+            Provision {
+                identity: ExternalIdentity::Oidc {
+                    iss: user.iss,
+                    sub: user.sub,
                 },
-                ctx,
-            )
-            .await?;
-        if account.disabled {
-            self.login_denied(
-                ctx,
-                "login.oidc",
-                Some(account.name.as_str()),
-                "account is disabled in idbridge",
-            );
-            return Err(ApiError::invalid_grant("your idbridge account is disabled").into());
-        }
-        Ok((account, user.groups))
+                name: &name,
+                jit: up.config.jit,
+                link_by_name: up.config.link_by_name,
+                event: "login.oidc",
+                what: "identity provider's user",
+                section: "upstreams[]",
+            },
+            ctx.origin(),
+        )
+        .await?;
+    if account.disabled {
+        state.service().login_denied(
+            ctx.origin(),
+            "login.oidc",
+            Some(account.name.as_str()),
+            "account is disabled in idbridge",
+        );
+        return Err(ApiError::invalid_grant("your idbridge account is disabled").into());
     }
+    Ok((account, user.groups))
+}
 
-    /// Ends a successful login: a code back to the client, or the waiting device approved.
-    pub(crate) async fn complete_login(
-        &self,
-        id: &str,
-        login: LoginRequest,
-        v: Verified,
-        ctx: &RequestCtx,
-    ) -> Response {
-        match self.finish(id, login, v, ctx).await {
-            Ok(r) => r,
-            Err(e) => e.into_response(),
+/// Ends a successful login: a code back to the client, or the waiting device approved.
+pub(crate) async fn complete_login(
+    state: &AppState,
+    id: &str,
+    login: LoginRequest,
+    v: Verified,
+    ctx: &RequestCtx,
+) -> Response {
+    match finish(state, id, login, v, ctx).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn finish(
+    state: &AppState,
+    id: &str,
+    login: LoginRequest,
+    v: Verified,
+    ctx: &RequestCtx,
+) -> Result<Response, ApiError> {
+    let now = state.clock().now();
+    match state.store().use_pending(hash_token(id), now).await? {
+        Some((_, true)) => {}
+        _ => {
+            return Ok(page::error(
+                StatusCode::BAD_REQUEST,
+                "Sign-in already finished",
+                "this sign-in was already finished: start again from your application",
+            ));
         }
     }
-
-    async fn finish(
-        &self,
-        id: &str,
-        login: LoginRequest,
-        v: Verified,
-        ctx: &RequestCtx,
-    ) -> Result<Response, ApiError> {
-        let now = self.clock().now();
-        match self.store().use_pending(hash_token(id), now).await? {
-            Some((_, true)) => {}
-            _ => {
-                return Ok(page::error(
-                    StatusCode::BAD_REQUEST,
-                    "Sign-in already finished",
-                    "this sign-in was already finished: start again from your application",
-                ));
-            }
-        }
-        let settings = self.settings();
-        let clear = page::cookie(LOGIN_COOKIE, "", 0);
-        let mut ev = ctx.event("login.approve", "ok");
-        ev.account = Some(v.account.name.as_str());
-        ev.uid = Some(v.account.uid.to_string());
-        let object = format!("client={} amr={}", login.client_id, v.amr);
-        ev.object = Some(object);
-        self.audit().record(&ev);
-        match login.then {
-            Then::Code {
-                redirect_uri,
-                state,
+    let settings = state.settings();
+    let clear = page::cookie(LOGIN_COOKIE, "", 0);
+    let mut ev = ctx.event("login.approve", "ok");
+    ev.account = Some(v.account.name.as_str());
+    ev.uid = Some(v.account.uid.to_string());
+    let object = format!("client={} amr={}", login.client_id, v.amr);
+    ev.object = Some(object);
+    state.audit().record(&ev);
+    match login.then {
+        Then::Code {
+            redirect_uri,
+            state: oauth_state,
+            code_challenge,
+        } => {
+            let code = new_secret("idb_ac_");
+            let key = hash_token(&code);
+            let approved = Approved {
+                uid: v.account.uid.to_string(),
+                amr: v.amr,
+                login_groups: v.login_groups,
+                upstream_sealed: v.upstream.map(|u| u.seal(&code, &key)).transpose()?,
+                upstream: None,
+            };
+            let grant = CodeGrant {
+                client_id: login.client_id,
+                redirect_uri: redirect_uri.clone(),
                 code_challenge,
-            } => {
-                let code = new_secret("idb_ac_");
-                let key = hash_token(&code);
-                let approved = Approved {
-                    uid: v.account.uid.to_string(),
-                    amr: v.amr.to_owned(),
-                    login_groups: v.login_groups,
-                    upstream_sealed: v.upstream.map(|u| u.seal(&code, &key)).transpose()?,
-                    upstream: None,
-                };
-                let grant = CodeGrant {
-                    client_id: login.client_id,
-                    redirect_uri: redirect_uri.clone(),
-                    code_challenge,
-                    audience: login.audience,
-                    scope: login.scope,
-                    approved,
-                };
-                self.put_pending(&code, None, "code", &grant, CODE_TTL)
-                    .await?;
-                let mut r = see_other(&with_query(
-                    &redirect_uri,
-                    &[
-                        ("code", &code),
-                        ("state", &state),
-                        ("iss", &settings.issuer),
-                    ],
-                ));
-                r.headers_mut().append(header::SET_COOKIE, clear);
-                Ok(r)
-            }
-            Then::Device { device_key, .. } => {
-                let approved = Approved {
-                    uid: v.account.uid.to_string(),
-                    amr: v.amr.to_owned(),
-                    login_groups: v.login_groups,
-                    upstream_sealed: None,
-                    upstream: v.upstream,
-                };
-                let approved_ok = self.approve_device(&device_key, approved, now).await?;
-                let mut r = if approved_ok {
-                    page::html(
-                        StatusCode::OK,
-                        "Signed in",
-                        "<p>You are signed in. Return to your device: it will continue on its own.</p>",
-                    )
-                } else {
-                    page::error(
-                        StatusCode::BAD_REQUEST,
-                        "Code expired",
-                        "the device's code has expired or was already used: start again on the device",
-                    )
-                };
-                r.headers_mut().append(header::SET_COOKIE, clear);
-                Ok(r)
-            }
+                audience: login.audience,
+                scope: login.scope,
+                approved,
+            };
+            put_pending(state, &code, None, PendingKind::Code, &grant, CODE_TTL).await?;
+            let mut r = see_other(&with_query(
+                &redirect_uri,
+                &[
+                    ("code", &code),
+                    ("state", &oauth_state),
+                    ("iss", &settings.tokens.issuer),
+                ],
+            ));
+            r.headers_mut().append(header::SET_COOKIE, clear);
+            Ok(r)
+        }
+        Then::Device { device_key, .. } => {
+            let approved = Approved {
+                uid: v.account.uid.to_string(),
+                amr: v.amr,
+                login_groups: v.login_groups,
+                upstream_sealed: None,
+                upstream: v.upstream,
+            };
+            let approved_ok =
+                crate::device::approve_device(state, &device_key, approved, now).await?;
+            let mut r = if approved_ok {
+                page::html(
+                    StatusCode::OK,
+                    "Signed in",
+                    "<p>You are signed in. Return to your device: it will continue on its own.</p>",
+                )
+            } else {
+                page::error(
+                    StatusCode::BAD_REQUEST,
+                    "Code expired",
+                    "the device's code has expired or was already used: start again on the device",
+                )
+            };
+            r.headers_mut().append(header::SET_COOKIE, clear);
+            Ok(r)
         }
     }
+}
 
-    /// The `authorization_code` grant: the code used once, its client, redirect URI and PKCE
-    /// verifier checked, then a session. A code presented again revokes that session.
-    pub(crate) async fn redeem_code(
-        &self,
-        client: &Client,
-        code: &str,
-        redirect_uri: Option<&str>,
-        verifier: Option<&str>,
-        ctx: &RequestCtx,
-    ) -> Result<TokenPair, ApiError> {
-        let now = self.clock().now();
-        let key = hash_token(code);
-        let deny = |reason: &str| {
-            self.login_denied(ctx, "token.code", None, reason);
-            ApiError::invalid_grant(reason)
-        };
-        let (record, first) = match self.store().use_pending(key, now).await? {
-            Some((p, first)) if p.kind == "code" => (p, first),
-            _ => return Err(deny("the code is invalid or has expired")),
-        };
-        if !first {
-            if let Some(sid) = record.session {
-                self.store()
-                    .revoke_session(sid, "authorization code presented twice", now)
-                    .await?;
-                self.invalidate();
-            }
-            let mut ev = ctx.event("token.reuse", "revoked");
-            ev.object = record.session.map(|s| format!("session={s}"));
-            ev.reason =
-                Some("an authorization code was presented twice; what it produced is revoked");
-            self.audit().record_durable(&ev).await;
-            return Err(ApiError::invalid_grant(
-                "the code was already used; the tokens it produced are revoked",
-            ));
+/// The `authorization_code` grant: the code used once, its client, redirect URI and PKCE
+/// verifier checked, then a session. A code presented again revokes that session.
+pub(crate) async fn redeem_code(
+    state: &AppState,
+    client: &Client,
+    code: &str,
+    redirect_uri: Option<&str>,
+    verifier: Option<&str>,
+    ctx: &RequestCtx,
+) -> Result<TokenPair, ApiError> {
+    let now = state.clock().now();
+    let key = hash_token(code);
+    let deny = |reason: &str| {
+        state
+            .service()
+            .login_denied(ctx.origin(), "token.code", None, reason);
+        ApiError::invalid_grant(reason)
+    };
+    let (record, first) = match state.store().use_pending(key, now).await? {
+        Some((p, first)) if PendingKind::Code == p.kind => (p, first),
+        _ => return Err(deny("the code is invalid or has expired")),
+    };
+    if !first {
+        if let Some(sid) = record.session {
+            state
+                .store()
+                .revoke_session(sid, "authorization code presented twice", now)
+                .await?;
+            state.invalidate();
         }
-        let grant: CodeGrant =
-            serde_json::from_str(&record.data).map_err(|_| ApiError::Internal)?;
-        if grant.client_id != client.id {
-            return Err(deny("the code was issued to another client"));
-        }
-        if redirect_uri != Some(grant.redirect_uri.as_str()) {
-            return Err(deny(
-                "redirect_uri differs from the authorization request's",
-            ));
-        }
-        let Some(verifier) = verifier else {
-            return Err(ApiError::invalid_request(
-                "code_verifier is required (PKCE)",
-            ));
-        };
-        if !pkce_matches(verifier, &grant.code_challenge) {
-            return Err(deny(
-                "code_verifier does not match the code_challenge (PKCE)",
-            ));
-        }
-        let upstream = grant
-            .approved
-            .upstream_sealed
-            .as_deref()
-            .map(|s| UpstreamGrant::open(code, &key, s).ok_or(ApiError::Internal))
-            .transpose()?;
-        let pair = self
-            .start_approved(
-                &client.id,
-                grant.audience,
-                grant.scope,
-                grant.approved,
-                upstream,
-                ctx,
-            )
-            .await?;
-        if let Some(sid) = pair.session {
-            self.store().set_pending_session(key, sid).await?;
-        }
-        Ok(pair)
+        let mut ev = ctx.event("token.reuse", "revoked");
+        ev.object = record.session.map(|s| format!("session={s}"));
+        ev.reason = Some("an authorization code was presented twice; what it produced is revoked");
+        state.audit().record_durable(&ev).await;
+        return Err(ApiError::invalid_grant(
+            "the code was already used; the tokens it produced are revoked",
+        ));
     }
+    let grant: CodeGrant = serde_json::from_str(&record.data)
+        .map_err(|e| ApiError::internal("read an authorization code record", &e))?;
+    if grant.client_id != client.id {
+        return Err(deny("the code was issued to another client"));
+    }
+    if redirect_uri != Some(grant.redirect_uri.as_str()) {
+        return Err(deny(
+            "redirect_uri differs from the authorization request's",
+        ));
+    }
+    let Some(verifier) = verifier else {
+        return Err(ApiError::invalid_request(
+            "code_verifier is required (PKCE)",
+        ));
+    };
+    if !pkce_matches(verifier, &grant.code_challenge) {
+        return Err(deny(
+            "code_verifier does not match the code_challenge (PKCE)",
+        ));
+    }
+    let upstream = grant
+        .approved
+        .upstream_sealed
+        .as_deref()
+        .map(|s| UpstreamGrant::open(code, &key, s).ok_or(ApiError::Internal))
+        .transpose()?;
+    let pair = start_approved(
+        state,
+        &client.id,
+        grant.audience,
+        grant.scope,
+        grant.approved,
+        upstream,
+        ctx,
+    )
+    .await?;
+    if let Some(sid) = pair.session {
+        state.store().set_pending_session(key, sid).await?;
+    }
+    Ok(pair)
+}
 
-    /// A session for an approved login.
-    pub(crate) async fn start_approved(
-        &self,
-        client_id: &str,
-        audience: String,
-        scope: String,
-        approved: Approved,
-        upstream: Option<UpstreamGrant>,
-        ctx: &RequestCtx,
-    ) -> Result<TokenPair, ApiError> {
-        let uid: AccountUid = approved.uid.parse().map_err(|_| ApiError::Internal)?;
-        let account = self
-            .store()
-            .account(uid)
-            .await?
-            .filter(|a| !a.disabled)
-            .ok_or_else(|| ApiError::invalid_grant("the account is disabled"))?;
-        self.start_session(
+/// A session for an approved login.
+pub(crate) async fn start_approved(
+    state: &AppState,
+    client_id: &str,
+    audience: String,
+    scope: String,
+    approved: Approved,
+    upstream: Option<UpstreamGrant>,
+    ctx: &RequestCtx,
+) -> Result<TokenPair, ApiError> {
+    let uid: AccountUid = approved
+        .uid
+        .parse()
+        .map_err(|e| ApiError::internal("read an approved login's account", &e))?;
+    let account = state
+        .store()
+        .account(uid)
+        .await?
+        .filter(|a| !a.disabled)
+        .ok_or_else(|| ApiError::invalid_grant("the account is disabled"))?;
+    state
+        .service()
+        .start_session(
             Login {
                 account: &account,
                 client_id,
-                amr: &approved.amr,
+                amr: approved.amr,
                 audience,
                 scope,
                 login_groups: approved.login_groups,
                 upstream,
             },
-            ctx,
+            ctx.origin(),
         )
         .await
-    }
+        .map_err(ApiError::from)
 }
 
 #[derive(Deserialize)]
@@ -951,25 +983,22 @@ pub(crate) async fn login_password(
     headers: HeaderMap,
     Form(form): Form<PasswordForm>,
 ) -> Response {
-    let (id, login) = match state.checked_login(&headers, form.csrf.as_deref()).await {
+    let (id, login) = match checked_login(&state, &headers, form.csrf.as_deref()).await {
         Ok(l) => l,
         Err(r) => return r,
     };
     let settings = state.settings();
     let username = form.username.unwrap_or_default();
     let password = form.password.unwrap_or_default();
-    match state
-        .password_account(&username, &password, &login.audience, &ctx)
-        .await
-    {
+    match crate::ldap::password_account(&state, &username, &password, &login.audience, &ctx).await {
         Ok((account, groups)) => {
             let v = Verified {
                 account,
-                amr: "ldap",
+                amr: idbridge_core::Amr::Ldap,
                 login_groups: groups,
                 upstream: None,
             };
-            state.complete_login(&id, login, v, &ctx).await
+            complete_login(&state, &id, login, v, &ctx).await
         }
         Err(e) => login_failed(&settings, &login, e),
     }
@@ -987,7 +1016,7 @@ pub(crate) async fn login_kerberos(
     headers: HeaderMap,
     Query(q): Query<CsrfQuery>,
 ) -> Response {
-    let (id, login) = match state.checked_login(&headers, q.csrf.as_deref()).await {
+    let (id, login) = match checked_login(&state, &headers, q.csrf.as_deref()).await {
         Ok(l) => l,
         Err(r) => return r,
     };
@@ -1008,15 +1037,15 @@ pub(crate) async fn login_kerberos(
         );
         return r;
     };
-    match state.kerberos_account(token, &login.audience, &ctx).await {
+    match crate::negotiate::kerberos_account(&state, token, &login.audience, &ctx).await {
         Ok((account, groups, _mutual)) => {
             let v = Verified {
                 account,
-                amr: "krb5",
+                amr: idbridge_core::Amr::Krb5,
                 login_groups: groups,
                 upstream: None,
             };
-            state.complete_login(&id, login, v, &ctx).await
+            complete_login(&state, &id, login, v, &ctx).await
         }
         Err(e) => login_failed(&settings, &login, e),
     }
@@ -1043,80 +1072,85 @@ fn claimed_issuer(jwt: &str) -> Option<String> {
     v.get("iss")?.as_str().map(str::to_owned)
 }
 
-impl AppState {
-    /// RFC 8693 with an upstream ID token as the subject: the token checked by the upstream
-    /// whose issuer it names (audience: idbridge's client there), then a session (`amr=oidc`).
-    pub(crate) async fn exchange_id_token(
-        &self,
-        client: &Client,
-        raw: &str,
-        audience: String,
-        scope: String,
-        ctx: &RequestCtx,
-    ) -> Result<TokenPair, ApiError> {
-        let settings = self.settings();
-        let deny = |reason: String| {
-            self.login_denied(ctx, "login.oidc", None, &reason);
-            ApiError::invalid_grant(reason)
-        };
-        let Some(iss) = claimed_issuer(raw) else {
-            return Err(deny("subject_token is not a JWT with an iss claim".into()));
-        };
-        let Some(up) = settings.upstreams.iter().find(|u| u.config.issuer == iss) else {
-            return Err(deny(format!(
-                "no configured identity provider has the issuer {iss:?} (upstreams[].issuer)"
-            )));
-        };
-        let claims = match up.verify_id_token(raw, None).await {
-            Ok(c) => c,
-            Err(e) => {
-                let err = ApiError::from(LoginFailure::Upstream(e));
-                if let ApiError::OAuth { description, .. } = &err {
-                    self.login_denied(ctx, "login.oidc", None, description);
-                }
-                return Err(err);
+/// RFC 8693 with an upstream ID token as the subject: the token checked by the upstream
+/// whose issuer it names (audience: idbridge's client there), then a session (`amr=oidc`).
+pub(crate) async fn exchange_id_token(
+    state: &AppState,
+    client: &Client,
+    raw: &str,
+    audience: String,
+    scope: String,
+    ctx: &RequestCtx,
+) -> Result<TokenPair, ApiError> {
+    let settings = state.settings();
+    let deny = |reason: String| {
+        state
+            .service()
+            .login_denied(ctx.origin(), "login.oidc", None, &reason);
+        ApiError::invalid_grant(reason)
+    };
+    let Some(iss) = claimed_issuer(raw) else {
+        return Err(deny("subject_token is not a JWT with an iss claim".into()));
+    };
+    let Some(up) = settings.upstreams.iter().find(|u| u.config.issuer == iss) else {
+        return Err(deny(format!(
+            "no configured identity provider has the issuer {iss:?} (upstreams[].issuer)"
+        )));
+    };
+    let claims = match up.verify_id_token(raw, None).await {
+        Ok(c) => c,
+        Err(e) => {
+            let err = ApiError::from(LoginFailure::Upstream(e));
+            if let ApiError::OAuth { description, .. } = &err {
+                state
+                    .service()
+                    .login_denied(ctx.origin(), "login.oidc", None, description);
             }
-        };
-        // An exchanged ID token carries no refresh token, so the provider cannot be asked again:
-        // the session ends when the ID token does, and each ID token starts one session only.
-        let Some(exp) = claims.get("exp").and_then(serde_json::Value::as_i64) else {
-            return Err(deny("the ID token has no exp claim".into()));
-        };
-        let once = Pending {
-            key: hash_token(&format!("id_token\0{raw}")),
-            alias: None,
-            kind: "id_token".into(),
-            data: String::new(),
-            expires_at: idbridge_core::UnixTime(exp).plus_secs(settings.clock_skew.as_secs()),
-            used_at: Some(self.clock().now()),
-            session: None,
-        };
-        match self.store().put_pending(&once).await {
-            Ok(()) => {}
-            Err(idbridge_core::StoreError::Conflict(_)) => {
-                return Err(deny(
-                    "this ID token was exchanged already; log in at the provider again for a new one"
-                        .into(),
-                ));
-            }
-            Err(e) => return Err(e.into()),
+            return Err(err);
         }
-        let (account, groups) = self.upstream_account(up, &claims, ctx).await?;
-        self.start_session_until(
+    };
+    // An exchanged ID token carries no refresh token, so the provider cannot be asked again:
+    // the session ends when the ID token does, and each ID token starts one session only.
+    let Some(exp) = claims.get("exp").and_then(serde_json::Value::as_i64) else {
+        return Err(deny("the ID token has no exp claim".into()));
+    };
+    let once = Pending {
+        key: hash_token(&format!("id_token\0{raw}")),
+        alias: None,
+        kind: PendingKind::IdToken.to_string(),
+        data: String::new(),
+        expires_at: idbridge_core::UnixTime(exp).plus_secs(settings.tokens.clock_skew.as_secs()),
+        used_at: Some(state.clock().now()),
+        session: None,
+    };
+    match state.store().put_pending(&once).await {
+        Ok(()) => {}
+        Err(idbridge_core::StoreError::Conflict(_)) => {
+            return Err(deny(
+                "this ID token was exchanged already; log in at the provider again for a new one"
+                    .into(),
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let (account, groups) = upstream_account(state, up, &claims, ctx).await?;
+    state
+        .service()
+        .start_session_until(
             Login {
                 account: &account,
                 client_id: &client.id,
-                amr: "oidc",
+                amr: idbridge_core::Amr::Oidc,
                 audience,
                 scope,
                 login_groups: groups,
                 upstream: None,
             },
             Some(idbridge_core::UnixTime(exp)),
-            ctx,
+            ctx.origin(),
         )
         .await
-    }
+        .map_err(ApiError::from)
 }
 
 #[cfg(test)]

@@ -15,10 +15,11 @@ use serde_json::json;
 use crate::authorize::{Approved, LoginRequest, Then, hex, login_page, unhex};
 use crate::error::ApiError;
 use crate::page::{self, escape};
-use crate::sessions::TokenPair;
-use crate::settings::{Client, Secret};
 use crate::state::{AppState, RequestCtx};
-use crate::tokens::{hash_token, new_secret};
+use idbridge_core::PendingKind;
+use idbridge_tokens::TokenPair;
+use idbridge_tokens::{Client, Secret};
+use idbridge_tokens::{hash_token, new_secret};
 
 /// The device grant's `grant_type`.
 pub(crate) const DEVICE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
@@ -101,7 +102,7 @@ pub(crate) async fn device_authorization(
             description: format!("client {:?} may not use the device grant", client.id),
         });
     }
-    let audience = crate::oauth::target(&settings, client, req.audience)?;
+    let audience = idbridge_tokens::exchange::target(&settings.tokens, client, req.audience)?;
     let device_code = new_secret("idb_dc_");
     let code = user_code();
     let grant = DeviceGrant {
@@ -113,16 +114,16 @@ pub(crate) async fn device_authorization(
         last_poll: 0,
         approved: None,
     };
-    state
-        .put_pending(
-            &device_code,
-            Some(normalize(&code)),
-            "device",
-            &grant,
-            DEVICE_TTL,
-        )
-        .await?;
-    let base = format!("{}/device", settings.issuer.trim_end_matches('/'));
+    crate::authorize::put_pending(
+        &state,
+        &device_code,
+        Some(normalize(&code)),
+        PendingKind::Device,
+        &grant,
+        DEVICE_TTL,
+    )
+    .await?;
+    let base = format!("{}/device", settings.tokens.issuer.trim_end_matches('/'));
     Ok((
         [(header::CACHE_CONTROL, "no-store")],
         Json(json!({
@@ -210,7 +211,9 @@ pub(crate) async fn device_submit(
             .throttle()
             .count_per_source("device", source, CODE_GUESSES, CODE_GUESS_WINDOW)
     {
-        state.login_denied(&ctx, "login.device", None, "throttled");
+        state
+            .service()
+            .login_denied(ctx.origin(), "login.device", None, "throttled");
         let mut r = page::error(
             StatusCode::TOO_MANY_REQUESTS,
             "Too many wrong codes",
@@ -231,8 +234,13 @@ pub(crate) async fn device_submit(
         Err(e) => return ApiError::from(e).into_response(),
     };
     let again = |m: &str| code_form(&new_secret(""), &typed, Some(m), StatusCode::BAD_REQUEST);
-    let Some(p) = found.filter(|p| p.kind == "device" && p.used_at.is_none()) else {
-        state.login_denied(&ctx, "login.device", None, "unknown or expired user code");
+    let Some(p) = found.filter(|p| PendingKind::Device == p.kind && p.used_at.is_none()) else {
+        state.service().login_denied(
+            ctx.origin(),
+            "login.device",
+            None,
+            "unknown or expired user code",
+        );
         return again(
             "This code is unknown or has expired. Check it, or start again on the device.",
         );
@@ -254,7 +262,7 @@ pub(crate) async fn device_submit(
             user_code: grant.user_code,
         },
     };
-    match state.begin_login(&login).await {
+    match crate::authorize::begin_login(&state, &login).await {
         Ok(id) => login_page(&state.settings(), &login, None, StatusCode::OK, Some(&id)),
         Err(e) => e.into_response(),
     }
@@ -268,110 +276,111 @@ fn device_error(error: &'static str, description: &str) -> ApiError {
     }
 }
 
-impl AppState {
-    /// The unexpired device-code record named by `key`, with its grant; `None` when there is
-    /// none, or the record is of another kind.
-    async fn device_record(
-        &self,
-        key: idbridge_core::TokenHash,
-        now: UnixTime,
-    ) -> Result<Option<(idbridge_core::Pending, DeviceGrant)>, ApiError> {
-        let Some(p) = self
-            .store()
-            .pending(key, now)
-            .await?
-            .filter(|p| p.kind == "device")
-        else {
-            return Ok(None);
-        };
-        let grant = serde_json::from_str(&p.data).map_err(|_| ApiError::Internal)?;
-        Ok(Some((p, grant)))
-    }
+/// The unexpired device-code record named by `key`, with its grant; `None` when there is
+/// none, or the record is of another kind.
+async fn device_record(
+    state: &AppState,
+    key: idbridge_core::TokenHash,
+    now: UnixTime,
+) -> Result<Option<(idbridge_core::Pending, DeviceGrant)>, ApiError> {
+    let Some(p) = state
+        .store()
+        .pending(key, now)
+        .await?
+        .filter(|p| PendingKind::Device == p.kind)
+    else {
+        return Ok(None);
+    };
+    let grant = serde_json::from_str(&p.data)
+        .map_err(|e| ApiError::internal("read a device-code record", &e))?;
+    Ok(Some((p, grant)))
+}
 
-    /// Marks the device's code approved by this login; false when it is gone or used.
-    pub(crate) async fn approve_device(
-        &self,
-        device_key: &str,
-        approved: Approved,
-        now: UnixTime,
-    ) -> Result<bool, ApiError> {
-        let Some(key) = unhex(device_key) else {
-            return Ok(false);
-        };
-        let Some((p, mut grant)) = self.device_record(key, now).await? else {
-            return Ok(false);
-        };
-        if p.used_at.is_some() || grant.approved.is_some() {
-            return Ok(false);
-        }
-        grant.approved = Some(approved);
-        let data = serde_json::to_string(&grant).map_err(|_| ApiError::Internal)?;
-        Ok(self.store().update_pending(key, &data, now).await?)
+/// Marks the device's code approved by this login; false when it is gone or used.
+pub(crate) async fn approve_device(
+    state: &AppState,
+    device_key: &str,
+    approved: Approved,
+    now: UnixTime,
+) -> Result<bool, ApiError> {
+    let Some(key) = unhex(device_key) else {
+        return Ok(false);
+    };
+    let Some((p, mut grant)) = device_record(state, key, now).await? else {
+        return Ok(false);
+    };
+    if p.used_at.is_some() || grant.approved.is_some() {
+        return Ok(false);
     }
+    grant.approved = Some(approved);
+    let data = serde_json::to_string(&grant)
+        .map_err(|e| ApiError::internal("write a device-code record", &e))?;
+    Ok(state.store().update_pending(key, &data, now).await?)
+}
 
-    /// The device grant's poll: pending, too fast, or the tokens once the user logged in.
-    pub(crate) async fn poll_device(
-        &self,
-        client: &Client,
-        device_code: &str,
-        ctx: &RequestCtx,
-    ) -> Result<TokenPair, ApiError> {
-        let now = self.clock().now();
-        let key = hash_token(device_code);
-        let Some((p, mut grant)) = self.device_record(key, now).await? else {
-            return Err(device_error(
-                "expired_token",
-                "the device code is unknown or has expired; start again",
-            ));
-        };
-        if grant.client_id != client.id {
-            return Err(ApiError::invalid_grant(
-                "the device code was issued to another client",
-            ));
+/// The device grant's poll: pending, too fast, or the tokens once the user logged in.
+pub(crate) async fn poll_device(
+    state: &AppState,
+    client: &Client,
+    device_code: &str,
+    ctx: &RequestCtx,
+) -> Result<TokenPair, ApiError> {
+    let now = state.clock().now();
+    let key = hash_token(device_code);
+    let Some((p, mut grant)) = device_record(state, key, now).await? else {
+        return Err(device_error(
+            "expired_token",
+            "the device code is unknown or has expired; start again",
+        ));
+    };
+    if grant.client_id != client.id {
+        return Err(ApiError::invalid_grant(
+            "the device code was issued to another client",
+        ));
+    }
+    if p.used_at.is_some() {
+        return Err(ApiError::invalid_grant("the device code was already used"));
+    }
+    let Some(approved) = grant.approved.take() else {
+        let too_fast = now.0 - grant.last_poll < i64::try_from(grant.interval).unwrap_or(5);
+        if too_fast {
+            grant.interval += 5;
         }
-        if p.used_at.is_some() {
-            return Err(ApiError::invalid_grant("the device code was already used"));
-        }
-        let Some(approved) = grant.approved.take() else {
-            let too_fast = now.0 - grant.last_poll < i64::try_from(grant.interval).unwrap_or(5);
-            if too_fast {
-                grant.interval += 5;
-            }
-            grant.last_poll = now.0;
-            let data = serde_json::to_string(&grant).map_err(|_| ApiError::Internal)?;
-            self.store().update_pending(key, &data, now).await?;
-            return Err(if too_fast {
-                device_error(
-                    "slow_down",
-                    &format!("poll at most every {} s", grant.interval),
-                )
-            } else {
-                device_error(
-                    "authorization_pending",
-                    "the user has not finished logging in yet",
-                )
-            });
-        };
-        match self.store().use_pending(key, now).await? {
-            Some((_, true)) => {}
-            _ => return Err(ApiError::invalid_grant("the device code was already used")),
-        }
-        let upstream = approved.upstream.clone();
-        let pair = self
-            .start_approved(
-                &client.id,
-                grant.audience,
-                grant.scope,
-                approved,
-                upstream,
-                ctx,
+        grant.last_poll = now.0;
+        let data = serde_json::to_string(&grant)
+            .map_err(|e| ApiError::internal("write a device-code record", &e))?;
+        state.store().update_pending(key, &data, now).await?;
+        return Err(if too_fast {
+            device_error(
+                "slow_down",
+                &format!("poll at most every {} s", grant.interval),
             )
-            .await?;
-        if let Some(sid) = pair.session {
-            self.store().set_pending_session(key, sid).await?;
-        }
-        Ok(pair)
+        } else {
+            device_error(
+                "authorization_pending",
+                "the user has not finished logging in yet",
+            )
+        });
+    };
+    match state.store().use_pending(key, now).await? {
+        Some((_, true)) => {}
+        _ => return Err(ApiError::invalid_grant("the device code was already used")),
     }
+    let upstream = approved.upstream.clone();
+    let pair = crate::authorize::start_approved(
+        state,
+        &client.id,
+        grant.audience,
+        grant.scope,
+        approved,
+        upstream,
+        ctx,
+    )
+    .await?;
+    if let Some(sid) = pair.session {
+        state.store().set_pending_session(key, sid).await?;
+    }
+    Ok(pair)
 }
 
 #[cfg(test)]

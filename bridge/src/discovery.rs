@@ -27,7 +27,7 @@ pub(crate) const KERBEROS_GRANT: &str = "urn:idbridge:params:oauth:grant-type:ke
 
 pub(crate) async fn openid_configuration(State(state): State<AppState>) -> Response {
     let s = state.settings();
-    let iss = s.issuer.trim_end_matches('/');
+    let iss = s.tokens.issuer.trim_end_matches('/');
     let grants: Vec<&str> = GRANT_TYPES
         .into_iter()
         .filter(|g| *g != PASSWORD_GRANT || s.directory.is_some())
@@ -36,7 +36,7 @@ pub(crate) async fn openid_configuration(State(state): State<AppState>) -> Respo
     (
         [(header::CACHE_CONTROL, "public, max-age=60")],
         Json(json!({
-            "issuer": s.issuer,
+            "issuer": s.tokens.issuer,
             "jwks_uri": format!("{iss}/oauth2/jwks"),
             "token_endpoint": format!("{iss}/oauth2/token"),
             "authorization_endpoint": format!("{iss}/oauth2/authorize"),

@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use idbridge_core::StoreError;
 use serde_json::json;
 
-use crate::ops::OpsError;
+use idbridge_tokens::TokenError;
 
 /// An error answered to an HTTP client.
 #[derive(Debug, thiserror::Error)]
@@ -190,17 +190,36 @@ impl From<StoreError> for ApiError {
     }
 }
 
-impl From<OpsError> for ApiError {
-    fn from(e: OpsError) -> Self {
+impl From<TokenError> for ApiError {
+    fn from(e: TokenError) -> Self {
+        let oauth = |status, error, description| Self::OAuth {
+            status,
+            error,
+            description,
+        };
         match e {
-            OpsError::NoSuchAccount(_) | OpsError::NoSuchToken(_) | OpsError::NoSuchSession(_) => {
-                Self::NotFound(e.to_string())
-            }
-            OpsError::Store(s) => s.into(),
-            OpsError::Key(k) => {
-                tracing::error!(error = %k, "signing keys");
-                Self::Internal
-            }
+            TokenError::InvalidGrant(d) => Self::invalid_grant(d),
+            TokenError::InvalidTarget(d) => oauth(StatusCode::BAD_REQUEST, "invalid_target", d),
+            TokenError::InvalidScope(d) => oauth(StatusCode::BAD_REQUEST, "invalid_scope", d),
+            TokenError::InvalidRequest(d) => Self::invalid_request(d),
+            TokenError::InvalidClient(d) => oauth(StatusCode::UNAUTHORIZED, "invalid_client", d),
+            TokenError::Unavailable(m) => Self::Unavailable(m),
+            TokenError::Throttled(secs) => Self::Throttled(secs),
+            TokenError::NoSuchAccount(_)
+            | TokenError::NoSuchToken(_)
+            | TokenError::NoSuchSession(_) => Self::NotFound(e.to_string()),
+            TokenError::Store(s) => s.into(),
+            TokenError::Key(_) | TokenError::Internal(_) => Self::internal("token service", &e),
+            other => Self::internal("token service", &other),
         }
+    }
+}
+
+impl ApiError {
+    /// An internal failure: the cause is logged here, once, inside the request's span (so with
+    /// its request id), and the caller is told only that something failed inside.
+    pub fn internal(what: &str, cause: &dyn std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "internal error: {what}");
+        Self::Internal
     }
 }

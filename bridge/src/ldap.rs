@@ -6,16 +6,15 @@
 //! `Retry-After`), each attempt reserved before the password reaches the directory. A user whose password was right but whose account may not log in is
 //! told why. A directory that does not answer is a 503 and never a token.
 
-use idbridge_core::{
-    DirectoryError, DirectoryStatus, DirectoryUser, ExternalIdentity, Session, UserAccount,
-};
+use idbridge_core::{DirectoryError, DirectoryUser, ExternalIdentity, UserAccount};
 
 use crate::error::ApiError;
-use crate::provision::Provision;
-use crate::sessions::{Login, TokenPair};
-use crate::settings::{Client, DirectoryLogin};
+use crate::settings::DirectoryLogin;
 use crate::state::{AppState, RequestCtx};
 use crate::throttle::Outcome;
+use idbridge_tokens::Client;
+use idbridge_tokens::provision::Provision;
+use idbridge_tokens::{Login, TokenPair};
 
 /// The answer to every failed password check.
 const INVALID: &str = "invalid username or password";
@@ -50,158 +49,167 @@ pub(crate) struct PasswordLogin<'a> {
     pub scope: String,
 }
 
-impl AppState {
-    /// The `password` grant: check the password with the directory, find or create the linked
-    /// account, start a session with `amr=ldap` and the user's shaped groups.
-    pub(crate) async fn password_login(
-        &self,
-        login: PasswordLogin<'_>,
-        ctx: &RequestCtx,
-    ) -> Result<TokenPair, ApiError> {
-        let (account, groups) = self
-            .password_account(login.username, login.password, &login.audience, ctx)
-            .await?;
-        self.start_session(
+/// The `password` grant: check the password with the directory, find or create the linked
+/// account, start a session with `amr=ldap` and the user's shaped groups.
+pub(crate) async fn password_login(
+    state: &AppState,
+    login: PasswordLogin<'_>,
+    ctx: &RequestCtx,
+) -> Result<TokenPair, ApiError> {
+    let (account, groups) =
+        password_account(state, login.username, login.password, &login.audience, ctx).await?;
+    state
+        .service()
+        .start_session(
             Login {
                 account: &account,
                 client_id: &login.client.id,
-                amr: "ldap",
+                amr: idbridge_core::Amr::Ldap,
                 audience: login.audience,
                 scope: login.scope,
                 login_groups: groups,
                 upstream: None,
             },
-            ctx,
+            ctx.origin(),
         )
         .await
-    }
+        .map_err(ApiError::from)
+}
 
-    /// Checks a directory password and returns the linked account and the user's groups shaped
-    /// for `audience`; throttled, and audited when refused.
-    pub(crate) async fn password_account(
-        &self,
-        username: &str,
-        password: &str,
-        audience: &str,
-        ctx: &RequestCtx,
-    ) -> Result<(UserAccount, Vec<String>), ApiError> {
-        let settings = self.settings();
-        let Some(dir) = settings.directory.as_ref() else {
-            return Err(ApiError::OAuth {
-                status: axum::http::StatusCode::BAD_REQUEST,
-                error: "unsupported_grant_type",
-                description: "password logins need a directory (config section `directory`)".into(),
+/// Checks a directory password and returns the linked account and the user's groups shaped
+/// for `audience`; throttled, and audited when refused.
+pub(crate) async fn password_account(
+    state: &AppState,
+    username: &str,
+    password: &str,
+    audience: &str,
+    ctx: &RequestCtx,
+) -> Result<(UserAccount, Vec<String>), ApiError> {
+    let settings = state.settings();
+    let Some(dir) = settings.directory.as_ref() else {
+        return Err(ApiError::OAuth {
+            status: axum::http::StatusCode::BAD_REQUEST,
+            error: "unsupported_grant_type",
+            description: "password logins need a directory (config section `directory`)".into(),
+        });
+    };
+    let source = ctx.source.map(|s| s.ip());
+    let deny = |reason: &str| {
+        state
+            .service()
+            .login_denied(ctx.origin(), "login.ldap", Some(username), reason)
+    };
+    let started = std::time::Instant::now();
+    let throttled = |wait: u64| {
+        deny("throttled");
+        ApiError::Throttled(wait)
+    };
+    state
+        .throttle()
+        .check_source(&dir.throttle, source, started)
+        .map_err(throttled)?;
+    let candidate = match dir.directory.find_login(username).await {
+        Ok(c) => c,
+        Err(e) => {
+            deny("directory unavailable");
+            return Err(unavailable(&e));
+        }
+    };
+    // Counted before the bind, against the entry the name found: parallel attempts and
+    // other spellings of the name share one budget.
+    let reservation = state
+        .throttle()
+        .reserve(&dir.throttle, source, &candidate.key)
+        .await
+        .map_err(throttled)?;
+    let user = match dir.directory.check_password(candidate, password).await {
+        Ok(u) => u,
+        Err(DirectoryError::InvalidCredentials) => {
+            reservation.settle(Outcome::Failed);
+            deny(INVALID);
+            return Err(ApiError::invalid_grant(INVALID));
+        }
+        Err(DirectoryError::Refused(problem)) => {
+            // The password was right.
+            reservation.settle(Outcome::Succeeded);
+            let why = problem.to_string();
+            deny(&why);
+            return Err(ApiError::invalid_grant(why));
+        }
+        Err(e) => {
+            // A bind that got no answer may have counted at the directory: so it does
+            // here. Nothing reached it otherwise.
+            let counted = matches!(e, DirectoryError::NoAnswer(_));
+            reservation.settle(if counted {
+                Outcome::Failed
+            } else {
+                Outcome::Undecided
             });
-        };
-        let source = ctx.source.map(|s| s.ip());
-        let deny = |reason: &str| self.login_denied(ctx, "login.ldap", Some(username), reason);
-        let started = std::time::Instant::now();
-        let throttled = |wait: u64| {
-            deny("throttled");
-            ApiError::Throttled(wait)
-        };
-        self.throttle()
-            .check_source(&dir.throttle, source, started)
-            .map_err(throttled)?;
-        let candidate = match dir.directory.find_login(username).await {
-            Ok(c) => c,
-            Err(e) => {
-                deny("directory unavailable");
-                return Err(unavailable(&e));
-            }
-        };
-        // Counted before the bind, against the entry the name found: parallel attempts and
-        // other spellings of the name share one budget.
-        let reservation = self
-            .throttle()
-            .reserve(&dir.throttle, source, &candidate.key)
-            .await
-            .map_err(throttled)?;
-        let user = match dir.directory.check_password(candidate, password).await {
-            Ok(u) => u,
-            Err(DirectoryError::InvalidCredentials) => {
-                reservation.settle(Outcome::Failed);
-                deny(INVALID);
-                return Err(ApiError::invalid_grant(INVALID));
-            }
-            Err(DirectoryError::Refused(problem)) => {
-                // The password was right.
-                reservation.settle(Outcome::Succeeded);
-                let why = problem.to_string();
-                deny(&why);
-                return Err(ApiError::invalid_grant(why));
-            }
-            Err(e) => {
-                // A bind that got no answer may have counted at the directory: so it does
-                // here. Nothing reached it otherwise.
-                let counted = matches!(e, DirectoryError::NoAnswer(_));
-                reservation.settle(if counted {
-                    Outcome::Failed
-                } else {
-                    Outcome::Undecided
-                });
-                deny("directory unavailable");
-                return Err(unavailable(&e));
-            }
-        };
-        reservation.settle(Outcome::Succeeded);
-        let account = self
-            .directory_account(&user, (dir.jit, dir.link_by_name), "login.ldap", ctx)
-            .await?;
-        if account.disabled {
-            deny("account is disabled in idbridge");
-            return Err(ApiError::invalid_grant("your idbridge account is disabled"));
+            deny("directory unavailable");
+            return Err(unavailable(&e));
         }
-        let groups = self.shaped_groups(dir, &user, audience, &account, ctx);
-        Ok((account, groups))
+    };
+    reservation.settle(Outcome::Succeeded);
+    let account =
+        directory_account(state, &user, (dir.jit, dir.link_by_name), "login.ldap", ctx).await?;
+    if account.disabled {
+        deny("account is disabled in idbridge");
+        return Err(ApiError::invalid_grant("your idbridge account is disabled"));
     }
+    let groups = shaped_groups(state, dir, &user, audience, &account, ctx);
+    Ok((account, groups))
+}
 
-    pub(crate) fn shaped_groups(
-        &self,
-        dir: &DirectoryLogin,
-        user: &DirectoryUser,
-        audience: &str,
-        account: &UserAccount,
-        ctx: &RequestCtx,
-    ) -> Vec<String> {
-        let (groups, dropped) = dir.directory.token_groups(user, audience);
-        if dropped > 0 {
-            let note = format!(
-                "{dropped} of {} groups left out of tokens for {audience:?} by the group cap",
-                groups.len() + dropped
-            );
-            tracing::warn!(account = %account.name, "{note}");
-            let mut ev = ctx.event("login.groups", "capped");
-            ev.account = Some(account.name.as_str());
-            ev.uid = Some(account.uid.to_string());
-            ev.reason = Some(&note);
-            self.audit().record(&ev);
-        }
-        groups
+pub(crate) fn shaped_groups(
+    state: &AppState,
+    dir: &DirectoryLogin,
+    user: &DirectoryUser,
+    audience: &str,
+    account: &UserAccount,
+    ctx: &RequestCtx,
+) -> Vec<String> {
+    let (groups, dropped) = dir.directory.token_groups(user, audience);
+    if dropped > 0 {
+        let note = format!(
+            "{dropped} of {} groups left out of tokens for {audience:?} by the group cap",
+            groups.len() + dropped
+        );
+        tracing::warn!(account = %account.name, "{note}");
+        let mut ev = ctx.event("login.groups", "capped");
+        ev.account = Some(account.name.as_str());
+        ev.uid = Some(account.uid.to_string());
+        ev.reason = Some(&note);
+        state.audit().record(&ev);
     }
+    groups
+}
 
-    /// The account linked to a directory user: found by the entry's stable id, else created
-    /// (`jit`) or, with `link_by_name`, an unlinked account of the same name is linked.
-    /// `policy` is `(jit, link_by_name)` of the login method; `event` its audit action.
-    pub(crate) async fn directory_account(
-        &self,
-        user: &DirectoryUser,
-        policy: (bool, bool),
-        event: &'static str,
-        ctx: &RequestCtx,
-    ) -> Result<UserAccount, ApiError> {
-        let identity = ExternalIdentity::Directory {
-            id: user.id.clone(),
-        };
-        if let Some(a) = self.store().account_by_identity(&identity).await? {
-            return Ok(a);
-        }
-        let Ok(name) = user.name.parse::<idbridge_core::AccountName>() else {
-            let reason = "the directory name is not a valid account name; ask your administrator";
-            self.login_denied(ctx, event, Some(user.name.as_str()), reason);
-            return Err(ApiError::invalid_grant(reason));
-        };
-        self.provisioned_account(
+/// The account linked to a directory user: found by the entry's stable id, else created
+/// (`jit`) or, with `link_by_name`, an unlinked account of the same name is linked.
+/// `policy` is `(jit, link_by_name)` of the login method; `event` its audit action.
+pub(crate) async fn directory_account(
+    state: &AppState,
+    user: &DirectoryUser,
+    policy: (bool, bool),
+    event: &'static str,
+    ctx: &RequestCtx,
+) -> Result<UserAccount, ApiError> {
+    let identity = ExternalIdentity::Directory {
+        id: user.id.clone(),
+    };
+    if let Some(a) = state.store().account_by_identity(&identity).await? {
+        return Ok(a);
+    }
+    let Ok(name) = user.name.parse::<idbridge_core::AccountName>() else {
+        let reason = "the directory name is not a valid account name; ask your administrator";
+        state
+            .service()
+            .login_denied(ctx.origin(), event, Some(user.name.as_str()), reason);
+        return Err(ApiError::invalid_grant(reason));
+    };
+    state
+        .service()
+        .provisioned_account(
             Provision {
                 identity,
                 name: &name,
@@ -211,59 +219,8 @@ impl AppState {
                 what: "directory entry",
                 section: "directory",
             },
-            ctx,
+            ctx.origin(),
         )
         .await
-    }
-
-    /// On refresh of a session that started with a directory login: read the user again.
-    /// Gone, disabled, locked or expired → the session is revoked and the refresh refused; a
-    /// directory that does not answer refuses the refresh without revoking. Otherwise the
-    /// groups as they are now.
-    pub(crate) async fn recheck_directory(
-        &self,
-        account: &UserAccount,
-        session: &Session,
-        ctx: &RequestCtx,
-    ) -> Result<Vec<String>, ApiError> {
-        let settings = self.settings();
-        let Some(dir) = settings.directory.as_ref() else {
-            return Err(ApiError::invalid_grant(
-                "this session started with a directory login, and no directory is configured now; log in again",
-            ));
-        };
-        let id = account.identities.iter().find_map(|i| match i {
-            ExternalIdentity::Directory { id } => Some(id.as_str()),
-            _ => None,
-        });
-        let found = match id {
-            Some(id) => dir.directory.user_by_id(id).await.map_err(|e| {
-                let mut ev = ctx.event("token.refresh", "denied");
-                ev.account = Some(account.name.as_str());
-                ev.reason = Some("directory unavailable");
-                self.audit().record(&ev);
-                unavailable(&e)
-            })?,
-            None => None,
-        };
-        let why = match &found {
-            None => "the directory entry no longer exists".to_owned(),
-            Some(u) if u.status != DirectoryStatus::Active => {
-                format!("the directory account is {}", u.status)
-            }
-            Some(u) => return Ok(self.shaped_groups(dir, u, &session.audience, account, ctx)),
-        };
-        let now = self.clock().now();
-        self.store().revoke_session(session.id, &why, now).await?;
-        self.invalidate();
-        let mut ev = ctx.event("session.revoke", "ok");
-        ev.account = Some(account.name.as_str());
-        ev.uid = Some(account.uid.to_string());
-        ev.object = Some(format!("session={}", session.id));
-        ev.reason = Some(&why);
-        self.audit().record_durable(&ev).await;
-        Err(ApiError::invalid_grant(format!(
-            "{why}; the session is revoked"
-        )))
-    }
+        .map_err(ApiError::from)
 }

@@ -14,53 +14,34 @@
 //! HTTP responses in one place, [`ApiError`].
 
 mod admin;
-mod audit;
-mod auth;
 mod authorize;
-mod crypto;
 mod device;
 mod discovery;
 mod error;
-mod keys;
 mod ldap;
 mod metrics;
 mod negotiate;
 mod oauth;
-mod ops;
 mod page;
-mod provision;
 mod proxy;
+mod recheck;
 mod review;
 mod server;
-mod sessions;
 mod settings;
 mod state;
 mod throttle;
 mod tls;
-mod tokens;
 mod upstream;
 
-pub use audit::{Audit, AuditEvent, AuditSink};
-pub use auth::{Authenticated, Authenticator, Denial};
-pub use crypto::{CryptoError, Kek, SealKey};
 pub use error::ApiError;
-pub use keys::{KeyError, KeyPolicy, KeySet, Rotate, maintain};
 pub use metrics::Metrics;
-pub use ops::{AdminOps, CreatedToken, KeyInfo, OpsError, SessionInfo, UserRevocation};
 pub use review::{TokenReviewRequest, TokenReviewSpec, TokenReviewStatus, UserInfo};
 pub use server::{ConnectionLimits, ConnectionStats, PeerInfo, serve, serve_with};
-pub use settings::{
-    AudienceChange, Client, DirectoryLogin, KerberosLogin, MayAct, ProxySettings, Secret, Settings,
-    Who,
-};
+pub use settings::{DirectoryLogin, KerberosLogin, ProxySettings, Settings};
 pub use state::{AppState, app};
 pub use throttle::ThrottlePolicy;
 pub use tls::{
     ServerTls, TlsError, client_verifier, ensure_self_signed, server_config, verify_chain,
     write_private,
-};
-pub use tokens::{
-    AccessClaims, Actor, REFRESH_TOKEN_PREFIX, STATIC_TOKEN_PREFIX, WEBHOOK_TOKEN_PREFIX,
-    hash_token, new_secret, new_static_secret,
 };
 pub use upstream::{Upstream, UpstreamConfig, UpstreamError};

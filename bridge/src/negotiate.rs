@@ -17,10 +17,11 @@ use idbridge_kerberos::{AcceptError, MapError};
 use serde_json::json;
 
 use crate::error::ApiError;
-use crate::provision::Provision;
-use crate::sessions::{Login, TokenPair};
-use crate::settings::{Client, KerberosLogin, Settings};
+use crate::settings::{KerberosLogin, Settings};
 use crate::state::{AppState, RequestCtx};
+use idbridge_tokens::Client;
+use idbridge_tokens::provision::Provision;
+use idbridge_tokens::{Login, TokenPair};
 
 /// A Kerberos login as the token endpoint or `/login` received it.
 pub(crate) struct KerberosRequest<'a> {
@@ -31,161 +32,171 @@ pub(crate) struct KerberosRequest<'a> {
     pub scope: String,
 }
 
-impl AppState {
-    /// Checks the SPNEGO token, maps the principal to its account, and starts a session with
-    /// `amr=krb5`. Returns the tokens and the mutual-authentication token for the client.
-    pub(crate) async fn kerberos_login(
-        &self,
-        req: KerberosRequest<'_>,
-        ctx: &RequestCtx,
-    ) -> Result<(TokenPair, Option<Vec<u8>>), ApiError> {
-        let (account, login_groups, mutual) =
-            self.kerberos_account(req.token, &req.audience, ctx).await?;
-        let pair = self
-            .start_session(
-                Login {
-                    account: &account,
-                    client_id: &req.client.id,
-                    amr: "krb5",
-                    audience: req.audience,
-                    scope: req.scope,
-                    login_groups,
-                    upstream: None,
+/// Checks the SPNEGO token, maps the principal to its account, and starts a session with
+/// `amr=krb5`. Returns the tokens and the mutual-authentication token for the client.
+pub(crate) async fn kerberos_login(
+    state: &AppState,
+    req: KerberosRequest<'_>,
+    ctx: &RequestCtx,
+) -> Result<(TokenPair, Option<Vec<u8>>), ApiError> {
+    let (account, login_groups, mutual) =
+        kerberos_account(state, req.token, &req.audience, ctx).await?;
+    let pair = state
+        .service()
+        .start_session(
+            Login {
+                account: &account,
+                client_id: &req.client.id,
+                amr: idbridge_core::Amr::Krb5,
+                audience: req.audience,
+                scope: req.scope,
+                login_groups,
+                upstream: None,
+            },
+            ctx.origin(),
+        )
+        .await?;
+    Ok((pair, mutual))
+}
+
+/// Checks the SPNEGO token (base64) and returns the principal's account, the groups for
+/// `audience`, and the mutual-authentication token.
+pub(crate) async fn kerberos_account(
+    state: &AppState,
+    token: &str,
+    audience: &str,
+    ctx: &RequestCtx,
+) -> Result<(UserAccount, Vec<String>, Option<Vec<u8>>), ApiError> {
+    let settings = state.settings();
+    let Some(krb) = settings.kerberos.as_ref() else {
+        return Err(ApiError::OAuth {
+            status: StatusCode::BAD_REQUEST,
+            error: "unsupported_grant_type",
+            description: "Kerberos logins need a keytab (config section `kerberos`)".into(),
+        });
+    };
+    let deny = |reason: &str, who: Option<&str>| {
+        state
+            .service()
+            .login_denied(ctx.origin(), "login.krb5", who, reason)
+    };
+    let Ok(bytes) = STANDARD.decode(token.trim()) else {
+        deny("kerberos_token is not base64", None);
+        return Err(ApiError::invalid_request(
+            "kerberos_token must be the base64 SPNEGO token",
+        ));
+    };
+    let accepted = match krb.acceptor.accept(bytes).await {
+        Ok(a) => a,
+        Err(AcceptError::Internal(detail)) => {
+            tracing::error!(%detail, "Kerberos accept failed");
+            return Err(ApiError::Internal);
+        }
+        Err(e) => {
+            tracing::info!(reason = %e, detail = %e.detail(), "Kerberos login refused");
+            deny(&e.to_string(), None);
+            return Err(ApiError::invalid_grant(e.to_string()));
+        }
+    };
+    let principal = accepted.principal;
+    if !krb.mapper.allows_realm(principal.realm()) {
+        let why = MapError::RealmNotAllowed(principal.realm().to_owned()).to_string();
+        deny(&why, Some(principal.as_str()));
+        return Err(ApiError::invalid_grant(why));
+    }
+    let (account, login_groups) = if krb.groups_from_directory {
+        kerberos_directory_account(state, &settings, krb, &principal, audience, ctx).await?
+    } else {
+        let name = krb.mapper.account_name(&principal).map_err(|e| {
+            deny(&e.to_string(), Some(principal.as_str()));
+            ApiError::invalid_grant(e.to_string())
+        })?;
+        let account = state
+            .service()
+            .provisioned_account(
+                Provision {
+                    identity: ExternalIdentity::Kerberos {
+                        principal: principal.clone(),
+                    },
+                    name: &name,
+                    jit: krb.jit,
+                    link_by_name: krb.link_by_name,
+                    event: "login.krb5",
+                    what: "Kerberos principal",
+                    section: "kerberos",
                 },
-                ctx,
+                ctx.origin(),
             )
             .await?;
-        Ok((pair, mutual))
+        (account, Vec::new())
+    };
+    if account.disabled {
+        deny(
+            "account is disabled in idbridge",
+            Some(account.name.as_str()),
+        );
+        return Err(ApiError::invalid_grant("your idbridge account is disabled"));
     }
+    Ok((account, login_groups, accepted.mutual_token))
+}
 
-    /// Checks the SPNEGO token (base64) and returns the principal's account, the groups for
-    /// `audience`, and the mutual-authentication token.
-    pub(crate) async fn kerberos_account(
-        &self,
-        token: &str,
-        audience: &str,
-        ctx: &RequestCtx,
-    ) -> Result<(UserAccount, Vec<String>, Option<Vec<u8>>), ApiError> {
-        let settings = self.settings();
-        let Some(krb) = settings.kerberos.as_ref() else {
-            return Err(ApiError::OAuth {
-                status: StatusCode::BAD_REQUEST,
-                error: "unsupported_grant_type",
-                description: "Kerberos logins need a keytab (config section `kerberos`)".into(),
-            });
-        };
-        let deny =
-            |reason: &str, who: Option<&str>| self.login_denied(ctx, "login.krb5", who, reason);
-        let Ok(bytes) = STANDARD.decode(token.trim()) else {
-            deny("kerberos_token is not base64", None);
-            return Err(ApiError::invalid_request(
-                "kerberos_token must be the base64 SPNEGO token",
-            ));
-        };
-        let accepted = match krb.acceptor.accept(bytes).await {
-            Ok(a) => a,
-            Err(AcceptError::Internal(detail)) => {
-                tracing::error!(%detail, "Kerberos accept failed");
-                return Err(ApiError::Internal);
-            }
-            Err(e) => {
-                tracing::info!(reason = %e, detail = %e.detail(), "Kerberos login refused");
-                deny(&e.to_string(), None);
-                return Err(ApiError::invalid_grant(e.to_string()));
-            }
-        };
-        let principal = accepted.principal;
-        if !krb.mapper.allows_realm(principal.realm()) {
-            let why = MapError::RealmNotAllowed(principal.realm().to_owned()).to_string();
-            deny(&why, Some(principal.as_str()));
-            return Err(ApiError::invalid_grant(why));
+/// With `kerberos.groups: directory`: the directory entry holding the principal is the user
+/// (one account whichever way they log in), and its groups are the session's.
+async fn kerberos_directory_account(
+    state: &AppState,
+    settings: &Settings,
+    krb: &KerberosLogin,
+    principal: &Principal,
+    audience: &str,
+    ctx: &RequestCtx,
+) -> Result<(UserAccount, Vec<String>), ApiError> {
+    let refuse = |why: String| {
+        state
+            .service()
+            .login_denied(ctx.origin(), "login.krb5", Some(principal.as_str()), &why);
+        ApiError::invalid_grant(why)
+    };
+    let Some(dir) = settings.directory.as_ref() else {
+        return Err(refuse(
+            "Kerberos groups come from the directory, and no directory is configured".into(),
+        ));
+    };
+    let user = match dir.directory.user_by_principal(principal.as_str()).await {
+        Ok(Some(u)) => u,
+        Ok(None) => {
+            return Err(refuse(format!(
+                "no directory entry holds the principal {principal}; ask your administrator"
+            )));
         }
-        let (account, login_groups) = if krb.groups_from_directory {
-            self.kerberos_directory_account(&settings, krb, &principal, audience, ctx)
-                .await?
-        } else {
-            let name = krb.mapper.account_name(&principal).map_err(|e| {
-                deny(&e.to_string(), Some(principal.as_str()));
-                ApiError::invalid_grant(e.to_string())
-            })?;
-            let account = self
-                .provisioned_account(
-                    Provision {
-                        identity: ExternalIdentity::Kerberos {
-                            principal: principal.clone(),
-                        },
-                        name: &name,
-                        jit: krb.jit,
-                        link_by_name: krb.link_by_name,
-                        event: "login.krb5",
-                        what: "Kerberos principal",
-                        section: "kerberos",
-                    },
-                    ctx,
-                )
-                .await?;
-            (account, Vec::new())
-        };
-        if account.disabled {
-            deny(
-                "account is disabled in idbridge",
-                Some(account.name.as_str()),
-            );
-            return Err(ApiError::invalid_grant("your idbridge account is disabled"));
-        }
-        Ok((account, login_groups, accepted.mutual_token))
+        Err(e) => return Err(crate::ldap::unavailable(&e)),
+    };
+    if user.status != DirectoryStatus::Active {
+        return Err(refuse(format!("the directory account is {}", user.status)));
     }
-
-    /// With `kerberos.groups: directory`: the directory entry holding the principal is the user
-    /// (one account whichever way they log in), and its groups are the session's.
-    async fn kerberos_directory_account(
-        &self,
-        settings: &Settings,
-        krb: &KerberosLogin,
-        principal: &Principal,
-        audience: &str,
-        ctx: &RequestCtx,
-    ) -> Result<(UserAccount, Vec<String>), ApiError> {
-        let refuse = |why: String| {
-            self.login_denied(ctx, "login.krb5", Some(principal.as_str()), &why);
-            ApiError::invalid_grant(why)
-        };
-        let Some(dir) = settings.directory.as_ref() else {
-            return Err(refuse(
-                "Kerberos groups come from the directory, and no directory is configured".into(),
-            ));
-        };
-        let user = match dir.directory.user_by_principal(principal.as_str()).await {
-            Ok(Some(u)) => u,
-            Ok(None) => {
-                return Err(refuse(format!(
-                    "no directory entry holds the principal {principal}; ask your administrator"
-                )));
-            }
-            Err(e) => return Err(crate::ldap::unavailable(&e)),
-        };
-        if user.status != DirectoryStatus::Active {
-            return Err(refuse(format!("the directory account is {}", user.status)));
-        }
-        let mut account = self
-            .directory_account(&user, (krb.jit, krb.link_by_name), "login.krb5", ctx)
+    let mut account = crate::ldap::directory_account(
+        state,
+        &user,
+        (krb.jit, krb.link_by_name),
+        "login.krb5",
+        ctx,
+    )
+    .await?;
+    let identity = ExternalIdentity::Kerberos {
+        principal: principal.clone(),
+    };
+    if !account.identities.contains(&identity) {
+        account = state
+            .service()
+            .link(
+                account,
+                identity,
+                "linked to its Kerberos principal through the directory",
+                ctx.origin(),
+            )
             .await?;
-        let identity = ExternalIdentity::Kerberos {
-            principal: principal.clone(),
-        };
-        if !account.identities.contains(&identity) {
-            account = self
-                .link(
-                    account,
-                    identity,
-                    "linked to its Kerberos principal through the directory",
-                    ctx,
-                )
-                .await?;
-        }
-        let groups = self.shaped_groups(dir, &user, audience, &account, ctx);
-        Ok((account, groups))
     }
+    let groups = crate::ldap::shaped_groups(state, dir, &user, audience, &account, ctx);
+    Ok((account, groups))
 }
 
 /// `GET /login`: HTTP Negotiate. Without a token, a 401 challenge; with a good one, the token
@@ -210,7 +221,7 @@ pub(crate) async fn login(
     let client = crate::oauth::client(
         &settings,
         &HeaderMap::new(),
-        Some(crate::oauth::CLI_CLIENT),
+        Some(idbridge_tokens::CLI_CLIENT),
         None,
     )?;
     if !client
@@ -222,18 +233,18 @@ pub(crate) async fn login(
             "Kerberos logins are not enabled for the idbridge-cli client (its `grants` leave out the Kerberos grant)",
         ));
     }
-    let audience = crate::oauth::target(&settings, client, None)?;
-    let result = state
-        .kerberos_login(
-            KerberosRequest {
-                client,
-                token,
-                audience,
-                scope: String::new(),
-            },
-            &ctx,
-        )
-        .await;
+    let audience = idbridge_tokens::exchange::target(&settings.tokens, client, None)?;
+    let result = kerberos_login(
+        &state,
+        KerberosRequest {
+            client,
+            token,
+            audience,
+            scope: String::new(),
+        },
+        &ctx,
+    )
+    .await;
     match result {
         Ok((pair, mutual)) => {
             let mut r = crate::oauth::token_response(&pair, true);

@@ -8,25 +8,15 @@ use axum::response::{IntoResponse, Response};
 use axum::{Form, Json};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use idbridge_core::{SessionState, UnixTime};
+use idbridge_core::{GrantType, TokenType, UnknownValue};
+use idbridge_tokens::exchange::{Exchange, target};
+use idbridge_tokens::{CLI_CLIENT, Client, TokenPair};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::auth::Denial;
 use crate::error::ApiError;
-use crate::sessions::{Grant, Login, TokenPair};
-use crate::settings::{AudienceChange, Client, Settings};
+use crate::settings::Settings;
 use crate::state::{AppState, RequestCtx};
-use crate::tokens::{AccessClaims, Actor, REFRESH_TOKEN_PREFIX, STATIC_TOKEN_PREFIX, hash_token};
-
-/// The built-in first-party public client.
-pub(crate) const CLI_CLIENT: &str = "idbridge-cli";
-const STATIC_TOKEN_TYPE: &str = "urn:idbridge:params:oauth:token-type:static";
-const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
-const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
-const ID_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:id_token";
-/// A scope value selecting one group for an exchanged token.
-const GROUP_SCOPE: &str = "group:";
 
 // No `Debug`: the request holds secrets (passwords, tokens, client secrets).
 #[derive(Deserialize)]
@@ -129,6 +119,7 @@ pub(crate) fn client<'a>(
         (None, id) => (id.unwrap_or(CLI_CLIENT), form_secret),
     };
     let client = settings
+        .tokens
         .client(id)
         .ok_or_else(|| invalid_client("unknown client_id"))?;
     match (&client.secret, secret) {
@@ -136,27 +127,6 @@ pub(crate) fn client<'a>(
         (Some(_), _) => Err(invalid_client("client authentication failed")),
         (None, None) => Ok(client),
         (None, Some(_)) => Err(invalid_client("this public client has no secret")),
-    }
-}
-
-/// The audience a client asks for (the default one when it names none), if its allow-list has it.
-pub(crate) fn target(
-    settings: &Settings,
-    client: &Client,
-    requested: Option<String>,
-) -> Result<String, ApiError> {
-    let audience = requested.unwrap_or_else(|| settings.default_audience().to_owned());
-    if client.audiences.contains(&audience) {
-        Ok(audience)
-    } else {
-        Err(oauth(
-            StatusCode::BAD_REQUEST,
-            "invalid_target",
-            format!(
-                "audience {audience:?} is not allowed for client {:?}",
-                client.id
-            ),
-        ))
     }
 }
 
@@ -172,7 +142,7 @@ pub(crate) fn token_body(pair: &TokenPair, refresh_grant: bool) -> Value {
         "expires_in": pair.expires_in,
     });
     if !refresh_grant {
-        body["issued_token_type"] = json!(ACCESS_TOKEN_TYPE);
+        body["issued_token_type"] = json!(TokenType::AccessToken.as_str());
     }
     if let Some(r) = &pair.refresh_token {
         body["refresh_token"] = json!(r);
@@ -202,17 +172,18 @@ pub(crate) async fn token(
     form: Result<Form<TokenRequest>, FormRejection>,
 ) -> Result<Response, ApiError> {
     let Form(req) = form?;
-    let grant = req
+    let grant: GrantType = req
         .grant_type
-        .clone()
-        .ok_or_else(|| ApiError::invalid_request("grant_type is required"))?;
-    if !crate::discovery::GRANT_TYPES.contains(&grant.as_str()) {
-        return Err(oauth(
-            StatusCode::BAD_REQUEST,
-            "unsupported_grant_type",
-            format!("grant_type {grant:?} is not supported"),
-        ));
-    }
+        .as_deref()
+        .ok_or_else(|| ApiError::invalid_request("grant_type is required"))?
+        .parse()
+        .map_err(|e: UnknownValue| {
+            oauth(
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                format!("grant_type {:?} is not supported", e.value),
+            )
+        })?;
     let settings = state.settings();
     let client = client(
         &settings,
@@ -227,414 +198,151 @@ pub(crate) async fn token(
             format!("client {:?} may not use grant_type {grant:?}", client.id),
         ));
     }
-    if grant == "refresh_token" {
-        let token = required(&req.refresh_token, "refresh_token")?;
-        let pair = state.refresh(&client.id, token, &ctx).await?;
-        return Ok(token_response(&pair, true));
-    }
-    if grant == crate::discovery::PASSWORD_GRANT {
-        let username = req
-            .username
-            .as_deref()
-            .ok_or_else(|| ApiError::invalid_request("username is required"))?;
-        // An empty password is a failed login (never an anonymous bind); the directory layer
-        // answers it like any wrong password.
-        let password = req
-            .password
-            .as_deref()
-            .ok_or_else(|| ApiError::invalid_request("password is required"))?;
-        let audience = target(&settings, client, req.audience.clone())?;
-        let pair = state
-            .password_login(
+    let scope = || req.scope.clone().unwrap_or_default();
+    let target = |requested: &Option<String>| target(&settings.tokens, client, requested.clone());
+    let pair = match grant {
+        GrantType::RefreshToken => {
+            let token = required(&req.refresh_token, "refresh_token")?;
+            let source = crate::recheck::Sources::new(&state, &ctx);
+            state
+                .service()
+                .refresh(&client.id, token, ctx.origin(), &source)
+                .await?
+        }
+        GrantType::Password => {
+            let username = req
+                .username
+                .as_deref()
+                .ok_or_else(|| ApiError::invalid_request("username is required"))?;
+            // An empty password is a failed login (never an anonymous bind); the directory
+            // layer answers it like any wrong password.
+            let password = req
+                .password
+                .as_deref()
+                .ok_or_else(|| ApiError::invalid_request("password is required"))?;
+            let audience = target(&req.audience)?;
+            crate::ldap::password_login(
+                &state,
                 crate::ldap::PasswordLogin {
                     client,
                     username,
                     password,
                     audience,
-                    scope: req.scope.clone().unwrap_or_default(),
+                    scope: scope(),
                 },
                 &ctx,
             )
-            .await?;
-        return Ok(token_response(&pair, true));
-    }
-    if grant == crate::discovery::KERBEROS_GRANT {
-        let token = required(&req.kerberos_token, "kerberos_token")?;
-        let audience = target(&settings, client, req.audience.clone())?;
-        let (pair, mutual) = state
-            .kerberos_login(
+            .await?
+        }
+        GrantType::Kerberos => {
+            let token = required(&req.kerberos_token, "kerberos_token")?;
+            let audience = target(&req.audience)?;
+            let (pair, mutual) = crate::negotiate::kerberos_login(
+                &state,
                 crate::negotiate::KerberosRequest {
                     client,
                     token,
                     audience,
-                    scope: req.scope.clone().unwrap_or_default(),
+                    scope: scope(),
                 },
                 &ctx,
             )
             .await?;
-        let mut body = token_body(&pair, true);
-        if let Some(m) = mutual {
-            body["kerberos_mutual_token"] = json!(STANDARD.encode(m));
+            let mut body = token_body(&pair, true);
+            if let Some(m) = mutual {
+                body["kerberos_mutual_token"] = json!(STANDARD.encode(m));
+            }
+            return Ok(no_store(body));
         }
-        return Ok(no_store(body));
-    }
-    if grant == crate::authorize::AUTHORIZATION_CODE_GRANT {
-        let code = required(&req.code, "code")?;
-        let pair = state
-            .redeem_code(
+        GrantType::AuthorizationCode => {
+            let code = required(&req.code, "code")?;
+            crate::authorize::redeem_code(
+                &state,
                 client,
                 code,
                 req.redirect_uri.as_deref(),
                 req.code_verifier.as_deref(),
                 &ctx,
             )
-            .await?;
-        return Ok(token_response(&pair, true));
-    }
-    if grant == crate::device::DEVICE_GRANT {
-        let code = required(&req.device_code, "device_code")?;
-        let pair = state.poll_device(client, code, &ctx).await?;
-        return Ok(token_response(&pair, true));
-    }
-    debug_assert_eq!(grant, TOKEN_EXCHANGE);
-    if let Some(t) = req.requested_token_type.as_deref()
-        && t != ACCESS_TOKEN_TYPE
-    {
-        return Err(ApiError::invalid_request(format!(
-            "requested_token_type must be {ACCESS_TOKEN_TYPE}"
-        )));
-    }
-    let subject = required(&req.subject_token, "subject_token")?.to_owned();
-    // An access token keeps its own audience unless a rule re-targets it: its audience is
-    // judged once the subject token is verified.
-    let audience = if req.subject_token_type.as_deref() == Some(ACCESS_TOKEN_TYPE) {
-        String::new()
-    } else {
-        target(&settings, client, req.audience.clone())?
-    };
-    let pair = match req.subject_token_type.as_deref() {
-        Some(STATIC_TOKEN_TYPE) => {
-            if req.actor_token.is_some() {
-                return Err(ApiError::invalid_request(
-                    "actor_token is accepted only with an access-token subject",
-                ));
-            }
-            exchange_static(&state, &ctx, client, &subject, audience, req.scope).await?
+            .await?
         }
-        Some(ACCESS_TOKEN_TYPE) => exchange_access(&state, &ctx, client, &req, &subject).await?,
-        Some(ID_TOKEN_TYPE) => {
-            if req.actor_token.is_some() {
-                return Err(ApiError::invalid_request(
-                    "actor_token is accepted only with an access-token subject",
-                ));
-            }
-            let scope = req.scope.clone().unwrap_or_default();
-            state
-                .exchange_id_token(client, &subject, audience, scope, &ctx)
-                .await?
+        GrantType::DeviceCode => {
+            let code = required(&req.device_code, "device_code")?;
+            crate::device::poll_device(&state, client, code, &ctx).await?
         }
-        Some(other) => {
-            return Err(ApiError::invalid_request(format!(
-                "subject_token_type {other:?} is not supported; use {STATIC_TOKEN_TYPE}, {ACCESS_TOKEN_TYPE} or {ID_TOKEN_TYPE}"
-            )));
-        }
-        None => return Err(ApiError::invalid_request("subject_token_type is required")),
-    };
-    Ok(token_response(&pair, false))
-}
-
-/// A static token starts a session (`amr=static`).
-async fn exchange_static(
-    state: &AppState,
-    ctx: &RequestCtx,
-    client: &Client,
-    subject: &str,
-    audience: String,
-    scope: Option<String>,
-) -> Result<TokenPair, ApiError> {
-    if !subject.starts_with(STATIC_TOKEN_PREFIX) {
-        return Err(ApiError::invalid_grant(
-            "subject_token is not a static token",
-        ));
-    }
-    let who = match state.authenticate_here(subject).await {
-        Ok(w) => w,
-        Err(refusal) => {
-            let reason = refusal.audit(state, ctx, "token.exchange");
-            if refusal.denial == Denial::Unavailable {
-                return Err(ApiError::Unavailable(reason));
-            }
-            return Err(ApiError::invalid_grant(reason));
+        GrantType::TokenExchange => {
+            let pair = exchange(&state, &ctx, client, &req).await?;
+            return Ok(token_response(&pair, false));
         }
     };
-    let account = state
-        .store()
-        .account(who.uid)
-        .await?
-        .ok_or_else(|| ApiError::invalid_grant("account is disabled"))?;
-    state
-        .start_session(
-            Login {
-                account: &account,
-                client_id: &client.id,
-                amr: "static",
-                audience,
-                scope: scope.unwrap_or_default(),
-                login_groups: Vec::new(),
-                upstream: None,
-            },
-            ctx,
-        )
-        .await
+    Ok(token_response(&pair, true))
 }
 
-async fn verified_access(state: &AppState, token: &str) -> Result<AccessClaims, Denial> {
-    let settings = state.settings();
-    state
-        .authenticator()
-        .access_claims(
-            token,
-            &settings,
-            &state.keys(),
-            &**state.store(),
-            state.clock().now().0,
-        )
-        .await
-        .map_err(|r| r.denial)
-}
-
-/// Narrows the subject's groups and scopes to what `scope` asks for: `group:NAME` values select
-/// groups (all of the subject's when none is named); other values must be among the subject's
-/// scopes.
-fn narrow(subject: &AccessClaims, scope: Option<&str>) -> Result<(Vec<String>, String), ApiError> {
-    let Some(scope) = scope.filter(|s| !s.trim().is_empty()) else {
-        return Ok((subject.groups.clone(), subject.scope.clone()));
-    };
-    let have: Vec<&str> = subject.scope.split_whitespace().collect();
-    let mut groups = Vec::new();
-    let mut scopes = Vec::new();
-    for s in scope.split_whitespace() {
-        if let Some(g) = s.strip_prefix(GROUP_SCOPE) {
-            if !subject.groups.iter().any(|h| h == g) {
-                return Err(oauth(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_scope",
-                    format!("the subject token does not carry group {g:?}"),
-                ));
-            }
-            if !groups.iter().any(|h: &String| h == g) {
-                groups.push(g.to_owned());
-            }
-        } else if have.contains(&s) {
-            if !scopes.contains(&s) {
-                scopes.push(s);
-            }
-        } else {
-            return Err(oauth(
-                StatusCode::BAD_REQUEST,
-                "invalid_scope",
-                format!("the subject token does not carry scope {s:?}"),
-            ));
-        }
-    }
-    if groups.is_empty() {
-        groups.clone_from(&subject.groups);
-    }
-    Ok((groups, scopes.join(" ")))
-}
-
-/// The audience an access-token exchange yields: the subject token's own (the requested one,
-/// or the subject's when none is asked for), or another only where an `audience_changes` rule
-/// (global or the client's) allows the change from the subject's audience; the client's
-/// allow-list applies on top.
-///
-/// # Errors
-/// `invalid_target` naming the audiences at fault.
-fn exchange_target(
-    settings: &Settings,
-    client: &Client,
-    subject: &AccessClaims,
-    requested: Option<&str>,
-) -> Result<String, ApiError> {
-    let audience = match requested.filter(|a| !a.is_empty()) {
-        Some(a) => a.to_owned(),
-        None => subject
-            .aud
-            .iter()
-            .find(|a| *a == settings.default_audience())
-            .or_else(|| subject.aud.first())
-            .cloned()
-            .unwrap_or_else(|| settings.default_audience().to_owned()),
-    };
-    if !subject.aud.contains(&audience)
-        && !AudienceChange::allows(&settings.audience_changes, &subject.aud, &audience)
-        && !AudienceChange::allows(&client.audience_changes, &subject.aud, &audience)
-    {
-        return Err(oauth(
-            StatusCode::BAD_REQUEST,
-            "invalid_target",
-            format!(
-                "the subject token is for {:?}; no token_exchange.audience_changes rule allows \
-                 re-targeting it to {audience:?}",
-                subject.aud.join(" ")
-            ),
-        ));
-    }
-    target(settings, client, Some(audience))
-}
-
-/// An access token becomes a narrower one; with an actor token, a delegated one carrying `act`.
-async fn exchange_access(
+/// The token-exchange grant: which subject token type, and what goes with it.
+async fn exchange(
     state: &AppState,
     ctx: &RequestCtx,
     client: &Client,
     req: &TokenRequest,
-    subject: &str,
 ) -> Result<TokenPair, ApiError> {
-    let deny = |reason: &str, who: Option<&AccessClaims>| {
-        let mut ev = ctx.event("token.exchange", "denied");
-        ev.reason = Some(reason);
-        ev.account = who.map(|c| c.name.as_str());
-        ev.uid = who.map(|c| c.sub.clone());
-        state.audit().record(&ev);
+    let access = TokenType::AccessToken.as_str();
+    if let Some(t) = req.requested_token_type.as_deref()
+        && t != access
+    {
+        return Err(ApiError::invalid_request(format!(
+            "requested_token_type must be {access}"
+        )));
+    }
+    let subject = required(&req.subject_token, "subject_token")?;
+    let Some(kind) = req.subject_token_type.as_deref() else {
+        return Err(ApiError::invalid_request("subject_token_type is required"));
     };
-    let claims = match verified_access(state, subject).await {
-        Ok(c) => c,
-        Err(Denial::Unavailable) => {
-            return Err(ApiError::Unavailable(Denial::Unavailable.to_string()));
-        }
-        Err(d) => {
-            deny(&d.to_string(), None);
-            return Err(ApiError::invalid_grant(format!("subject_token: {d}")));
-        }
+    let Ok(kind) = kind.parse::<TokenType>() else {
+        return Err(ApiError::invalid_request(format!(
+            "subject_token_type {kind:?} is not supported; use {}, {access} or {}",
+            TokenType::Static,
+            TokenType::IdToken
+        )));
     };
-    // The audience first: a refused re-target answers invalid_target whatever the scope says.
-    let audience =
-        match exchange_target(&state.settings(), client, &claims, req.audience.as_deref()) {
-            Ok(a) => a,
-            Err(e) => {
-                deny(&e.to_string(), Some(&claims));
-                return Err(e);
-            }
-        };
-    let (groups, scope) = match narrow(&claims, req.scope.as_deref()) {
-        Ok(n) => n,
-        Err(e) => {
-            deny(&e.to_string(), Some(&claims));
-            return Err(e);
+    let no_actor = || {
+        if req.actor_token.is_some() {
+            Err(ApiError::invalid_request(
+                "actor_token is accepted only with an access-token subject",
+            ))
+        } else {
+            Ok(())
         }
     };
-    let act = match (&req.actor_token, req.actor_token_type.as_deref()) {
-        (None, None) => None,
-        (Some(actor), Some(STATIC_TOKEN_TYPE | ACCESS_TOKEN_TYPE)) => {
-            let (name, uid, groups) = if actor.starts_with(STATIC_TOKEN_PREFIX) {
-                match state.authenticate_here(actor).await {
-                    Ok(a) => (a.name.clone(), a.uid.to_string(), a.groups.clone()),
-                    Err(_) => {
-                        deny("actor_token is invalid", Some(&claims));
-                        return Err(ApiError::invalid_grant("actor_token is invalid"));
-                    }
-                }
-            } else {
-                match verified_access(state, actor).await {
-                    // An actor's access token must be meant for idbridge itself or for the
-                    // subject token's audience: a token for some other service proves nothing
-                    // here.
-                    Ok(a)
-                        if !a
-                            .aud
-                            .iter()
-                            .any(|x| *x == state.settings().issuer || claims.aud.contains(x)) =>
-                    {
-                        deny("actor_token is for another audience", Some(&claims));
-                        return Err(ApiError::invalid_grant(format!(
-                            "actor_token: the token is for {:?}, neither idbridge nor the \
-                             subject token's audience",
-                            a.aud.join(" ")
-                        )));
-                    }
-                    Ok(a) => (a.name, a.sub, a.groups),
-                    Err(d) => {
-                        deny("actor_token is invalid", Some(&claims));
-                        return Err(ApiError::invalid_grant(format!("actor_token: {d}")));
-                    }
-                }
+    let service = state.service();
+    Ok(match kind {
+        // An access token keeps its own audience unless a rule re-targets it: its audience is
+        // judged once the subject token is verified.
+        TokenType::AccessToken => {
+            let exchange = Exchange {
+                client,
+                subject,
+                audience: req.audience.as_deref(),
+                scope: req.scope.as_deref(),
+                actor_token: req.actor_token.as_deref(),
+                actor_token_type: req.actor_token_type.as_deref(),
             };
-            let settings = state.settings();
-            let allowed = settings.may_act.iter().any(|rule| {
-                rule.actors.matches(&name, &groups)
-                    && rule.subjects.matches(&claims.name, &claims.groups)
-                    && rule.audiences.contains(&audience)
-            });
-            if !allowed {
-                let reason = format!(
-                    "{name:?} may not act for {:?} towards audience {audience:?}",
-                    claims.name
-                );
-                deny(&reason, Some(&claims));
-                return Err(ApiError::invalid_grant(format!(
-                    "{reason} (no delegation rule allows it)"
-                )));
-            }
-            Some(Actor {
-                sub: uid,
-                name,
-                act: claims.act.clone().map(Box::new),
-            })
+            service.exchange_access(&exchange, ctx.origin()).await?
         }
-        (Some(_), Some(other)) => {
-            return Err(ApiError::invalid_request(format!(
-                "actor_token_type {other:?} is not supported"
-            )));
+        TokenType::Static => {
+            let audience = target(&state.settings().tokens, client, req.audience.clone())?;
+            no_actor()?;
+            service
+                .exchange_static(ctx.origin(), client, subject, audience, req.scope.clone())
+                .await?
         }
-        (Some(_), None) => {
-            return Err(ApiError::invalid_request("actor_token_type is required"));
+        TokenType::IdToken => {
+            let audience = target(&state.settings().tokens, client, req.audience.clone())?;
+            no_actor()?;
+            let scope = req.scope.clone().unwrap_or_default();
+            crate::authorize::exchange_id_token(state, client, subject, audience, scope, ctx)
+                .await?
         }
-        (None, Some(_)) => {
-            return Err(ApiError::invalid_request(
-                "actor_token_type without actor_token",
-            ));
-        }
-    };
-    let act = act.or_else(|| claims.act.clone());
-    let sid = claims
-        .sid
-        .parse()
-        .map_err(|_| ApiError::invalid_grant("subject_token has no session"))?;
-    let session = state
-        .store()
-        .session(sid)
-        .await?
-        .ok_or_else(|| ApiError::invalid_grant("subject_token: token is invalid or revoked"))?;
-    let account = state
-        .store()
-        .account(session.account)
-        .await?
-        .ok_or_else(|| ApiError::invalid_grant("subject_token: account is disabled"))?;
-    let actor_name = act.as_ref().map(|a| a.name.clone());
-    let now = state.clock().now().0;
-    let pair = state.mint(
-        &account,
-        &session,
-        Grant {
-            audience: audience.clone(),
-            groups,
-            scope,
-            act,
-            not_after: Some(claims.exp),
-        },
-        now,
-    )?;
-    let mut ev = ctx.event("token.exchange", "ok");
-    ev.account = Some(account.name.as_str());
-    ev.uid = Some(account.uid.to_string());
-    ev.actor = actor_name.as_deref();
-    ev.object = Some(format!(
-        "session={} from_jti={} jti={} aud={audience}",
-        session.id, claims.jti, pair.jti
-    ));
-    state.audit().record_durable(&ev).await;
-    Ok(pair)
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -676,7 +384,6 @@ pub(crate) async fn revoke(
         req.client_secret.as_deref(),
     )?;
     let token = req.token()?;
-    let now = state.clock().now();
     // Each revocation makes every replica read its revocation list again: a few per minute per
     // address are plenty for a client logging out.
     state
@@ -688,51 +395,7 @@ pub(crate) async fn revoke(
             std::time::Duration::from_secs(60),
         )
         .map_err(ApiError::Throttled)?;
-    let mut what = None;
-    if token.starts_with(REFRESH_TOKEN_PREFIX) {
-        if let Some(r) = state.store().refresh_token(hash_token(&token)).await?
-            && let Some(s) = state.store().session(r.session).await?
-        {
-            if s.client_id != client.id {
-                return Err(invalid_client("the token was issued to another client"));
-            }
-            state
-                .store()
-                .revoke_session(s.id, "revoked by its client", now)
-                .await?;
-            what = Some((s.account, format!("session={}", s.id)));
-        }
-    } else if token.starts_with(STATIC_TOKEN_PREFIX) {
-        if let Some(t) = state
-            .store()
-            .static_token_by_hash(hash_token(&token))
-            .await?
-        {
-            state.store().revoke_static_token(t.id, now).await?;
-            what = Some((t.account, format!("token={}", t.id)));
-        }
-    } else if let Ok(claims) = verified_access(&state, &token).await {
-        if !claims.client_id.is_empty() && claims.client_id != client.id {
-            return Err(invalid_client("the token was issued to another client"));
-        }
-        state
-            .store()
-            .revoke_jti(&claims.jti, UnixTime(claims.exp), now)
-            .await?;
-        if let Ok(uid) = claims.sub.parse() {
-            what = Some((uid, format!("jti={}", claims.jti)));
-        }
-    }
-    if let Some((uid, object)) = what {
-        state.invalidate_account(uid);
-        let account = state.store().account(uid).await?;
-        let mut ev = ctx.event("token.revoke", "ok");
-        ev.account = account.as_ref().map(|a| a.name.as_str());
-        ev.uid = Some(uid.to_string());
-        ev.actor = Some(&client.id);
-        ev.object = Some(object);
-        state.audit().record_durable(&ev).await;
-    }
+    state.service().revoke(client, &token, ctx.origin()).await?;
     Ok(([(header::CACHE_CONTROL, "no-store")], Json(json!({}))).into_response())
 }
 
@@ -750,7 +413,7 @@ pub(crate) async fn introspect(
             .authenticate_here(b)
             .await
             .map_err(|_| ApiError::Unauthorized("the bearer token is invalid"))?;
-        if !settings.is_admin(&who.groups) {
+        if !settings.tokens.is_admin(&who.groups) {
             return Err(ApiError::Forbidden(
                 "only confidential clients and admins may introspect",
             ));
@@ -771,7 +434,7 @@ pub(crate) async fn introspect(
         c.id.clone()
     };
     let token = req.token()?;
-    let answer = describe(&state, &token).await?;
+    let answer = state.service().describe(&token).await?;
     let mut ev = ctx.event("token.introspect", "ok");
     ev.actor = Some(&caller);
     ev.object = Some(format!(
@@ -785,154 +448,9 @@ pub(crate) async fn introspect(
     Ok(([(header::CACHE_CONTROL, "no-store")], Json(answer)).into_response())
 }
 
-async fn describe(state: &AppState, token: &str) -> Result<Value, ApiError> {
-    let inactive = json!({"active": false});
-    let now = state.clock().now();
-    let settings = state.settings();
-    if token.starts_with(REFRESH_TOKEN_PREFIX) {
-        let Some(r) = state.store().refresh_token(hash_token(token)).await? else {
-            return Ok(inactive);
-        };
-        let Some(s) = state.store().session(r.session).await? else {
-            return Ok(inactive);
-        };
-        let account = state.store().account(s.account).await?;
-        let live = r.spent_at.is_none()
-            && s.state(now, settings.session_idle_timeout.as_secs()) == SessionState::Active
-            && account.as_ref().is_some_and(|a| !a.disabled);
-        return Ok(match (live, account) {
-            (true, Some(a)) => json!({
-                "active": true,
-                "token_type": "refresh_token",
-                "sub": a.uid.to_string(),
-                "username": a.name.to_string(),
-                "client_id": s.client_id,
-                "sid": s.id.to_string(),
-                "iat": r.created_at.0,
-                "exp": s.expires_at.0,
-                "iss": settings.issuer,
-            }),
-            _ => inactive,
-        });
-    }
-    if token.starts_with(STATIC_TOKEN_PREFIX) {
-        return Ok(match state.authenticate(token, &[]).await {
-            Ok(w) => json!({
-                "active": true,
-                "token_type": "static",
-                "sub": w.uid.to_string(),
-                "username": w.name,
-                "groups": w.groups,
-                "exp": w.expires_at,
-                "iss": settings.issuer,
-            }),
-            Err(_) => inactive,
-        });
-    }
-    Ok(match verified_access(state, token).await {
-        Ok(c) => {
-            let mut v = serde_json::to_value(&c).map_err(|_| ApiError::Internal)?;
-            v["active"] = json!(true);
-            v["token_type"] = json!("Bearer");
-            v["username"] = json!(c.name);
-            v
-        }
-        Err(Denial::Unavailable) => {
-            return Err(ApiError::Unavailable(Denial::Unavailable.to_string()));
-        }
-        Err(_) => inactive,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn claims(groups: &[&str], scope: &str) -> AccessClaims {
-        AccessClaims {
-            iss: "i".into(),
-            sub: "s".into(),
-            aud: vec!["kubernetes".into()],
-            exp: 2,
-            iat: 1,
-            nbf: 1,
-            jti: "j".into(),
-            name: "alice".into(),
-            groups: groups.iter().map(|g| (*g).to_owned()).collect(),
-            namespace: None,
-            amr: vec![],
-            scope: scope.into(),
-            sid: "x".into(),
-            client_id: String::new(),
-            act: None,
-        }
-    }
-
-    #[test]
-    fn narrowing_keeps_only_what_the_subject_has() {
-        let c = claims(&["dev", "ops"], "read write");
-        assert_eq!(
-            narrow(&c, None).unwrap(),
-            (vec!["dev".into(), "ops".into()], "read write".into())
-        );
-        assert_eq!(
-            narrow(&c, Some("group:dev read")).unwrap(),
-            (vec!["dev".into()], "read".into())
-        );
-        assert!(narrow(&c, Some("group:admins")).is_err());
-        assert!(narrow(&c, Some("delete")).is_err());
-    }
-
-    #[test]
-    fn an_exchange_keeps_the_audience_unless_a_rule_retargets_it() {
-        let mut settings = Settings::new("https://idb".into());
-        let mut client = Client::cli(vec!["kubernetes".into(), "vault".into()]);
-        let mut c = claims(&["dev"], "");
-        let err = |r: Result<String, ApiError>| match r {
-            Err(ApiError::OAuth { error, .. }) => error,
-            other => panic!("{other:?}"),
-        };
-        assert_eq!(
-            exchange_target(&settings, &client, &c, None).unwrap(),
-            "kubernetes"
-        );
-        assert_eq!(
-            err(exchange_target(&settings, &client, &c, Some("vault"))),
-            "invalid_target"
-        );
-        // A rule on the client, then globally; it goes one way only.
-        client.audience_changes = vec![AudienceChange {
-            from: "kubernetes".into(),
-            to: vec!["vault".into()],
-        }];
-        assert_eq!(
-            exchange_target(&settings, &client, &c, Some("vault")).unwrap(),
-            "vault"
-        );
-        settings.audience_changes = std::mem::take(&mut client.audience_changes);
-        assert_eq!(
-            exchange_target(&settings, &client, &c, Some("vault")).unwrap(),
-            "vault"
-        );
-        c.aud = vec!["vault".into()];
-        assert_eq!(
-            exchange_target(&settings, &client, &c, None).unwrap(),
-            "vault"
-        );
-        assert_eq!(
-            err(exchange_target(&settings, &client, &c, Some("kubernetes"))),
-            "invalid_target"
-        );
-        // The client's allow-list still applies on top of a rule.
-        settings.audience_changes = vec![AudienceChange {
-            from: "vault".into(),
-            to: vec!["prod-db".into()],
-        }];
-        assert_eq!(
-            err(exchange_target(&settings, &client, &c, Some("prod-db"))),
-            "invalid_target"
-        );
-    }
 
     #[test]
     fn basic_credentials_are_form_decoded() {

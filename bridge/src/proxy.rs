@@ -12,8 +12,8 @@ use idbridge_core::{AccountName, GroupName, NewAccount};
 use serde::Deserialize;
 
 use crate::error::ApiError;
-use crate::sessions::Login;
 use crate::state::{AppState, RequestCtx};
+use idbridge_tokens::Login;
 
 #[derive(Debug, Deserialize)]
 pub(crate) struct ProxyLogin {
@@ -89,7 +89,7 @@ pub(crate) async fn login(
         }
     }
     let client = crate::oauth::client(&settings, &headers, req.client_id.as_deref(), None)?;
-    let audience = crate::oauth::target(&settings, client, req.audience)?;
+    let audience = idbridge_tokens::exchange::target(&settings.tokens, client, req.audience)?;
     let account = match state.store().account_by_name(&name).await? {
         Some(a) => a,
         None if proxy.jit => {
@@ -117,17 +117,18 @@ pub(crate) async fn login(
         return Err(ApiError::invalid_grant("account is disabled"));
     }
     let pair = state
+        .service()
         .start_session(
             Login {
                 account: &account,
                 client_id: &client.id,
-                amr: "proxy",
+                amr: idbridge_core::Amr::Proxy,
                 audience,
                 scope: req.scope.unwrap_or_default(),
                 login_groups: groups,
                 upstream: None,
             },
-            &ctx,
+            ctx.origin(),
         )
         .await?;
     Ok(crate::oauth::token_response(&pair, true))

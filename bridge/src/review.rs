@@ -16,9 +16,9 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::auth::Authenticated;
 use crate::error::ApiError;
 use crate::state::{AppState, RequestCtx};
+use idbridge_tokens::Authenticated;
 
 const API_VERSIONS: [&str; 2] = ["authentication.k8s.io/v1", "authentication.k8s.io/v1beta1"];
 
@@ -249,7 +249,7 @@ pub(crate) async fn token_review(
 ) -> Result<Response, ApiError> {
     let review = TokenReviewRequest::parse(&body).map_err(ApiError::BadRequest)?;
     let result = if review.spec.token.is_empty() {
-        Err(crate::auth::Denial::Malformed.into())
+        Err(idbridge_tokens::Denial::Malformed.into())
     } else {
         state
             .authenticate(&review.spec.token, &review.spec.audiences)
@@ -277,8 +277,8 @@ pub(crate) async fn token_review(
                     authenticated: true,
                     user: Some(user_info(
                         who,
-                        &settings.username_prefix,
-                        &settings.groups_prefix,
+                        &settings.tokens.username_prefix,
+                        &settings.tokens.groups_prefix,
                     )),
                     audiences: who.audiences.clone(),
                     error: None,
@@ -288,7 +288,7 @@ pub(crate) async fn token_review(
         }
         Err(refusal) => {
             state.metrics().review(false, false);
-            let reason = refusal.audit(&state, &ctx, "tokenreview");
+            let reason = refusal.audit(state.audit(), ctx.origin(), "tokenreview");
             denied = to_raw(&TokenReviewStatus {
                 authenticated: false,
                 error: Some(reason),
@@ -297,7 +297,9 @@ pub(crate) async fn token_review(
             &denied
         }
     };
-    let buf = review.answer(status).map_err(|_| ApiError::Internal)?;
+    let buf = review
+        .answer(status)
+        .map_err(|e| ApiError::internal("serialize a TokenReview", &e))?;
     Ok(([(header::CONTENT_TYPE, "application/json")], buf).into_response())
 }
 

@@ -13,32 +13,22 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use idbridge_core::{Clock, Store};
+use idbridge_tokens::{
+    AdminOps, Audit, AuditEvent, Authenticated, Authenticator, Kek, KeySet, Origin, Refusal,
+    Rotate, TokenError, TokenService,
+};
 
-use crate::audit::{Audit, AuditEvent};
-use crate::auth::{Authenticated, Authenticator, Refusal};
-use crate::crypto::Kek;
 use crate::error::ApiError;
-use crate::keys::KeySet;
-use crate::keys::Rotate;
 use crate::metrics::Metrics;
-use crate::ops::{AdminOps, OpsError};
 use crate::server::PeerInfo;
 use crate::settings::Settings;
 use crate::{admin, authorize, device, discovery, negotiate, oauth, proxy, review};
 
 struct Inner {
-    store: Arc<dyn Store>,
-    clock: Arc<dyn Clock>,
-    keys: RwLock<Arc<KeySet>>,
+    service: TokenService,
     settings: RwLock<Arc<Settings>>,
-    auth: Authenticator,
-    audit: Audit,
     metrics: Metrics,
-    ops: AdminOps,
     ready: AtomicBool,
-    kek: RwLock<Option<Kek>>,
-    // Key maintenance runs from a timer and from `keys rotate`; one at a time.
-    key_lock: tokio::sync::Mutex<()>,
     // Failed password logins; kept across reloads.
     throttle: crate::throttle::Throttle,
 }
@@ -69,24 +59,33 @@ impl AppState {
         settings: Settings,
         audit: Audit,
     ) -> Self {
+        Self::over(
+            TokenService::new(store, clock, keys, settings.tokens.clone(), audit),
+            settings,
+        )
+    }
+
+    /// State over a token service (whose policy `settings.tokens` replaces).
+    #[must_use]
+    pub fn over(service: TokenService, settings: Settings) -> Self {
+        service.set_policy(settings.tokens.clone());
         Self(Arc::new(Inner {
-            ops: AdminOps::new(store.clone(), clock.clone()),
-            auth: Authenticator::new(&settings),
-            store,
-            clock,
-            keys: RwLock::new(Arc::new(keys)),
+            service,
             settings: RwLock::new(Arc::new(settings)),
-            audit,
             metrics: Metrics::new(&ROUTES),
             ready: AtomicBool::new(true),
-            kek: RwLock::new(None),
-            key_lock: tokio::sync::Mutex::new(()),
             throttle: crate::throttle::Throttle::default(),
         }))
     }
 
     pub(crate) fn throttle(&self) -> &crate::throttle::Throttle {
         &self.0.throttle
+    }
+
+    /// The token service.
+    #[must_use]
+    pub fn service(&self) -> &TokenService {
+        &self.0.service
     }
 
     /// Current settings.
@@ -97,83 +96,56 @@ impl AppState {
 
     /// Replaces the settings (on reload); caches are emptied so new mappings apply at once.
     pub fn set_settings(&self, settings: Settings) {
-        let settings = Arc::new(settings);
+        let policy = settings.tokens.clone();
         *self
             .0
             .settings
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = settings.clone();
-        // Only after the new settings are visible: a review racing this call either sees the
-        // new settings or has its result discarded by the generation bump.
-        self.0.auth.resize(&settings);
-        self.0.auth.invalidate();
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(settings);
+        self.0.service.set_policy(policy);
     }
 
     /// Sets the key-encryption key that seals signing keys at rest.
     pub fn set_kek(&self, kek: Option<Kek>) {
-        *self
-            .0
-            .kek
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = kek;
+        self.0.service.set_kek(kek);
     }
 
-    /// Applies the key policy (and an operator's rotation) to the stored ring, then reloads the
-    /// keys in use from the store, so a change made elsewhere is picked up too.
+    /// See [`TokenService::maintain_keys`].
     ///
     /// # Errors
     /// A store or key failure; the keys in use stay as they were.
-    pub async fn maintain_keys(&self, rotate: Rotate) -> Result<bool, OpsError> {
-        let _one = self.0.key_lock.lock().await;
-        let kek = read(&self.0.kek);
-        let policy = self.settings().key_policy();
-        let changed = self
-            .0
-            .ops
-            .maintain_keys(&policy, rotate, kek.as_ref())
-            .await?;
-        let stored = self.0.store.signing_keys().await?;
-        let keys = KeySet::from_stored(&stored, kek.as_ref())?;
-        let old = self.keys();
-        if changed || old.jwks() != keys.jwks() || old.signing_kid() != keys.signing_kid() {
-            tracing::info!(signing = %keys.signing_kid(), "signing keys updated");
-            *self
-                .0
-                .keys
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(keys);
-        }
-        Ok(changed)
+    pub async fn maintain_keys(&self, rotate: Rotate) -> Result<bool, TokenError> {
+        self.0.service.maintain_keys(rotate).await
     }
 
     /// Current keys.
     #[must_use]
     pub fn keys(&self) -> Arc<KeySet> {
-        read(&self.0.keys)
+        self.0.service.keys()
     }
 
     /// The store.
     #[must_use]
     pub fn store(&self) -> &Arc<dyn Store> {
-        &self.0.store
+        self.0.service.store()
     }
 
     /// The clock.
     #[must_use]
     pub fn clock(&self) -> &dyn Clock {
-        &*self.0.clock
+        self.0.service.clock()
     }
 
     /// Administrative operations.
     #[must_use]
     pub fn ops(&self) -> &AdminOps {
-        &self.0.ops
+        self.0.service.ops()
     }
 
     /// The audit log.
     #[must_use]
     pub fn audit(&self) -> &Audit {
-        &self.0.audit
+        self.0.service.audit()
     }
 
     /// Metrics.
@@ -185,17 +157,17 @@ impl AppState {
     /// The authenticator.
     #[must_use]
     pub fn authenticator(&self) -> &Authenticator {
-        &self.0.auth
+        self.0.service.authenticator()
     }
 
     /// Empties authentication caches after a change that may revoke access.
     pub fn invalidate(&self) {
-        self.0.auth.invalidate();
+        self.0.service.invalidate();
     }
 
     /// Drops what the caches hold for one account (see [`Authenticator::invalidate_account`]).
     pub fn invalidate_account(&self, uid: idbridge_core::AccountUid) {
-        self.0.auth.invalidate_account(uid);
+        self.0.service.invalidate_account(uid);
     }
 
     /// Marks the service as not ready (shutting down).
@@ -203,19 +175,15 @@ impl AppState {
         self.0.ready.store(false, Ordering::SeqCst);
     }
 
-    /// Authenticates a credential presented to idbridge itself (the admin API, token exchange,
-    /// introspection): it must name the issuer as its audience outright.
+    /// See [`TokenService::authenticate_here`].
     ///
     /// # Errors
     /// A refusal that says why.
     pub async fn authenticate_here(&self, token: &str) -> Result<Arc<Authenticated>, Refusal> {
-        let issuer = self.settings().issuer.clone();
-        self.authenticate(token, std::slice::from_ref(&issuer))
-            .await
-            .and_then(|w| w.require_audience().map(|()| w))
+        self.0.service.authenticate_here(token).await
     }
 
-    /// Authenticates a bearer credential.
+    /// See [`TokenService::authenticate`].
     ///
     /// # Errors
     /// A refusal that says why.
@@ -224,18 +192,7 @@ impl AppState {
         token: &str,
         audiences: &[String],
     ) -> Result<Arc<Authenticated>, Refusal> {
-        let settings = self.settings();
-        self.0
-            .auth
-            .authenticate(
-                token,
-                audiences,
-                &settings,
-                || self.keys(),
-                &*self.0.store,
-                &*self.0.clock,
-            )
-            .await
+        self.0.service.authenticate(token, audiences).await
     }
 }
 
@@ -281,21 +238,19 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestCtx {
 }
 
 impl RequestCtx {
+    /// The request as the token service's audit log names it.
+    #[must_use]
+    pub fn origin(&self) -> Origin<'_> {
+        Origin {
+            request_id: &self.id,
+            source: self.source,
+        }
+    }
+
     /// An audit event pre-filled with this request's id and source.
     #[must_use]
     pub fn event<'a>(&'a self, event: &'a str, outcome: &'a str) -> AuditEvent<'a> {
-        AuditEvent {
-            event,
-            outcome,
-            account: None,
-            uid: None,
-            actor: None,
-            actor_uid: None,
-            source: self.source,
-            correlation_id: &self.id,
-            reason: None,
-            object: None,
-        }
+        self.origin().event(event, outcome)
     }
 }
 

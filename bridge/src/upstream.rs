@@ -20,7 +20,7 @@ use openidconnect::{
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::settings::Secret;
+use idbridge_tokens::Secret;
 
 /// The JWKS is fetched again for an unknown `kid` at most this often.
 pub(crate) const JWKS_REFETCH_EVERY: Duration = Duration::from_secs(30);

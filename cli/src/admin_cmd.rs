@@ -6,12 +6,12 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use idbridge_bridge::{
-    AdminOps, CreatedToken, KeyInfo, KeyPolicy, Rotate, SessionInfo, UserRevocation,
-};
 use idbridge_core::{
     AccountName, GroupName, HumanDuration, KeyState, LabelKey, Namespace, NewAccount, SessionId,
     StaticToken, SystemClock, TokenId, UserAccount,
+};
+use idbridge_tokens::{
+    AdminOps, CreatedToken, KeyInfo, KeyPolicy, Rotate, SessionInfo, UserRevocation,
 };
 use serde::de::DeserializeOwned;
 use serde_json::json;

@@ -219,10 +219,10 @@ impl TokenExchangeConfig {
     }
 
     /// The rules as the bridge takes them.
-    pub fn rules(&self) -> Vec<idbridge_bridge::AudienceChange> {
+    pub fn rules(&self) -> Vec<idbridge_tokens::AudienceChange> {
         self.audience_changes
             .iter()
-            .map(|r| idbridge_bridge::AudienceChange {
+            .map(|r| idbridge_tokens::AudienceChange {
                 from: r.from.clone(),
                 to: r.to.clone(),
             })
@@ -655,14 +655,10 @@ impl Config {
         if self.keys.publish_lead.as_secs() >= self.keys.rotate_every.as_secs() {
             bail!("field `keys.publish_lead`: must be shorter than `keys.rotate_every`");
         }
-        let grants = [
-            "refresh_token",
-            "urn:ietf:params:oauth:grant-type:token-exchange",
-            "password",
-            "urn:idbridge:params:oauth:grant-type:kerberos",
-            "authorization_code",
-            "urn:ietf:params:oauth:grant-type:device_code",
-        ];
+        let grants: Vec<&str> = idbridge_core::GrantType::ALL
+            .iter()
+            .map(|g| g.as_str())
+            .collect();
         for (i, c) in self.clients.iter().enumerate() {
             if c.id.is_empty() || c.id.len() > 128 || c.id.chars().any(char::is_control) {
                 bail!("field `clients[{i}].id`: must be 1-128 printable characters");

@@ -10,12 +10,12 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use base64::Engine;
-use idbridge_bridge::{
-    AdminOps, Kek, KeyPolicy, KeySet, Rotate, ServerTls, WEBHOOK_TOKEN_PREFIX, ensure_self_signed,
-    maintain, new_secret,
-};
+use idbridge_bridge::{ServerTls, ensure_self_signed};
 use idbridge_core::{AccountName, Clock, NewAccount, Store, UserAccount};
 use idbridge_store::SqliteStore;
+use idbridge_tokens::{
+    AdminOps, Kek, KeyPolicy, KeySet, Rotate, WEBHOOK_TOKEN_PREFIX, maintain, new_secret,
+};
 
 use crate::config::{Config, admin_group, parse_yaml};
 
@@ -332,7 +332,7 @@ pub fn upstreams(cfg: &Config) -> anyhow::Result<Vec<std::sync::Arc<idbridge_bri
             .as_deref()
             .map(|p| client_secret(p, &format!("{at}.client_secret_file")))
             .transpose()?
-            .map(idbridge_bridge::Secret::new);
+            .map(idbridge_tokens::Secret::new);
         let mut b = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(10))
             .connect_timeout(std::time::Duration::from_secs(5))
@@ -486,7 +486,7 @@ async fn ensure_admin(
     let token_file = cfg.data_dir.join("admin.token");
     let account = match ops.account(&name).await {
         Ok(a) => a,
-        Err(idbridge_bridge::OpsError::NoSuchAccount(_)) => {
+        Err(idbridge_tokens::OpsError::NoSuchAccount(_)) => {
             let mut new = NewAccount::named(name.clone());
             new.groups.insert(admin_group());
             let a = ops.add_account(new).await?;
@@ -497,7 +497,7 @@ async fn ensure_admin(
     };
     if let Ok(existing) = std::fs::read_to_string(&token_file) {
         // Reuse the token on disk if the store still knows it (the store may have been reset).
-        let hash = idbridge_bridge::hash_token(existing.trim());
+        let hash = idbridge_tokens::hash_token(existing.trim());
         if let Some(t) = store_ref.static_token_by_hash(hash).await?
             && t.account == account.uid
             && t.is_usable(clock_ref.now())
@@ -562,7 +562,7 @@ pub async fn sync_accounts_file(
                     updated += 1;
                 }
             }
-            Err(idbridge_bridge::OpsError::NoSuchAccount(_)) => {
+            Err(idbridge_tokens::OpsError::NoSuchAccount(_)) => {
                 ops.add_account(new).await?;
                 created += 1;
             }

@@ -7,10 +7,11 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Args;
 use idbridge_bridge::{
-    AdminOps, AppState, Audit, AuditSink, Client, ConnectionLimits, DirectoryLogin, MayAct,
-    ProxySettings, Rotate, Secret, Settings, ThrottlePolicy, Who, app, client_verifier, serve_with,
+    AppState, ConnectionLimits, DirectoryLogin, ProxySettings, Settings, ThrottlePolicy, app,
+    client_verifier, serve_with,
 };
 use idbridge_core::{Clock, SystemClock};
+use idbridge_tokens::{AdminOps, Audit, AuditSink, Client, MayAct, Rotate, Secret, Who};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -76,24 +77,27 @@ fn settings(
     tls_trusts_proxy: bool,
 ) -> anyhow::Result<Settings> {
     let mut s = Settings::new(issuer.to_owned());
-    s.audiences.clone_from(&cfg.kubernetes.audiences);
-    s.username_prefix
+    s.tokens.audiences.clone_from(&cfg.kubernetes.audiences);
+    s.tokens
+        .username_prefix
         .clone_from(&cfg.kubernetes.username_prefix);
-    s.groups_prefix.clone_from(&cfg.kubernetes.groups_prefix);
-    s.access_token_ttl = cfg.tokens.access_token_ttl.get();
-    s.clock_skew = cfg.tokens.clock_skew.get();
-    s.review_cache_ttl = cfg.review_cache.ttl.get();
-    s.review_cache_size = cfg.review_cache.max_entries;
+    s.tokens
+        .groups_prefix
+        .clone_from(&cfg.kubernetes.groups_prefix);
+    s.tokens.access_token_ttl = cfg.tokens.access_token_ttl.get();
+    s.tokens.clock_skew = cfg.tokens.clock_skew.get();
+    s.tokens.review_cache_ttl = cfg.review_cache.ttl.get();
+    s.tokens.review_cache_size = cfg.review_cache.max_entries;
     s.webhook_tokens = vec![Secret::new(webhook_token)];
     s.webhook_client_cert = cfg.webhooks.client_certificates;
-    s.admin_groups.clone_from(&cfg.admin.groups);
+    s.tokens.admin_groups.clone_from(&cfg.admin.groups);
     s.max_body_bytes = cfg.limits.max_body_bytes;
-    s.session_idle_timeout = cfg.sessions.idle_timeout.get();
-    s.session_max_lifetime = cfg.sessions.max_lifetime.get();
-    s.refresh_grace = cfg.sessions.refresh_grace.get();
-    s.key_rotate_every = cfg.keys.rotate_every.get();
-    s.key_publish_lead = cfg.keys.publish_lead.get();
-    s.clients = vec![Client::cli(cfg.kubernetes.audiences.clone())];
+    s.tokens.session_idle_timeout = cfg.sessions.idle_timeout.get();
+    s.tokens.session_max_lifetime = cfg.sessions.max_lifetime.get();
+    s.tokens.refresh_grace = cfg.sessions.refresh_grace.get();
+    s.tokens.key_rotate_every = cfg.keys.rotate_every.get();
+    s.tokens.key_publish_lead = cfg.keys.publish_lead.get();
+    s.tokens.clients = vec![Client::cli(cfg.kubernetes.audiences.clone())];
     for (i, c) in cfg.clients.iter().enumerate() {
         let secret = c
             .secret_file
@@ -111,15 +115,18 @@ fn settings(
         client.redirect_uris.clone_from(&c.redirect_uris);
         client.audience_changes = c.token_exchange.rules();
         match &c.grants {
-            Some(g) => client.grants.clone_from(g),
+            // Known grants only: the configuration was validated.
+            Some(g) => client.grants = g.iter().filter_map(|g| g.parse().ok()).collect(),
             // Passwords go only to clients named first-party by listing the grant.
-            None => client.grants.retain(|g| g != "password"),
+            None => client
+                .grants
+                .retain(|g| *g != idbridge_core::GrantType::Password),
         }
-        s.clients.retain(|o| o.id != client.id);
-        s.clients.push(client);
+        s.tokens.clients.retain(|o| o.id != client.id);
+        s.tokens.clients.push(client);
     }
-    s.audience_changes = cfg.token_exchange.rules();
-    s.may_act = cfg
+    s.tokens.audience_changes = cfg.token_exchange.rules();
+    s.tokens.may_act = cfg
         .delegation
         .iter()
         .map(|r| MayAct {

@@ -17,6 +17,9 @@ mod directory;
 mod duration;
 mod error;
 mod names;
+mod protocol;
+mod random;
+mod recheck;
 mod session;
 mod store;
 
@@ -29,6 +32,11 @@ pub use directory::{
 pub use duration::HumanDuration;
 pub use error::{Error, StoreError};
 pub use names::{AccountName, GroupName, LabelKey, Namespace, Principal};
+pub use protocol::{
+    Amr, GrantType, PendingKind, RESERVED_PREFIX, TokenType, UnknownValue, is_reserved,
+};
+pub use random::{InsecureCounterRandom, Random};
+pub use recheck::{LoginSource, NoRecheck, Recheck, UpstreamRefresh};
 pub use session::{
     KeyState, Pending, RefreshContext, RefreshRecord, Revocations, Session, SessionId,
     SessionState, Spend, SpendOutcome, StoredKey,

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Error;
 
-const RESERVED_PREFIX: &str = "system:";
+use crate::protocol::RESERVED_PREFIX;
 
 fn check_text(what: &'static str, s: &str, max: usize) -> Result<(), Error> {
     if s.is_empty() {

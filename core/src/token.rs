@@ -21,6 +21,12 @@ macro_rules! uuid_id {
             pub fn random() -> Self {
                 Self(uuid::Uuid::new_v4())
             }
+
+            /// A fresh id drawn from `random`.
+            #[must_use]
+            pub fn from_random(random: &dyn crate::Random) -> Self {
+                Self(random.uuid())
+            }
         }
 
         impl FromStr for $name {

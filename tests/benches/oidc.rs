@@ -133,7 +133,7 @@ fn main() {
             display_name: "Corp".into(),
             issuer: provider.issuer.clone(),
             client_id: "idbridge".into(),
-            client_secret: Some(idbridge_bridge::Secret::new(SECRET.into())),
+            client_secret: Some(idbridge_tokens::Secret::new(SECRET.into())),
             scopes: vec!["email".into()],
             username_claim: "email".into(),
             groups_claim: "groups".into(),

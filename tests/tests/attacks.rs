@@ -505,16 +505,16 @@ async fn secret_files_modes() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    let policy = idbridge_bridge::KeyPolicy {
+    let policy = idbridge_tokens::KeyPolicy {
         rotate_every: 30 * 86_400,
         publish_lead: 86_400,
         retain: 3600,
     };
-    let ring = idbridge_bridge::maintain(
+    let ring = idbridge_tokens::maintain(
         &[],
         idbridge_core::UnixTime(i64::try_from(now).unwrap()),
         &policy,
-        idbridge_bridge::Rotate::Policy,
+        idbridge_tokens::Rotate::Policy,
         None,
     )
     .unwrap()
@@ -806,8 +806,8 @@ async fn hostile_jwts(
 ) -> (Idbridge, String, Vec<(&'static str, &'static str, String)>) {
     use base64::Engine;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    use idbridge_bridge::{AccessClaims, KeySet};
     use idbridge_core::Store;
+    use idbridge_tokens::{AccessClaims, KeySet};
     use serde_json::json;
     let s = Idbridge::start(dir).await.unwrap();
     let good = s.access_token(&s.admin_token()).await.unwrap();
@@ -820,7 +820,7 @@ async fn hostile_jwts(
     let store = idbridge_store::SqliteStore::open(&s.data_dir.join("idbridge.db"))
         .await
         .unwrap();
-    let kek = idbridge_bridge::Kek::from_file(&s.data_dir.join("kek")).unwrap();
+    let kek = idbridge_tokens::Kek::from_file(&s.data_dir.join("kek")).unwrap();
     let ours = KeySet::from_stored(&store.signing_keys().await.unwrap(), Some(&kek)).unwrap();
     let now = claims.iat;
     let with = |f: &dyn Fn(&mut AccessClaims)| {

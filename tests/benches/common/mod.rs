@@ -4,12 +4,11 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use idbridge_bridge::{
-    AppState, Audit, AuditSink, KeySet, Rotate, Settings, app, ensure_self_signed, server_config,
-};
+use idbridge_bridge::{AppState, Settings, app, ensure_self_signed, server_config};
 use idbridge_core::SystemClock;
 use idbridge_store::SqliteStore;
 use idbridge_tests::load::tls_client;
+use idbridge_tokens::{Audit, AuditSink, KeySet, Rotate};
 
 /// idbridge serving `settings` from `dir`: a durable SQLite store, a fresh ES256 key and a file
 /// audit log, behind its own TLS stack on a loopback port. Returns its state (to add accounts

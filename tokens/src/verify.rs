@@ -15,9 +15,10 @@ use cached::{Cached, CachedPeek};
 use idbridge_core::{AccountUid, Clock, Store, UnixTime, UserAccount};
 use jsonwebtoken::{Algorithm, Validation};
 
+use crate::audit::{Audit, Origin};
 use crate::keys::KeySet;
-use crate::settings::Settings;
-use crate::tokens::{AccessClaims, STATIC_TOKEN_PREFIX, hash_token};
+use crate::policy::Policy;
+use crate::secret::{AccessClaims, STATIC_TOKEN_PREFIX, hash_token};
 
 /// Who a credential names, shaped for Kubernetes.
 #[derive(Debug, Clone)]
@@ -46,7 +47,7 @@ pub struct Authenticated {
     pub cached: bool,
     /// The TokenReview `status` for this result, serialized once and reused while cached. Settings
     /// that shape it (prefixes) empty the cache when they change.
-    pub(crate) review_status: std::sync::OnceLock<Box<serde_json::value::RawValue>>,
+    pub review_status: std::sync::OnceLock<Box<serde_json::value::RawValue>>,
 }
 
 /// Why a credential was refused. The message is safe to return to the caller.
@@ -102,19 +103,14 @@ impl Authenticated {
 
 impl Refusal {
     /// Records the refusal in the audit log as `event`/`denied`; returns the reason for the caller.
-    pub(crate) fn audit(
-        &self,
-        state: &crate::AppState,
-        ctx: &crate::state::RequestCtx,
-        event: &str,
-    ) -> String {
+    pub fn audit(&self, audit: &Audit, origin: Origin<'_>, event: &str) -> String {
         let reason = self.denial.to_string();
-        let mut ev = ctx.event(event, "denied");
+        let mut ev = origin.event(event, "denied");
         let named = self.account.as_ref();
         ev.account = named.map(|(n, _)| n.as_str());
         ev.uid = named.map(|(_, u)| u.to_string());
         ev.reason = Some(&reason);
-        state.audit().record(&ev);
+        audit.record(&ev);
         reason
     }
 }
@@ -154,7 +150,7 @@ fn lru<K: std::hash::Hash + Eq + Clone, V>(
 impl Authenticator {
     /// A new authenticator with caches sized by `settings`.
     #[must_use]
-    pub fn new(settings: &Settings) -> Self {
+    pub fn new(settings: &Policy) -> Self {
         Self {
             generation: AtomicU64::new(0),
             reviews: RwLock::new(lru(settings.review_cache_size, settings.review_cache_ttl)),
@@ -198,7 +194,7 @@ impl Authenticator {
     }
 
     /// Replaces the caches after a settings change.
-    pub fn resize(&self, settings: &Settings) {
+    pub fn resize(&self, settings: &Policy) {
         self.generation.fetch_add(1, Ordering::SeqCst);
         *write(&self.reviews) = lru(settings.review_cache_size, settings.review_cache_ttl);
         *write(&self.accounts) = lru(
@@ -215,7 +211,7 @@ impl Authenticator {
         &self,
         token: &str,
         audiences: &[String],
-        settings: &Settings,
+        settings: &Policy,
         keys: impl FnOnce() -> Arc<KeySet>,
         store: &dyn Store,
         clock: &dyn Clock,
@@ -289,7 +285,7 @@ impl Authenticator {
         &self,
         token: &str,
         audiences: &[String],
-        settings: &Settings,
+        settings: &Policy,
         store: &dyn Store,
         now: i64,
     ) -> Result<Authenticated, Refusal> {
@@ -346,7 +342,7 @@ impl Authenticator {
         &self,
         token: &str,
         audiences: &[String],
-        settings: &Settings,
+        settings: &Policy,
         keys: &KeySet,
         store: &dyn Store,
         now: i64,
@@ -387,10 +383,10 @@ impl Authenticator {
     ///
     /// # Errors
     /// A [`Refusal`] saying why.
-    pub(crate) async fn access_claims(
+    pub async fn access_claims(
         &self,
         token: &str,
-        settings: &Settings,
+        settings: &Policy,
         keys: &KeySet,
         store: &dyn Store,
         now: i64,
@@ -532,7 +528,7 @@ mod tests {
         store: SqliteStore,
         clock: FixedClock,
         keys: Arc<KeySet>,
-        settings: Settings,
+        settings: Policy,
         auth: Authenticator,
         uid: AccountUid,
     }
@@ -544,7 +540,7 @@ mod tests {
         new.groups.insert("dev".parse().unwrap());
         let uid = store.create_account(new, UnixTime(T0)).await.unwrap().uid;
         let (kid, der) = KeySet::generate().unwrap();
-        let settings = Settings::new("https://idbridge.test".into());
+        let settings = Policy::new("https://idbridge.test".into());
         Fixture {
             auth: Authenticator::new(&settings),
             _dir: dir,
@@ -573,7 +569,7 @@ mod tests {
         }
 
         async fn static_token(&self, expires_at: Option<i64>) -> String {
-            let secret = crate::tokens::new_static_secret();
+            let secret = crate::secret::new_static_secret();
             let t = StaticToken {
                 id: TokenId::random(),
                 account: self.uid,

@@ -9,28 +9,9 @@ use idbridge_core::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::tokens::{hash_token, new_static_secret};
+use crate::secret::{hash_token, new_static_secret};
 
-/// Errors from an administrative operation.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum OpsError {
-    /// No account has that name.
-    #[error("no account named {0:?}")]
-    NoSuchAccount(String),
-    /// No token has that id.
-    #[error("no token with id {0}")]
-    NoSuchToken(TokenId),
-    /// No session has that id.
-    #[error("no session with id {0}")]
-    NoSuchSession(SessionId),
-    /// The store refused or failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// The signing keys could not be handled.
-    #[error(transparent)]
-    Key(#[from] crate::keys::KeyError),
-}
+pub use crate::error::OpsError;
 
 /// A session as listed: the stored record, its state now, and its account's name.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -336,7 +317,7 @@ impl AdminOps {
         &self,
         policy: &crate::keys::KeyPolicy,
         rotate: crate::keys::Rotate,
-        kek: Option<&crate::crypto::Kek>,
+        kek: Option<&crate::seal::Kek>,
     ) -> Result<bool, OpsError> {
         let stored = self.store.signing_keys().await?;
         match crate::keys::maintain(&stored, self.clock.now(), policy, rotate, kek)? {

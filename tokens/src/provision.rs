@@ -4,11 +4,13 @@
 
 use idbridge_core::{AccountName, ExternalIdentity, NewAccount, UserAccount};
 
-use crate::error::ApiError;
-use crate::state::{AppState, RequestCtx};
+use crate::audit::Origin;
+use crate::error::TokenError;
+use crate::service::TokenService;
 
 /// How one login method provisions accounts.
-pub(crate) struct Provision<'a> {
+#[derive(Debug)]
+pub struct Provision<'a> {
     /// The identity that logged in.
     pub identity: ExternalIdentity,
     /// The account name it maps to.
@@ -26,15 +28,9 @@ pub(crate) struct Provision<'a> {
     pub section: &'static str,
 }
 
-impl AppState {
+impl TokenService {
     /// Records a refused login as `event`/`denied`, naming who tried when known.
-    pub(crate) fn login_denied(
-        &self,
-        ctx: &RequestCtx,
-        event: &str,
-        account: Option<&str>,
-        reason: &str,
-    ) {
+    pub fn login_denied(&self, ctx: Origin<'_>, event: &str, account: Option<&str>, reason: &str) {
         let mut ev = ctx.event(event, "denied");
         ev.account = account;
         ev.reason = Some(reason);
@@ -42,14 +38,17 @@ impl AppState {
     }
 
     /// The account linked to `p.identity`, per the method's policy.
-    pub(crate) async fn provisioned_account(
+    ///
+    /// # Errors
+    /// `InvalidGrant` saying why the identity has no account; a store failure.
+    pub async fn provisioned_account(
         &self,
         p: Provision<'_>,
-        ctx: &RequestCtx,
-    ) -> Result<UserAccount, ApiError> {
+        ctx: Origin<'_>,
+    ) -> Result<UserAccount, TokenError> {
         let refuse = |reason: String| {
             self.login_denied(ctx, p.event, Some(p.name.as_str()), &reason);
-            ApiError::invalid_grant(reason)
+            TokenError::InvalidGrant(reason)
         };
         if let Some(a) = self.store().account_by_identity(&p.identity).await? {
             return Ok(a);
@@ -79,7 +78,7 @@ impl AppState {
                         // Lost a race with a concurrent first login: use the account it made.
                         return match self.store().account_by_identity(&p.identity).await? {
                             Some(a) => Ok(a),
-                            None => Err(e.into()),
+                            None => Err(e),
                         };
                     }
                 };
@@ -99,13 +98,16 @@ impl AppState {
     }
 
     /// Adds `identity` to the account's links.
-    pub(crate) async fn link(
+    ///
+    /// # Errors
+    /// A store failure.
+    pub async fn link(
         &self,
         mut account: UserAccount,
         identity: ExternalIdentity,
         reason: &str,
-        ctx: &RequestCtx,
-    ) -> Result<UserAccount, ApiError> {
+        ctx: Origin<'_>,
+    ) -> Result<UserAccount, TokenError> {
         account.identities.insert(identity);
         self.store().update_account(&account).await?;
         self.invalidate();

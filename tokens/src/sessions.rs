@@ -1,5 +1,5 @@
-//! The token service every login ends in: sessions, rotating refresh tokens with reuse
-//! detection, and access-token minting.
+//! Sessions: every login ends in one. Rotating refresh tokens with reuse detection, and
+//! access-token minting.
 //!
 //! A refresh token is spent exactly once, atomically in the store. Concurrent refreshes with one
 //! token all get the pair the winner minted: the winner stores it sealed under a key derived
@@ -7,27 +7,33 @@
 //! window. A spend seen after the window is reuse, and revokes the whole session.
 
 use idbridge_core::{
-    RefreshContext, RefreshRecord, Session, SessionId, SessionState, Spend, SpendOutcome,
-    TokenHash, UnixTime, UserAccount,
+    Amr, LoginSource, Recheck, RefreshContext, RefreshRecord, Session, SessionId, SessionState,
+    Spend, SpendOutcome, TokenHash, UnixTime, UserAccount, is_reserved,
 };
 use serde::{Deserialize, Serialize};
 
-use crate::crypto::SealKey;
-use crate::error::ApiError;
-use crate::state::{AppState, RequestCtx};
-use crate::tokens::{AccessClaims, Actor, REFRESH_TOKEN_PREFIX, hash_token, new_secret};
+use crate::audit::Origin;
+use crate::error::TokenError;
+use crate::seal::SealKey;
+use crate::secret::{AccessClaims, Actor, REFRESH_TOKEN_PREFIX, hash_token, secret_from};
+use crate::service::TokenService;
 
 const GRACE_INFO: &[u8] = b"idbridge refresh grace pair v1";
 
 /// What the token endpoint returns. `Debug` hides both tokens.
 #[derive(Clone, Serialize, Deserialize)]
-pub(crate) struct TokenPair {
+pub struct TokenPair {
+    /// The access token (a JWT).
     pub access_token: String,
+    /// The refresh token, when the grant gives one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refresh_token: Option<String>,
+    /// Seconds until the access token expires.
     pub expires_in: i64,
+    /// Its scope.
     #[serde(skip_serializing_if = "String::is_empty", default)]
     pub scope: String,
+    /// Its `jti`.
     #[serde(skip)]
     pub jti: String,
     /// The session the pair belongs to, when it was just started.
@@ -53,10 +59,14 @@ impl std::fmt::Debug for TokenPair {
 
 /// What a new access token says beyond its session.
 #[derive(Debug, Clone)]
-pub(crate) struct Grant {
+pub struct Grant {
+    /// The one audience.
     pub audience: String,
+    /// Groups, without the Kubernetes prefix.
     pub groups: Vec<String>,
+    /// Scope.
     pub scope: String,
+    /// Who acts for the subject (delegation).
     pub act: Option<Actor>,
     /// No later than this (the subject token's expiry, for exchanges).
     pub not_after: Option<i64>,
@@ -65,7 +75,8 @@ pub(crate) struct Grant {
 impl Grant {
     /// What a session's own tokens carry: its audience and scope, the account's groups and the
     /// login's.
-    pub(crate) fn session(account: &UserAccount, session: &Session) -> Self {
+    #[must_use]
+    pub fn session(account: &UserAccount, session: &Session) -> Self {
         Self {
             audience: session.audience.clone(),
             groups: session_groups(account, session),
@@ -78,11 +89,16 @@ impl Grant {
 
 /// How a login starts a session.
 #[derive(Debug, Clone)]
-pub(crate) struct Login<'a> {
+pub struct Login<'a> {
+    /// The account that logged in.
     pub account: &'a UserAccount,
+    /// The OAuth client.
     pub client_id: &'a str,
-    pub amr: &'a str,
+    /// How.
+    pub amr: Amr,
+    /// The session's audience.
     pub audience: String,
+    /// Its scope.
     pub scope: String,
     /// Groups the login source vouched for, beyond the account's own.
     pub login_groups: Vec<String>,
@@ -93,8 +109,10 @@ pub(crate) struct Login<'a> {
 /// An upstream provider's refresh token, kept (sealed under idbridge's own refresh token) to ask
 /// the provider at every refresh whether the user still may log in. No `Debug`: it is a secret.
 #[derive(Clone, Serialize, Deserialize)]
-pub(crate) struct UpstreamGrant {
+pub struct UpstreamGrant {
+    /// The provider's name.
     pub upstream: String,
+    /// Its refresh token.
     pub refresh_token: String,
 }
 
@@ -110,15 +128,20 @@ const UPSTREAM_INFO: &[u8] = b"idbridge upstream grant v1";
 
 impl UpstreamGrant {
     /// Sealed under a key only the holder of `refresh_token` (idbridge's) can derive.
-    pub(crate) fn seal(&self, refresh_token: &str, hash: &TokenHash) -> Result<Vec<u8>, ApiError> {
-        let plain = serde_json::to_vec(self).map_err(|_| ApiError::Internal)?;
+    ///
+    /// # Errors
+    /// `Internal` when sealing fails.
+    pub fn seal(&self, refresh_token: &str, hash: &TokenHash) -> Result<Vec<u8>, TokenError> {
+        let plain = serde_json::to_vec(self)
+            .map_err(|e| TokenError::internal("serialize an upstream grant", e))?;
         SealKey::derive(refresh_token.as_bytes(), UPSTREAM_INFO)
             .seal(&hash.0, &plain)
-            .map_err(|_| ApiError::Internal)
+            .map_err(|e| TokenError::internal("seal an upstream grant", e))
     }
 
     /// Opens what [`UpstreamGrant::seal`] sealed.
-    pub(crate) fn open(refresh_token: &str, hash: &TokenHash, sealed: &[u8]) -> Option<Self> {
+    #[must_use]
+    pub fn open(refresh_token: &str, hash: &TokenHash, sealed: &[u8]) -> Option<Self> {
         let plain = SealKey::derive(refresh_token.as_bytes(), UPSTREAM_INFO)
             .open(&hash.0, sealed)
             .ok()?;
@@ -126,35 +149,32 @@ impl UpstreamGrant {
     }
 }
 
-fn internal(what: &'static str) -> impl FnOnce(crate::keys::KeyError) -> ApiError {
-    move |e| {
-        tracing::error!(error = %e, "cannot {what}");
-        ApiError::Internal
-    }
-}
-
 /// The account's groups and the session's login groups, without `system:` names.
-pub(crate) fn session_groups(account: &UserAccount, session: &Session) -> Vec<String> {
+#[must_use]
+pub fn session_groups(account: &UserAccount, session: &Session) -> Vec<String> {
     let mut groups: Vec<String> = account.groups.iter().map(ToString::to_string).collect();
     for g in &session.login_groups {
         if !groups.contains(g) {
             groups.push(g.clone());
         }
     }
-    groups.retain(|g| !g.starts_with("system:"));
+    groups.retain(|g| !is_reserved(g));
     groups
 }
 
-impl AppState {
+impl TokenService {
     /// Mints an access token for a session.
-    pub(crate) fn mint(
+    ///
+    /// # Errors
+    /// `Internal` when signing fails.
+    pub fn mint(
         &self,
         account: &UserAccount,
         session: &Session,
         grant: Grant,
         now: i64,
-    ) -> Result<TokenPair, ApiError> {
-        let settings = self.settings();
+    ) -> Result<TokenPair, TokenError> {
+        let settings = self.policy();
         let ttl = i64::try_from(settings.access_token_ttl.as_secs()).unwrap_or(900);
         let exp = (now + ttl)
             .min(session.expires_at.0)
@@ -166,7 +186,7 @@ impl AppState {
             exp,
             iat: now,
             nbf: now,
-            jti: uuid::Uuid::new_v4().to_string(),
+            jti: self.random().uuid().to_string(),
             name: account.name.to_string(),
             groups: grant.groups,
             namespace: account.default_namespace.as_ref().map(ToString::to_string),
@@ -179,7 +199,7 @@ impl AppState {
         let jwt = self
             .keys()
             .sign(&claims)
-            .map_err(internal("sign an access token"))?;
+            .map_err(|e| TokenError::internal("sign an access token", e))?;
         Ok(TokenPair {
             access_token: jwt,
             refresh_token: None,
@@ -191,30 +211,36 @@ impl AppState {
     }
 
     /// Starts a session for a login and returns its first pair.
-    pub(crate) async fn start_session(
+    ///
+    /// # Errors
+    /// The store failed, or signing did.
+    pub async fn start_session(
         &self,
         login: Login<'_>,
-        ctx: &RequestCtx,
-    ) -> Result<TokenPair, ApiError> {
+        ctx: Origin<'_>,
+    ) -> Result<TokenPair, TokenError> {
         self.start_session_until(login, None, ctx).await
     }
 
-    /// [`AppState::start_session`] for a session that must end by `ends_by` at the latest (a
-    /// login whose source cannot be asked again, such as an exchanged ID token).
-    pub(crate) async fn start_session_until(
+    /// [`TokenService::start_session`] for a session that must end by `ends_by` at the latest
+    /// (a login whose source cannot be asked again, such as an exchanged ID token).
+    ///
+    /// # Errors
+    /// The store failed, or signing did.
+    pub async fn start_session_until(
         &self,
         login: Login<'_>,
         ends_by: Option<UnixTime>,
-        ctx: &RequestCtx,
-    ) -> Result<TokenPair, ApiError> {
-        let settings = self.settings();
+        ctx: Origin<'_>,
+    ) -> Result<TokenPair, TokenError> {
+        let settings = self.policy();
         let now = self.clock().now();
         let longest = now.plus_secs(settings.session_max_lifetime.as_secs());
         let session = Session {
-            id: SessionId::random(),
+            id: SessionId::from_random(self.random()),
             account: login.account.uid,
             client_id: login.client_id.to_owned(),
-            amr: vec![login.amr.to_owned()],
+            amr: vec![login.amr.to_string()],
             audience: login.audience,
             scope: login.scope,
             login_groups: login.login_groups,
@@ -224,7 +250,7 @@ impl AppState {
             revoked_at: None,
             revoked_reason: None,
         };
-        let refresh = new_secret(REFRESH_TOKEN_PREFIX);
+        let refresh = secret_from(self.random(), REFRESH_TOKEN_PREFIX);
         let mut first = RefreshRecord::fresh(hash_token(&refresh), session.id, now);
         if let Some(up) = &login.upstream {
             first.upstream_sealed = Some(up.seal(&refresh, &first.hash)?);
@@ -245,13 +271,19 @@ impl AppState {
         Ok(pair)
     }
 
-    /// The `refresh_token` grant.
-    pub(crate) async fn refresh(
+    /// The `refresh_token` grant: spends `token` once and returns the next pair, after asking
+    /// the login's `source` again whether the user still may log in.
+    ///
+    /// # Errors
+    /// `InvalidGrant` with the reason (reuse revokes the session), `Unavailable` when a source
+    /// or the store did not answer.
+    pub async fn refresh(
         &self,
         client_id: &str,
         token: &str,
-        ctx: &RequestCtx,
-    ) -> Result<TokenPair, ApiError> {
+        ctx: Origin<'_>,
+        source: &dyn LoginSource,
+    ) -> Result<TokenPair, TokenError> {
         let hash = hash_token(token);
         let deny = |reason: &str, who: Option<&UserAccount>| {
             let mut ev = ctx.event("token.refresh", "denied");
@@ -259,7 +291,7 @@ impl AppState {
             ev.account = who.map(|a| a.name.as_str());
             ev.uid = who.map(|a| a.uid.to_string());
             self.audit().record(&ev);
-            ApiError::invalid_grant(reason)
+            TokenError::InvalidGrant(reason.to_owned())
         };
         if !token.starts_with(REFRESH_TOKEN_PREFIX) {
             return Err(deny("refresh_token is not an idbridge refresh token", None));
@@ -280,7 +312,7 @@ impl AppState {
         if record.spent_at.is_some() {
             return self.respent(&record, &session, token, now, ctx, who).await;
         }
-        let settings = self.settings();
+        let settings = self.policy();
         let state = session.state(now, settings.session_idle_timeout.as_secs());
         if state != SessionState::Active {
             return Err(deny(&format!("the session is {state}; log in again"), who));
@@ -291,20 +323,13 @@ impl AppState {
         };
         // A directory login is only as good as the directory says it still is.
         let mut session = session;
-        let from_directory = |amr: &String| {
-            amr == "ldap"
-                || (amr == "krb5"
-                    && settings
-                        .kerberos
-                        .as_ref()
-                        .is_some_and(|k| k.groups_from_directory))
-        };
-        let login_groups = if session.amr.iter().any(from_directory) {
-            let groups = self.recheck_directory(&account, &session, ctx).await?;
-            session.login_groups.clone_from(&groups);
-            Some(groups)
-        } else {
-            None
+        let login_groups = match source.directory_groups(&account, &session).await {
+            Ok(Some(groups)) => {
+                session.login_groups.clone_from(&groups);
+                Some(groups)
+            }
+            Ok(None) => None,
+            Err(r) => return Err(self.rechecked(r, &account, &session, now, ctx).await),
         };
         let mut login_groups = login_groups;
         let upstream = match record.upstream_sealed.as_deref() {
@@ -315,9 +340,19 @@ impl AppState {
                         Some(&account),
                     )
                 })?;
-                let (grant, groups) = self
-                    .recheck_upstream(kept, &account, &session, now, ctx)
-                    .await?;
+                let (grant, groups) = match source
+                    .upstream_refresh(&kept.upstream, &kept.refresh_token)
+                    .await
+                {
+                    Ok(r) => (
+                        UpstreamGrant {
+                            upstream: kept.upstream,
+                            refresh_token: r.refresh_token.unwrap_or(kept.refresh_token),
+                        },
+                        r.groups,
+                    ),
+                    Err(r) => return Err(self.rechecked(r, &account, &session, now, ctx).await),
+                };
                 if let Some(g) = groups {
                     session.login_groups.clone_from(&g);
                     login_groups = Some(g);
@@ -326,16 +361,17 @@ impl AppState {
             }
             None => None,
         };
-        let next_secret = new_secret(REFRESH_TOKEN_PREFIX);
+        let next_secret = secret_from(self.random(), REFRESH_TOKEN_PREFIX);
         let grant = Grant::session(&account, &session);
         let mut pair = self.mint(&account, &session, grant, now.0)?;
         pair.refresh_token = Some(next_secret.clone());
         let sealed = SealKey::derive(token.as_bytes(), GRACE_INFO)
             .seal(
                 &hash.0,
-                &serde_json::to_vec(&pair).map_err(|_| ApiError::Internal)?,
+                &serde_json::to_vec(&pair)
+                    .map_err(|e| TokenError::internal("serialize the grace pair", e))?,
             )
-            .map_err(|_| ApiError::Internal)?;
+            .map_err(|e| TokenError::internal("seal the grace pair", e))?;
         let mut next = RefreshRecord::fresh(hash_token(&next_secret), session.id, now);
         if let Some(u) = &upstream {
             next.upstream_sealed = Some(u.seal(&next_secret, &next.hash)?);
@@ -372,66 +408,45 @@ impl AppState {
         }
     }
 
-    /// Asks the session's upstream provider whether the user still may log in (its refresh
-    /// grant). A refusal revokes the session; an unreachable provider is a 503 and revokes
-    /// nothing. Returns the grant to keep and, when the provider sent a new ID token, the
-    /// groups it names.
-    async fn recheck_upstream(
+    /// What a source's refusal does: revokes the session when the source says no, and says
+    /// why in the audit log and to the caller.
+    async fn rechecked(
         &self,
-        kept: UpstreamGrant,
+        answer: Recheck,
         account: &UserAccount,
         session: &Session,
         now: UnixTime,
-        ctx: &RequestCtx,
-    ) -> Result<(UpstreamGrant, Option<Vec<String>>), ApiError> {
-        let settings = self.settings();
-        let refuse = |reason: String| {
+        ctx: Origin<'_>,
+    ) -> TokenError {
+        let refused = |reason: &str| {
             let mut ev = ctx.event("token.refresh", "denied");
             ev.account = Some(account.name.as_str());
             ev.uid = Some(account.uid.to_string());
-            ev.reason = Some(&reason);
+            ev.reason = Some(reason);
             self.audit().record(&ev);
-            ApiError::invalid_grant(reason)
         };
-        let Some(up) = settings.upstream(&kept.upstream) else {
-            return Err(refuse(format!(
-                "the identity provider {:?} is no longer configured; log in again",
-                kept.upstream
-            )));
-        };
-        match up.refresh(&kept.refresh_token).await {
-            Ok(tokens) => {
-                let groups = match tokens.id_token.as_deref() {
-                    Some(raw) => {
-                        let claims = up
-                            .verify_id_token(raw, None)
-                            .await
-                            .map_err(|e| refuse(e.to_string()))?;
-                        Some(up.user(&claims).map_err(|e| refuse(e.to_string()))?.groups)
-                    }
-                    None => None,
-                };
-                Ok((
-                    UpstreamGrant {
-                        upstream: kept.upstream,
-                        refresh_token: tokens.refresh_token.unwrap_or(kept.refresh_token),
-                    },
-                    groups,
-                ))
+        match answer {
+            Recheck::Refuse(message) => {
+                refused(&message);
+                TokenError::InvalidGrant(message)
             }
-            Err(e @ crate::upstream::UpstreamError::Unavailable { .. }) => {
-                tracing::warn!(error = %e, "upstream refresh failed");
-                Err(ApiError::Unavailable(format!(
-                    "{e}; the session was kept, retry shortly"
-                )))
+            Recheck::Unavailable(message) => {
+                refused("login source unavailable");
+                TokenError::Unavailable(message)
             }
-            Err(e) => {
-                let reason = format!("{e}; the session is revoked, log in again");
-                self.store()
-                    .revoke_session(session.id, "refused by the upstream provider", now)
-                    .await?;
+            Recheck::Revoke { reason, message } => {
+                if let Err(e) = self.store().revoke_session(session.id, &reason, now).await {
+                    return e.into();
+                }
                 self.invalidate();
-                Err(refuse(reason))
+                let mut ev = ctx.event("session.revoke", "ok");
+                ev.account = Some(account.name.as_str());
+                ev.uid = Some(account.uid.to_string());
+                ev.object = Some(format!("session={}", session.id));
+                ev.reason = Some(&reason);
+                self.audit().record_durable(&ev).await;
+                refused(&message);
+                TokenError::InvalidGrant(message)
             }
         }
     }
@@ -443,9 +458,9 @@ impl AppState {
         session: &Session,
         token: &str,
         now: UnixTime,
-        ctx: &RequestCtx,
+        ctx: Origin<'_>,
         who: Option<&UserAccount>,
-    ) -> Result<TokenPair, ApiError> {
+    ) -> Result<TokenPair, TokenError> {
         let name = who.map(|a| a.name.as_str());
         let uid = who.map(|a| a.uid.to_string());
         if session.revoked_at.is_none()
@@ -468,8 +483,8 @@ impl AppState {
             ev.uid = uid;
             ev.reason = Some("the session is revoked");
             self.audit().record(&ev);
-            return Err(ApiError::invalid_grant(
-                "the session is revoked; log in again",
+            return Err(TokenError::InvalidGrant(
+                "the session is revoked; log in again".into(),
             ));
         }
         self.store()
@@ -482,8 +497,8 @@ impl AppState {
         ev.object = Some(format!("session={}", session.id));
         ev.reason = Some("a spent refresh token was presented again; the session is revoked");
         self.audit().record_durable(&ev).await;
-        Err(ApiError::invalid_grant(
-            "refresh_token was already used; the session is revoked",
+        Err(TokenError::InvalidGrant(
+            "refresh_token was already used; the session is revoked".into(),
         ))
     }
 }
@@ -493,13 +508,13 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use idbridge_core::{FixedClock, NewAccount, Store};
+    use idbridge_core::{FixedClock, InsecureCounterRandom, NewAccount, NoRecheck, Store};
     use idbridge_store::SqliteStore;
 
     use super::*;
     use crate::audit::{Audit, AuditSink};
     use crate::keys::{KeySet, Rotate};
-    use crate::settings::Settings;
+    use crate::policy::Policy;
 
     const T0: i64 = 1_900_000_000;
 
@@ -523,10 +538,9 @@ mod tests {
 
     struct Fixture {
         _dir: tempfile::TempDir,
-        state: AppState,
+        state: TokenService,
         clock: Arc<FixedClock>,
         account: UserAccount,
-        ctx: RequestCtx,
     }
 
     async fn fixture() -> Fixture {
@@ -536,13 +550,14 @@ mod tests {
         new.groups.insert("dev".parse().unwrap());
         let account = store.create_account(new, UnixTime(T0)).await.unwrap();
         let clock = Arc::new(FixedClock::at(UnixTime(T0)));
-        let mut settings = Settings::new("https://idbridge.test".into());
+        let mut settings = Policy::new("https://idbridge.test".into());
         settings.session_idle_timeout = Duration::from_secs(3600);
         settings.session_max_lifetime = Duration::from_secs(4 * 3600);
         let (kid, der) = KeySet::generate().unwrap();
-        let state = AppState::new(
+        let state = TokenService::with_random(
             store,
             clock.clone(),
+            Arc::new(InsecureCounterRandom::default()),
             KeySet::from_pkcs8(&[(kid, der)]).unwrap(),
             settings,
             Audit::open(&AuditSink::Discard).unwrap(),
@@ -553,12 +568,6 @@ mod tests {
             state,
             clock,
             account,
-            ctx: RequestCtx {
-                id: "t".into(),
-                source: None,
-                client_cert: false,
-                chain: None,
-            },
         }
     }
 
@@ -569,13 +578,13 @@ mod tests {
                     Login {
                         account: &self.account,
                         client_id: "idbridge-cli",
-                        amr: "static",
+                        amr: Amr::Static,
                         audience: "kubernetes".into(),
                         scope: String::new(),
                         login_groups: vec!["proxied".into(), "system:masters".into()],
                         upstream: None,
                     },
-                    &self.ctx,
+                    Origin::local(),
                 )
                 .await
                 .unwrap()
@@ -586,7 +595,8 @@ mod tests {
                 .refresh(
                     "idbridge-cli",
                     pair.refresh_token.as_deref().unwrap(),
-                    &self.ctx,
+                    Origin::local(),
+                    &NoRecheck,
                 )
                 .await
                 .map_err(|e| e.to_string())

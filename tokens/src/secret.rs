@@ -1,9 +1,11 @@
-//! Token formats: opaque static tokens and JWT access-token claims.
+//! Token formats: opaque secrets (static, refresh and webhook tokens), their hashes, and the
+//! claims of JWT access tokens.
 
 use aws_lc_rs::digest;
-use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use aws_lc_rs::rand::SecureRandom;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use idbridge_core::Random;
 use idbridge_core::TokenHash;
 use serde::{Deserialize, Serialize};
 
@@ -17,18 +19,35 @@ pub const WEBHOOK_TOKEN_PREFIX: &str = "idb_wh_";
 /// Every refresh token starts with this.
 pub const REFRESH_TOKEN_PREFIX: &str = "idb_rt_";
 
-/// A fresh secret: `prefix` and 256 random bits, base64url.
+/// The operating system's random generator, through aws-lc-rs.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemRandom;
+
+impl Random for SystemRandom {
+    fn fill(&self, dest: &mut [u8]) {
+        #[allow(clippy::expect_used)]
+        // invariant: a failing OS RNG must stop secret creation outright
+        aws_lc_rs::rand::SystemRandom::new()
+            .fill(dest)
+            .expect("operating system random source failed");
+    }
+}
+
+/// A fresh secret from `random`: `prefix` and 256 random bits, base64url.
+#[must_use]
+pub fn secret_from(random: &dyn Random, prefix: &str) -> String {
+    let mut bytes = [0u8; 32];
+    random.fill(&mut bytes);
+    format!("{prefix}{}", URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// A fresh secret from the operating system's generator.
 ///
 /// # Panics
 /// If the operating system's random source fails, which leaves no safe way to continue.
 #[must_use]
 pub fn new_secret(prefix: &str) -> String {
-    let mut bytes = [0u8; 32];
-    #[allow(clippy::expect_used)] // invariant: a failing OS RNG must stop secret creation outright
-    SystemRandom::new()
-        .fill(&mut bytes)
-        .expect("operating system random source failed");
-    format!("{prefix}{}", URL_SAFE_NO_PAD.encode(bytes))
+    secret_from(&SystemRandom, prefix)
 }
 
 /// A fresh static token secret.

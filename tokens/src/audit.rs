@@ -116,6 +116,44 @@ struct Shared {
     wake: Condvar,
 }
 
+/// Where a call came from, as the audit log records it: the request's correlation id and the
+/// peer's address. Not a credential: it names, it does not authorise.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin<'a> {
+    /// The correlation id (`X-Request-Id`, or generated); empty when there is none.
+    pub request_id: &'a str,
+    /// The peer address, when the call came over the network.
+    pub source: Option<SocketAddr>,
+}
+
+impl<'a> Origin<'a> {
+    /// A call with no request behind it (the binary's `--offline` commands, timers).
+    #[must_use]
+    pub fn local() -> Self {
+        Self {
+            request_id: "",
+            source: None,
+        }
+    }
+
+    /// An audit event pre-filled with this origin.
+    #[must_use]
+    pub fn event(self, event: &'a str, outcome: &'a str) -> AuditEvent<'a> {
+        AuditEvent {
+            event,
+            outcome,
+            account: None,
+            uid: None,
+            actor: None,
+            actor_uid: None,
+            source: self.source,
+            correlation_id: self.request_id,
+            reason: None,
+            object: None,
+        }
+    }
+}
+
 /// A handle to the audit log; cheap to clone.
 #[derive(Clone)]
 pub struct Audit {

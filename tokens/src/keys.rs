@@ -16,7 +16,7 @@ use idbridge_core::{KeyState, StoredKey, UnixTime};
 use jsonwebtoken::DecodingKey;
 use serde::Serialize;
 
-use crate::crypto::Kek;
+use crate::seal::Kek;
 
 /// Errors handling signing keys.
 #[derive(Debug, thiserror::Error)]
