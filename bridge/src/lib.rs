@@ -1,47 +1,45 @@
-//! idbridge's HTTP service.
+//! idbridge's HTTP service: everything that speaks HTTP, grouped by concern, over the token
+//! service (`idbridge-tokens`), which holds every rule about tokens.
 //!
-//! One axum [`Router`](axum::Router) built by [`app`] serves every contract: the Kubernetes
-//! TokenReview webhook, OIDC discovery and JWKS for kube-apiserver's JWT authenticator, the OAuth
-//! token endpoint, the admin API, health and metrics. [`serve`] runs it behind rustls, attaching
-//! to each request who is on the other end of the connection ([`PeerInfo`]).
+//! One axum [`Router`](axum::Router), assembled in [`app`] from each area's routes, serves every
+//! contract; [`serve`] runs it behind rustls, attaching to each request who is on the other end
+//! of the connection ([`PeerInfo`]). The areas:
 //!
-//! Every credential, whatever its kind, goes through one [`Authenticator`], so TokenReview, the
-//! token endpoint and the admin API agree on who a token names. Reviews are cached by the hash of
-//! the token for a short time; any revocation or account change empties the cache before the
-//! admin call returns, so "revoked" takes effect at the next review.
+//! | folder | what |
+//! | --- | --- |
+//! | `kube/` | the webhooks kube-apiserver calls: TokenReview (SubjectAccessReview and AdmissionReview later) |
+//! | `oauth/` | discovery and JWKS, the token endpoint (a typed grant per request), authorize, device, revoke, introspect |
+//! | `login/` | the ways a person proves who they are (password, Kerberos, upstream OIDC, proxy), the login page and its records, throttling, re-checks at refresh |
+//! | `admin/` | the admin API |
+//! | `observe/` | the request span, metrics, health |
+//! | `http/` | errors on the wire, extractors, the body limit, pages and token responses, client authentication, TLS, the server |
 //!
-//! Handlers are thin: check the caller, parse, call one operation, map the result. Errors become
-//! HTTP responses in one place, [`ApiError`].
+//! Handlers are thin: check the caller, parse into the service's types, call one operation,
+//! map the result. Errors become HTTP responses in one place, [`ApiError`]. Imports go one way:
+//! `app` imports the areas, the areas import `http`, `state` and `settings`, and `oauth` may use
+//! `login` but not the other way round; a test reads every `use crate::` line to keep it so.
+//! [`AppState`] holds state, not operations.
 
 mod admin;
-mod authorize;
-mod device;
-mod discovery;
-mod error;
-mod ldap;
-mod metrics;
-mod negotiate;
+mod app;
+mod http;
+mod kube;
+mod login;
 mod oauth;
-mod page;
-mod proxy;
-mod recheck;
-mod review;
-mod server;
+mod observe;
 mod settings;
 mod state;
-mod throttle;
-mod tls;
-mod upstream;
 
-pub use error::ApiError;
-pub use metrics::Metrics;
-pub use review::{TokenReviewRequest, TokenReviewSpec, TokenReviewStatus, UserInfo};
-pub use server::{ConnectionLimits, ConnectionStats, PeerInfo, serve, serve_with};
-pub use settings::{DirectoryLogin, KerberosLogin, ProxySettings, Settings};
-pub use state::{AppState, app};
-pub use throttle::ThrottlePolicy;
-pub use tls::{
+pub use app::app;
+pub use http::error::ApiError;
+pub use http::server::{ConnectionLimits, ConnectionStats, PeerInfo, serve, serve_with};
+pub use http::tls::{
     ServerTls, TlsError, client_verifier, ensure_self_signed, server_config, verify_chain,
     write_private,
 };
-pub use upstream::{Upstream, UpstreamConfig, UpstreamError};
+pub use kube::tokenreview::{TokenReviewRequest, TokenReviewSpec, TokenReviewStatus, UserInfo};
+pub use login::throttle::ThrottlePolicy;
+pub use login::upstream::{Upstream, UpstreamConfig, UpstreamError};
+pub use observe::metrics::Metrics;
+pub use settings::{DirectoryLogin, KerberosLogin, ProxySettings, Settings};
+pub use state::AppState;

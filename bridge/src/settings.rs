@@ -26,7 +26,7 @@ pub struct Settings {
     /// Kerberos single sign-on, when a keytab is configured.
     pub kerberos: Option<KerberosLogin>,
     /// Upstream OpenID providers, in the order the login page shows them.
-    pub upstreams: Vec<std::sync::Arc<crate::upstream::Upstream>>,
+    pub upstreams: Vec<std::sync::Arc<crate::login::upstream::Upstream>>,
 }
 
 /// LDAP / AD password logins.
@@ -39,7 +39,7 @@ pub struct DirectoryLogin {
     /// With `existing` provisioning, link an unlinked account of the same name.
     pub link_by_name: bool,
     /// Failed-login limits.
-    pub throttle: crate::throttle::ThrottlePolicy,
+    pub throttle: crate::login::throttle::ThrottlePolicy,
 }
 
 /// Kerberos logins: the acceptor, and how principals become accounts.
@@ -111,7 +111,10 @@ impl Settings {
 
     /// The upstream named `name`.
     #[must_use]
-    pub fn upstream(&self, name: &str) -> Option<&std::sync::Arc<crate::upstream::Upstream>> {
+    pub fn upstream(
+        &self,
+        name: &str,
+    ) -> Option<&std::sync::Arc<crate::login::upstream::Upstream>> {
         self.upstreams.iter().find(|u| u.config.name == name)
     }
 }

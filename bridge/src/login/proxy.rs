@@ -9,11 +9,12 @@ use axum::extract::rejection::FormRejection;
 use axum::http::HeaderMap;
 use axum::response::Response;
 use idbridge_core::{AccountName, GroupName, NewAccount};
+use idbridge_tokens::Login;
 use serde::Deserialize;
 
-use crate::error::ApiError;
-use crate::state::{AppState, RequestCtx};
-use idbridge_tokens::Login;
+use crate::http::error::ApiError;
+use crate::http::extract::RequestCtx;
+use crate::state::AppState;
 
 #[derive(Debug, Deserialize)]
 pub(crate) struct ProxyLogin {
@@ -55,7 +56,7 @@ pub(crate) async fn login(
         ev.reason = Some(reason);
         state.audit().record(&ev);
     };
-    let trusted = crate::tls::verify_chain(&*proxy.verifier, ctx.chain.as_deref())
+    let trusted = crate::http::tls::verify_chain(&*proxy.verifier, ctx.chain.as_deref())
         && ctx
             .chain
             .as_deref()
@@ -88,7 +89,7 @@ pub(crate) async fn login(
             }
         }
     }
-    let client = crate::oauth::client(&settings, &headers, req.client_id.as_deref(), None)?;
+    let client = crate::http::client::client(&settings, &headers, req.client_id.as_deref(), None)?;
     let audience = idbridge_tokens::exchange::target(&settings.tokens, client, req.audience)?;
     let account = match state.store().account_by_name(&name).await? {
         Some(a) => a,
@@ -131,5 +132,5 @@ pub(crate) async fn login(
             ctx.origin(),
         )
         .await?;
-    Ok(crate::oauth::token_response(&pair, true))
+    Ok(crate::http::reply::token_response(&pair, true))
 }

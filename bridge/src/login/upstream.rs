@@ -9,6 +9,7 @@
 
 use std::time::{Duration, Instant};
 
+use idbridge_tokens::Secret;
 use openidconnect::core::{
     CoreGenderClaim, CoreJsonWebKeySet, CoreJweContentEncryptionAlgorithm, CoreJwsSigningAlgorithm,
     CoreProviderMetadata,
@@ -20,14 +21,13 @@ use openidconnect::{
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use idbridge_tokens::Secret;
-
 /// The JWKS is fetched again for an unknown `kid` at most this often.
 pub(crate) const JWKS_REFETCH_EVERY: Duration = Duration::from_secs(30);
 
 /// Every claim beyond the standard ones (`groups` and the like).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Extra(serde_json::Map<String, Value>);
+
 impl AdditionalClaims for Extra {}
 
 type UpstreamIdToken =

@@ -12,10 +12,12 @@ use std::time::Duration;
 const BUCKETS: [f64; 12] = [
     0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
+
 /// Status codes with a cell of their own; the rest share the last cell, labelled `other`.
 const STATUSES: [u16; 13] = [
     200, 201, 204, 400, 401, 403, 404, 409, 413, 415, 429, 500, 503,
 ];
+
 const OTHER_ROUTE: &str = "other";
 
 #[derive(Debug, Default)]
@@ -34,12 +36,14 @@ struct RouteStats {
 /// Counters and histograms for `/metrics`.
 #[derive(Debug)]
 pub struct Metrics {
-    routes: BTreeMap<&'static str, RouteStats>,
+    // Set once, when the router is built from every area's routes (`Metrics::register`).
+    routes: std::sync::OnceLock<BTreeMap<&'static str, RouteStats>>,
+    other: RouteStats,
     reviews_allowed: AtomicU64,
     reviews_denied: AtomicU64,
     cache_hits: AtomicU64,
     cache_misses: AtomicU64,
-    connections: std::sync::Arc<crate::server::ConnectionStats>,
+    connections: std::sync::Arc<crate::http::server::ConnectionStats>,
 }
 
 impl Default for Metrics {
@@ -52,22 +56,40 @@ impl Metrics {
     /// Metrics for these routes (as axum's `MatchedPath` names them); others count as `other`.
     #[must_use]
     pub fn new(routes: &[&'static str]) -> Self {
-        let mut map: BTreeMap<&'static str, RouteStats> =
-            routes.iter().map(|r| (*r, RouteStats::default())).collect();
-        map.entry(OTHER_ROUTE).or_default();
-        Self {
-            routes: map,
+        let m = Self {
+            routes: std::sync::OnceLock::new(),
+            other: RouteStats::default(),
             reviews_allowed: AtomicU64::new(0),
             reviews_denied: AtomicU64::new(0),
             cache_hits: AtomicU64::new(0),
             cache_misses: AtomicU64::new(0),
             connections: std::sync::Arc::default(),
+        };
+        if !routes.is_empty() {
+            m.register(routes);
         }
+        m
+    }
+
+    /// Keeps a cell for each of these routes; the first registration holds, later ones are
+    /// ignored (a router built twice over one state serves the same routes).
+    pub fn register(&self, routes: &[&'static str]) {
+        let _ = self
+            .routes
+            .set(routes.iter().map(|r| (*r, RouteStats::default())).collect());
+    }
+
+    fn stats(&self) -> impl Iterator<Item = (&'static str, &RouteStats)> {
+        self.routes
+            .get()
+            .into_iter()
+            .flat_map(|m| m.iter().map(|(k, v)| (*k, v)))
+            .chain(std::iter::once((OTHER_ROUTE, &self.other)))
     }
 
     /// The connection counters the server updates (see [`crate::serve_with`]).
     #[must_use]
-    pub fn connections(&self) -> std::sync::Arc<crate::server::ConnectionStats> {
+    pub fn connections(&self) -> std::sync::Arc<crate::http::server::ConnectionStats> {
         self.connections.clone()
     }
 
@@ -75,9 +97,9 @@ impl Metrics {
     pub fn observe(&self, route: &str, status: u16, elapsed: Duration) {
         let stats = self
             .routes
-            .get(route)
-            .or_else(|| self.routes.get(OTHER_ROUTE));
-        let Some(stats) = stats else { return };
+            .get()
+            .and_then(|m| m.get(route))
+            .unwrap_or(&self.other);
         let idx = STATUSES
             .iter()
             .position(|s| *s == status)
@@ -147,7 +169,7 @@ impl Metrics {
             "# HELP idbridge_http_request_duration_seconds HTTP requests by route and status.\n\
              # TYPE idbridge_http_request_duration_seconds histogram\n",
         );
-        for (route, stats) in &self.routes {
+        for (route, stats) in self.stats() {
             for (i, cell) in stats.cells.iter().enumerate() {
                 let count = load(&cell.count);
                 if count == 0 {

@@ -8,40 +8,24 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Form, Json};
-use idbridge_core::UnixTime;
-use serde::{Deserialize, Serialize};
+use idbridge_core::PendingKind;
+use idbridge_tokens::{Client, Secret, TokenPair, hash_token, new_secret};
+use serde::Deserialize;
 use serde_json::json;
 
-use crate::authorize::{Approved, LoginRequest, Then, hex, login_page, unhex};
-use crate::error::ApiError;
-use crate::page::{self, escape};
-use crate::state::{AppState, RequestCtx};
-use idbridge_core::PendingKind;
-use idbridge_tokens::TokenPair;
-use idbridge_tokens::{Client, Secret};
-use idbridge_tokens::{hash_token, new_secret};
+use crate::http::error::ApiError;
+use crate::http::extract::RequestCtx;
+use crate::http::page::{self, escape};
+use crate::login::page::login_page;
+use crate::login::records::{
+    DEVICE_TTL, DeviceGrant, INTERVAL, LoginRequest, Then, device_record, hex,
+};
+use crate::state::AppState;
 
-/// The device grant's `grant_type`.
-pub(crate) const DEVICE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
-/// How long a device code lives.
-const DEVICE_TTL: u64 = 600;
-/// The polling interval asked of devices, in seconds; `slow_down` adds five.
-const INTERVAL: u64 = 5;
 /// Letters that cannot be confused with one another or spell words (RFC 8628 section 6.1).
 const ALPHABET: &[u8; 20] = b"BCDFGHJKLMNPQRSTVWXZ";
-const CSRF_COOKIE: &str = "__Host-idbridge-device";
 
-#[derive(Serialize, Deserialize)]
-struct DeviceGrant {
-    client_id: String,
-    audience: String,
-    scope: String,
-    user_code: String,
-    interval: u64,
-    last_poll: i64,
-    #[serde(default)]
-    approved: Option<Approved>,
-}
+const CSRF_COOKIE: &str = "__Host-idbridge-device";
 
 /// Eight letters from [`ALPHABET`], shown as `BCDF-GHJK`.
 fn user_code() -> String {
@@ -89,13 +73,16 @@ pub(crate) async fn device_authorization(
     Form(req): Form<DeviceRequest>,
 ) -> Result<Response, ApiError> {
     let settings = state.settings();
-    let client = crate::oauth::client(
+    let client = crate::http::client::client(
         &settings,
         &headers,
         req.client_id.as_deref(),
         req.client_secret.as_deref(),
     )?;
-    if !client.grants.iter().any(|g| g == DEVICE_GRANT) {
+    if !client
+        .grants
+        .contains(&idbridge_core::GrantType::DeviceCode)
+    {
         return Err(ApiError::OAuth {
             status: StatusCode::BAD_REQUEST,
             error: "unauthorized_client",
@@ -114,7 +101,7 @@ pub(crate) async fn device_authorization(
         last_poll: 0,
         approved: None,
     };
-    crate::authorize::put_pending(
+    crate::login::records::put_pending(
         &state,
         &device_code,
         Some(normalize(&code)),
@@ -159,7 +146,7 @@ fn code_form(csrf: &str, code: &str, error: Option<&str>, status: StatusCode) ->
     let mut r = page::html(status, "Connect a device", &body);
     r.headers_mut().append(
         header::SET_COOKIE,
-        page::cookie(CSRF_COOKIE, csrf, crate::authorize::LOGIN_TTL),
+        page::cookie(CSRF_COOKIE, csrf, crate::login::records::LOGIN_TTL),
     );
     r
 }
@@ -183,6 +170,7 @@ pub(crate) struct CodeForm {
 /// Wrong user codes allowed from one address per [`CODE_GUESS_WINDOW`]: a person mistyping
 /// never gets near it, a guesser gets a few tries in a space of 20^8 codes.
 const CODE_GUESSES: u32 = 10;
+
 const CODE_GUESS_WINDOW: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// `POST /device`: the code typed; on to the login page for that device.
@@ -262,7 +250,7 @@ pub(crate) async fn device_submit(
             user_code: grant.user_code,
         },
     };
-    match crate::authorize::begin_login(&state, &login).await {
+    match crate::login::records::begin_login(&state, &login).await {
         Ok(id) => login_page(&state.settings(), &login, None, StatusCode::OK, Some(&id)),
         Err(e) => e.into_response(),
     }
@@ -274,48 +262,6 @@ fn device_error(error: &'static str, description: &str) -> ApiError {
         error,
         description: description.to_owned(),
     }
-}
-
-/// The unexpired device-code record named by `key`, with its grant; `None` when there is
-/// none, or the record is of another kind.
-async fn device_record(
-    state: &AppState,
-    key: idbridge_core::TokenHash,
-    now: UnixTime,
-) -> Result<Option<(idbridge_core::Pending, DeviceGrant)>, ApiError> {
-    let Some(p) = state
-        .store()
-        .pending(key, now)
-        .await?
-        .filter(|p| PendingKind::Device == p.kind)
-    else {
-        return Ok(None);
-    };
-    let grant = serde_json::from_str(&p.data)
-        .map_err(|e| ApiError::internal("read a device-code record", &e))?;
-    Ok(Some((p, grant)))
-}
-
-/// Marks the device's code approved by this login; false when it is gone or used.
-pub(crate) async fn approve_device(
-    state: &AppState,
-    device_key: &str,
-    approved: Approved,
-    now: UnixTime,
-) -> Result<bool, ApiError> {
-    let Some(key) = unhex(device_key) else {
-        return Ok(false);
-    };
-    let Some((p, mut grant)) = device_record(state, key, now).await? else {
-        return Ok(false);
-    };
-    if p.used_at.is_some() || grant.approved.is_some() {
-        return Ok(false);
-    }
-    grant.approved = Some(approved);
-    let data = serde_json::to_string(&grant)
-        .map_err(|e| ApiError::internal("write a device-code record", &e))?;
-    Ok(state.store().update_pending(key, &data, now).await?)
 }
 
 /// The device grant's poll: pending, too fast, or the tokens once the user logged in.
@@ -367,7 +313,7 @@ pub(crate) async fn poll_device(
         _ => return Err(ApiError::invalid_grant("the device code was already used")),
     }
     let upstream = approved.upstream.clone();
-    let pair = crate::authorize::start_approved(
+    let pair = crate::login::finish::start_approved(
         state,
         &client.id,
         grant.audience,

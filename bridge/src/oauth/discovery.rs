@@ -4,34 +4,21 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
+use idbridge_core::GrantType;
 use serde_json::json;
 
 use crate::state::AppState;
 
-/// The grant types the token endpoint accepts (`password` only with a directory, Kerberos only
-/// with a keytab).
-pub(crate) const GRANT_TYPES: [&str; 6] = [
-    "refresh_token",
-    "urn:ietf:params:oauth:grant-type:token-exchange",
-    PASSWORD_GRANT,
-    KERBEROS_GRANT,
-    crate::authorize::AUTHORIZATION_CODE_GRANT,
-    crate::device::DEVICE_GRANT,
-];
-
-/// The resource owner password grant: LDAP / AD logins, for first-party clients.
-pub(crate) const PASSWORD_GRANT: &str = "password";
-
-/// A SPNEGO token (in `kerberos_token`) exchanged for a session.
-pub(crate) const KERBEROS_GRANT: &str = "urn:idbridge:params:oauth:grant-type:kerberos";
-
 pub(crate) async fn openid_configuration(State(state): State<AppState>) -> Response {
     let s = state.settings();
     let iss = s.tokens.issuer.trim_end_matches('/');
-    let grants: Vec<&str> = GRANT_TYPES
-        .into_iter()
-        .filter(|g| *g != PASSWORD_GRANT || s.directory.is_some())
-        .filter(|g| *g != KERBEROS_GRANT || s.kerberos.is_some())
+    // Every grant the token endpoint knows; `password` only with a directory, Kerberos only
+    // with a keytab.
+    let grants: Vec<&str> = GrantType::ALL
+        .iter()
+        .filter(|g| **g != GrantType::Password || s.directory.is_some())
+        .filter(|g| **g != GrantType::Kerberos || s.kerberos.is_some())
+        .map(|g| g.as_str())
         .collect();
     (
         [(header::CACHE_CONTROL, "public, max-age=60")],

@@ -7,9 +7,10 @@ use idbridge_core::{
     UserAccount,
 };
 
+use crate::http::extract::RequestCtx;
+use crate::login::upstream::UpstreamError;
 use crate::settings::Settings;
-use crate::state::{AppState, RequestCtx};
-use crate::upstream::UpstreamError;
+use crate::state::AppState;
 
 /// The sources as the settings in force configure them.
 pub(crate) struct Sources<'a> {
@@ -64,11 +65,9 @@ impl LoginSource for Sources<'_> {
             _ => None,
         });
         let found = match id {
-            Some(id) => dir
-                .directory
-                .user_by_id(id)
-                .await
-                .map_err(|e| Recheck::Unavailable(crate::ldap::unavailable(&e).to_string()))?,
+            Some(id) => dir.directory.user_by_id(id).await.map_err(|e| {
+                Recheck::Unavailable(crate::login::password::unavailable(&e).to_string())
+            })?,
             None => None,
         };
         let why = match &found {
@@ -77,7 +76,7 @@ impl LoginSource for Sources<'_> {
                 format!("the directory account is {}", u.status)
             }
             Some(u) => {
-                return Ok(Some(crate::ldap::shaped_groups(
+                return Ok(Some(crate::login::password::shaped_groups(
                     self.state,
                     dir,
                     u,

@@ -4,21 +4,21 @@
 //! same object back with `status` filled in, always with HTTP 200 once the caller is accepted: a
 //! refused token is `authenticated: false` with an `error`, not an HTTP error.
 
-use std::collections::BTreeMap;
-
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::header;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
+use idbridge_tokens::Authenticated;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::error::ApiError;
-use crate::state::{AppState, RequestCtx};
-use idbridge_tokens::Authenticated;
+use crate::http::error::ApiError;
+use crate::http::extract::RequestCtx;
+use crate::state::AppState;
 
 const API_VERSIONS: [&str; 2] = ["authentication.k8s.io/v1", "authentication.k8s.io/v1beta1"];
 
@@ -95,11 +95,11 @@ impl FromRequestParts<AppState> for WebhookCaller {
             && settings
                 .webhook_client_verifier
                 .as_ref()
-                .is_none_or(|v| crate::tls::verify_chain(&**v, ctx.chain.as_deref()))
+                .is_none_or(|v| crate::http::tls::verify_chain(&**v, ctx.chain.as_deref()))
         {
             return Ok(Self(ctx));
         }
-        if let Some(p) = crate::state::bearer(&parts.headers) {
+        if let Some(p) = crate::http::extract::bearer(&parts.headers) {
             // Check every configured token so the time taken does not say which one matched.
             let matched = settings
                 .webhook_tokens
@@ -305,8 +305,9 @@ pub(crate) async fn token_review(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use idbridge_core::AccountUid;
+
+    use super::*;
 
     #[test]
     fn user_info_applies_prefixes_and_drops_system_groups() {

@@ -6,15 +6,66 @@
 //! `Retry-After`), each attempt reserved before the password reaches the directory. A user whose password was right but whose account may not log in is
 //! told why. A directory that does not answer is a 503 and never a token.
 
+use axum::Form;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::Response;
 use idbridge_core::{DirectoryError, DirectoryUser, ExternalIdentity, UserAccount};
-
-use crate::error::ApiError;
-use crate::settings::DirectoryLogin;
-use crate::state::{AppState, RequestCtx};
-use crate::throttle::Outcome;
-use idbridge_tokens::Client;
 use idbridge_tokens::provision::Provision;
-use idbridge_tokens::{Login, TokenPair};
+use idbridge_tokens::{Client, Login, TokenPair};
+use serde::Deserialize;
+
+use crate::http::error::ApiError;
+use crate::http::extract::RequestCtx;
+use crate::login::finish::complete_login;
+use crate::login::page::login_failed;
+use crate::login::records::{Verified, checked_login};
+use crate::login::throttle::Outcome;
+use crate::settings::DirectoryLogin;
+use crate::state::AppState;
+
+#[derive(Deserialize)]
+pub(crate) struct PasswordForm {
+    csrf: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+}
+
+/// `POST /login/password`: the directory password from the login page's form.
+pub(crate) async fn login_password(
+    State(state): State<AppState>,
+    ctx: RequestCtx,
+    headers: HeaderMap,
+    Form(form): Form<PasswordForm>,
+) -> Response {
+    let (id, login) = match checked_login(&state, &headers, form.csrf.as_deref()).await {
+        Ok(l) => l,
+        Err(r) => return r,
+    };
+    let settings = state.settings();
+    let username = form.username.unwrap_or_default();
+    let password = form.password.unwrap_or_default();
+    match crate::login::password::password_account(
+        &state,
+        &username,
+        &password,
+        &login.audience,
+        &ctx,
+    )
+    .await
+    {
+        Ok((account, groups)) => {
+            let v = Verified {
+                account,
+                amr: idbridge_core::Amr::Ldap,
+                login_groups: groups,
+                upstream: None,
+            };
+            complete_login(&state, &id, login, v, &ctx).await
+        }
+        Err(e) => login_failed(&settings, &login, e),
+    }
+}
 
 /// The answer to every failed password check.
 const INVALID: &str = "invalid username or password";

@@ -10,12 +10,12 @@ use axum::{Json, Router};
 use idbridge_core::{
     AccountName, AccountUid, HumanDuration, NewAccount, StaticToken, TokenId, UserAccount,
 };
+use idbridge_tokens::{CreatedToken, KeyInfo, Rotate, SessionInfo, UserRevocation};
 use serde::Deserialize;
 
-use crate::error::ApiError;
-use crate::state::{AppState, RequestCtx};
-use idbridge_tokens::Rotate;
-use idbridge_tokens::{CreatedToken, KeyInfo, SessionInfo, UserRevocation};
+use crate::http::error::ApiError;
+use crate::http::extract::RequestCtx;
+use crate::state::AppState;
 
 /// An authenticated caller in an admin group.
 pub(crate) struct Admin {
@@ -29,7 +29,7 @@ impl FromRequestParts<AppState> for Admin {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let Ok(ctx) = RequestCtx::from_request_parts(parts, state).await;
-        let token = crate::state::bearer(&parts.headers)
+        let token = crate::http::extract::bearer(&parts.headers)
             .ok_or(ApiError::Unauthorized("an admin bearer token is required"))?;
         let settings = state.settings();
         let deny = |reason: &str, who: Option<(&str, AccountUid)>| {
@@ -77,6 +77,21 @@ impl Admin {
         state.audit().record_durable(&ev).await;
     }
 }
+
+/// This area's routes, as axum's `MatchedPath` names them (under `/admin/v1`).
+pub(crate) const ROUTES: &[&str] = &[
+    "/admin/v1/accounts",
+    "/admin/v1/accounts/{name}",
+    "/admin/v1/accounts/{name}/disable",
+    "/admin/v1/accounts/{name}/enable",
+    "/admin/v1/tokens",
+    "/admin/v1/tokens/{id}/revoke",
+    "/admin/v1/sessions",
+    "/admin/v1/sessions/{id}/revoke",
+    "/admin/v1/revoke",
+    "/admin/v1/keys",
+    "/admin/v1/keys/rotate",
+];
 
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()

@@ -7,21 +7,72 @@
 //! credential. NTLM is refused with a message saying Kerberos is required; a replayed
 //! authenticator is refused by the acceptor's replay cache.
 
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use idbridge_core::{DirectoryStatus, ExternalIdentity, Principal, UserAccount};
 use idbridge_kerberos::{AcceptError, MapError};
+use idbridge_tokens::provision::Provision;
+use idbridge_tokens::{Client, Login, TokenPair};
+use serde::Deserialize;
 use serde_json::json;
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
+use crate::http::extract::RequestCtx;
+use crate::login::finish::complete_login;
+use crate::login::page::{login_failed, login_page};
+use crate::login::records::{Verified, checked_login};
 use crate::settings::{KerberosLogin, Settings};
-use crate::state::{AppState, RequestCtx};
-use idbridge_tokens::Client;
-use idbridge_tokens::provision::Provision;
-use idbridge_tokens::{Login, TokenPair};
+use crate::state::AppState;
+
+#[derive(Deserialize)]
+pub(crate) struct CsrfQuery {
+    csrf: Option<String>,
+}
+
+/// `GET /login/kerberos`: HTTP Negotiate for the login in progress.
+pub(crate) async fn login_kerberos(
+    State(state): State<AppState>,
+    ctx: RequestCtx,
+    headers: HeaderMap,
+    Query(q): Query<CsrfQuery>,
+) -> Response {
+    let (id, login) = match checked_login(&state, &headers, q.csrf.as_deref()).await {
+        Ok(l) => l,
+        Err(r) => return r,
+    };
+    let settings = state.settings();
+    let Some(token) = crate::login::kerberos::offered(&headers) else {
+        let mut r = login_page(
+            &settings,
+            &login,
+            Some(
+                "Your browser did not offer a Kerberos ticket: sign in to your computer's domain (kinit), or allow this site for Negotiate, or use another method.",
+            ),
+            StatusCode::UNAUTHORIZED,
+            None,
+        );
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Negotiate"),
+        );
+        return r;
+    };
+    match crate::login::kerberos::kerberos_account(&state, token, &login.audience, &ctx).await {
+        Ok((account, groups, _mutual)) => {
+            let v = Verified {
+                account,
+                amr: idbridge_core::Amr::Krb5,
+                login_groups: groups,
+                upstream: None,
+            };
+            complete_login(&state, &id, login, v, &ctx).await
+        }
+        Err(e) => login_failed(&settings, &login, e),
+    }
+}
 
 /// A Kerberos login as the token endpoint or `/login` received it.
 pub(crate) struct KerberosRequest<'a> {
@@ -168,12 +219,12 @@ async fn kerberos_directory_account(
                 "no directory entry holds the principal {principal}; ask your administrator"
             )));
         }
-        Err(e) => return Err(crate::ldap::unavailable(&e)),
+        Err(e) => return Err(crate::login::password::unavailable(&e)),
     };
     if user.status != DirectoryStatus::Active {
         return Err(refuse(format!("the directory account is {}", user.status)));
     }
-    let mut account = crate::ldap::directory_account(
+    let mut account = crate::login::password::directory_account(
         state,
         &user,
         (krb.jit, krb.link_by_name),
@@ -195,7 +246,7 @@ async fn kerberos_directory_account(
             )
             .await?;
     }
-    let groups = crate::ldap::shaped_groups(state, dir, &user, audience, &account, ctx);
+    let groups = crate::login::password::shaped_groups(state, dir, &user, audience, &account, ctx);
     Ok((account, groups))
 }
 
@@ -218,17 +269,13 @@ pub(crate) async fn login(
             "this page logs you in with Kerberos: your client should answer with a Negotiate token (curl --negotiate -u : URL)",
         ));
     };
-    let client = crate::oauth::client(
+    let client = crate::http::client::client(
         &settings,
         &HeaderMap::new(),
         Some(idbridge_tokens::CLI_CLIENT),
         None,
     )?;
-    if !client
-        .grants
-        .iter()
-        .any(|g| g == crate::discovery::KERBEROS_GRANT)
-    {
+    if !client.grants.contains(&idbridge_core::GrantType::Kerberos) {
         return Ok(challenge(
             "Kerberos logins are not enabled for the idbridge-cli client (its `grants` leave out the Kerberos grant)",
         ));
@@ -247,7 +294,7 @@ pub(crate) async fn login(
     .await;
     match result {
         Ok((pair, mutual)) => {
-            let mut r = crate::oauth::token_response(&pair, true);
+            let mut r = crate::http::reply::token_response(&pair, true);
             if let Some(m) = mutual
                 && let Ok(v) = HeaderValue::from_str(&format!("Negotiate {}", STANDARD.encode(m)))
             {

@@ -5,9 +5,8 @@ use axum::extract::rejection::{FormRejection, JsonRejection};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use idbridge_core::StoreError;
-use serde_json::json;
-
 use idbridge_tokens::TokenError;
+use serde_json::json;
 
 /// An error answered to an HTTP client.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,287 @@
+//! `/oauth2/authorize` (RFC 6749 section 4.1 with PKCE, RFC 9207 `iss`) and the redemption of
+//! the codes it issues.
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use idbridge_core::PendingKind;
+use idbridge_tokens::{Client, Secret, TokenPair, UpstreamGrant, hash_token, new_secret};
+use serde::Deserialize;
+
+use crate::http::error::ApiError;
+use crate::http::extract::RequestCtx;
+use crate::http::page;
+use crate::http::page::{see_other, with_query};
+use crate::login::finish::start_approved;
+use crate::login::page::login_page;
+use crate::login::records::{CodeGrant, LoginRequest, Then, begin_login};
+use crate::state::AppState;
+
+/// Whether `uri` is a plain-HTTP loopback redirect (RFC 8252 section 7.3).
+fn loopback(uri: &reqwest::Url) -> bool {
+    uri.scheme() == "http"
+        && uri
+            .host_str()
+            .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
+            .and_then(|h| h.parse::<std::net::IpAddr>().ok())
+            .is_some_and(|a| a.is_loopback())
+}
+
+/// Whether `client` may be sent to `redirect_uri`: an exact registered URI, or a loopback URI
+/// matching a registered one but for the port; the built-in CLI may use any loopback URI.
+pub(crate) fn redirect_allowed(client: &Client, redirect_uri: &str) -> bool {
+    let Ok(given) = reqwest::Url::parse(redirect_uri) else {
+        return false;
+    };
+    if given.fragment().is_some() || given.username() != "" || given.password().is_some() {
+        return false;
+    }
+    if client.id == idbridge_tokens::CLI_CLIENT
+        && client.redirect_uris.is_empty()
+        && loopback(&given)
+    {
+        return true;
+    }
+    client.redirect_uris.iter().any(|r| {
+        if r == redirect_uri {
+            return true;
+        }
+        let Ok(mut reg) = reqwest::Url::parse(r) else {
+            return false;
+        };
+        if !loopback(&reg) || !loopback(&given) {
+            return false;
+        }
+        let _ = reg.set_port(given.port());
+        reg == given
+    })
+}
+
+/// S256: base64url(SHA-256(verifier)), compared in constant time.
+pub(crate) fn pkce_matches(verifier: &str, challenge: &str) -> bool {
+    let shape = (43..=128).contains(&verifier.len())
+        && verifier
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b));
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, verifier.as_bytes());
+    let computed = URL_SAFE_NO_PAD.encode(d.as_ref());
+    shape && Secret::new(computed).matches(challenge)
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct AuthorizeQuery {
+    response_type: Option<String>,
+    client_id: Option<String>,
+    redirect_uri: Option<String>,
+    state: Option<String>,
+    code_challenge: Option<String>,
+    code_challenge_method: Option<String>,
+    scope: Option<String>,
+    audience: Option<String>,
+}
+
+/// `GET /oauth2/authorize`: checks the client and its redirect URI (a bad one is shown, never
+/// followed), then the rest (reported to the client), then shows the login page.
+pub(crate) async fn authorize(
+    State(state): State<AppState>,
+    Query(q): Query<AuthorizeQuery>,
+) -> Response {
+    let settings = state.settings();
+    let bad = |m: &str| page::error(StatusCode::BAD_REQUEST, "Sign-in request refused", m);
+    let Some(client) = q
+        .client_id
+        .as_deref()
+        .and_then(|id| settings.tokens.client(id))
+    else {
+        return bad("unknown or missing client_id");
+    };
+    if !client
+        .grants
+        .contains(&idbridge_core::GrantType::AuthorizationCode)
+    {
+        return bad(&format!(
+            "client {:?} may not use the authorization code flow",
+            client.id
+        ));
+    }
+    let Some(redirect_uri) = q
+        .redirect_uri
+        .as_deref()
+        .filter(|r| redirect_allowed(client, r))
+    else {
+        return bad("redirect_uri is missing or not registered for this client");
+    };
+    let client_state = q.state.clone().unwrap_or_default();
+    let refuse = |error: &str, description: &str| {
+        let mut pairs = vec![("error", error), ("error_description", description)];
+        if !client_state.is_empty() {
+            pairs.push(("state", &client_state));
+        }
+        pairs.push(("iss", &settings.tokens.issuer));
+        see_other(&with_query(redirect_uri, &pairs))
+    };
+    if q.response_type.as_deref() != Some("code") {
+        return refuse("unsupported_response_type", "response_type must be code");
+    }
+    if client_state.is_empty() {
+        return refuse("invalid_request", "state is required");
+    }
+    let Some(challenge) = q.code_challenge.as_deref().filter(|c| c.len() == 43) else {
+        return refuse(
+            "invalid_request",
+            "PKCE is required: code_challenge (S256, 43 characters)",
+        );
+    };
+    if q.code_challenge_method.as_deref() != Some("S256") {
+        return refuse("invalid_request", "code_challenge_method must be S256");
+    }
+    let audience =
+        match idbridge_tokens::exchange::target(&settings.tokens, client, q.audience.clone()) {
+            Ok(a) => a,
+            Err(e) => return refuse("invalid_target", &e.to_string()),
+        };
+    let login = LoginRequest {
+        csrf: new_secret(""),
+        client_id: client.id.clone(),
+        audience,
+        scope: q.scope.clone().unwrap_or_default(),
+        then: Then::Code {
+            redirect_uri: redirect_uri.to_owned(),
+            state: client_state.clone(),
+            code_challenge: challenge.to_owned(),
+        },
+    };
+    match begin_login(&state, &login).await {
+        Ok(id) => login_page(&settings, &login, None, StatusCode::OK, Some(&id)),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The `authorization_code` grant: the code used once, its client, redirect URI and PKCE
+/// verifier checked, then a session. A code presented again revokes that session.
+pub(crate) async fn redeem_code(
+    state: &AppState,
+    client: &Client,
+    code: &str,
+    redirect_uri: Option<&str>,
+    verifier: Option<&str>,
+    ctx: &RequestCtx,
+) -> Result<TokenPair, ApiError> {
+    let now = state.clock().now();
+    let key = hash_token(code);
+    let deny = |reason: &str| {
+        state
+            .service()
+            .login_denied(ctx.origin(), "token.code", None, reason);
+        ApiError::invalid_grant(reason)
+    };
+    let (record, first) = match state.store().use_pending(key, now).await? {
+        Some((p, first)) if PendingKind::Code == p.kind => (p, first),
+        _ => return Err(deny("the code is invalid or has expired")),
+    };
+    if !first {
+        if let Some(sid) = record.session {
+            state
+                .store()
+                .revoke_session(sid, "authorization code presented twice", now)
+                .await?;
+            state.invalidate();
+        }
+        let mut ev = ctx.event("token.reuse", "revoked");
+        ev.object = record.session.map(|s| format!("session={s}"));
+        ev.reason = Some("an authorization code was presented twice; what it produced is revoked");
+        state.audit().record_durable(&ev).await;
+        return Err(ApiError::invalid_grant(
+            "the code was already used; the tokens it produced are revoked",
+        ));
+    }
+    let grant: CodeGrant = serde_json::from_str(&record.data)
+        .map_err(|e| ApiError::internal("read an authorization code record", &e))?;
+    if grant.client_id != client.id {
+        return Err(deny("the code was issued to another client"));
+    }
+    if redirect_uri != Some(grant.redirect_uri.as_str()) {
+        return Err(deny(
+            "redirect_uri differs from the authorization request's",
+        ));
+    }
+    let Some(verifier) = verifier else {
+        return Err(ApiError::invalid_request(
+            "code_verifier is required (PKCE)",
+        ));
+    };
+    if !pkce_matches(verifier, &grant.code_challenge) {
+        return Err(deny(
+            "code_verifier does not match the code_challenge (PKCE)",
+        ));
+    }
+    let upstream = grant
+        .approved
+        .upstream_sealed
+        .as_deref()
+        .map(|s| UpstreamGrant::open(code, &key, s).ok_or(ApiError::Internal))
+        .transpose()?;
+    let pair = start_approved(
+        state,
+        &client.id,
+        grant.audience,
+        grant.scope,
+        grant.approved,
+        upstream,
+        ctx,
+    )
+    .await?;
+    if let Some(sid) = pair.session {
+        state.store().set_pending_session(key, sid).await?;
+    }
+    Ok(pair)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(id: &str, uris: &[&str]) -> Client {
+        Client {
+            id: id.into(),
+            secret: None,
+            grants: vec![],
+            audiences: vec![],
+            redirect_uris: uris.iter().map(|u| (*u).to_owned()).collect(),
+            audience_changes: vec![],
+        }
+    }
+
+    #[test]
+    fn redirects_are_exact_except_loopback_ports() {
+        let cli = client("idbridge-cli", &[]);
+        assert!(redirect_allowed(&cli, "http://127.0.0.1:41234/callback"));
+        assert!(redirect_allowed(&cli, "http://[::1]:5000/"));
+        assert!(!redirect_allowed(&cli, "http://localhost:5000/"));
+        assert!(!redirect_allowed(&cli, "https://evil.example/cb"));
+        assert!(!redirect_allowed(&cli, "http://127.0.0.1:1/cb#frag"));
+        let web = client("web", &["https://app.example/cb", "http://127.0.0.1/cb"]);
+        assert!(redirect_allowed(&web, "https://app.example/cb"));
+        assert!(!redirect_allowed(&web, "https://app.example/cb2"));
+        assert!(!redirect_allowed(&web, "https://app.example/cb?x=1"));
+        assert!(!redirect_allowed(&web, "https://app.example.evil/cb"));
+        assert!(redirect_allowed(&web, "http://127.0.0.1:8000/cb"));
+        assert!(!redirect_allowed(&web, "http://127.0.0.1:8000/other"));
+        assert!(!redirect_allowed(&web, "http://127.0.0.2:8000/cb"));
+        assert!(!redirect_allowed(&web, "http://user@127.0.0.1:8000/cb"));
+    }
+
+    #[test]
+    fn pkce_s256_matches_rfc7636_appendix_b() {
+        let verifier = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+        let challenge = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
+        assert!(pkce_matches(verifier, challenge));
+        assert!(!pkce_matches(
+            "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXl",
+            challenge
+        ));
+        assert!(!pkce_matches("short", challenge));
+    }
+}
