@@ -29,8 +29,8 @@ use idbridge_bridge::{
     new_secret,
 };
 use idbridge_core::{
-    Clock, GroupName, NewAccount, RefreshRecord, Session, SessionId, Spend, Store, SystemClock,
-    UnixTime,
+    AccountStore, Clock, GroupName, NewAccount, RefreshRecord, Session, SessionId, SessionStore,
+    Spend, SystemClock, UnixTime,
 };
 use idbridge_store::SqliteStore;
 

@@ -493,7 +493,7 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use idbridge_core::{FixedClock, NewAccount, Store};
+    use idbridge_core::{AccountStore, FixedClock, NewAccount};
     use idbridge_store::SqliteStore;
 
     use super::*;

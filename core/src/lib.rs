@@ -33,5 +33,5 @@ pub use session::{
     KeyState, Pending, RefreshContext, RefreshRecord, Revocations, Session, SessionId,
     SessionState, Spend, SpendOutcome, StoredKey,
 };
-pub use store::Store;
+pub use store::{AccountStore, KeyStore, PendingStore, SessionStore, Store};
 pub use token::{StaticToken, TokenHash, TokenId};

@@ -1,4 +1,23 @@
-//! The storage seam. Implementations live in the `idbridge-store` crate.
+//! The storage seam, split by concern. Implementations live in the `idbridge-store` crate.
+//!
+//! Four small traits each cover one kind of record:
+//!
+//! - [`AccountStore`]: accounts, the external identities linked to them and their static tokens
+//!   (long-lived credentials that belong to an account, not to a login).
+//! - [`SessionStore`]: sessions and their refresh tokens, spending a refresh token, revoking a
+//!   session or all of an account's. Sessions belong to accounts, so a session store is an
+//!   account store too.
+//! - [`PendingStore`]: short-lived single-use records of logins in progress.
+//! - [`KeyStore`]: signing keys, and what must be refused although its signature verifies
+//!   (revoked access tokens, the revocations snapshot), and the purge of whatever has ended.
+//!
+//! [`Store`] is their union, implemented for every type that implements all four; callers hold
+//! an `Arc<dyn Store>` and call any method on it. A caller that holds a concrete store type
+//! brings into scope the trait whose method it calls.
+//!
+//! Every write is durable when the call returns: a caller that saw `Ok` may rely on the change
+//! surviving a crash of the process. The behaviour every implementation owes is written once, as
+//! the conformance suite in `idbridge_store::conformance`.
 
 use async_trait::async_trait;
 
@@ -8,12 +27,21 @@ use crate::{
     TokenHash, TokenId, UnixTime, UserAccount,
 };
 
-/// Durable state: accounts, static tokens, sessions, revocations and signing keys.
-///
-/// Every write is durable when the call returns: a caller that saw `Ok` may rely on the change
-/// surviving a crash of the process.
+/// Durable state: accounts, static tokens, sessions, logins in progress, revocations and signing
+/// keys; the union of the four stores.
+pub trait Store:
+    AccountStore + SessionStore + PendingStore + KeyStore + Send + Sync + std::fmt::Debug
+{
+}
+
+impl<T> Store for T where
+    T: AccountStore + SessionStore + PendingStore + KeyStore + Send + Sync + std::fmt::Debug
+{
+}
+
+/// Accounts, the external identities linked to them, and their static tokens.
 #[async_trait]
-pub trait Store: Send + Sync + std::fmt::Debug {
+pub trait AccountStore: Send + Sync + std::fmt::Debug {
     /// Creates an account with a fresh UID; `Conflict` if the name or an identity is taken.
     async fn create_account(
         &self,
@@ -32,10 +60,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Every account, ordered by name.
     async fn accounts(&self) -> Result<Vec<UserAccount>, StoreError>;
     /// Replaces an account's mutable fields (name, groups, labels, namespace, disabled,
-    /// identities); the UID and creation time never change.
+    /// identities); the UID and creation time never change. `NotFound` if there is no account
+    /// with this UID, `Conflict` if the name or an identity is another account's; then nothing
+    /// changes.
     async fn update_account(&self, account: &UserAccount) -> Result<(), StoreError>;
 
-    /// Stores a new static token under the hash of its secret.
+    /// Stores a new static token under the hash of its secret; `NotFound` if its account does
+    /// not exist, `Conflict` if its id or hash is taken.
     async fn create_static_token(
         &self,
         token: &StaticToken,
@@ -58,8 +89,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         id: TokenId,
         now: UnixTime,
     ) -> Result<StaticToken, StoreError>;
+}
 
-    /// Starts a session with its first refresh token.
+/// Sessions (refresh-token families) and their refresh tokens.
+#[async_trait]
+pub trait SessionStore: AccountStore {
+    /// Starts a session with its first refresh token; `NotFound` if its account does not exist,
+    /// `Conflict` if its id or the token is taken.
     async fn create_session(
         &self,
         session: &Session,
@@ -106,20 +142,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         reason: &str,
         now: UnixTime,
     ) -> Result<u64, StoreError>;
-    /// Revokes one access token by its `jti` until `expires_at`.
-    async fn revoke_jti(
-        &self,
-        jti: &str,
-        expires_at: UnixTime,
-        now: UnixTime,
-    ) -> Result<(), StoreError>;
-    /// Revoked sessions and access tokens that could still be presented at `now`.
-    async fn revocations(&self, now: UnixTime) -> Result<Revocations, StoreError>;
-    /// Deletes sessions ended before `before` (with their refresh tokens) and revocations of
-    /// tokens expired before it; returns how many rows went.
-    async fn purge(&self, before: UnixTime) -> Result<u64, StoreError>;
+}
 
-    /// Stores a login in progress.
+/// Short-lived, single-use records of logins in progress ([`Pending`]).
+#[async_trait]
+pub trait PendingStore: Send + Sync + std::fmt::Debug {
+    /// Stores a login in progress; `Conflict` if its key or alias is taken.
     async fn put_pending(&self, pending: &Pending) -> Result<(), StoreError>;
     /// The login in progress named by `key`, used or not, unless it has expired.
     async fn pending(&self, key: TokenHash, now: UnixTime) -> Result<Option<Pending>, StoreError>;
@@ -149,9 +177,29 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         key: TokenHash,
         session: SessionId,
     ) -> Result<(), StoreError>;
+}
 
+/// Signing keys, revoked access tokens and the revocations snapshot, and the purge of what has
+/// ended.
+#[async_trait]
+pub trait KeyStore: Send + Sync + std::fmt::Debug {
     /// The signing keys, oldest first.
     async fn signing_keys(&self) -> Result<Vec<StoredKey>, StoreError>;
     /// Replaces the whole key set in one transaction.
     async fn replace_signing_keys(&self, keys: &[StoredKey]) -> Result<(), StoreError>;
+
+    /// Revokes one access token by its `jti` until `expires_at`.
+    async fn revoke_jti(
+        &self,
+        jti: &str,
+        expires_at: UnixTime,
+        now: UnixTime,
+    ) -> Result<(), StoreError>;
+    /// Revoked sessions and access tokens that could still be presented at `now`.
+    async fn revocations(&self, now: UnixTime) -> Result<Revocations, StoreError>;
+    /// Deletes sessions ended before `before` (with their refresh tokens), revocations of
+    /// tokens expired before it and logins in progress expired before it, and forgets the
+    /// sealed next pair of spent refresh tokens whose grace window ended before it; returns how
+    /// many rows went.
+    async fn purge(&self, before: UnixTime) -> Result<u64, StoreError>;
 }

@@ -493,7 +493,7 @@ async fn secret_files_modes() {
 
     // A store whose signing keys were kept in the clear (before they were sealed by default):
     // sealed at the next start.
-    use idbridge_core::Store;
+    use idbridge_core::KeyStore;
     let old = scratch();
     let data = old.path().join("data");
     std::fs::create_dir(&data).unwrap();
@@ -807,7 +807,7 @@ async fn hostile_jwts(
     use base64::Engine;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use idbridge_bridge::{AccessClaims, KeySet};
-    use idbridge_core::Store;
+    use idbridge_core::KeyStore;
     use serde_json::json;
     let s = Idbridge::start(dir).await.unwrap();
     let good = s.access_token(&s.admin_token()).await.unwrap();

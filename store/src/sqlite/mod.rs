@@ -21,10 +21,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use idbridge_core::{
-    AccountName, AccountUid, ExternalIdentity, GroupName, KeyState, LabelKey, Namespace,
-    NewAccount, Pending, RefreshContext, RefreshRecord, Revocations, Session, SessionId, Spend,
-    SpendOutcome, StaticToken, Store, StoreError, StoredKey, TokenHash, TokenId, UnixTime,
-    UserAccount,
+    AccountName, AccountStore, AccountUid, ExternalIdentity, GroupName, KeyState, KeyStore,
+    LabelKey, Namespace, NewAccount, Pending, PendingStore, RefreshContext, RefreshRecord,
+    Revocations, Session, SessionId, SessionStore, Spend, SpendOutcome, StaticToken, StoreError,
+    StoredKey, TokenHash, TokenId, UnixTime, UserAccount,
 };
 use rusqlite::types::FromSql;
 use rusqlite::{Connection, OpenFlags, Params, Row, ffi, params};
@@ -682,7 +682,7 @@ fn session_by_id(conn: &Connection, sql: &str, p: impl Params) -> Result<Session
 }
 
 #[async_trait]
-impl Store for SqliteStore {
+impl AccountStore for SqliteStore {
     async fn create_account(
         &self,
         new: NewAccount,
@@ -875,7 +875,10 @@ impl Store for SqliteStore {
         })
         .await
     }
+}
 
+#[async_trait]
+impl SessionStore for SqliteStore {
     async fn create_session(
         &self,
         session: &Session,
@@ -992,68 +995,10 @@ impl Store for SqliteStore {
         })
         .await
     }
+}
 
-    async fn revoke_jti(
-        &self,
-        jti: &str,
-        expires_at: UnixTime,
-        now: UnixTime,
-    ) -> Result<(), StoreError> {
-        let jti = jti.to_owned();
-        self.write(move |c| {
-            execute(
-                c,
-                "INSERT INTO revoked_jtis (jti, revoked_at, expires_at) VALUES (?, ?, ?)
-                 ON CONFLICT (jti) DO UPDATE SET expires_at = MAX(expires_at, excluded.expires_at)",
-                params![jti, now.0, expires_at.0],
-            )
-            .map_err(backend)?;
-            Ok(())
-        })
-        .await
-    }
-
-    async fn revocations(&self, now: UnixTime) -> Result<Revocations, StoreError> {
-        self.read(|c| {
-            // One snapshot for both lists.
-            let tx = c.unchecked_transaction().map_err(backend)?;
-            let sessions = query_all(
-                &tx,
-                "SELECT id FROM sessions WHERE revoked_at IS NOT NULL AND expires_at > ?",
-                [now.0],
-                |r| {
-                    SessionId::from_str(&col::<String>(r, "id")?)
-                        .map_err(|e| corrupt("session id", e))
-                },
-            )?;
-            let jtis = query_all(
-                &tx,
-                "SELECT jti FROM revoked_jtis WHERE expires_at > ?",
-                [now.0],
-                |r| col(r, "jti"),
-            )?;
-            Ok(Revocations { sessions, jtis })
-        })
-    }
-
-    async fn purge(&self, before: UnixTime) -> Result<u64, StoreError> {
-        self.write(move |c| {
-            let mut n = 0;
-            for sql in [
-                "DELETE FROM sessions WHERE expires_at <= ?",
-                "DELETE FROM revoked_jtis WHERE expires_at <= ?",
-                "DELETE FROM pending WHERE expires_at <= ?",
-                // A sealed next pair is needed only during its grace window.
-                "UPDATE refresh_tokens SET grace_sealed = NULL
-                 WHERE grace_sealed IS NOT NULL AND grace_until <= ?",
-            ] {
-                n += execute(c, sql, [before.0]).map_err(backend)? as u64;
-            }
-            Ok(n)
-        })
-        .await
-    }
-
+#[async_trait]
+impl PendingStore for SqliteStore {
     async fn put_pending(&self, p: &Pending) -> Result<(), StoreError> {
         let p = p.clone();
         self.write(move |c| {
@@ -1175,7 +1120,10 @@ impl Store for SqliteStore {
         })
         .await
     }
+}
 
+#[async_trait]
+impl KeyStore for SqliteStore {
     async fn signing_keys(&self) -> Result<Vec<StoredKey>, StoreError> {
         self.read(|c| {
             query_all(
@@ -1222,6 +1170,67 @@ impl Store for SqliteStore {
                 .map_err(|e| conflict_or_backend(e, || format!("signing key {}", k.kid)))?;
             }
             Ok(())
+        })
+        .await
+    }
+
+    async fn revoke_jti(
+        &self,
+        jti: &str,
+        expires_at: UnixTime,
+        now: UnixTime,
+    ) -> Result<(), StoreError> {
+        let jti = jti.to_owned();
+        self.write(move |c| {
+            execute(
+                c,
+                "INSERT INTO revoked_jtis (jti, revoked_at, expires_at) VALUES (?, ?, ?)
+                 ON CONFLICT (jti) DO UPDATE SET expires_at = MAX(expires_at, excluded.expires_at)",
+                params![jti, now.0, expires_at.0],
+            )
+            .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn revocations(&self, now: UnixTime) -> Result<Revocations, StoreError> {
+        self.read(|c| {
+            // One snapshot for both lists.
+            let tx = c.unchecked_transaction().map_err(backend)?;
+            let sessions = query_all(
+                &tx,
+                "SELECT id FROM sessions WHERE revoked_at IS NOT NULL AND expires_at > ?",
+                [now.0],
+                |r| {
+                    SessionId::from_str(&col::<String>(r, "id")?)
+                        .map_err(|e| corrupt("session id", e))
+                },
+            )?;
+            let jtis = query_all(
+                &tx,
+                "SELECT jti FROM revoked_jtis WHERE expires_at > ?",
+                [now.0],
+                |r| col(r, "jti"),
+            )?;
+            Ok(Revocations { sessions, jtis })
+        })
+    }
+
+    async fn purge(&self, before: UnixTime) -> Result<u64, StoreError> {
+        self.write(move |c| {
+            let mut n = 0;
+            for sql in [
+                "DELETE FROM sessions WHERE expires_at <= ?",
+                "DELETE FROM revoked_jtis WHERE expires_at <= ?",
+                "DELETE FROM pending WHERE expires_at <= ?",
+                // A sealed next pair is needed only during its grace window.
+                "UPDATE refresh_tokens SET grace_sealed = NULL
+                 WHERE grace_sealed IS NOT NULL AND grace_until <= ?",
+            ] {
+                n += execute(c, sql, [before.0]).map_err(backend)? as u64;
+            }
+            Ok(n)
         })
         .await
     }
