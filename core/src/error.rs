@@ -54,4 +54,24 @@ pub enum StoreError {
     /// The backend failed (I/O, locking, connection).
     #[error("store backend failed")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A change of a batch ([`crate::AccountStore::apply_account_changes`]) failed, so none of
+    /// the batch was applied.
+    #[error("change {index} of the batch failed: {error}")]
+    InBatch {
+        /// The failed change's index in the batch.
+        index: usize,
+        /// Why it failed.
+        error: Box<StoreError>,
+    },
+}
+
+impl StoreError {
+    /// The error itself, or for a failed batch the error of the change that failed.
+    #[must_use]
+    pub fn innermost(&self) -> &StoreError {
+        match self {
+            Self::InBatch { error, .. } => error.innermost(),
+            other => other,
+        }
+    }
 }

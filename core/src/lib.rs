@@ -33,5 +33,7 @@ pub use session::{
     KeyState, Pending, RefreshContext, RefreshRecord, Revocations, Session, SessionId,
     SessionState, Spend, SpendOutcome, StoredKey,
 };
-pub use store::{AccountStore, KeyStore, PendingStore, SessionStore, Store};
+pub use store::{
+    AccountChange, AccountChangeOutcome, AccountStore, KeyStore, PendingStore, SessionStore, Store,
+};
 pub use token::{StaticToken, TokenHash, TokenId};

@@ -3,7 +3,8 @@
 //! Four small traits each cover one kind of record:
 //!
 //! - [`AccountStore`]: accounts, the external identities linked to them and their static tokens
-//!   (long-lived credentials that belong to an account, not to a login).
+//!   (long-lived credentials that belong to an account, not to a login), and the atomic batch of
+//!   account changes the sync worker applies ([`AccountStore::apply_account_changes`]).
 //! - [`SessionStore`]: sessions and their refresh tokens, spending a refresh token, revoking a
 //!   session or all of an account's. Sessions belong to accounts, so a session store is an
 //!   account store too.
@@ -39,6 +40,39 @@ impl<T> Store for T where
 {
 }
 
+/// One change in a batch for [`AccountStore::apply_account_changes`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccountChange {
+    /// Creates an account with a fresh UID, as [`AccountStore::create_account`].
+    Create(NewAccount),
+    /// Replaces an account's mutable fields, as [`AccountStore::update_account`].
+    Update(UserAccount),
+    /// Marks an account disabled (nothing else of it changes) and revokes every live session of
+    /// it with `reason`, as [`SessionStore::revoke_account_sessions`]. Disabling a disabled
+    /// account is not an error.
+    Disable {
+        /// The account.
+        uid: AccountUid,
+        /// Recorded on each session it revokes.
+        reason: String,
+    },
+}
+
+/// What one change of a batch did; [`AccountStore::apply_account_changes`] returns one per change,
+/// in the order of the changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccountChangeOutcome {
+    /// The account was created, as returned here (with its new UID).
+    Created(UserAccount),
+    /// The account was updated.
+    Updated,
+    /// The account was disabled, and this many of its live sessions revoked.
+    Disabled {
+        /// How many sessions the change revoked.
+        revoked_sessions: u64,
+    },
+}
+
 /// Accounts, the external identities linked to them, and their static tokens.
 #[async_trait]
 pub trait AccountStore: Send + Sync + std::fmt::Debug {
@@ -64,6 +98,21 @@ pub trait AccountStore: Send + Sync + std::fmt::Debug {
     /// with this UID, `Conflict` if the name or an identity is another account's; then nothing
     /// changes.
     async fn update_account(&self, account: &UserAccount) -> Result<(), StoreError>;
+    /// Applies a list of account changes in order, all in one transaction: either every change
+    /// is applied, or none is. Each change sees the ones before it (a name a change frees may be
+    /// taken by a later one). Returns one outcome per change, in order.
+    ///
+    /// When a change fails as the single operation it stands for would (`Conflict`, `NotFound`,
+    /// or the backend), nothing of the batch is applied and the error is
+    /// [`StoreError::InBatch`], naming the change by its index and holding why it failed
+    /// ([`StoreError::innermost`]). `now` is the creation time of the accounts it creates and the
+    /// revocation time of the sessions it revokes. The sync worker applies what it read from the
+    /// directory this way, so a run is never left half-applied.
+    async fn apply_account_changes(
+        &self,
+        changes: &[AccountChange],
+        now: UnixTime,
+    ) -> Result<Vec<AccountChangeOutcome>, StoreError>;
 
     /// Stores a new static token under the hash of its secret; `NotFound` if its account does
     /// not exist, `Conflict` if its id or hash is taken.

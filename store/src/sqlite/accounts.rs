@@ -5,12 +5,14 @@ use std::str::FromStr;
 
 use async_trait::async_trait;
 use idbridge_core::{
-    AccountName, AccountStore, AccountUid, ExternalIdentity, GroupName, LabelKey, Namespace,
-    NewAccount, StaticToken, StoreError, TokenHash, TokenId, UnixTime, UserAccount,
+    AccountChange, AccountChangeOutcome, AccountName, AccountStore, AccountUid, ExternalIdentity,
+    GroupName, LabelKey, Namespace, NewAccount, StaticToken, StoreError, TokenHash, TokenId,
+    UnixTime, UserAccount,
 };
 use rusqlite::{Connection, Row, params};
 
 use super::SqliteStore;
+use super::sessions::revoke_account_sessions_in;
 use super::sql::{
     backend, col, conflict_or_backend, corrupt, execute, insert_error, query_all, query_one,
 };
@@ -80,6 +82,148 @@ fn write_identities(
     Ok(())
 }
 
+/// An account with its groups and labels serialised, before the write is handed to the writer.
+struct AccountRow {
+    account: UserAccount,
+    groups: String,
+    labels: String,
+}
+
+impl AccountRow {
+    fn of(account: UserAccount) -> Result<Self, StoreError> {
+        let groups = serde_json::to_string(&account.groups).map_err(|e| corrupt("groups", e))?;
+        let labels = serde_json::to_string(&account.labels).map_err(|e| corrupt("labels", e))?;
+        Ok(Self {
+            account,
+            groups,
+            labels,
+        })
+    }
+}
+
+fn insert_account(c: &Connection, row: &AccountRow) -> Result<(), StoreError> {
+    let (a, groups, labels) = (&row.account, &row.groups, &row.labels);
+    let uid = a.uid.to_string();
+    execute(
+        c,
+        "INSERT INTO accounts (uid, name, groups_json, labels_json, default_namespace, disabled, created_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?)",
+        params![
+            uid,
+            a.name.as_str(),
+            groups,
+            labels,
+            a.default_namespace.as_ref().map(Namespace::as_str),
+            i64::from(a.disabled),
+            a.created_at.0
+        ],
+    )
+    .map_err(|e| conflict_or_backend(e, || format!("account {}", a.name)))?;
+    write_identities(c, &uid, &a.identities)
+}
+
+fn update_account_in(c: &Connection, row: &AccountRow) -> Result<(), StoreError> {
+    let (a, groups, labels) = (&row.account, &row.groups, &row.labels);
+    let uid = a.uid.to_string();
+    let changed = execute(
+        c,
+        "UPDATE accounts SET name = ?, groups_json = ?, labels_json = ?, default_namespace = ?, disabled = ?
+         WHERE uid = ?",
+        params![
+            a.name.as_str(),
+            groups,
+            labels,
+            a.default_namespace.as_ref().map(Namespace::as_str),
+            i64::from(a.disabled),
+            uid
+        ],
+    )
+    .map_err(|e| conflict_or_backend(e, || format!("account {}", a.name)))?;
+    if changed == 0 {
+        return Err(StoreError::NotFound(format!("account {uid}")));
+    }
+    write_identities(c, &uid, &a.identities)
+}
+
+/// Marks an account disabled and revokes its live sessions; returns how many.
+fn disable_account_in(
+    c: &Connection,
+    uid: AccountUid,
+    reason: &str,
+    now: UnixTime,
+) -> Result<u64, StoreError> {
+    let changed = execute(
+        c,
+        "UPDATE accounts SET disabled = 1 WHERE uid = ?",
+        [uid.to_string()],
+    )
+    .map_err(backend)?;
+    if changed == 0 {
+        return Err(StoreError::NotFound(format!("account {uid}")));
+    }
+    revoke_account_sessions_in(c, uid, reason, now)
+}
+
+/// One change of a batch, its serialising done before the write is handed to the writer.
+enum Step {
+    Create(AccountRow),
+    Update(AccountRow),
+    Disable { uid: AccountUid, reason: String },
+}
+
+impl Step {
+    fn of(change: &AccountChange, now: UnixTime) -> Result<Self, StoreError> {
+        Ok(match change {
+            AccountChange::Create(new) => {
+                Self::Create(AccountRow::of(new_account(new.clone(), now))?)
+            }
+            AccountChange::Update(account) => Self::Update(AccountRow::of(account.clone())?),
+            AccountChange::Disable { uid, reason } => Self::Disable {
+                uid: *uid,
+                reason: reason.clone(),
+            },
+        })
+    }
+
+    fn apply(self, c: &Connection, now: UnixTime) -> Result<AccountChangeOutcome, StoreError> {
+        Ok(match self {
+            Self::Create(row) => {
+                insert_account(c, &row)?;
+                AccountChangeOutcome::Created(row.account)
+            }
+            Self::Update(row) => {
+                update_account_in(c, &row)?;
+                AccountChangeOutcome::Updated
+            }
+            Self::Disable { uid, reason } => AccountChangeOutcome::Disabled {
+                revoked_sessions: disable_account_in(c, uid, &reason, now)?,
+            },
+        })
+    }
+}
+
+/// Names the failed change of a batch.
+fn in_batch(index: usize) -> impl Fn(StoreError) -> StoreError {
+    move |e| StoreError::InBatch {
+        index,
+        error: Box::new(e),
+    }
+}
+
+/// A new account as stored: a fresh UID, created `now`.
+fn new_account(new: NewAccount, now: UnixTime) -> UserAccount {
+    UserAccount {
+        uid: AccountUid::random(),
+        name: new.name,
+        groups: new.groups,
+        labels: new.labels,
+        default_namespace: new.default_namespace,
+        disabled: new.disabled,
+        identities: new.identities,
+        created_at: now,
+    }
+}
+
 fn token_from_row(row: &Row<'_>) -> Result<StaticToken, StoreError> {
     Ok(StaticToken {
         id: TokenId::from_str(&col::<String>(row, "id")?).map_err(|e| corrupt("token id", e))?,
@@ -106,39 +250,9 @@ impl AccountStore for SqliteStore {
         new: NewAccount,
         now: UnixTime,
     ) -> Result<UserAccount, StoreError> {
-        let account = UserAccount {
-            uid: AccountUid::random(),
-            name: new.name,
-            groups: new.groups,
-            labels: new.labels,
-            default_namespace: new.default_namespace,
-            disabled: new.disabled,
-            identities: new.identities,
-            created_at: now,
-        };
-        let groups = serde_json::to_string(&account.groups).map_err(|e| corrupt("groups", e))?;
-        let labels = serde_json::to_string(&account.labels).map_err(|e| corrupt("labels", e))?;
-        let a = account.clone();
-        self.write(move |c| {
-            let uid = a.uid.to_string();
-            execute(
-                c,
-                "INSERT INTO accounts (uid, name, groups_json, labels_json, default_namespace, disabled, created_at)
-                 VALUES (?, ?, ?, ?, ?, ?, ?)",
-                params![
-                    uid,
-                    a.name.as_str(),
-                    groups,
-                    labels,
-                    a.default_namespace.as_ref().map(Namespace::as_str),
-                    i64::from(a.disabled),
-                    now.0
-                ],
-            )
-            .map_err(|e| conflict_or_backend(e, || format!("account {}", a.name)))?;
-            write_identities(c, &uid, &a.identities)
-        })
-        .await?;
+        let account = new_account(new, now);
+        let row = AccountRow::of(account.clone())?;
+        self.write(move |c| insert_account(c, &row)).await?;
         Ok(account)
     }
 
@@ -183,29 +297,27 @@ impl AccountStore for SqliteStore {
     }
 
     async fn update_account(&self, account: &UserAccount) -> Result<(), StoreError> {
-        let groups = serde_json::to_string(&account.groups).map_err(|e| corrupt("groups", e))?;
-        let labels = serde_json::to_string(&account.labels).map_err(|e| corrupt("labels", e))?;
-        let a = account.clone();
+        let row = AccountRow::of(account.clone())?;
+        self.write(move |c| update_account_in(c, &row)).await
+    }
+
+    async fn apply_account_changes(
+        &self,
+        changes: &[AccountChange],
+        now: UnixTime,
+    ) -> Result<Vec<AccountChangeOutcome>, StoreError> {
+        let steps = changes
+            .iter()
+            .enumerate()
+            .map(|(i, change)| Step::of(change, now).map_err(in_batch(i)))
+            .collect::<Result<Vec<_>, _>>()?;
+        // One write, so one savepoint: a change that fails rolls back the changes before it.
         self.write(move |c| {
-            let uid = a.uid.to_string();
-            let changed = execute(
-                c,
-                "UPDATE accounts SET name = ?, groups_json = ?, labels_json = ?, default_namespace = ?, disabled = ?
-                 WHERE uid = ?",
-                params![
-                    a.name.as_str(),
-                    groups,
-                    labels,
-                    a.default_namespace.as_ref().map(Namespace::as_str),
-                    i64::from(a.disabled),
-                    uid
-                ],
-            )
-            .map_err(|e| conflict_or_backend(e, || format!("account {}", a.name)))?;
-            if changed == 0 {
-                return Err(StoreError::NotFound(format!("account {uid}")));
-            }
-            write_identities(c, &uid, &a.identities)
+            steps
+                .into_iter()
+                .enumerate()
+                .map(|(i, step)| step.apply(c, now).map_err(in_batch(i)))
+                .collect()
         })
         .await
     }

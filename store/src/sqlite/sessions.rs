@@ -163,6 +163,23 @@ fn session_by_id(conn: &Connection, sql: &str, p: impl Params) -> Result<Session
         .ok_or_else(|| StoreError::NotFound("session".to_owned()))
 }
 
+/// Revokes every live session of an account; returns how many.
+pub(super) fn revoke_account_sessions_in(
+    c: &Connection,
+    account: AccountUid,
+    reason: &str,
+    now: UnixTime,
+) -> Result<u64, StoreError> {
+    let n = execute(
+        c,
+        "UPDATE sessions SET revoked_at = ?, revoked_reason = ?
+         WHERE account_uid = ? AND revoked_at IS NULL AND expires_at > ?",
+        params![now.0, reason, account.to_string(), now.0],
+    )
+    .map_err(backend)?;
+    Ok(n as u64)
+}
+
 #[async_trait]
 impl SessionStore for SqliteStore {
     async fn create_session(
@@ -269,16 +286,7 @@ impl SessionStore for SqliteStore {
         now: UnixTime,
     ) -> Result<u64, StoreError> {
         let reason = reason.to_owned();
-        self.write(move |c| {
-            let n = execute(
-                c,
-                "UPDATE sessions SET revoked_at = ?, revoked_reason = ?
-                 WHERE account_uid = ? AND revoked_at IS NULL AND expires_at > ?",
-                params![now.0, reason, account.to_string(), now.0],
-            )
-            .map_err(backend)?;
-            Ok(n as u64)
-        })
-        .await
+        self.write(move |c| revoke_account_sessions_in(c, account, &reason, now))
+            .await
     }
 }
