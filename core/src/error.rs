@@ -75,3 +75,23 @@ impl StoreError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_batch_names_its_change_and_keeps_why() {
+        let e = StoreError::InBatch {
+            index: 2,
+            error: Box::new(StoreError::Conflict("account alice".into())),
+        };
+        assert_eq!(
+            e.to_string(),
+            "change 2 of the batch failed: account alice already exists"
+        );
+        assert!(matches!(e.innermost(), StoreError::Conflict(w) if w == "account alice"));
+        let plain = StoreError::NotFound("account x".into());
+        assert!(matches!(plain.innermost(), StoreError::NotFound(_)));
+    }
+}

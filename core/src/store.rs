@@ -6,8 +6,8 @@
 //!   (long-lived credentials that belong to an account, not to a login), and the atomic batch of
 //!   account changes the sync worker applies ([`AccountStore::apply_account_changes`]).
 //! - [`SessionStore`]: sessions and their refresh tokens, spending a refresh token, revoking a
-//!   session or all of an account's. Sessions belong to accounts, so a session store is an
-//!   account store too.
+//!   session or all of an account's. Sessions belong to accounts (a session names its account,
+//!   and a refresh reads both), so a session store is an account store too.
 //! - [`PendingStore`]: short-lived single-use records of logins in progress.
 //! - [`KeyStore`]: signing keys, and what must be refused although its signature verifies
 //!   (revoked access tokens, the revocations snapshot), and the purge of whatever has ended.
