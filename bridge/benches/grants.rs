@@ -26,8 +26,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use idbridge_bridge::{AppState, Settings, app};
 use idbridge_core::{
-    Clock, GroupName, NewAccount, RefreshRecord, Session, SessionId, Spend, Store, SystemClock,
-    UnixTime,
+    AccountStore, Clock, GroupName, NewAccount, RefreshRecord, Session, SessionId, SessionStore,
+    Spend, SystemClock, UnixTime,
 };
 use idbridge_store::SqliteStore;
 use idbridge_tokens::{

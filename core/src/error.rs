@@ -54,4 +54,44 @@ pub enum StoreError {
     /// The backend failed (I/O, locking, connection).
     #[error("store backend failed")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A change of a batch ([`crate::AccountStore::apply_account_changes`]) failed, so none of
+    /// the batch was applied.
+    #[error("change {index} of the batch failed: {error}")]
+    InBatch {
+        /// The failed change's index in the batch.
+        index: usize,
+        /// Why it failed.
+        error: Box<StoreError>,
+    },
+}
+
+impl StoreError {
+    /// The error itself, or for a failed batch the error of the change that failed.
+    #[must_use]
+    pub fn innermost(&self) -> &StoreError {
+        match self {
+            Self::InBatch { error, .. } => error.innermost(),
+            other => other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_batch_names_its_change_and_keeps_why() {
+        let e = StoreError::InBatch {
+            index: 2,
+            error: Box::new(StoreError::Conflict("account alice".into())),
+        };
+        assert_eq!(
+            e.to_string(),
+            "change 2 of the batch failed: account alice already exists"
+        );
+        assert!(matches!(e.innermost(), StoreError::Conflict(w) if w == "account alice"));
+        let plain = StoreError::NotFound("account x".into());
+        assert!(matches!(plain.innermost(), StoreError::NotFound(_)));
+    }
 }

@@ -7,7 +7,12 @@
 //! value that reaches a store or a token has already been checked.
 //!
 //! Adapters (the SQLite store today, PostgreSQL and the directory later) implement the traits
-//! defined here; nothing above this crate knows which implementation it holds.
+//! defined here; nothing above this crate knows which implementation it holds. The store seam is
+//! split by concern into four small traits — [`AccountStore`] (accounts, identities, static
+//! tokens, and [`AccountStore::apply_account_changes`], the atomic batch the sync worker
+//! applies), [`SessionStore`] (sessions and refresh tokens), [`PendingStore`] (single-use records
+//! of logins in progress) and [`KeyStore`] (signing keys, revocations, the purge) — and
+//! [`Store`] is their union, which callers hold as `Arc<dyn Store>`.
 
 #[macro_use]
 mod token;
@@ -41,5 +46,7 @@ pub use session::{
     KeyState, Pending, RefreshContext, RefreshRecord, Revocations, Session, SessionId,
     SessionState, Spend, SpendOutcome, StoredKey,
 };
-pub use store::Store;
+pub use store::{
+    AccountChange, AccountChangeOutcome, AccountStore, KeyStore, PendingStore, SessionStore, Store,
+};
 pub use token::{StaticToken, TokenHash, TokenId};

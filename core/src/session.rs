@@ -196,7 +196,7 @@ pub struct Spend {
     pub login_groups: Option<Vec<String>>,
 }
 
-/// The outcome of [`crate::Store::spend_refresh`].
+/// The outcome of [`crate::SessionStore::spend_refresh`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SpendOutcome {
     /// The token was unspent and now is; the next one is stored.

@@ -1,4 +1,24 @@
-//! The storage seam. Implementations live in the `idbridge-store` crate.
+//! The storage seam, split by concern. Implementations live in the `idbridge-store` crate.
+//!
+//! Four small traits each cover one kind of record:
+//!
+//! - [`AccountStore`]: accounts, the external identities linked to them and their static tokens
+//!   (long-lived credentials that belong to an account, not to a login), and the atomic batch of
+//!   account changes the sync worker applies ([`AccountStore::apply_account_changes`]).
+//! - [`SessionStore`]: sessions and their refresh tokens, spending a refresh token, revoking a
+//!   session or all of an account's. Sessions belong to accounts (a session names its account,
+//!   and a refresh reads both), so a session store is an account store too.
+//! - [`PendingStore`]: short-lived single-use records of logins in progress.
+//! - [`KeyStore`]: signing keys, and what must be refused although its signature verifies
+//!   (revoked access tokens, the revocations snapshot), and the purge of whatever has ended.
+//!
+//! [`Store`] is their union, implemented for every type that implements all four; callers hold
+//! an `Arc<dyn Store>` and call any method on it. A caller that holds a concrete store type
+//! brings into scope the trait whose method it calls.
+//!
+//! Every write is durable when the call returns: a caller that saw `Ok` may rely on the change
+//! surviving a crash of the process. The behaviour every implementation owes is written once, as
+//! the conformance suite in `idbridge_store::conformance`.
 
 use async_trait::async_trait;
 
@@ -8,12 +28,54 @@ use crate::{
     TokenHash, TokenId, UnixTime, UserAccount,
 };
 
-/// Durable state: accounts, static tokens, sessions, revocations and signing keys.
-///
-/// Every write is durable when the call returns: a caller that saw `Ok` may rely on the change
-/// surviving a crash of the process.
+/// Durable state: accounts, static tokens, sessions, logins in progress, revocations and signing
+/// keys; the union of the four stores.
+pub trait Store:
+    AccountStore + SessionStore + PendingStore + KeyStore + Send + Sync + std::fmt::Debug
+{
+}
+
+impl<T> Store for T where
+    T: AccountStore + SessionStore + PendingStore + KeyStore + Send + Sync + std::fmt::Debug
+{
+}
+
+/// One change in a batch for [`AccountStore::apply_account_changes`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccountChange {
+    /// Creates an account with a fresh UID, as [`AccountStore::create_account`].
+    Create(NewAccount),
+    /// Replaces an account's mutable fields, as [`AccountStore::update_account`].
+    Update(UserAccount),
+    /// Marks an account disabled (nothing else of it changes) and revokes every live session of
+    /// it with `reason`, as [`SessionStore::revoke_account_sessions`]. Disabling a disabled
+    /// account is not an error.
+    Disable {
+        /// The account.
+        uid: AccountUid,
+        /// Recorded on each session it revokes.
+        reason: String,
+    },
+}
+
+/// What one change of a batch did; [`AccountStore::apply_account_changes`] returns one per change,
+/// in the order of the changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccountChangeOutcome {
+    /// The account was created, as returned here (with its new UID).
+    Created(UserAccount),
+    /// The account was updated.
+    Updated,
+    /// The account was disabled, and this many of its live sessions revoked.
+    Disabled {
+        /// How many sessions the change revoked.
+        revoked_sessions: u64,
+    },
+}
+
+/// Accounts, the external identities linked to them, and their static tokens.
 #[async_trait]
-pub trait Store: Send + Sync + std::fmt::Debug {
+pub trait AccountStore: Send + Sync + std::fmt::Debug {
     /// Creates an account with a fresh UID; `Conflict` if the name or an identity is taken.
     async fn create_account(
         &self,
@@ -32,10 +94,28 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Every account, ordered by name.
     async fn accounts(&self) -> Result<Vec<UserAccount>, StoreError>;
     /// Replaces an account's mutable fields (name, groups, labels, namespace, disabled,
-    /// identities); the UID and creation time never change.
+    /// identities); the UID and creation time never change. `NotFound` if there is no account
+    /// with this UID, `Conflict` if the name or an identity is another account's; then nothing
+    /// changes.
     async fn update_account(&self, account: &UserAccount) -> Result<(), StoreError>;
+    /// Applies a list of account changes in order, all in one transaction: either every change
+    /// is applied, or none is. Each change sees the ones before it (a name a change frees may be
+    /// taken by a later one). Returns one outcome per change, in order.
+    ///
+    /// When a change fails as the single operation it stands for would (`Conflict`, `NotFound`,
+    /// or the backend), nothing of the batch is applied and the error is
+    /// [`StoreError::InBatch`], naming the change by its index and holding why it failed
+    /// ([`StoreError::innermost`]). `now` is the creation time of the accounts it creates and the
+    /// revocation time of the sessions it revokes. The sync worker applies what it read from the
+    /// directory this way, so a run is never left half-applied.
+    async fn apply_account_changes(
+        &self,
+        changes: &[AccountChange],
+        now: UnixTime,
+    ) -> Result<Vec<AccountChangeOutcome>, StoreError>;
 
-    /// Stores a new static token under the hash of its secret.
+    /// Stores a new static token under the hash of its secret; `NotFound` if its account does
+    /// not exist, `Conflict` if its id or hash is taken.
     async fn create_static_token(
         &self,
         token: &StaticToken,
@@ -58,8 +138,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         id: TokenId,
         now: UnixTime,
     ) -> Result<StaticToken, StoreError>;
+}
 
-    /// Starts a session with its first refresh token.
+/// Sessions (refresh-token families) and their refresh tokens.
+#[async_trait]
+pub trait SessionStore: AccountStore {
+    /// Starts a session with its first refresh token; `NotFound` if its account does not exist,
+    /// `Conflict` if its id or the token is taken.
     async fn create_session(
         &self,
         session: &Session,
@@ -106,20 +191,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         reason: &str,
         now: UnixTime,
     ) -> Result<u64, StoreError>;
-    /// Revokes one access token by its `jti` until `expires_at`.
-    async fn revoke_jti(
-        &self,
-        jti: &str,
-        expires_at: UnixTime,
-        now: UnixTime,
-    ) -> Result<(), StoreError>;
-    /// Revoked sessions and access tokens that could still be presented at `now`.
-    async fn revocations(&self, now: UnixTime) -> Result<Revocations, StoreError>;
-    /// Deletes sessions ended before `before` (with their refresh tokens) and revocations of
-    /// tokens expired before it; returns how many rows went.
-    async fn purge(&self, before: UnixTime) -> Result<u64, StoreError>;
+}
 
-    /// Stores a login in progress.
+/// Short-lived, single-use records of logins in progress ([`Pending`]).
+#[async_trait]
+pub trait PendingStore: Send + Sync + std::fmt::Debug {
+    /// Stores a login in progress; `Conflict` if its key or alias is taken.
     async fn put_pending(&self, pending: &Pending) -> Result<(), StoreError>;
     /// The login in progress named by `key`, used or not, unless it has expired.
     async fn pending(&self, key: TokenHash, now: UnixTime) -> Result<Option<Pending>, StoreError>;
@@ -149,9 +226,29 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         key: TokenHash,
         session: SessionId,
     ) -> Result<(), StoreError>;
+}
 
+/// Signing keys, revoked access tokens and the revocations snapshot, and the purge of what has
+/// ended.
+#[async_trait]
+pub trait KeyStore: Send + Sync + std::fmt::Debug {
     /// The signing keys, oldest first.
     async fn signing_keys(&self) -> Result<Vec<StoredKey>, StoreError>;
     /// Replaces the whole key set in one transaction.
     async fn replace_signing_keys(&self, keys: &[StoredKey]) -> Result<(), StoreError>;
+
+    /// Revokes one access token by its `jti` until `expires_at`.
+    async fn revoke_jti(
+        &self,
+        jti: &str,
+        expires_at: UnixTime,
+        now: UnixTime,
+    ) -> Result<(), StoreError>;
+    /// Revoked sessions and access tokens that could still be presented at `now`.
+    async fn revocations(&self, now: UnixTime) -> Result<Revocations, StoreError>;
+    /// Deletes sessions ended before `before` (with their refresh tokens), revocations of
+    /// tokens expired before it and logins in progress expired before it, and forgets the
+    /// sealed next pair of spent refresh tokens whose grace window ended before it; returns how
+    /// many rows went.
+    async fn purge(&self, before: UnixTime) -> Result<u64, StoreError>;
 }

@@ -1,10 +1,30 @@
-//! Implementations of [`idbridge_core::Store`].
+//! Implementations of [`idbridge_core::Store`], and the suite every implementation must pass.
 //!
-//! The embedded default is one SQLite file in WAL mode with `synchronous = FULL`, so a write the
-//! caller saw acknowledged survives `kill -9` and power loss alike. Schema changes are numbered
-//! SQL files applied in order inside one transaction each; the applied version is recorded in the
-//! database itself, so an interrupted upgrade is simply retried at the next start.
+//! The store is split by concern in `idbridge-core`: [`AccountStore`] (accounts, identities,
+//! static tokens and the atomic batch of account changes), [`SessionStore`] (sessions and refresh
+//! tokens), [`PendingStore`] (single-use records of logins in progress) and [`KeyStore`] (signing
+//! keys, revocations, the purge); `Store` is their union.
+//!
+//! The embedded default, [`SqliteStore`], is one SQLite file in WAL mode with
+//! `synchronous = FULL`, so a write the caller saw acknowledged survives `kill -9` and power loss
+//! alike. Its code follows the same split, one file per trait, with the writer thread (one
+//! group-committing writer, reads on the calling thread) in a file of its own. Schema changes are
+//! numbered SQL files applied in order inside one transaction each; the applied version is
+//! recorded in the database itself, so an interrupted upgrade is simply retried at the next
+//! start.
+//!
+//! What a store owes its callers is written once, in [`conformance`]: generic checks over a
+//! [`conformance::StoreFactory`], run against a store with [`conformance_tests!`], one named test
+//! per behaviour. The SQLite store passes it (`tests/conformance.rs`); a later store (PostgreSQL)
+//! must pass it unchanged. Only what one implementation alone can show (its files, its schema
+//! upgrades, reopening) is tested beside that implementation.
+//!
+//! [`AccountStore`]: idbridge_core::AccountStore
+//! [`SessionStore`]: idbridge_core::SessionStore
+//! [`PendingStore`]: idbridge_core::PendingStore
+//! [`KeyStore`]: idbridge_core::KeyStore
 
+pub mod conformance;
 mod files;
 mod sqlite;
 

@@ -493,7 +493,7 @@ async fn secret_files_modes() {
 
     // A store whose signing keys were kept in the clear (before they were sealed by default):
     // sealed at the next start.
-    use idbridge_core::Store;
+    use idbridge_core::KeyStore;
     let old = scratch();
     let data = old.path().join("data");
     std::fs::create_dir(&data).unwrap();
@@ -806,7 +806,7 @@ async fn hostile_jwts(
 ) -> (Idbridge, String, Vec<(&'static str, &'static str, String)>) {
     use base64::Engine;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    use idbridge_core::Store;
+    use idbridge_core::KeyStore;
     use idbridge_tokens::{AccessClaims, KeySet};
     use serde_json::json;
     let s = Idbridge::start(dir).await.unwrap();

@@ -424,7 +424,7 @@ async fn key_rotation_publishes_the_next_key_first_and_keeps_old_tokens_valid() 
     let store = idbridge_store::SqliteStore::open(&dir.path().join("data/idbridge.db"))
         .await
         .unwrap();
-    let stored = idbridge_core::Store::signing_keys(&store).await.unwrap();
+    let stored = idbridge_core::KeyStore::signing_keys(&store).await.unwrap();
     assert!(idbridge_tokens::KeySet::from_stored(&stored, None).is_err());
     drop(store);
     let plain = "bootstrap_admin: true\nissuer: https://idbridge.test\nkeys:\n  publish_lead: 1h\n";

@@ -508,7 +508,7 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use idbridge_core::{FixedClock, InsecureCounterRandom, NewAccount, NoRecheck, Store};
+    use idbridge_core::{AccountStore, FixedClock, InsecureCounterRandom, NewAccount, NoRecheck};
     use idbridge_store::SqliteStore;
 
     use super::*;

@@ -518,7 +518,7 @@ fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use idbridge_core::{FixedClock, NewAccount, StaticToken, TokenId, UnixTime};
+    use idbridge_core::{AccountStore, FixedClock, NewAccount, StaticToken, TokenId, UnixTime};
     use idbridge_store::SqliteStore;
 
     const T0: i64 = 1_900_000_000;
