@@ -240,7 +240,7 @@ fn main() {
                 id: SessionId::random(),
                 account,
                 client_id: "floor".into(),
-                amr: vec!["static".into()],
+                amr: vec![idbridge_core::Amr::Static],
                 audience: "kubernetes".into(),
                 scope: String::new(),
                 login_groups: Vec::new(),
@@ -266,7 +266,7 @@ fn main() {
                     .map(|i| format!("corp-engineering-team-{i:02}-developers"))
                     .collect(),
                 namespace: None,
-                amr: vec!["static".into()],
+                amr: vec![idbridge_core::Amr::Static],
                 scope: String::new(),
                 sid: session.id.to_string(),
                 client_id: "floor".into(),

@@ -145,7 +145,7 @@ fn main() {
             name: account.name.to_string(),
             groups: account.groups.iter().map(ToString::to_string).collect(),
             namespace: Some("team-a".into()),
-            amr: vec!["static".into()],
+            amr: vec![idbridge_core::Amr::Static],
             scope: String::new(),
             sid: idbridge_core::SessionId::random().to_string(),
             client_id: "idbridge-cli".into(),

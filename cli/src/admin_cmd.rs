@@ -466,7 +466,12 @@ fn print_sessions(sessions: &[SessionInfo], as_json: bool) -> anyhow::Result<()>
             s.session.id,
             s.account_name,
             s.state.to_string(),
-            s.session.amr.join(","),
+            s.session
+                .amr
+                .iter()
+                .map(|a| a.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
             fmt_time(Some(s.session.created_at.0)),
             fmt_time(Some(s.session.last_used_at.0)),
             fmt_time(Some(s.session.expires_at.0)),

@@ -331,7 +331,7 @@ impl UpstreamConfig {
             ("username_prefix", &self.username_prefix),
             ("groups_prefix", &self.groups_prefix),
         ] {
-            if p.starts_with("system:") {
+            if idbridge_core::is_reserved(p) {
                 bail!("field `{at}.{field}`: must not produce names starting with `system:`");
             }
         }
@@ -620,7 +620,9 @@ impl Config {
             ),
             ("kubernetes.groups_prefix", &self.kubernetes.groups_prefix),
         ] {
-            if v.starts_with("system:") || "system:".starts_with(v.as_str()) && !v.is_empty() {
+            if idbridge_core::is_reserved(v)
+                || idbridge_core::RESERVED_PREFIX.starts_with(v.as_str()) && !v.is_empty()
+            {
                 bail!("field `{field}`: must not produce names starting with `system:`");
             }
         }

@@ -98,6 +98,11 @@ pub enum ExternalIdentity {
         /// The subject at that issuer.
         sub: String,
     },
+    /// A user the trusted authenticating proxy names (its user header).
+    Proxy {
+        /// The name the proxy asserted.
+        name: AccountName,
+    },
 }
 
 impl ExternalIdentity {
@@ -108,6 +113,7 @@ impl ExternalIdentity {
             Self::Directory { id } => format!("directory:{id}"),
             Self::Kerberos { principal } => format!("kerberos:{principal}"),
             Self::Oidc { iss, sub } => format!("oidc:{}:{iss}:{sub}", iss.len()),
+            Self::Proxy { name } => format!("proxy:{name}"),
         }
     }
 }

@@ -61,18 +61,6 @@ macro_rules! wire_enum {
                 s.parse().map_err(serde::de::Error::custom)
             }
         }
-
-        impl PartialEq<str> for $name {
-            fn eq(&self, other: &str) -> bool {
-                self.as_str() == other
-            }
-        }
-
-        impl PartialEq<String> for $name {
-            fn eq(&self, other: &String) -> bool {
-                self.as_str() == other
-            }
-        }
     };
 }
 

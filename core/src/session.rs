@@ -24,8 +24,8 @@ pub struct Session {
     pub account: AccountUid,
     /// The OAuth client that started it; only that client may refresh it.
     pub client_id: String,
-    /// How the user logged in (`static`, `krb5`, `ldap`, `oidc`, `sa`, `proxy`).
-    pub amr: Vec<String>,
+    /// How the user logged in.
+    pub amr: Vec<crate::Amr>,
     /// Audience of the access tokens minted on refresh.
     pub audience: String,
     /// Space-separated scopes granted to the session.
@@ -149,8 +149,8 @@ pub struct Pending {
     pub key: TokenHash,
     /// A second, human-typed name (a device grant's user code), normalized.
     pub alias: Option<String>,
-    /// What it is (`authorize`, `upstream`, `code`, `device`).
-    pub kind: String,
+    /// What it is.
+    pub kind: crate::PendingKind,
     /// Its content, JSON.
     pub data: String,
     /// It is worthless after this.
@@ -166,7 +166,7 @@ impl std::fmt::Debug for Pending {
         f.debug_struct("Pending")
             .field("key", &self.key)
             .field("alias", &self.alias.as_ref().map(|_| "<redacted>"))
-            .field("kind", &self.kind)
+            .field("kind", &self.kind.as_str())
             .field(
                 "data",
                 &format_args!("<{} bytes redacted>", self.data.len()),
@@ -294,7 +294,7 @@ mod tests {
         let p = Pending {
             key: TokenHash([7; 32]),
             alias: Some("BCDFGHJK".into()),
-            kind: "device".into(),
+            kind: crate::PendingKind::Device,
             data: r#"{"upstream":"refresh-secret-1"}"#.into(),
             expires_at: UnixTime(1),
             used_at: None,
@@ -314,7 +314,7 @@ mod tests {
             id: SessionId::random(),
             account: AccountUid::random(),
             client_id: "c".into(),
-            amr: vec!["static".into()],
+            amr: vec![crate::Amr::Static],
             audience: "kubernetes".into(),
             scope: String::new(),
             login_groups: Vec::new(),

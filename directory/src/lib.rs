@@ -242,7 +242,7 @@ impl LdapDirectory {
                 "directory.insecure_plaintext: passwords go to the directory in clear over ldap://"
             );
         }
-        if cfg.groups.prefix.starts_with("system:") {
+        if idbridge_core::is_reserved(&cfg.groups.prefix) {
             return Err(ConfigError(
                 "field `directory.groups.prefix`: `system:` names are reserved".into(),
             ));

@@ -46,7 +46,7 @@ impl Shaping {
             .filter(|g| self.include.is_empty() || self.include.iter().any(|p| glob(p, g)))
             .filter(|g| !self.exclude.iter().any(|p| glob(p, g)))
             .map(|g| format!("{}{g}", self.prefix))
-            .filter(|g| !g.starts_with("system:") && !g.is_empty())
+            .filter(|g| !idbridge_core::is_reserved(g) && !g.is_empty())
             .collect();
         out.sort();
         out.dedup();

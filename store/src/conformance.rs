@@ -38,9 +38,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use idbridge_core::{
-    AccountChange, AccountChangeOutcome, AccountName, AccountUid, ExternalIdentity, KeyState,
-    NewAccount, Pending, RefreshRecord, Session, SessionId, Spend, SpendOutcome, StaticToken,
-    Store, StoreError, StoredKey, TokenHash, TokenId, UnixTime, UserAccount,
+    AccountChange, AccountChangeOutcome, AccountName, AccountUid, Amr, ExternalIdentity, KeyState,
+    NewAccount, Pending, PendingKind, RefreshRecord, Session, SessionId, Spend, SpendOutcome,
+    StaticToken, Store, StoreError, StoredKey, TokenHash, TokenId, UnixTime, UserAccount,
 };
 
 /// Makes the stores the suite runs against.
@@ -144,7 +144,7 @@ fn session_of(account: AccountUid, created_at: i64, expires_at: i64) -> Session 
         id: SessionId::random(),
         account,
         client_id: "idbridge-cli".into(),
-        amr: vec!["static".into()],
+        amr: vec![Amr::Static],
         audience: "kubernetes".into(),
         scope: String::new(),
         login_groups: vec!["proxied".into()],
@@ -195,7 +195,7 @@ fn pending(key: u8, alias: Option<&str>, expires_at: i64) -> Pending {
     Pending {
         key: TokenHash([key; 32]),
         alias: alias.map(str::to_owned),
-        kind: "device".into(),
+        kind: PendingKind::Device,
         data: "{}".into(),
         expires_at: UnixTime(expires_at),
         used_at: None,
@@ -567,7 +567,7 @@ pub async fn sessions_are_stored_and_listed_newest_first(f: &dyn StoreFactory) {
     for (account, at, byte) in [(a.uid, 10, 1), (a.uid, 20, 2), (b.uid, 30, 3)] {
         let mut session = session_of(account, at, 1000);
         session.scope = "openid groups".into();
-        session.amr = vec!["pwd".into(), "ldap".into()];
+        session.amr = vec![Amr::Krb5, Amr::Ldap];
         s.create_session(&session, &record(session.id, byte))
             .await
             .unwrap();
@@ -875,7 +875,7 @@ pub async fn pending_records_are_used_once_and_expire(f: &dyn StoreFactory) {
     let p = Pending {
         key: TokenHash([7; 32]),
         alias: Some("ABCD-EFGH".into()),
-        kind: "device".into(),
+        kind: PendingKind::Device,
         data: "{}".into(),
         expires_at: UnixTime(200),
         used_at: None,

@@ -4,12 +4,12 @@
 use std::sync::Arc;
 
 use idbridge_core::{
-    AccountName, Clock, HumanDuration, KeyState, NewAccount, Session, SessionId, SessionState,
-    StaticToken, Store, StoreError, TokenId, UnixTime, UserAccount,
+    AccountName, Clock, HumanDuration, KeyState, NewAccount, Random, Session, SessionId,
+    SessionState, StaticToken, Store, StoreError, TokenId, UnixTime, UserAccount,
 };
 use serde::{Deserialize, Serialize};
 
-use crate::secret::{hash_token, new_static_secret};
+use crate::secret::{STATIC_TOKEN_PREFIX, hash_token, secret_from};
 
 pub use crate::error::OpsError;
 
@@ -82,13 +82,28 @@ impl std::fmt::Debug for CreatedToken {
 pub struct AdminOps {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
+    random: Arc<dyn Random>,
 }
 
 impl AdminOps {
     /// Operations over `store`, timestamped by `clock`.
     #[must_use]
     pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
-        Self { store, clock }
+        Self::with_random(store, clock, Arc::new(crate::secret::SystemRandom))
+    }
+
+    /// [`AdminOps::new`] drawing secrets and ids from `random`.
+    #[must_use]
+    pub fn with_random(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        random: Arc<dyn Random>,
+    ) -> Self {
+        Self {
+            store,
+            clock,
+            random,
+        }
     }
 
     /// The account with this name.
@@ -147,9 +162,9 @@ impl AdminOps {
     ) -> Result<CreatedToken, OpsError> {
         let account = self.account(name).await?;
         let now = self.clock.now();
-        let secret = new_static_secret();
+        let secret = secret_from(&*self.random, STATIC_TOKEN_PREFIX);
         let token = StaticToken {
-            id: TokenId::random(),
+            id: TokenId::from_random(&*self.random),
             account: account.uid,
             description,
             created_at: now,

@@ -18,8 +18,12 @@ pub struct Provision<'a> {
     /// Whether a first login creates the account.
     pub jit: bool,
     /// Whether an account of the same name, not yet linked to an identity of this kind, may be
-    /// linked (only without `jit`).
+    /// linked (only without `jit`, unless `name_is_identity`).
     pub link_by_name: bool,
+    /// The identity is the name itself (an authenticating proxy asserts account names): an
+    /// account of that name is the identity's, so with `link_by_name` it is linked whether or
+    /// not `jit` is on.
+    pub name_is_identity: bool,
     /// The audit action of a refused login (`login.ldap`, `login.krb5`).
     pub event: &'static str,
     /// What the identity is, for messages ("directory entry", "Kerberos principal").
@@ -61,7 +65,7 @@ impl TokenService {
         match self.store().account_by_name(p.name).await? {
             // A concurrent first login of the same user created it meanwhile.
             Some(a) if a.identities.contains(&p.identity) => Ok(a),
-            Some(a) if !p.jit && p.link_by_name && !same_kind(&a) => {
+            Some(a) if (!p.jit || p.name_is_identity) && p.link_by_name && !same_kind(&a) => {
                 let reason = format!("linked to its {} by name at first login", p.what);
                 self.link(a, p.identity, &reason, ctx).await
             }
@@ -117,5 +121,101 @@ impl TokenService {
         ev.reason = Some(reason);
         self.audit().record_durable(&ev).await;
         Ok(account)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use idbridge_core::{FixedClock, InsecureCounterRandom, UnixTime};
+    use idbridge_store::SqliteStore;
+
+    use super::*;
+    use crate::audit::{Audit, AuditSink};
+    use crate::keys::KeySet;
+    use crate::policy::Policy;
+
+    async fn service(dir: &std::path::Path) -> TokenService {
+        let store = Arc::new(SqliteStore::open(&dir.join("s.db")).await.unwrap());
+        let (kid, der) = KeySet::generate().unwrap();
+        TokenService::with_random(
+            store,
+            Arc::new(FixedClock::at(UnixTime(1_900_000_000))),
+            Arc::new(InsecureCounterRandom::default()),
+            KeySet::from_pkcs8(&[(kid, der)]).unwrap(),
+            Policy::new("https://idbridge.test".into()),
+            Audit::open(&AuditSink::Discard).unwrap(),
+        )
+    }
+
+    fn proxy<'a>(name: &'a AccountName, jit: bool) -> Provision<'a> {
+        Provision {
+            identity: ExternalIdentity::Proxy { name: name.clone() },
+            name,
+            jit,
+            link_by_name: true,
+            name_is_identity: true,
+            event: "login.proxy",
+            what: "proxy's user",
+            section: "proxy",
+        }
+    }
+
+    #[tokio::test]
+    async fn a_proxy_user_is_linked_to_the_account_of_its_name_or_created_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = service(dir.path()).await;
+        let alice: AccountName = "alice".parse().unwrap();
+        let made = s
+            .store()
+            .create_account(NewAccount::named(alice.clone()), s.clock().now())
+            .await
+            .unwrap();
+        // An account of that name, not yet linked: linked, with or without `jit`.
+        let got = s
+            .provisioned_account(proxy(&alice, true), Origin::local())
+            .await
+            .unwrap();
+        assert_eq!(got.uid, made.uid);
+        assert!(got.identities.contains(&ExternalIdentity::Proxy {
+            name: alice.clone()
+        }));
+        // No account: refused with `existing`, created once with `jit`.
+        let bob: AccountName = "bob".parse().unwrap();
+        let err = s
+            .provisioned_account(proxy(&bob, false), Origin::local())
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("`proxy.provisioning` is `existing`"),
+            "{err}"
+        );
+        let (a, b) = tokio::join!(
+            s.provisioned_account(proxy(&bob, true), Origin::local()),
+            s.provisioned_account(proxy(&bob, true), Origin::local()),
+        );
+        assert_eq!(
+            a.unwrap().uid,
+            b.unwrap().uid,
+            "two first logins make one account"
+        );
+    }
+
+    #[tokio::test]
+    async fn other_methods_do_not_take_over_an_unlinked_account_with_jit() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = service(dir.path()).await;
+        let alice: AccountName = "alice".parse().unwrap();
+        s.store()
+            .create_account(NewAccount::named(alice.clone()), s.clock().now())
+            .await
+            .unwrap();
+        let mut p = proxy(&alice, true);
+        p.identity = ExternalIdentity::Directory { id: "g-1".into() };
+        p.name_is_identity = false;
+        let err = s.provisioned_account(p, Origin::local()).await.unwrap_err();
+        assert!(err.to_string().contains("not linked"), "{err}");
     }
 }

@@ -92,7 +92,7 @@ pub struct AccessClaims {
     pub namespace: Option<String>,
     /// Authentication methods behind this token (`static`, `krb5`, `ldap`, `oidc`, `sa`).
     #[serde(default)]
-    pub amr: Vec<String>,
+    pub amr: Vec<idbridge_core::Amr>,
     /// Space-separated scopes.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub scope: String,

@@ -77,7 +77,7 @@ impl TokenService {
         audit: Audit,
     ) -> Self {
         Self(Arc::new(Inner {
-            ops: AdminOps::new(store.clone(), clock.clone()),
+            ops: AdminOps::with_random(store.clone(), clock.clone(), random.clone()),
             auth: Authenticator::new(&policy),
             store,
             clock,

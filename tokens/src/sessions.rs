@@ -240,7 +240,7 @@ impl TokenService {
             id: SessionId::from_random(self.random()),
             account: login.account.uid,
             client_id: login.client_id.to_owned(),
-            amr: vec![login.amr.to_string()],
+            amr: vec![login.amr],
             audience: login.audience,
             scope: login.scope,
             login_groups: login.login_groups,
@@ -624,7 +624,7 @@ mod tests {
             vec!["dev", "proxied"],
             "system: groups never pass"
         );
-        assert_eq!(who.amr, vec!["static"]);
+        assert_eq!(who.amr, vec![Amr::Static]);
         f.clock.advance(10);
         let second = f.refresh(&first).await.unwrap();
         assert_ne!(second.refresh_token, first.refresh_token);

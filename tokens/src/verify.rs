@@ -32,7 +32,7 @@ pub struct Authenticated {
     /// Default namespace.
     pub namespace: Option<String>,
     /// Authentication methods.
-    pub amr: Vec<String>,
+    pub amr: Vec<idbridge_core::Amr>,
     /// The account acting for the subject (delegation, the outermost `act`), if any.
     pub actor: Option<String>,
     /// The requested audiences this credential is valid for (empty: none of them).
@@ -328,7 +328,7 @@ impl Authenticator {
             uid: account.uid,
             groups: account.groups.iter().map(ToString::to_string).collect(),
             namespace: account.default_namespace.as_ref().map(ToString::to_string),
-            amr: vec!["static".to_owned()],
+            amr: vec![idbridge_core::Amr::Static],
             actor: None,
             audiences: valid,
             for_api_server: true,
@@ -598,7 +598,7 @@ mod tests {
                     name: "alice".into(),
                     groups: vec!["dev".into()],
                     namespace: None,
-                    amr: vec!["static".into()],
+                    amr: vec![idbridge_core::Amr::Static],
                     scope: String::new(),
                     sid: idbridge_core::SessionId::random().to_string(),
                     client_id: String::new(),

@@ -59,7 +59,10 @@ pub struct UserInfo {
 #[must_use]
 pub fn user_info(who: &Authenticated, username_prefix: &str, groups_prefix: &str) -> UserInfo {
     let mut extra = BTreeMap::new();
-    extra.insert("idbridge.io/amr".to_owned(), who.amr.clone());
+    extra.insert(
+        "idbridge.io/amr".to_owned(),
+        who.amr.iter().map(ToString::to_string).collect(),
+    );
     if let Some(ns) = &who.namespace {
         extra.insert("idbridge.io/namespace".to_owned(), vec![ns.clone()]);
     }
@@ -73,7 +76,7 @@ pub fn user_info(who: &Authenticated, username_prefix: &str, groups_prefix: &str
             .groups
             .iter()
             .map(|g| format!("{groups_prefix}{g}"))
-            .filter(|g| !g.starts_with("system:"))
+            .filter(|g| !idbridge_core::is_reserved(g))
             .collect(),
         extra,
     }
@@ -316,7 +319,7 @@ mod tests {
             uid: AccountUid::random(),
             groups: vec!["dev".into(), "masters".into()],
             namespace: Some("team-a".into()),
-            amr: vec!["static".into()],
+            amr: vec![idbridge_core::Amr::Static],
             actor: None,
             audiences: vec!["kubernetes".into()],
             for_api_server: true,

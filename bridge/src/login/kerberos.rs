@@ -172,6 +172,7 @@ pub(crate) async fn kerberos_account(
                     name: &name,
                     jit: krb.jit,
                     link_by_name: krb.link_by_name,
+                    name_is_identity: false,
                     event: "login.krb5",
                     what: "Kerberos principal",
                     section: "kerberos",

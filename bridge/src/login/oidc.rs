@@ -127,7 +127,7 @@ pub(crate) async fn upstream_callback(
         .use_pending(hash_token(upstream_state), now)
         .await
     {
-        Ok(Some((p, true))) if PendingKind::Upstream == p.kind => p,
+        Ok(Some((p, true))) if p.kind == PendingKind::Upstream => p,
         Ok(Some((_, false))) => {
             return refused("this answer of the identity provider was already used");
         }
@@ -263,6 +263,7 @@ pub(crate) async fn upstream_account(
                 name: &name,
                 jit: up.config.jit,
                 link_by_name: up.config.link_by_name,
+                name_is_identity: false,
                 event: "login.oidc",
                 what: "identity provider's user",
                 section: "upstreams[]",
@@ -336,7 +337,7 @@ pub(crate) async fn exchange_id_token(
     let once = Pending {
         key: hash_token(&format!("id_token\0{raw}")),
         alias: None,
-        kind: PendingKind::IdToken.to_string(),
+        kind: PendingKind::IdToken,
         data: String::new(),
         expires_at: idbridge_core::UnixTime(exp).plus_secs(settings.tokens.clock_skew.as_secs()),
         used_at: Some(state.clock().now()),

@@ -266,6 +266,7 @@ pub(crate) async fn directory_account(
                 name: &name,
                 jit: policy.0,
                 link_by_name: policy.1,
+                name_is_identity: false,
                 event,
                 what: "directory entry",
                 section: "directory",

@@ -8,8 +8,10 @@ use axum::extract::State;
 use axum::extract::rejection::FormRejection;
 use axum::http::HeaderMap;
 use axum::response::Response;
-use idbridge_core::{AccountName, GroupName, NewAccount};
+use idbridge_core::ExternalIdentity;
+use idbridge_core::{AccountName, GroupName};
 use idbridge_tokens::Login;
+use idbridge_tokens::provision::Provision;
 use serde::Deserialize;
 
 use crate::http::error::ApiError;
@@ -91,27 +93,24 @@ pub(crate) async fn login(
     }
     let client = crate::http::client::client(&settings, &headers, req.client_id.as_deref(), None)?;
     let audience = idbridge_tokens::exchange::target(&settings.tokens, client, req.audience)?;
-    let account = match state.store().account_by_name(&name).await? {
-        Some(a) => a,
-        None if proxy.jit => {
-            let a = state
-                .ops()
-                .add_account(NewAccount::named(name.clone()))
-                .await?;
-            let mut ev = ctx.event("account.add", "ok");
-            ev.account = Some(a.name.as_str());
-            ev.uid = Some(a.uid.to_string());
-            ev.reason = Some("first login through the trusted proxy");
-            state.audit().record_durable(&ev).await;
-            a
-        }
-        None => {
-            deny("no such account");
-            return Err(ApiError::Forbidden(
-                "no account for this user (proxy provisioning is `existing`)",
-            ));
-        }
-    };
+    // The proxy names accounts: its user is linked to the account of that name (created at a
+    // first login with `jit`), by the provisioning every login method shares.
+    let account = state
+        .service()
+        .provisioned_account(
+            Provision {
+                identity: ExternalIdentity::Proxy { name: name.clone() },
+                name: &name,
+                jit: proxy.jit,
+                link_by_name: true,
+                name_is_identity: true,
+                event: "login.proxy",
+                what: "proxy's user",
+                section: "proxy",
+            },
+            ctx.origin(),
+        )
+        .await?;
     if account.disabled {
         deny("account is disabled");
         // As every other login method answers a disabled account.

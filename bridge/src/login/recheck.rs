@@ -31,8 +31,8 @@ impl<'a> Sources<'a> {
     /// Whether the directory vouched for this session's login.
     fn vouched_by_directory(&self, session: &Session) -> bool {
         session.amr.iter().any(|amr| {
-            *amr == Amr::Ldap.as_str()
-                || (*amr == Amr::Krb5.as_str()
+            *amr == Amr::Ldap
+                || (*amr == Amr::Krb5
                     && self
                         .settings
                         .kerberos

@@ -151,7 +151,7 @@ pub(crate) async fn put_pending(
     let record = Pending {
         key: hash_token(secret),
         alias,
-        kind: kind.to_string(),
+        kind,
         data: serde_json::to_string(data)
             .map_err(|e| ApiError::internal("serialize a pending record", &e))?,
         expires_at: state.clock().now().plus_secs(ttl),
@@ -188,7 +188,7 @@ pub(crate) async fn current_login(
     };
     let now = state.clock().now();
     match state.store().pending(hash_token(id), now).await {
-        Ok(Some(p)) if PendingKind::Login == p.kind && p.used_at.is_none() => {
+        Ok(Some(p)) if p.kind == PendingKind::Login && p.used_at.is_none() => {
             match serde_json::from_str(&p.data) {
                 Ok(l) => Ok((id.to_owned(), l)),
                 Err(_) => Err(expired()),
@@ -244,7 +244,7 @@ pub(crate) async fn device_record(
         .store()
         .pending(key, now)
         .await?
-        .filter(|p| PendingKind::Device == p.kind)
+        .filter(|p| p.kind == PendingKind::Device)
     else {
         return Ok(None);
     };

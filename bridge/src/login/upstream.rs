@@ -476,7 +476,7 @@ impl Upstream {
             groups: groups
                 .into_iter()
                 .map(|g| format!("{}{g}", c.groups_prefix))
-                .filter(|g| !g.starts_with("system:"))
+                .filter(|g| !idbridge_core::is_reserved(g))
                 .collect(),
         })
     }

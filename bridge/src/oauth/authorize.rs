@@ -178,7 +178,7 @@ pub(crate) async fn redeem_code(
         ApiError::invalid_grant(reason)
     };
     let (record, first) = match state.store().use_pending(key, now).await? {
-        Some((p, first)) if PendingKind::Code == p.kind => (p, first),
+        Some((p, first)) if p.kind == PendingKind::Code => (p, first),
         _ => return Err(deny("the code is invalid or has expired")),
     };
     if !first {

@@ -222,7 +222,7 @@ pub(crate) async fn device_submit(
         Err(e) => return ApiError::from(e).into_response(),
     };
     let again = |m: &str| code_form(&new_secret(""), &typed, Some(m), StatusCode::BAD_REQUEST);
-    let Some(p) = found.filter(|p| PendingKind::Device == p.kind && p.used_at.is_none()) else {
+    let Some(p) = found.filter(|p| p.kind == PendingKind::Device && p.used_at.is_none()) else {
         state.service().login_denied(
             ctx.origin(),
             "login.device",

@@ -266,7 +266,7 @@ mod tests {
             let p = Pending {
                 key: TokenHash([i; 32]),
                 alias: None,
-                kind: "bulk".into(),
+                kind: idbridge_core::PendingKind::Login,
                 data: "x".repeat(10_000),
                 expires_at: UnixTime(100),
                 used_at: None,

@@ -23,7 +23,9 @@ fn pending_from_row(row: &Row<'_>) -> Result<Pending, StoreError> {
                 .map_err(|_| corrupt("pending key", "not 32 bytes"))?,
         ),
         alias: col(row, "alias")?,
-        kind: col(row, "kind")?,
+        kind: col::<String>(row, "kind")?
+            .parse()
+            .map_err(|e| corrupt("pending kind", e))?,
         data: col(row, "data")?,
         expires_at: UnixTime(col(row, "expires_at")?),
         used_at: col::<Option<i64>>(row, "used_at")?.map(UnixTime),
@@ -46,7 +48,7 @@ impl PendingStore for SqliteStore {
                 params![
                     &p.key.0[..],
                     p.alias.as_deref(),
-                    p.kind,
+                    p.kind.as_str(),
                     p.data,
                     p.expires_at.0,
                     p.used_at.map(|t| t.0),
