@@ -27,6 +27,9 @@ pub enum ApiError {
     /// No or bad credentials; answered with `WWW-Authenticate`.
     #[error("{0}")]
     Unauthorized(&'static str),
+    /// Kerberos is needed (or what was offered did not do): a 401 asking for `Negotiate`.
+    #[error("{0}")]
+    Negotiate(String),
     /// Authenticated, but not allowed.
     #[error("{0}")]
     Forbidden(&'static str),
@@ -79,71 +82,112 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The status either rendering answers with.
+    #[must_use]
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::OAuth { status, .. } => *status,
+            Self::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::Unauthorized(_) | Self::Negotiate(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The `error` code of the JSON body.
+    fn code(&self) -> &'static str {
+        match self {
+            Self::OAuth { error, .. } => error,
+            Self::Throttled(_) => "too_many_requests",
+            Self::BadRequest(_) => "bad_request",
+            Self::UnsupportedMediaType(_) => "unsupported_media_type",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::RequestTimeout => "request_timeout",
+            Self::Unauthorized(_) | Self::Negotiate(_) => "unauthorized",
+            Self::Forbidden(_) => "forbidden",
+            Self::NotFound(_) => "not_found",
+            Self::Conflict(_) => "conflict",
+            Self::Unavailable(_) => "unavailable",
+            Self::Internal => "internal",
+        }
+    }
+
+    /// What the caller is told: the OAuth description, or the error's text.
+    fn message(&self) -> String {
+        match self {
+            Self::OAuth { description, .. } => description.clone(),
+            other => other.to_string(),
+        }
+    }
+
+    /// The headers every error answer carries: never cached, a challenge with a 401, when to
+    /// retry with a 429.
+    fn headers(&self, r: &mut Response) {
+        let h = r.headers_mut();
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        let challenge = match self {
+            Self::Negotiate(_) => Some("Negotiate"),
+            // RFC 6749 section 5.2: a client that failed to authenticate is asked for Basic.
+            Self::OAuth { status, .. } if *status == StatusCode::UNAUTHORIZED => {
+                Some("Basic realm=\"idbridge\"")
+            }
+            Self::OAuth { .. } => None,
+            _ if self.status() == StatusCode::UNAUTHORIZED => Some("Bearer realm=\"idbridge\""),
+            _ => None,
+        };
+        if let Some(c) = challenge {
+            h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(c));
+        }
+        if let Self::Throttled(secs) = self
+            && let Ok(v) = HeaderValue::from_str(&secs.to_string())
+        {
+            h.insert(header::RETRY_AFTER, v);
+        }
+    }
+
+    /// The answer for a browser: `render` draws the page around the message (a login page
+    /// shows it beside the form); the status and headers are the JSON answer's, except that a
+    /// refused grant is a 401 (the person is not signed in).
+    pub fn into_page(self, render: impl FnOnce(&str) -> Response) -> Response {
+        let status = match &self {
+            Self::OAuth { .. } => StatusCode::UNAUTHORIZED,
+            other => other.status(),
+        };
+        let mut r = render(&self.message());
+        *r.status_mut() = status;
+        // A refused grant on a page asks for no credentials: the page is the way to sign in.
+        let headers = match self {
+            Self::OAuth { description, .. } => Self::BadRequest(description),
+            other => other,
+        };
+        headers.headers(&mut r);
+        r
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, body) = match &self {
-            Self::OAuth {
-                status,
-                error,
-                description,
-            } => {
-                let mut r = (
-                    *status,
-                    Json(json!({"error": error, "error_description": description})),
-                )
-                    .into_response();
-                r.headers_mut()
-                    .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-                if *status == StatusCode::UNAUTHORIZED {
-                    r.headers_mut().insert(
-                        header::WWW_AUTHENTICATE,
-                        HeaderValue::from_static("Basic realm=\"idbridge\""),
-                    );
-                }
-                return r;
-            }
-            Self::Throttled(secs) => {
-                let mut r = (
-                    StatusCode::TOO_MANY_REQUESTS,
-                    Json(json!({"error": "too_many_requests", "error_description": self.to_string()})),
-                )
-                    .into_response();
-                if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
-                    r.headers_mut().insert(header::RETRY_AFTER, v);
-                }
-                r.headers_mut()
-                    .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-                return r;
-            }
-            Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
-            Self::UnsupportedMediaType(_) => {
-                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
-            }
-            Self::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
-            Self::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
-            Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
-            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
-            Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
-            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-            Self::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
-        };
+        let status = self.status();
+        let message = self.message();
         // `error` and `error_description` are RFC 6749's fields, which every OAuth client shows;
-        // `message` stays for the admin CLI and existing callers.
-        let message = self.to_string();
-        let mut r = (
-            status,
-            Json(json!({"error": body, "error_description": message, "message": message})),
-        )
-            .into_response();
-        r.headers_mut()
-            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        if status == StatusCode::UNAUTHORIZED {
-            r.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"idbridge\""),
-            );
-        }
+        // `message` stays for the admin CLI and existing callers (not on OAuth answers, which
+        // RFC 6749 defines field by field, nor on a Negotiate challenge).
+        let body = match &self {
+            Self::OAuth { .. } | Self::Throttled(_) | Self::Negotiate(_) => {
+                json!({"error": self.code(), "error_description": message})
+            }
+            _ => json!({"error": self.code(), "error_description": message, "message": message}),
+        };
+        let mut r = (status, Json(body)).into_response();
+        self.headers(&mut r);
         r
     }
 }
@@ -220,5 +264,92 @@ impl ApiError {
     pub fn internal(what: &str, cause: &dyn std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "internal error: {what}");
         Self::Internal
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(message: &str) -> Response {
+        (StatusCode::OK, format!("<p>{message}</p>")).into_response()
+    }
+
+    #[test]
+    fn json_and_page_answers_carry_the_same_status_and_headers() {
+        for (e, status, challenge) in [
+            (ApiError::Throttled(7), 429, None),
+            (ApiError::Negotiate("kinit".into()), 401, Some("Negotiate")),
+            (
+                ApiError::Unauthorized("no"),
+                401,
+                Some("Bearer realm=\"idbridge\""),
+            ),
+            (ApiError::Unavailable("later".into()), 503, None),
+            (ApiError::Internal, 500, None),
+        ] {
+            let json = ApiError::from_ref(&e).into_response();
+            let html = e.into_page(page);
+            for r in [&json, &html] {
+                assert_eq!(r.status().as_u16(), status);
+                assert_eq!(r.headers()[header::CACHE_CONTROL], "no-store");
+                assert_eq!(
+                    r.headers()
+                        .get(header::WWW_AUTHENTICATE)
+                        .and_then(|v| v.to_str().ok()),
+                    challenge
+                );
+            }
+            if status == 429 {
+                assert_eq!(json.headers()[header::RETRY_AFTER], "7");
+                assert_eq!(html.headers()[header::RETRY_AFTER], "7");
+            }
+        }
+    }
+
+    #[test]
+    fn a_failed_client_is_asked_for_basic_and_a_refused_login_page_is_a_401() {
+        let client = oauth_401();
+        assert_eq!(client.status(), StatusCode::UNAUTHORIZED);
+        let json = client.into_response();
+        assert_eq!(
+            json.headers()[header::WWW_AUTHENTICATE],
+            "Basic realm=\"idbridge\""
+        );
+        let html = ApiError::invalid_grant("wrong password").into_page(page);
+        assert_eq!(html.status(), StatusCode::UNAUTHORIZED);
+        assert!(html.headers().get(header::WWW_AUTHENTICATE).is_none());
+        assert_eq!(
+            ApiError::invalid_grant("x").into_response().status(),
+            StatusCode::BAD_REQUEST
+        );
+    }
+
+    #[test]
+    fn an_internal_error_tells_the_caller_nothing_of_its_cause() {
+        let e = ApiError::from(TokenError::internal("sign", "key 3 is corrupt"));
+        assert!(matches!(e, ApiError::Internal));
+        assert!(!e.to_string().contains("corrupt"));
+    }
+
+    fn oauth_401() -> ApiError {
+        ApiError::OAuth {
+            status: StatusCode::UNAUTHORIZED,
+            error: "invalid_client",
+            description: "unknown client_id".into(),
+        }
+    }
+
+    impl ApiError {
+        /// A copy, for rendering one error both ways.
+        fn from_ref(e: &Self) -> Self {
+            match e {
+                Self::Throttled(s) => Self::Throttled(*s),
+                Self::Negotiate(m) => Self::Negotiate(m.clone()),
+                Self::Unauthorized(m) => Self::Unauthorized(m),
+                Self::Unavailable(m) => Self::Unavailable(m.clone()),
+                _ => Self::Internal,
+            }
+        }
     }
 }

@@ -239,10 +239,8 @@ impl<'a> TokenReviewRequest<'a> {
 }
 
 fn to_raw<T: Serialize>(v: &T) -> Result<Box<RawValue>, ApiError> {
-    serde_json::value::to_raw_value(v).map_err(|e| {
-        tracing::error!(error = %e, "cannot serialize a TokenReview status");
-        ApiError::Internal
-    })
+    serde_json::value::to_raw_value(v)
+        .map_err(|e| ApiError::internal("serialize a TokenReview status", &e))
 }
 
 pub(crate) async fn token_review(

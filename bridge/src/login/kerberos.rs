@@ -17,7 +17,6 @@ use idbridge_kerberos::{AcceptError, MapError};
 use idbridge_tokens::provision::Provision;
 use idbridge_tokens::{Client, Login, TokenPair};
 use serde::Deserialize;
-use serde_json::json;
 
 use crate::http::error::ApiError;
 use crate::http::extract::RequestCtx;
@@ -140,8 +139,7 @@ pub(crate) async fn kerberos_account(
     let accepted = match krb.acceptor.accept(bytes).await {
         Ok(a) => a,
         Err(AcceptError::Internal(detail)) => {
-            tracing::error!(%detail, "Kerberos accept failed");
-            return Err(ApiError::Internal);
+            return Err(ApiError::internal("accept a Kerberos token", &detail));
         }
         Err(e) => {
             tracing::info!(reason = %e, detail = %e.detail(), "Kerberos login refused");
@@ -323,13 +321,5 @@ pub(crate) fn offered(headers: &HeaderMap) -> Option<&str> {
 
 /// A 401 asking for Negotiate, saying why.
 fn challenge(why: &str) -> Response {
-    (
-        StatusCode::UNAUTHORIZED,
-        [
-            (header::WWW_AUTHENTICATE, "Negotiate"),
-            (header::CACHE_CONTROL, "no-store"),
-        ],
-        axum::Json(json!({"error": "unauthorized", "error_description": why})),
-    )
-        .into_response()
+    ApiError::Negotiate(why.to_owned()).into_response()
 }

@@ -89,12 +89,12 @@ pub(crate) async fn login_upstream(
 }
 
 fn upstream_error_page(settings: &Settings, login: &LoginRequest, e: &UpstreamError) -> Response {
-    let status = match e {
-        UpstreamError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
-        _ => StatusCode::UNAUTHORIZED,
-    };
     tracing::info!(error = %e, "upstream login failed");
-    login_page(settings, login, Some(&e.to_string()), status, None)
+    let e = match e {
+        UpstreamError::Unavailable { .. } => ApiError::Unavailable(e.to_string()),
+        _ => ApiError::invalid_grant(e.to_string()),
+    };
+    crate::login::page::login_failed(settings, login, e)
 }
 
 #[derive(Deserialize)]
@@ -138,8 +138,9 @@ pub(crate) async fn upstream_callback(
         }
         Err(e) => return ApiError::from(e).into_response(),
     };
-    let Ok(up_state) = serde_json::from_str::<UpstreamState>(&record.data) else {
-        return ApiError::Internal.into_response();
+    let up_state = match serde_json::from_str::<UpstreamState>(&record.data) {
+        Ok(s) => s,
+        Err(e) => return ApiError::internal("read an upstream login record", &e).into_response(),
     };
     // The state must come back to the browser that started the login.
     let (id, login) = match current_login(&state, &headers).await {

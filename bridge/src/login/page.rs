@@ -1,7 +1,7 @@
 //! The login page, and how a refused login is shown on it.
 
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{StatusCode, header};
+use axum::response::Response;
 
 use crate::http::error::ApiError;
 use crate::http::page;
@@ -84,19 +84,7 @@ impl From<idbridge_tokens::TokenError> for LoginFailure {
 
 /// A refused login shown on the login page, with its reason.
 pub(crate) fn login_failed(settings: &Settings, login: &LoginRequest, e: ApiError) -> Response {
-    let (status, message) = match &e {
-        ApiError::OAuth { description, .. } => (StatusCode::UNAUTHORIZED, description.clone()),
-        ApiError::Throttled(_) => (StatusCode::TOO_MANY_REQUESTS, e.to_string()),
-        ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m.clone()),
-        _ => return e.into_response(),
-    };
-    let mut r = login_page(settings, login, Some(&message), status, None);
-    if let ApiError::Throttled(secs) = e
-        && let Ok(v) = HeaderValue::from_str(&secs.to_string())
-    {
-        r.headers_mut().insert(header::RETRY_AFTER, v);
-    }
-    r
+    e.into_page(|message| login_page(settings, login, Some(message), StatusCode::OK, None))
 }
 
 impl From<LoginFailure> for ApiError {

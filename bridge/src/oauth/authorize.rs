@@ -221,7 +221,11 @@ pub(crate) async fn redeem_code(
         .approved
         .upstream_sealed
         .as_deref()
-        .map(|s| UpstreamGrant::open(code, &key, s).ok_or(ApiError::Internal))
+        .map(|s| {
+            UpstreamGrant::open(code, &key, s).ok_or_else(|| {
+                ApiError::internal("open the upstream grant of a code", &"it does not open")
+            })
+        })
         .transpose()?;
     let pair = start_approved(
         state,

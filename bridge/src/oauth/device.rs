@@ -233,8 +233,9 @@ pub(crate) async fn device_submit(
             "This code is unknown or has expired. Check it, or start again on the device.",
         );
     };
-    let Ok(grant) = serde_json::from_str::<DeviceGrant>(&p.data) else {
-        return ApiError::Internal.into_response();
+    let grant = match serde_json::from_str::<DeviceGrant>(&p.data) {
+        Ok(g) => g,
+        Err(e) => return ApiError::internal("read a device-code record", &e).into_response(),
     };
     if grant.approved.is_some() {
         return again("This code was already used.");

@@ -45,3 +45,183 @@ pub(crate) async fn observe(
         .observe(route_str, resp.status().as_u16(), elapsed);
     resp
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use axum::Router;
+    use axum::body::Body;
+    use axum::routing::get;
+    use idbridge_core::{FixedClock, UnixTime};
+    use idbridge_tokens::{Audit, AuditSink, KeySet};
+    use tower::ServiceExt;
+    use tracing::Subscriber;
+    use tracing::field::{Field, Visit};
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::{Context, SubscriberExt};
+    use tracing_subscriber::registry::LookupSpan;
+
+    use super::*;
+    use crate::settings::Settings;
+
+    /// The fields of each `request` span, and for every event the request id of the span it was
+    /// recorded in.
+    type Shared<T> = Arc<Mutex<Vec<T>>>;
+
+    #[derive(Clone, Default)]
+    struct Capture {
+        events: Shared<(String, Option<String>)>,
+        closed: Shared<Vec<(String, String)>>,
+    }
+
+    #[derive(Default)]
+    struct Fields(Vec<(String, String)>);
+
+    impl Visit for Fields {
+        fn record_debug(&mut self, f: &Field, v: &dyn std::fmt::Debug) {
+            self.0.push((f.name().to_owned(), format!("{v:?}")));
+        }
+        fn record_str(&mut self, f: &Field, v: &str) {
+            self.0.push((f.name().to_owned(), v.to_owned()));
+        }
+    }
+
+    impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Capture {
+        fn on_new_span(
+            &self,
+            attrs: &tracing::span::Attributes<'_>,
+            id: &tracing::span::Id,
+            ctx: Context<'_, S>,
+        ) {
+            let mut f = Fields::default();
+            attrs.record(&mut f);
+            if let Some(span) = ctx.span(id) {
+                span.extensions_mut().insert(f);
+            }
+        }
+
+        fn on_record(
+            &self,
+            id: &tracing::span::Id,
+            values: &tracing::span::Record<'_>,
+            ctx: Context<'_, S>,
+        ) {
+            if let Some(span) = ctx.span(id)
+                && let Some(f) = span.extensions_mut().get_mut::<Fields>()
+            {
+                values.record(f);
+            }
+        }
+
+        fn on_event(&self, event: &tracing::Event<'_>, ctx: Context<'_, S>) {
+            let mut msg = Fields::default();
+            event.record(&mut msg);
+            let rid = ctx.event_scope(event).and_then(|scope| {
+                scope.from_root().find_map(|s| {
+                    s.extensions().get::<Fields>().and_then(|f| {
+                        f.0.iter()
+                            .find(|(k, _)| k == "request_id")
+                            .map(|(_, v)| v.clone())
+                    })
+                })
+            });
+            let text = msg
+                .0
+                .into_iter()
+                .map(|(_, v)| v)
+                .collect::<Vec<_>>()
+                .join(" ");
+            self.events.lock().unwrap().push((text, rid));
+        }
+
+        fn on_close(&self, id: tracing::span::Id, ctx: Context<'_, S>) {
+            if let Some(span) = ctx.span(&id)
+                && let Some(f) = span.extensions().get::<Fields>()
+            {
+                self.closed.lock().unwrap().push(f.0.clone());
+            }
+        }
+    }
+
+    async fn slow(headers: axum::http::HeaderMap) -> &'static str {
+        let who = headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        tracing::info!("before {who}");
+        // Another request runs here: its events must not land in this one's span.
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
+        tracing::info!("after {who}");
+        "ok"
+    }
+
+    #[tokio::test]
+    async fn each_request_has_one_info_span_that_its_events_and_only_they_carry() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(
+            idbridge_store::SqliteStore::open(&dir.path().join("s.db"))
+                .await
+                .unwrap(),
+        );
+        let (kid, der) = KeySet::generate().unwrap();
+        let state = AppState::new(
+            store,
+            Arc::new(FixedClock::at(UnixTime(1_900_000_000))),
+            KeySet::from_pkcs8(&[(kid, der)]).unwrap(),
+            Settings::new("https://idbridge.test".into()),
+            Audit::open(&AuditSink::Discard).unwrap(),
+        );
+        let app = Router::new()
+            .route("/slow", get(slow))
+            .route_layer(axum::middleware::from_fn_with_state(state.clone(), observe))
+            .with_state(state);
+        let capture = Capture::default();
+        let subscriber = tracing_subscriber::registry().with(
+            capture
+                .clone()
+                .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
+        );
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let call = |id: &'static str| {
+            let app = app.clone();
+            async move {
+                let req = axum::http::Request::get("/slow")
+                    .header("x-request-id", id)
+                    .body(Body::empty())
+                    .unwrap();
+                app.oneshot(req).await.unwrap()
+            }
+        };
+        let (a, b) = tokio::join!(call("req-a"), call("req-b"));
+        assert_eq!(a.headers()["x-request-id"], "req-a");
+        assert_eq!(b.headers()["x-request-id"], "req-b");
+        let events = capture.events.lock().unwrap().clone();
+        assert_eq!(events.len(), 4, "{events:?}");
+        for (text, rid) in &events {
+            let want = if text.ends_with("req-a") {
+                "req-a"
+            } else {
+                "req-b"
+            };
+            assert_eq!(
+                rid.as_deref(),
+                Some(want),
+                "{text:?} was recorded in the wrong span"
+            );
+        }
+        let closed = capture.closed.lock().unwrap().clone();
+        assert_eq!(closed.len(), 2, "one span per request: {closed:?}");
+        for fields in &closed {
+            let get = |k: &str| fields.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+            assert_eq!(get("method"), Some("GET"));
+            assert_eq!(get("route"), Some("/slow"));
+            assert_eq!(get("status"), Some("200"));
+            assert!(get("latency_ms").is_some(), "{fields:?}");
+            assert!(get("request_id").is_some_and(|r| r.starts_with("req-")));
+        }
+    }
+}
