@@ -1,4 +1,13 @@
 //! `idbridge`: one binary for the bridge service and its administration.
+//!
+//! The binary owns what only a process has: the configuration file (parsed into typed sections,
+//! every error naming its field), the data directory and its secret files, logging, signals, and
+//! the command line. `serve` builds the token service (`idbridge-tokens`) over the store and the
+//! bridge (`idbridge-bridge`) over the service, then runs the HTTP server and the key
+//! maintenance timer; a reload builds new settings and swaps them in whole. The admin commands
+//! (`user`, `token`, `session`, `revoke`, `keys`) talk to a running server through the admin API,
+//! or with `--offline` call the same admin operations on the store directly. `login` is the
+//! client side: it gets tokens from an idbridge for `kubectl`.
 
 mod admin_cmd;
 mod config;

@@ -6,13 +6,19 @@
 //! Kubernetes audit record names. Identifiers are newtypes that can only be built by parsing, so a
 //! value that reaches a store or a token has already been checked.
 //!
-//! Adapters (the SQLite store today, PostgreSQL and the directory later) implement the traits
-//! defined here; nothing above this crate knows which implementation it holds. The store seam is
-//! split by concern into four small traits — [`AccountStore`] (accounts, identities, static
-//! tokens, and [`AccountStore::apply_account_changes`], the atomic batch the sync worker
-//! applies), [`SessionStore`] (sessions and refresh tokens), [`PendingStore`] (single-use records
-//! of logins in progress) and [`KeyStore`] (signing keys, revocations, the purge) — and
-//! [`Store`] is their union, which callers hold as `Arc<dyn Store>`.
+//! Protocol values are types too ([`GrantType`], [`TokenType`], [`Amr`], [`PendingKind`]), parsed
+//! once at the edge and matched exhaustively inside, and Kubernetes' reserved `system:` space is
+//! spelled here alone ([`is_reserved`]).
+//!
+//! Adapters implement the traits defined here, and nothing above this crate knows which
+//! implementation it holds: the [`Directory`], the [`Clock`] and [`Random`] (injected, so tests
+//! are exact), the [`LoginSource`] a refresh asks again whether a user still may log in, and the
+//! store (SQLite today, PostgreSQL later). The store seam is split by concern into four small
+//! traits — [`AccountStore`] (accounts, identities, static tokens, and
+//! [`AccountStore::apply_account_changes`], the atomic batch the sync worker applies),
+//! [`SessionStore`] (sessions and refresh tokens), [`PendingStore`] (single-use records of
+//! logins in progress) and [`KeyStore`] (signing keys, revocations, the purge) — and [`Store`]
+//! is their union, which callers hold as `Arc<dyn Store>`.
 
 #[macro_use]
 mod token;
