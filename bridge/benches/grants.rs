@@ -239,9 +239,9 @@ fn main() {
             let session = Session {
                 id: SessionId::random(),
                 account,
-                client_id: "floor".into(),
+                client_id: "floor".parse().unwrap(),
                 amr: vec![idbridge_core::Amr::Static],
-                audience: "kubernetes".into(),
+                audience: idbridge_core::Audience::kubernetes(),
                 scope: String::new(),
                 login_groups: Vec::new(),
                 created_at: now,
@@ -256,7 +256,7 @@ fn main() {
             let claims = |jti: u64| AccessClaims {
                 iss: "https://idbridge.bench".into(),
                 sub: account.to_string(),
-                aud: vec!["kubernetes".into()],
+                aud: vec![idbridge_core::Audience::kubernetes()],
                 exp: now.0 + 900,
                 iat: now.0,
                 nbf: now.0,
@@ -269,7 +269,7 @@ fn main() {
                 amr: vec![idbridge_core::Amr::Static],
                 scope: String::new(),
                 sid: session.id.to_string(),
-                client_id: "floor".into(),
+                client_id: Some(session.client_id.clone()),
                 act: None,
             };
             let deadline = Instant::now() + Duration::from_secs(secs);

@@ -137,7 +137,7 @@ fn main() {
         let claims = AccessClaims {
             iss: issuer.clone(),
             sub: account.uid.to_string(),
-            aud: vec!["kubernetes".into()],
+            aud: vec![idbridge_core::Audience::kubernetes()],
             exp: now + 3600,
             iat: now,
             nbf: now,
@@ -148,7 +148,7 @@ fn main() {
             amr: vec![idbridge_core::Amr::Static],
             scope: String::new(),
             sid: idbridge_core::SessionId::random().to_string(),
-            client_id: "idbridge-cli".into(),
+            client_id: Some(idbridge_core::ClientId::cli()),
             act: None,
         };
         let jwt = keys.sign(&claims).unwrap();
@@ -245,7 +245,7 @@ fn main() {
                         groups: data.claims.groups,
                         extra: Default::default(),
                     }),
-                    audiences: vec!["kubernetes".into()],
+                    audiences: vec![idbridge_core::Audience::kubernetes()],
                     error: None,
                 })
                 .unwrap();

@@ -187,7 +187,7 @@ impl AppState {
     pub async fn authenticate(
         &self,
         token: &str,
-        audiences: &[String],
+        audiences: &[idbridge_core::Audience],
     ) -> Result<Arc<Authenticated>, Refusal> {
         self.0.service.authenticate(token, audiences).await
     }

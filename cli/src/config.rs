@@ -218,16 +218,33 @@ impl TokenExchangeConfig {
         Ok(())
     }
 
-    /// The rules as the bridge takes them.
-    pub fn rules(&self) -> Vec<idbridge_tokens::AudienceChange> {
+    /// The rules as the token service takes them; `at` is where they are in the file.
+    pub fn rules(&self, at: &str) -> anyhow::Result<Vec<idbridge_tokens::AudienceChange>> {
         self.audience_changes
             .iter()
-            .map(|r| idbridge_tokens::AudienceChange {
-                from: r.from.clone(),
-                to: r.to.clone(),
+            .enumerate()
+            .map(|(i, r)| {
+                Ok(idbridge_tokens::AudienceChange {
+                    from: audience(&r.from, &format!("{at}.audience_changes[{i}].from"))?,
+                    to: audiences(&r.to, &format!("{at}.audience_changes[{i}].to"))?,
+                })
             })
             .collect()
     }
+}
+
+/// An audience as the token service takes it; the error names the field.
+pub fn audience(a: &str, field: &str) -> anyhow::Result<idbridge_core::Audience> {
+    a.parse()
+        .map_err(|e| anyhow::anyhow!("field `{field}`: {e}"))
+}
+
+/// A list of audiences as the token service takes them; the error names the field and index.
+pub fn audiences(list: &[String], field: &str) -> anyhow::Result<Vec<idbridge_core::Audience>> {
+    list.iter()
+        .enumerate()
+        .map(|(i, a)| audience(a, &format!("{field}[{i}]")))
+        .collect()
 }
 
 /// An upstream OpenID provider users may log in through.

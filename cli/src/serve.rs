@@ -77,7 +77,8 @@ fn settings(
     tls_trusts_proxy: bool,
 ) -> anyhow::Result<Settings> {
     let mut s = Settings::new(issuer.to_owned());
-    s.tokens.audiences.clone_from(&cfg.kubernetes.audiences);
+    let kube_audiences = config::audiences(&cfg.kubernetes.audiences, "kubernetes.audiences")?;
+    s.tokens.audiences.clone_from(&kube_audiences);
     s.tokens
         .username_prefix
         .clone_from(&cfg.kubernetes.username_prefix);
@@ -97,7 +98,7 @@ fn settings(
     s.tokens.refresh_grace = cfg.sessions.refresh_grace.get();
     s.tokens.key_rotate_every = cfg.keys.rotate_every.get();
     s.tokens.key_publish_lead = cfg.keys.publish_lead.get();
-    s.tokens.clients = vec![Client::cli(cfg.kubernetes.audiences.clone())];
+    s.tokens.clients = vec![Client::cli(kube_audiences.clone())];
     for (i, c) in cfg.clients.iter().enumerate() {
         let secret = c
             .secret_file
@@ -105,15 +106,18 @@ fn settings(
             .map(|p| profile::client_secret(p, &format!("clients[{i}].secret_file")))
             .transpose()?
             .map(Secret::new);
-        let mut client = Client::cli(
-            c.audiences
-                .clone()
-                .unwrap_or_else(|| cfg.kubernetes.audiences.clone()),
-        );
-        client.id.clone_from(&c.id);
+        let mut client = Client::cli(match &c.audiences {
+            Some(a) => config::audiences(a, &format!("clients[{i}].audiences"))?,
+            None => kube_audiences.clone(),
+        });
+        client.id =
+            c.id.parse()
+                .map_err(|e| anyhow::anyhow!("field `clients[{i}].id`: {e}"))?;
         client.secret = secret;
         client.redirect_uris.clone_from(&c.redirect_uris);
-        client.audience_changes = c.token_exchange.rules();
+        client.audience_changes = c
+            .token_exchange
+            .rules(&format!("clients[{i}].token_exchange"))?;
         match &c.grants {
             // Known grants only: the configuration was validated.
             Some(g) => client.grants = g.iter().filter_map(|g| g.parse().ok()).collect(),
@@ -125,22 +129,25 @@ fn settings(
         s.tokens.clients.retain(|o| o.id != client.id);
         s.tokens.clients.push(client);
     }
-    s.tokens.audience_changes = cfg.token_exchange.rules();
+    s.tokens.audience_changes = cfg.token_exchange.rules("token_exchange")?;
     s.tokens.may_act = cfg
         .delegation
         .iter()
-        .map(|r| MayAct {
-            actors: Who {
-                users: r.actors.users.clone(),
-                groups: r.actors.groups.clone(),
-            },
-            subjects: Who {
-                users: r.subjects.users.clone(),
-                groups: r.subjects.groups.clone(),
-            },
-            audiences: r.audiences.clone(),
+        .enumerate()
+        .map(|(i, r)| {
+            Ok(MayAct {
+                actors: Who {
+                    users: r.actors.users.clone(),
+                    groups: r.actors.groups.clone(),
+                },
+                subjects: Who {
+                    users: r.subjects.users.clone(),
+                    groups: r.subjects.groups.clone(),
+                },
+                audiences: config::audiences(&r.audiences, &format!("delegation[{i}].audiences"))?,
+            })
         })
-        .collect();
+        .collect::<anyhow::Result<_>>()?;
     if cfg.proxy.enabled
         && let Some(ca) = &cfg.proxy.client_ca_file
     {

@@ -42,7 +42,7 @@ pub use directory::{
 };
 pub use duration::HumanDuration;
 pub use error::{Error, StoreError};
-pub use names::{AccountName, GroupName, LabelKey, Namespace, Principal};
+pub use names::{AccountName, Audience, ClientId, GroupName, LabelKey, Namespace, Principal};
 pub use protocol::{
     Amr, GrantType, PendingKind, RESERVED_PREFIX, TokenType, UnknownValue, is_reserved,
 };

@@ -41,9 +41,22 @@ fn check_text(what: &'static str, s: &str, max: usize) -> Result<(), Error> {
 }
 
 macro_rules! string_newtype {
+    // A value that reads as its text in messages (`{:?}` shows `"x"`, as a string would).
+    (transparent $(#[$doc:meta])* $name:ident, $what:literal, $check:expr) => {
+        string_newtype!(@define $(#[$doc])* $name, $what, $check);
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Debug::fmt(&self.0, f)
+            }
+        }
+    };
     ($(#[$doc:meta])* $name:ident, $what:literal, $check:expr) => {
+        string_newtype!(@define #[derive(Debug)] $(#[$doc])* $name, $what, $check);
+    };
+    (@define $(#[$doc:meta])* $name:ident, $what:literal, $check:expr) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
         pub struct $name(String);
 
@@ -126,6 +139,100 @@ string_newtype!(
     "Kerberos principal",
     check_principal
 );
+
+string_newtype!(
+    transparent
+    /// An OAuth client's `client_id`: 1 to 128 printable characters.
+    ClientId,
+    "client id",
+    check_client_id
+);
+
+string_newtype!(
+    transparent
+    /// An audience a token is for (`aud`): a Kubernetes API audience, a service that accepts
+    /// idbridge tokens, or idbridge's own issuer URL. 1 to 512 characters, without white space
+    /// or control characters.
+    Audience,
+    "audience",
+    check_audience
+);
+
+fn check_client_id(s: &str) -> Result<(), Error> {
+    let what = "client id";
+    if s.is_empty() {
+        return Err(Error::Empty { what });
+    }
+    if s.chars().count() > 128 {
+        return Err(Error::TooLong { what, max: 128 });
+    }
+    if s.chars().any(char::is_control) {
+        return Err(Error::Invalid {
+            what,
+            value: s.escape_debug().to_string(),
+            why: "control characters are not allowed",
+        });
+    }
+    Ok(())
+}
+
+fn check_audience(s: &str) -> Result<(), Error> {
+    let what = "audience";
+    if s.is_empty() {
+        return Err(Error::Empty { what });
+    }
+    if s.chars().count() > 512 {
+        return Err(Error::TooLong { what, max: 512 });
+    }
+    if s.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(Error::Invalid {
+            what,
+            value: s.escape_debug().to_string(),
+            why: "white space and control characters are not allowed",
+        });
+    }
+    Ok(())
+}
+
+macro_rules! str_eq {
+    ($($name:ident),*) => {$(
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                self.0 == other
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.0 == *other
+            }
+        }
+
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+    )*};
+}
+
+str_eq!(ClientId, Audience);
+
+impl ClientId {
+    /// `idbridge-cli`, the built-in first-party public client.
+    #[must_use]
+    pub fn cli() -> Self {
+        Self("idbridge-cli".to_owned())
+    }
+}
+
+impl Audience {
+    /// `kubernetes`, the default audience of a cluster's API server.
+    #[must_use]
+    pub fn kubernetes() -> Self {
+        Self("kubernetes".to_owned())
+    }
+}
 
 fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
@@ -247,6 +354,31 @@ mod tests {
         assert!("idbridge.io/department".parse::<LabelKey>().is_ok());
         assert!("bad key".parse::<LabelKey>().is_err());
         assert!("/x".parse::<LabelKey>().is_err());
+    }
+
+    #[test]
+    fn client_ids_and_audiences_are_checked_and_read_as_their_text() {
+        let c: ClientId = "idbridge-cli".parse().unwrap();
+        assert_eq!(c, ClientId::cli());
+        assert_eq!(
+            format!("{c:?}"),
+            "\"idbridge-cli\"",
+            "messages show the text"
+        );
+        assert!("".parse::<ClientId>().is_err());
+        assert!("a\u{7}b".parse::<ClientId>().is_err());
+        assert!("x".repeat(129).parse::<ClientId>().is_err());
+        let a: Audience = "https://kubernetes.default.svc".parse().unwrap();
+        assert_eq!(a, "https://kubernetes.default.svc");
+        assert_eq!(Audience::kubernetes(), "kubernetes");
+        let e = "two words".parse::<Audience>().unwrap_err().to_string();
+        assert!(e.contains("white space"), "{e}");
+        assert!("".parse::<Audience>().is_err());
+        assert!(serde_json::from_str::<Audience>("\"a b\"").is_err());
+        assert_eq!(
+            serde_json::to_string(&a).unwrap(),
+            "\"https://kubernetes.default.svc\""
+        );
     }
 
     #[test]

@@ -23,11 +23,11 @@ pub struct Session {
     /// The account it authenticates.
     pub account: AccountUid,
     /// The OAuth client that started it; only that client may refresh it.
-    pub client_id: String,
+    pub client_id: crate::ClientId,
     /// How the user logged in.
     pub amr: Vec<crate::Amr>,
     /// Audience of the access tokens minted on refresh.
-    pub audience: String,
+    pub audience: crate::Audience,
     /// Space-separated scopes granted to the session.
     #[serde(default)]
     pub scope: String,
@@ -313,9 +313,9 @@ mod tests {
         let s = Session {
             id: SessionId::random(),
             account: AccountUid::random(),
-            client_id: "c".into(),
+            client_id: "c".parse().unwrap(),
             amr: vec![crate::Amr::Static],
-            audience: "kubernetes".into(),
+            audience: "kubernetes".parse().unwrap(),
             scope: String::new(),
             login_groups: Vec::new(),
             created_at: UnixTime(100),

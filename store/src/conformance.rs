@@ -143,9 +143,9 @@ fn session_of(account: AccountUid, created_at: i64, expires_at: i64) -> Session 
     Session {
         id: SessionId::random(),
         account,
-        client_id: "idbridge-cli".into(),
+        client_id: "idbridge-cli".parse().unwrap(),
         amr: vec![Amr::Static],
-        audience: "kubernetes".into(),
+        audience: "kubernetes".parse().unwrap(),
         scope: String::new(),
         login_groups: vec!["proxied".into()],
         created_at: UnixTime(created_at),

@@ -843,7 +843,7 @@ async fn hostile_jwts(
         (
             "audience",
             "wrong audience",
-            signed(&|c| c.aud = vec!["vault".into()]),
+            signed(&|c| c.aud = vec!["vault".parse().unwrap()]),
         ),
         (
             "issuer",

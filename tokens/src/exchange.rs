@@ -6,7 +6,7 @@
 //! token's expiry. With an actor token it becomes a delegated token carrying `act`, where a
 //! `may_act` rule allows it.
 
-use idbridge_core::{Amr, TokenType};
+use idbridge_core::{Amr, Audience, TokenType};
 
 use crate::audit::Origin;
 use crate::error::TokenError;
@@ -25,6 +25,12 @@ impl std::fmt::Debug for Exchange<'_> {
             .field("actor_token_type", &self.actor_token_type)
             .finish_non_exhaustive()
     }
+}
+
+/// An audience as a request names it (`audience`).
+fn parse_audience(a: String) -> Result<Audience, TokenError> {
+    a.parse()
+        .map_err(|e| TokenError::InvalidTarget(format!("audience: {e}")))
 }
 
 /// A scope value selecting one group for an exchanged token.
@@ -47,12 +53,18 @@ pub struct Exchange<'a> {
 }
 
 /// The audience a client asks for (the default one when it names none), if its allow-list has it.
+///
+/// # Errors
+/// `InvalidTarget` when the audience is not a valid one or not the client's.
 pub fn target(
     settings: &Policy,
     client: &Client,
     requested: Option<String>,
-) -> Result<String, TokenError> {
-    let audience = requested.unwrap_or_else(|| settings.default_audience().to_owned());
+) -> Result<Audience, TokenError> {
+    let audience = match requested {
+        Some(a) => parse_audience(a)?,
+        None => settings.default_audience(),
+    };
     if client.audiences.contains(&audience) {
         Ok(audience)
     } else {
@@ -114,16 +126,17 @@ pub fn exchange_target(
     client: &Client,
     subject: &AccessClaims,
     requested: Option<&str>,
-) -> Result<String, TokenError> {
+) -> Result<Audience, TokenError> {
+    let default = settings.default_audience();
     let audience = match requested.filter(|a| !a.is_empty()) {
-        Some(a) => a.to_owned(),
+        Some(a) => parse_audience(a.to_owned())?,
         None => subject
             .aud
             .iter()
-            .find(|a| *a == settings.default_audience())
+            .find(|a| **a == default)
             .or_else(|| subject.aud.first())
             .cloned()
-            .unwrap_or_else(|| settings.default_audience().to_owned()),
+            .unwrap_or(default),
     };
     if !subject.aud.contains(&audience)
         && !AudienceChange::allows(&settings.audience_changes, &subject.aud, &audience)
@@ -132,10 +145,15 @@ pub fn exchange_target(
         return Err(TokenError::InvalidTarget(format!(
             "the subject token is for {:?}; no token_exchange.audience_changes rule allows \
                  re-targeting it to {audience:?}",
-            subject.aud.join(" ")
+            subject
+                .aud
+                .iter()
+                .map(Audience::as_str)
+                .collect::<Vec<_>>()
+                .join(" ")
         )));
     }
-    target(settings, client, Some(audience))
+    target(settings, client, Some(audience.into()))
 }
 
 impl TokenService {
@@ -145,7 +163,7 @@ impl TokenService {
         ctx: Origin<'_>,
         client: &Client,
         subject: &str,
-        audience: String,
+        audience: Audience,
         scope: Option<String>,
     ) -> Result<TokenPair, TokenError> {
         if !subject.starts_with(STATIC_TOKEN_PREFIX) {
@@ -255,16 +273,19 @@ impl TokenService {
                         // subject token's audience: a token for some other service proves nothing
                         // here.
                         Ok(a)
-                            if !a
-                                .aud
-                                .iter()
-                                .any(|x| *x == self.policy().issuer || claims.aud.contains(x)) =>
+                            if !a.aud.iter().any(|x| {
+                                x.as_str() == self.policy().issuer || claims.aud.contains(x)
+                            }) =>
                         {
                             deny("actor_token is for another audience", Some(&claims));
                             return Err(TokenError::invalid_grant(format!(
                                 "actor_token: the token is for {:?}, neither idbridge nor the \
                                  subject token's audience",
-                                a.aud.join(" ")
+                                a.aud
+                                    .iter()
+                                    .map(Audience::as_str)
+                                    .collect::<Vec<_>>()
+                                    .join(" ")
                             )));
                         }
                         Ok(a) => (a.name, a.sub, a.groups),
@@ -359,7 +380,7 @@ mod tests {
         AccessClaims {
             iss: "i".into(),
             sub: "s".into(),
-            aud: vec!["kubernetes".into()],
+            aud: vec!["kubernetes".parse().unwrap()],
             exp: 2,
             iat: 1,
             nbf: 1,
@@ -370,7 +391,7 @@ mod tests {
             amr: vec![],
             scope: scope.into(),
             sid: "x".into(),
-            client_id: String::new(),
+            client_id: None,
             act: None,
         }
     }
@@ -393,9 +414,12 @@ mod tests {
     #[test]
     fn an_exchange_keeps_the_audience_unless_a_rule_retargets_it() {
         let mut settings = Policy::new("https://idb".into());
-        let mut client = Client::cli(vec!["kubernetes".into(), "vault".into()]);
+        let mut client = Client::cli(vec![
+            "kubernetes".parse().unwrap(),
+            "vault".parse().unwrap(),
+        ]);
         let mut c = claims(&["dev"], "");
-        let err = |r: Result<String, TokenError>| match r {
+        let err = |r: Result<Audience, TokenError>| match r {
             Err(e @ TokenError::InvalidTarget(_)) => e.code(),
             other => panic!("{other:?}"),
         };
@@ -409,8 +433,8 @@ mod tests {
         );
         // A rule on the client, then globally; it goes one way only.
         client.audience_changes = vec![AudienceChange {
-            from: "kubernetes".into(),
-            to: vec!["vault".into()],
+            from: "kubernetes".parse().unwrap(),
+            to: vec!["vault".parse().unwrap()],
         }];
         assert_eq!(
             exchange_target(&settings, &client, &c, Some("vault")).unwrap(),
@@ -421,7 +445,7 @@ mod tests {
             exchange_target(&settings, &client, &c, Some("vault")).unwrap(),
             "vault"
         );
-        c.aud = vec!["vault".into()];
+        c.aud = vec!["vault".parse().unwrap()];
         assert_eq!(
             exchange_target(&settings, &client, &c, None).unwrap(),
             "vault"
@@ -432,8 +456,8 @@ mod tests {
         );
         // The client's allow-list still applies on top of a rule.
         settings.audience_changes = vec![AudienceChange {
-            from: "vault".into(),
-            to: vec!["prod-db".into()],
+            from: "vault".parse().unwrap(),
+            to: vec!["prod-db".parse().unwrap()],
         }];
         assert_eq!(
             err(exchange_target(&settings, &client, &c, Some("prod-db"))),

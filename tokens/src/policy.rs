@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::time::Duration;
 
-use idbridge_core::{GrantType, GroupName};
+use idbridge_core::{Audience, ClientId, GrantType, GroupName};
 
 /// The built-in first-party public client.
 pub const CLI_CLIENT: &str = "idbridge-cli";
@@ -44,9 +44,9 @@ impl fmt::Debug for Secret {
 impl Client {
     /// The built-in first-party public client, allowed every grant, for `audiences`.
     #[must_use]
-    pub fn cli(audiences: Vec<String>) -> Self {
+    pub fn cli(audiences: Vec<Audience>) -> Self {
         Self {
-            id: CLI_CLIENT.to_owned(),
+            id: ClientId::cli(),
             secret: None,
             grants: GrantType::ALL.to_vec(),
             audiences,
@@ -61,18 +61,18 @@ impl Client {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AudienceChange {
     /// The subject token's audience.
-    pub from: String,
+    pub from: Audience,
     /// Audiences it may be re-targeted to.
-    pub to: Vec<String>,
+    pub to: Vec<Audience>,
 }
 
 impl AudienceChange {
     /// Whether a token for `from` may become one for `to` under any of `rules`.
     #[must_use]
-    pub fn allows(rules: &[Self], from: &[String], to: &str) -> bool {
+    pub fn allows(rules: &[Self], from: &[Audience], to: &Audience) -> bool {
         rules
             .iter()
-            .any(|r| from.contains(&r.from) && r.to.iter().any(|t| t == to))
+            .any(|r| from.contains(&r.from) && r.to.contains(to))
     }
 }
 
@@ -82,7 +82,7 @@ pub struct Policy {
     /// Issuer URL (`iss`), also the base of every advertised endpoint.
     pub issuer: String,
     /// Audiences Kubernetes uses; the first is the default when a TokenReview names none.
-    pub audiences: Vec<String>,
+    pub audiences: Vec<Audience>,
     /// Prefix added to usernames in Kubernetes responses.
     pub username_prefix: String,
     /// Prefix added to group names in Kubernetes responses.
@@ -119,13 +119,13 @@ pub struct Policy {
 #[derive(Debug, Clone)]
 pub struct Client {
     /// `client_id`.
-    pub id: String,
+    pub id: ClientId,
     /// The secret of a confidential client; `None` for a public one.
     pub secret: Option<Secret>,
     /// Grant types it may use.
     pub grants: Vec<GrantType>,
     /// Audiences it may obtain tokens for.
-    pub audiences: Vec<String>,
+    pub audiences: Vec<Audience>,
     /// Where `/oauth2/authorize` may send its answer: exact URIs, except that an `http` URI on
     /// a loopback address matches any port (RFC 8252). The built-in `idbridge-cli` may use any
     /// loopback URI.
@@ -160,7 +160,7 @@ pub struct MayAct {
     /// For whom.
     pub subjects: Who,
     /// Audiences the delegated token may carry.
-    pub audiences: Vec<String>,
+    pub audiences: Vec<Audience>,
 }
 
 impl Policy {
@@ -169,7 +169,7 @@ impl Policy {
     pub fn new(issuer: String) -> Self {
         Self {
             issuer,
-            audiences: vec!["kubernetes".to_owned()],
+            audiences: vec![Audience::kubernetes()],
             username_prefix: String::new(),
             groups_prefix: String::new(),
             access_token_ttl: Duration::from_secs(15 * 60),
@@ -180,7 +180,7 @@ impl Policy {
             session_idle_timeout: Duration::from_secs(8 * 3600),
             session_max_lifetime: Duration::from_secs(7 * 86_400),
             refresh_grace: Duration::from_secs(5),
-            clients: vec![Client::cli(vec!["kubernetes".to_owned()])],
+            clients: vec![Client::cli(vec![Audience::kubernetes()])],
             may_act: Vec::new(),
             audience_changes: Vec::new(),
             key_rotate_every: Duration::from_secs(30 * 86_400),
@@ -215,7 +215,10 @@ impl Policy {
 
     /// The audience assumed when a TokenReview names none.
     #[must_use]
-    pub fn default_audience(&self) -> &str {
-        self.audiences.first().map_or("kubernetes", String::as_str)
+    pub fn default_audience(&self) -> Audience {
+        self.audiences
+            .first()
+            .cloned()
+            .unwrap_or_else(Audience::kubernetes)
     }
 }

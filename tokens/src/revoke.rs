@@ -47,7 +47,7 @@ impl TokenService {
                 what = Some((t.account, format!("token={}", t.id)));
             }
         } else if let Ok(claims) = self.verified_access(token).await {
-            if !claims.client_id.is_empty() && claims.client_id != client.id {
+            if claims.client_id.as_ref().is_some_and(|c| *c != client.id) {
                 return Err(TokenError::InvalidClient(
                     "the token was issued to another client".into(),
                 ));
@@ -65,7 +65,7 @@ impl TokenService {
             let mut ev = ctx.event("token.revoke", "ok");
             ev.account = account.as_ref().map(|a| a.name.as_str());
             ev.uid = Some(uid.to_string());
-            ev.actor = Some(&client.id);
+            ev.actor = Some(client.id.as_str());
             ev.object = Some(object);
             self.audit().record_durable(&ev).await;
         }

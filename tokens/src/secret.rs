@@ -73,7 +73,7 @@ pub struct AccessClaims {
     /// The account UID.
     pub sub: String,
     /// Audiences.
-    pub aud: Vec<String>,
+    pub aud: Vec<idbridge_core::Audience>,
     /// Expiry (seconds since the epoch).
     pub exp: i64,
     /// Issued at.
@@ -99,8 +99,8 @@ pub struct AccessClaims {
     /// The session the token belongs to; revoking the session revokes the token.
     pub sid: String,
     /// The OAuth client it was issued to.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub client_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<idbridge_core::ClientId>,
     /// Who acts on the subject's behalf (RFC 8693 delegation), outermost first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub act: Option<Actor>,

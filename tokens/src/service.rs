@@ -193,7 +193,10 @@ impl TokenService {
     /// # Errors
     /// A refusal that says why.
     pub async fn authenticate_here(&self, token: &str) -> Result<Arc<Authenticated>, Refusal> {
-        let issuer = self.policy().issuer.clone();
+        // The issuer's URL is idbridge's own audience (validated as one with the configuration).
+        let Ok(issuer) = self.policy().issuer.parse::<idbridge_core::Audience>() else {
+            return Err(crate::verify::Denial::Audience.into());
+        };
         self.authenticate(token, std::slice::from_ref(&issuer))
             .await
             .and_then(|w| w.require_audience().map(|()| w))
@@ -206,7 +209,7 @@ impl TokenService {
     pub async fn authenticate(
         &self,
         token: &str,
-        audiences: &[String],
+        audiences: &[idbridge_core::Audience],
     ) -> Result<Arc<Authenticated>, Refusal> {
         let policy = self.policy();
         self.0

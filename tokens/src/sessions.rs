@@ -7,8 +7,8 @@
 //! window. A spend seen after the window is reuse, and revokes the whole session.
 
 use idbridge_core::{
-    Amr, LoginSource, Recheck, RefreshContext, RefreshRecord, Session, SessionId, SessionState,
-    Spend, SpendOutcome, TokenHash, UnixTime, UserAccount, is_reserved,
+    Amr, Audience, ClientId, LoginSource, Recheck, RefreshContext, RefreshRecord, Session,
+    SessionId, SessionState, Spend, SpendOutcome, TokenHash, UnixTime, UserAccount, is_reserved,
 };
 use serde::{Deserialize, Serialize};
 
@@ -61,7 +61,7 @@ impl std::fmt::Debug for TokenPair {
 #[derive(Debug, Clone)]
 pub struct Grant {
     /// The one audience.
-    pub audience: String,
+    pub audience: Audience,
     /// Groups, without the Kubernetes prefix.
     pub groups: Vec<String>,
     /// Scope.
@@ -93,11 +93,11 @@ pub struct Login<'a> {
     /// The account that logged in.
     pub account: &'a UserAccount,
     /// The OAuth client.
-    pub client_id: &'a str,
+    pub client_id: &'a ClientId,
     /// How.
     pub amr: Amr,
     /// The session's audience.
-    pub audience: String,
+    pub audience: Audience,
     /// Its scope.
     pub scope: String,
     /// Groups the login source vouched for, beyond the account's own.
@@ -193,7 +193,7 @@ impl TokenService {
             amr: session.amr.clone(),
             scope: grant.scope.clone(),
             sid: session.id.to_string(),
-            client_id: session.client_id.clone(),
+            client_id: Some(session.client_id.clone()),
             act: grant.act,
         };
         let jwt = self
@@ -239,7 +239,7 @@ impl TokenService {
         let session = Session {
             id: SessionId::from_random(self.random()),
             account: login.account.uid,
-            client_id: login.client_id.to_owned(),
+            client_id: login.client_id.clone(),
             amr: vec![login.amr],
             audience: login.audience,
             scope: login.scope,
@@ -279,7 +279,7 @@ impl TokenService {
     /// or the store did not answer.
     pub async fn refresh(
         &self,
-        client_id: &str,
+        client_id: &ClientId,
         token: &str,
         ctx: Origin<'_>,
         source: &dyn LoginSource,
@@ -305,7 +305,7 @@ impl TokenService {
             return Err(deny("refresh_token is invalid", None));
         };
         let who = account.as_ref();
-        if session.client_id != client_id {
+        if session.client_id != *client_id {
             return Err(deny("refresh_token was issued to another client", who));
         }
         let now = self.clock().now();
@@ -577,9 +577,9 @@ mod tests {
                 .start_session(
                     Login {
                         account: &self.account,
-                        client_id: "idbridge-cli",
+                        client_id: &ClientId::cli(),
                         amr: Amr::Static,
-                        audience: "kubernetes".into(),
+                        audience: Audience::kubernetes(),
                         scope: String::new(),
                         login_groups: vec!["proxied".into(), "system:masters".into()],
                         upstream: None,
@@ -593,7 +593,7 @@ mod tests {
         async fn refresh(&self, pair: &TokenPair) -> Result<TokenPair, String> {
             self.state
                 .refresh(
-                    "idbridge-cli",
+                    &ClientId::cli(),
                     pair.refresh_token.as_deref().unwrap(),
                     Origin::local(),
                     &NoRecheck,

@@ -12,7 +12,7 @@ use std::time::Duration;
 use aws_lc_rs::digest;
 use cached::stores::LruTtlCache;
 use cached::{Cached, CachedPeek};
-use idbridge_core::{AccountUid, Clock, Store, UnixTime, UserAccount};
+use idbridge_core::{AccountUid, Audience, Clock, Store, UnixTime, UserAccount};
 use jsonwebtoken::{Algorithm, Validation};
 
 use crate::audit::{Audit, Origin};
@@ -36,7 +36,7 @@ pub struct Authenticated {
     /// The account acting for the subject (delegation, the outermost `act`), if any.
     pub actor: Option<String>,
     /// The requested audiences this credential is valid for (empty: none of them).
-    pub audiences: Vec<String>,
+    pub audiences: Vec<Audience>,
     /// Whether the credential is for this cluster's Kubernetes API server (one of the configured
     /// Kubernetes audiences). A TokenReview answer with no audiences means exactly that, which is
     /// how kube-apiserver, asking with its own API audiences, accepts our tokens.
@@ -210,7 +210,7 @@ impl Authenticator {
     pub async fn authenticate(
         &self,
         token: &str,
-        audiences: &[String],
+        audiences: &[Audience],
         settings: &Policy,
         keys: impl FnOnce() -> Arc<KeySet>,
         store: &dyn Store,
@@ -218,7 +218,7 @@ impl Authenticator {
     ) -> Result<Arc<Authenticated>, Refusal> {
         let default_aud;
         let audiences = if audiences.is_empty() {
-            default_aud = [settings.default_audience().to_owned()];
+            default_aud = [settings.default_audience()];
             &default_aud[..]
         } else {
             audiences
@@ -284,7 +284,7 @@ impl Authenticator {
     async fn authenticate_static(
         &self,
         token: &str,
-        audiences: &[String],
+        audiences: &[Audience],
         settings: &Policy,
         store: &dyn Store,
         now: i64,
@@ -318,9 +318,9 @@ impl Authenticator {
         }
         // Static tokens carry no audience of their own: they are good for the Kubernetes
         // audiences and for idbridge itself (the admin API and token exchange).
-        let valid: Vec<String> = audiences
+        let valid: Vec<Audience> = audiences
             .iter()
-            .filter(|a| settings.audiences.contains(a) || **a == settings.issuer)
+            .filter(|a| settings.audiences.contains(a) || a.as_str() == settings.issuer)
             .cloned()
             .collect();
         Ok(Authenticated {
@@ -341,7 +341,7 @@ impl Authenticator {
     async fn authenticate_jwt(
         &self,
         token: &str,
-        audiences: &[String],
+        audiences: &[Audience],
         settings: &Policy,
         keys: &KeySet,
         store: &dyn Store,
@@ -351,7 +351,7 @@ impl Authenticator {
             .access_claims(token, settings, keys, store, now)
             .await?;
         let uid: AccountUid = claims.sub.parse().map_err(|_| Denial::Invalid)?;
-        let valid: Vec<String> = audiences
+        let valid: Vec<Audience> = audiences
             .iter()
             .filter(|a| claims.aud.contains(a))
             .cloned()
@@ -494,12 +494,12 @@ impl RevocationSnapshot {
     }
 }
 
-fn cache_key(token: &str, audiences: &[String]) -> CacheKey {
+fn cache_key(token: &str, audiences: &[Audience]) -> CacheKey {
     let mut ctx = digest::Context::new(&digest::SHA256);
     ctx.update(token.as_bytes());
     for a in audiences {
         ctx.update(&[0]);
-        ctx.update(a.as_bytes());
+        ctx.update(a.as_str().as_bytes());
     }
     let mut out = [0u8; 32];
     out.copy_from_slice(ctx.finish().as_ref());
@@ -554,7 +554,7 @@ mod tests {
 
     impl Fixture {
         async fn check(&self, token: &str, aud: &[&str]) -> Result<Arc<Authenticated>, Denial> {
-            let aud: Vec<String> = aud.iter().map(|a| (*a).to_owned()).collect();
+            let aud: Vec<Audience> = aud.iter().map(|a| a.parse().unwrap()).collect();
             self.auth
                 .authenticate(
                     token,
@@ -590,7 +590,7 @@ mod tests {
                 .sign(&AccessClaims {
                     iss: self.settings.issuer.clone(),
                     sub: self.uid.to_string(),
-                    aud: vec![aud.into()],
+                    aud: vec![aud.parse().unwrap()],
                     exp,
                     iat: T0,
                     nbf: T0,
@@ -601,7 +601,7 @@ mod tests {
                     amr: vec![idbridge_core::Amr::Static],
                     scope: String::new(),
                     sid: idbridge_core::SessionId::random().to_string(),
-                    client_id: String::new(),
+                    client_id: None,
                     act: None,
                 })
                 .unwrap()

@@ -33,7 +33,7 @@ pub struct TokenReviewStatus {
     pub user: Option<UserInfo>,
     /// The audiences the token is valid for, among those asked.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub audiences: Vec<String>,
+    pub audiences: Vec<idbridge_core::Audience>,
     /// Why the token was refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -176,7 +176,7 @@ pub struct TokenReviewSpec<'a> {
     pub token: Cow<'a, str>,
     /// Audiences the token must be valid for (any of them).
     #[serde(default)]
-    pub audiences: Vec<String>,
+    pub audiences: Vec<idbridge_core::Audience>,
 }
 
 #[derive(Serialize)]
@@ -194,8 +194,8 @@ struct ReviewOut<'a> {
 #[derive(Serialize)]
 struct SpecOut<'a> {
     token: &'static str,
-    #[serde(skip_serializing_if = "<[String]>::is_empty")]
-    audiences: &'a [String],
+    #[serde(skip_serializing_if = "<[idbridge_core::Audience]>::is_empty")]
+    audiences: &'a [idbridge_core::Audience],
 }
 
 impl<'a> TokenReviewRequest<'a> {
@@ -266,7 +266,11 @@ pub(crate) async fn token_review(
             ev.object = Some(if who.audiences.is_empty() {
                 "api-server".to_owned()
             } else {
-                who.audiences.join(",")
+                who.audiences
+                    .iter()
+                    .map(idbridge_core::Audience::as_str)
+                    .collect::<Vec<_>>()
+                    .join(",")
             });
             ev.reason = Some(if who.cached { "cached" } else { "verified" });
             state.audit().record(&ev);
@@ -319,7 +323,7 @@ mod tests {
             namespace: Some("team-a".into()),
             amr: vec![idbridge_core::Amr::Static],
             actor: None,
-            audiences: vec!["kubernetes".into()],
+            audiences: vec![idbridge_core::Audience::kubernetes()],
             for_api_server: true,
             expires_at: None,
             cached: false,

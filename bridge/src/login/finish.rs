@@ -1,6 +1,8 @@
 //! Where a finished browser login goes: an authorization code for the client's redirect URI, or
 //! the approval of a device code; and the session an approved login starts.
 
+use idbridge_core::{Audience, ClientId};
+
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use idbridge_core::{AccountUid, PendingKind, UnixTime};
@@ -123,8 +125,8 @@ async fn finish(
 /// A session for an approved login.
 pub(crate) async fn start_approved(
     state: &AppState,
-    client_id: &str,
-    audience: String,
+    client_id: &ClientId,
+    audience: Audience,
     scope: String,
     approved: Approved,
     upstream: Option<UpstreamGrant>,

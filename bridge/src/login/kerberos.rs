@@ -7,6 +7,8 @@
 //! credential. NTLM is refused with a message saying Kerberos is required; a replayed
 //! authenticator is refused by the acceptor's replay cache.
 
+use idbridge_core::Audience;
+
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -78,7 +80,7 @@ pub(crate) struct KerberosRequest<'a> {
     pub client: &'a Client,
     /// The SPNEGO token, base64.
     pub token: &'a str,
-    pub audience: String,
+    pub audience: Audience,
     pub scope: String,
 }
 
@@ -114,7 +116,7 @@ pub(crate) async fn kerberos_login(
 pub(crate) async fn kerberos_account(
     state: &AppState,
     token: &str,
-    audience: &str,
+    audience: &Audience,
     ctx: &RequestCtx,
 ) -> Result<(UserAccount, Vec<String>, Option<Vec<u8>>), ApiError> {
     let settings = state.settings();
@@ -197,7 +199,7 @@ async fn kerberos_directory_account(
     settings: &Settings,
     krb: &KerberosLogin,
     principal: &Principal,
-    audience: &str,
+    audience: &Audience,
     ctx: &RequestCtx,
 ) -> Result<(UserAccount, Vec<String>), ApiError> {
     let refuse = |why: String| {

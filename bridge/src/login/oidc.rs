@@ -1,6 +1,8 @@
 //! Logins at an upstream OpenID provider: the redirect there, its callback, and RFC 8693 with
 //! an upstream ID token as the subject.
 
+use idbridge_core::Audience;
+
 use axum::Form;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -299,7 +301,7 @@ pub(crate) async fn exchange_id_token(
     state: &AppState,
     client: &Client,
     raw: &str,
-    audience: String,
+    audience: Audience,
     scope: String,
     ctx: &RequestCtx,
 ) -> Result<TokenPair, ApiError> {

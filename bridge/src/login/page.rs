@@ -20,7 +20,7 @@ pub(crate) fn login_page(
     set_cookie: Option<&str>,
 ) -> Response {
     let csrf = escape(&login.csrf);
-    let mut body = format!("<p>to <b>{}</b></p>", escape(&login.client_id));
+    let mut body = format!("<p>to <b>{}</b></p>", escape(login.client_id.as_str()));
     if let Then::Device { user_code, .. } = &login.then {
         body.push_str(&format!(
             "<p>Check that your device shows this code: <span class=\"code\">{}</span></p>",

@@ -6,6 +6,8 @@
 //! `Retry-After`), each attempt reserved before the password reaches the directory. A user whose password was right but whose account may not log in is
 //! told why. A directory that does not answer is a 503 and never a token.
 
+use idbridge_core::Audience;
+
 use axum::Form;
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -96,7 +98,7 @@ pub(crate) struct PasswordLogin<'a> {
     pub client: &'a Client,
     pub username: &'a str,
     pub password: &'a str,
-    pub audience: String,
+    pub audience: Audience,
     pub scope: String,
 }
 
@@ -133,7 +135,7 @@ pub(crate) async fn password_account(
     state: &AppState,
     username: &str,
     password: &str,
-    audience: &str,
+    audience: &Audience,
     ctx: &RequestCtx,
 ) -> Result<(UserAccount, Vec<String>), ApiError> {
     let settings = state.settings();
@@ -215,11 +217,11 @@ pub(crate) fn shaped_groups(
     state: &AppState,
     dir: &DirectoryLogin,
     user: &DirectoryUser,
-    audience: &str,
+    audience: &Audience,
     account: &UserAccount,
     ctx: &RequestCtx,
 ) -> Vec<String> {
-    let (groups, dropped) = dir.directory.token_groups(user, audience);
+    let (groups, dropped) = dir.directory.token_groups(user, audience.as_str());
     if dropped > 0 {
         let note = format!(
             "{dropped} of {} groups left out of tokens for {audience:?} by the group cap",

@@ -2,6 +2,8 @@
 //! where it goes next), a redirect to an upstream provider, an authorization code, a device code.
 //! Each is stored under the hash of a secret only its holder has.
 
+use idbridge_core::{Audience, ClientId};
+
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use idbridge_core::{Amr, Pending, PendingKind, UnixTime, UserAccount};
@@ -26,8 +28,8 @@ pub(crate) const CODE_TTL: u64 = 60;
 #[derive(Clone, Serialize, Deserialize)]
 pub(crate) struct LoginRequest {
     pub csrf: String,
-    pub client_id: String,
-    pub audience: String,
+    pub client_id: ClientId,
+    pub audience: Audience,
     pub scope: String,
     pub then: Then,
 }
@@ -107,10 +109,10 @@ pub(crate) struct Approved {
 
 #[derive(Serialize, Deserialize)]
 pub(crate) struct CodeGrant {
-    pub client_id: String,
+    pub client_id: ClientId,
     pub redirect_uri: String,
     pub code_challenge: String,
-    pub audience: String,
+    pub audience: Audience,
     pub scope: String,
     pub approved: Approved,
 }
@@ -223,8 +225,8 @@ pub(crate) async fn checked_login(
 
 #[derive(Serialize, Deserialize)]
 pub(crate) struct DeviceGrant {
-    pub client_id: String,
-    pub audience: String,
+    pub client_id: ClientId,
+    pub audience: Audience,
     pub scope: String,
     pub user_code: String,
     pub interval: u64,
@@ -269,8 +271,8 @@ mod tests {
     fn debug_output_of_a_login_in_progress_shows_no_secret() {
         let login = LoginRequest {
             csrf: "csrf-secret-1".into(),
-            client_id: "idbridge-cli".into(),
-            audience: "kubernetes".into(),
+            client_id: ClientId::cli(),
+            audience: Audience::kubernetes(),
             scope: String::new(),
             then: Then::Device {
                 device_key: "device-key-2".into(),

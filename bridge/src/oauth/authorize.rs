@@ -249,7 +249,7 @@ mod tests {
 
     fn client(id: &str, uris: &[&str]) -> Client {
         Client {
-            id: id.into(),
+            id: id.parse().unwrap(),
             secret: None,
             grants: vec![],
             audiences: vec![],

@@ -99,7 +99,7 @@ pub(crate) async fn introspect(
                 "introspection needs a confidential client or an admin bearer token",
             ));
         }
-        c.id.clone()
+        c.id.to_string()
     };
     let token = req.token()?;
     let answer = state.service().describe(&token).await?;

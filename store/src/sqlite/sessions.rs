@@ -38,9 +38,9 @@ fn insert_session(
         params![
             id,
             session.account.to_string(),
-            session.client_id,
+            session.client_id.as_str(),
             serde_json::to_string(&session.amr).map_err(|e| corrupt("amr", e))?,
-            session.audience,
+            session.audience.as_str(),
             session.scope,
             serde_json::to_string(&session.login_groups).map_err(|e| corrupt("groups", e))?,
             session.created_at.0,
@@ -143,10 +143,14 @@ fn session_from_row(row: &Row<'_>) -> Result<Session, StoreError> {
             .map_err(|e| corrupt("session id", e))?,
         account: AccountUid::from_str(&col::<String>(row, "account_uid")?)
             .map_err(|e| corrupt("uid", e))?,
-        client_id: col(row, "client_id")?,
+        client_id: col::<String>(row, "client_id")?
+            .parse()
+            .map_err(|e| corrupt("session client id", e))?,
         amr: serde_json::from_str(&col::<String>(row, "amr_json")?)
             .map_err(|e| corrupt("amr", e))?,
-        audience: col(row, "audience")?,
+        audience: col::<String>(row, "audience")?
+            .parse()
+            .map_err(|e| corrupt("session audience", e))?,
         scope: col(row, "scope")?,
         login_groups: serde_json::from_str(&col::<String>(row, "login_groups_json")?)
             .map_err(|e| corrupt("groups", e))?,
