@@ -36,3 +36,62 @@ pub fn app(state: AppState) -> Router {
         ))
         .with_state(state)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use idbridge_core::{FixedClock, UnixTime};
+    use idbridge_tokens::{Audit, AuditSink, KeySet};
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::settings::Settings;
+
+    #[tokio::test]
+    async fn every_route_the_metrics_name_is_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(
+            idbridge_store::SqliteStore::open(&dir.path().join("s.db"))
+                .await
+                .unwrap(),
+        );
+        let (kid, der) = KeySet::generate().unwrap();
+        let state = AppState::new(
+            store,
+            Arc::new(FixedClock::at(UnixTime(1_900_000_000))),
+            KeySet::from_pkcs8(&[(kid, der)]).unwrap(),
+            Settings::new("https://idbridge.test".into()),
+            Audit::open(&AuditSink::Discard).unwrap(),
+        );
+        let router = app(state);
+        for area in [
+            observe::ROUTES,
+            oauth::ROUTES,
+            login::ROUTES,
+            kube::ROUTES,
+            admin::ROUTES,
+        ] {
+            for route in area {
+                let path = route.replace("{name}", "x").replace("{id}", "x");
+                let resp = router
+                    .clone()
+                    .oneshot(Request::get(&path).body(Body::empty()).unwrap())
+                    .await
+                    .unwrap();
+                // Any answer but the router's own "no such route", a bare 404 (a POST-only route
+                // answers 405; a handler's 404 says why).
+                let status = resp.status();
+                let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+                    .await
+                    .unwrap();
+                assert!(
+                    status != StatusCode::NOT_FOUND || !body.is_empty(),
+                    "{route} is not served"
+                );
+            }
+        }
+    }
+}

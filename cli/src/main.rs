@@ -123,9 +123,6 @@ fn init_logging(format: LogFormat) {
         .with_env_filter(filter)
         // Colour only on a terminal: a log file or pipe gets plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        // A request's span closes with its status and latency: one access line per request
-        // (target `idbridge::access`, so `IDBRIDGE_LOG=info,idbridge::access=warn` hides them).
-        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => b.init(),

@@ -70,7 +70,9 @@ pub trait LoginSource: Send + Sync {
     ) -> Result<UpstreamRefresh, Recheck>;
 }
 
-/// A source that re-checks nothing: for sessions of static tokens and for tests.
+/// A source that re-checks nothing, for sessions of static tokens and for tests. A session that
+/// started with a directory password cannot be refreshed through it: the service refuses a
+/// directory login that no directory was asked about.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct NoRecheck;
 

@@ -27,10 +27,13 @@ impl std::fmt::Debug for Exchange<'_> {
     }
 }
 
-/// An audience as a request names it (`audience`).
-fn parse_audience(a: String) -> Result<Audience, TokenError> {
-    a.parse()
-        .map_err(|e| TokenError::InvalidTarget(format!("audience: {e}")))
+/// Audiences as messages show them, space-separated.
+fn joined(audiences: &[Audience]) -> String {
+    audiences
+        .iter()
+        .map(Audience::as_str)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// A scope value selecting one group for an exchanged token.
@@ -61,17 +64,21 @@ pub fn target(
     client: &Client,
     requested: Option<String>,
 ) -> Result<Audience, TokenError> {
+    let not_allowed = |a: &str| {
+        TokenError::InvalidTarget(format!(
+            "audience {a:?} is not allowed for client {:?}",
+            client.id
+        ))
+    };
     let audience = match requested {
-        Some(a) => parse_audience(a)?,
+        // A value that is no audience at all is, like any other, not one the client may have.
+        Some(a) => a.parse::<Audience>().map_err(|_| not_allowed(&a))?,
         None => settings.default_audience(),
     };
     if client.audiences.contains(&audience) {
         Ok(audience)
     } else {
-        Err(TokenError::InvalidTarget(format!(
-            "audience {audience:?} is not allowed for client {:?}",
-            client.id
-        )))
+        Err(not_allowed(audience.as_str()))
     }
 }
 
@@ -129,7 +136,13 @@ pub fn exchange_target(
 ) -> Result<Audience, TokenError> {
     let default = settings.default_audience();
     let audience = match requested.filter(|a| !a.is_empty()) {
-        Some(a) => parse_audience(a.to_owned())?,
+        Some(a) => a.parse::<Audience>().map_err(|_| {
+            TokenError::InvalidTarget(format!(
+                "the subject token is for {:?}; no token_exchange.audience_changes rule allows \
+                 re-targeting it to {a:?}",
+                joined(&subject.aud)
+            ))
+        })?,
         None => subject
             .aud
             .iter()
@@ -145,12 +158,7 @@ pub fn exchange_target(
         return Err(TokenError::InvalidTarget(format!(
             "the subject token is for {:?}; no token_exchange.audience_changes rule allows \
                  re-targeting it to {audience:?}",
-            subject
-                .aud
-                .iter()
-                .map(Audience::as_str)
-                .collect::<Vec<_>>()
-                .join(" ")
+            joined(&subject.aud)
         )));
     }
     target(settings, client, Some(audience.into()))
@@ -281,11 +289,7 @@ impl TokenService {
                             return Err(TokenError::invalid_grant(format!(
                                 "actor_token: the token is for {:?}, neither idbridge nor the \
                                  subject token's audience",
-                                a.aud
-                                    .iter()
-                                    .map(Audience::as_str)
-                                    .collect::<Vec<_>>()
-                                    .join(" ")
+                                joined(&a.aud)
                             )));
                         }
                         Ok(a) => (a.name, a.sub, a.groups),

@@ -24,6 +24,9 @@ pub struct Provision<'a> {
     /// account of that name is the identity's, so with `link_by_name` it is linked whether or
     /// not `jit` is on.
     pub name_is_identity: bool,
+    /// What the audit log says when a first login creates the account; by default "first login
+    /// of a {what}".
+    pub first_login: Option<&'static str>,
     /// The audit action of a refused login (`login.ldap`, `login.krb5`).
     pub event: &'static str,
     /// What the identity is, for messages ("directory entry", "Kerberos principal").
@@ -89,7 +92,9 @@ impl TokenService {
                 let mut ev = ctx.event("account.add", "ok");
                 ev.account = Some(a.name.as_str());
                 ev.uid = Some(a.uid.to_string());
-                let reason = format!("first login of a {}", p.what);
+                let reason = p
+                    .first_login
+                    .map_or_else(|| format!("first login of a {}", p.what), str::to_owned);
                 ev.reason = Some(&reason);
                 self.audit().record_durable(&ev).await;
                 Ok(a)
@@ -156,6 +161,7 @@ mod tests {
             jit,
             link_by_name: true,
             name_is_identity: true,
+            first_login: None,
             event: "login.proxy",
             what: "proxy's user",
             section: "proxy",
@@ -215,6 +221,7 @@ mod tests {
         let mut p = proxy(&alice, true);
         p.identity = ExternalIdentity::Directory { id: "g-1".into() };
         p.name_is_identity = false;
+        p.first_login = None;
         let err = s.provisioned_account(p, Origin::local()).await.unwrap_err();
         assert!(err.to_string().contains("not linked"), "{err}");
     }

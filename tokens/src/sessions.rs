@@ -57,6 +57,13 @@ impl std::fmt::Debug for TokenPair {
     }
 }
 
+/// Which login source a refresh asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Asked {
+    Directory,
+    Upstream,
+}
+
 /// What a new access token says beyond its session.
 #[derive(Debug, Clone)]
 pub struct Grant {
@@ -323,13 +330,26 @@ impl TokenService {
         };
         // A directory login is only as good as the directory says it still is.
         let mut session = session;
-        let login_groups = match source.directory_groups(&account, &session).await {
+        let answer = match source.directory_groups(&account, &session).await {
+            // A directory password login is re-checked whatever the source: one that does not
+            // ask the directory cannot refresh it.
+            Ok(None) if session.amr.contains(&Amr::Ldap) => Err(Recheck::Refuse(
+                "this session started with a directory login, and no directory is configured now; log in again"
+                    .into(),
+            )),
+            other => other,
+        };
+        let login_groups = match answer {
             Ok(Some(groups)) => {
                 session.login_groups.clone_from(&groups);
                 Some(groups)
             }
             Ok(None) => None,
-            Err(r) => return Err(self.rechecked(r, &account, &session, now, ctx).await),
+            Err(r) => {
+                return Err(self
+                    .rechecked(Asked::Directory, r, &account, &session, now, ctx)
+                    .await);
+            }
         };
         let mut login_groups = login_groups;
         let upstream = match record.upstream_sealed.as_deref() {
@@ -351,7 +371,11 @@ impl TokenService {
                         },
                         r.groups,
                     ),
-                    Err(r) => return Err(self.rechecked(r, &account, &session, now, ctx).await),
+                    Err(r) => {
+                        return Err(self
+                            .rechecked(Asked::Upstream, r, &account, &session, now, ctx)
+                            .await);
+                    }
                 };
                 if let Some(g) = groups {
                     session.login_groups.clone_from(&g);
@@ -410,42 +434,53 @@ impl TokenService {
 
     /// What a source's refusal does: revokes the session when the source says no, and says
     /// why in the audit log and to the caller.
+    ///
+    /// The audit log records each as it always has: a directory that revokes is a
+    /// `session.revoke`, a directory that does not answer a refused refresh; a provider's
+    /// refusal (revoking or not) is a refused refresh, a provider that does not answer is only
+    /// logged.
     async fn rechecked(
         &self,
+        asked: Asked,
         answer: Recheck,
         account: &UserAccount,
         session: &Session,
         now: UnixTime,
         ctx: Origin<'_>,
     ) -> TokenError {
-        let refused = |reason: &str| {
+        let refused = |reason: &str, uid: bool| {
             let mut ev = ctx.event("token.refresh", "denied");
             ev.account = Some(account.name.as_str());
-            ev.uid = Some(account.uid.to_string());
+            ev.uid = uid.then(|| account.uid.to_string());
             ev.reason = Some(reason);
             self.audit().record(&ev);
         };
-        match answer {
-            Recheck::Refuse(message) => {
-                refused(&message);
+        match (asked, answer) {
+            (Asked::Directory, Recheck::Refuse(message)) => TokenError::InvalidGrant(message),
+            (Asked::Upstream, Recheck::Refuse(message)) => {
+                refused(&message, true);
                 TokenError::InvalidGrant(message)
             }
-            Recheck::Unavailable(message) => {
-                refused("login source unavailable");
+            (Asked::Directory, Recheck::Unavailable(message)) => {
+                refused("directory unavailable", false);
                 TokenError::Unavailable(message)
             }
-            Recheck::Revoke { reason, message } => {
+            (Asked::Upstream, Recheck::Unavailable(message)) => TokenError::Unavailable(message),
+            (asked, Recheck::Revoke { reason, message }) => {
                 if let Err(e) = self.store().revoke_session(session.id, &reason, now).await {
                     return e.into();
                 }
                 self.invalidate();
-                let mut ev = ctx.event("session.revoke", "ok");
-                ev.account = Some(account.name.as_str());
-                ev.uid = Some(account.uid.to_string());
-                ev.object = Some(format!("session={}", session.id));
-                ev.reason = Some(&reason);
-                self.audit().record_durable(&ev).await;
-                refused(&message);
+                if asked == Asked::Directory {
+                    let mut ev = ctx.event("session.revoke", "ok");
+                    ev.account = Some(account.name.as_str());
+                    ev.uid = Some(account.uid.to_string());
+                    ev.object = Some(format!("session={}", session.id));
+                    ev.reason = Some(&reason);
+                    self.audit().record_durable(&ev).await;
+                } else {
+                    refused(&message, true);
+                }
                 TokenError::InvalidGrant(message)
             }
         }

@@ -225,8 +225,14 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::Conflict(what) => Self::Conflict(format!("{what} already exists")),
             StoreError::NotFound(what) => Self::NotFound(format!("{what} not found")),
+            // A refused change of a batch is that change's error, with its place in the batch.
+            StoreError::InBatch { index, error } => match Self::from(*error) {
+                Self::Conflict(m) => Self::Conflict(format!("change {index} of the batch: {m}")),
+                Self::NotFound(m) => Self::NotFound(format!("change {index} of the batch: {m}")),
+                other => other,
+            },
             other => {
-                tracing::error!(error = %other, "store failure");
+                tracing::error!(error = %chain(&other), "store failure");
                 Self::Unavailable("the store is unavailable; retry shortly".into())
             }
         }
@@ -256,6 +262,18 @@ impl From<TokenError> for ApiError {
             other => Self::internal("token service", &other),
         }
     }
+}
+
+/// An error with every cause behind it, for the log.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        next = s.source();
+    }
+    out
 }
 
 impl ApiError {

@@ -173,6 +173,7 @@ pub(crate) async fn kerberos_account(
                     jit: krb.jit,
                     link_by_name: krb.link_by_name,
                     name_is_identity: false,
+                    first_login: None,
                     event: "login.krb5",
                     what: "Kerberos principal",
                     section: "kerberos",

@@ -267,6 +267,7 @@ pub(crate) async fn upstream_account(
                 jit: up.config.jit,
                 link_by_name: up.config.link_by_name,
                 name_is_identity: false,
+                first_login: None,
                 event: "login.oidc",
                 what: "identity provider's user",
                 section: "upstreams[]",

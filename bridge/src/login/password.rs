@@ -1,5 +1,5 @@
-//! LDAP / AD logins: the `password` grant for first-party clients, and the directory re-check on
-//! every refresh of a session that started with one.
+//! LDAP / AD logins: the `password` grant for first-party clients and the login page's
+//! password form (the re-check at every refresh of such a session is in `recheck.rs`).
 //!
 //! A wrong password, an unknown user and an empty password get one answer. Failures are
 //! throttled per source, per user and source, and per user across sources (429 with
@@ -269,6 +269,7 @@ pub(crate) async fn directory_account(
                 jit: policy.0,
                 link_by_name: policy.1,
                 name_is_identity: false,
+                first_login: None,
                 event,
                 what: "directory entry",
                 section: "directory",

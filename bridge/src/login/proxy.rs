@@ -95,6 +95,12 @@ pub(crate) async fn login(
     let audience = idbridge_tokens::exchange::target(&settings.tokens, client, req.audience)?;
     // The proxy names accounts: its user is linked to the account of that name (created at a
     // first login with `jit`), by the provisioning every login method shares.
+    if !proxy.jit && state.store().account_by_name(&name).await?.is_none() {
+        deny("no such account");
+        return Err(ApiError::Forbidden(
+            "no account for this user (proxy provisioning is `existing`)",
+        ));
+    }
     let account = state
         .service()
         .provisioned_account(
@@ -104,6 +110,7 @@ pub(crate) async fn login(
                 jit: proxy.jit,
                 link_by_name: true,
                 name_is_identity: true,
+                first_login: Some("first login through the trusted proxy"),
                 event: "login.proxy",
                 what: "proxy's user",
                 section: "proxy",

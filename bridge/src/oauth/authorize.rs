@@ -140,7 +140,8 @@ pub(crate) async fn authorize(
     let audience =
         match idbridge_tokens::exchange::target(&settings.tokens, client, q.audience.clone()) {
             Ok(a) => a,
-            Err(e) => return refuse("invalid_target", &e.to_string()),
+            // As RFC 6749 reports it: the code, then why.
+            Err(e) => return refuse("invalid_target", &format!("{}: {e}", e.code())),
         };
     let login = LoginRequest {
         csrf: new_secret(""),

@@ -80,7 +80,11 @@ pub(crate) async fn token(
         return Err(oauth(
             StatusCode::BAD_REQUEST,
             "unauthorized_client",
-            format!("client {:?} may not use grant_type {grant:?}", client.id),
+            format!(
+                "client {:?} may not use grant_type {:?}",
+                client.id,
+                grant.as_str()
+            ),
         ));
     }
     let scope = || req.scope.clone().unwrap_or_default();
@@ -172,7 +176,7 @@ async fn exchange(
 ) -> Result<TokenPair, ApiError> {
     let access = TokenType::AccessToken.as_str();
     if let Some(t) = req.requested_token_type.as_deref()
-        && t != access
+        && t.parse() != Ok(TokenType::AccessToken)
     {
         return Err(ApiError::invalid_request(format!(
             "requested_token_type must be {access}"

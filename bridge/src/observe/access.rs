@@ -24,7 +24,7 @@ pub(crate) async fn observe(
     // One span per request, attached to the handler's future (not entered across an await), so
     // every event of the request carries its fields and none of another's.
     let span = tracing::info_span!(
-        target: "idbridge::access",
+        target: "idbridge::request",
         "request",
         method = %req.method(),
         route = %route_str,
@@ -40,6 +40,9 @@ pub(crate) async fn observe(
     let elapsed = start.elapsed();
     span.record("status", resp.status().as_u16());
     span.record("latency_ms", elapsed.as_secs_f64() * 1000.0);
+    // The access line: its own target, so it can be turned off while every other line keeps
+    // the request's fields.
+    tracing::info!(target: "idbridge::access", parent: &span, "request");
     state
         .metrics()
         .observe(route_str, resp.status().as_u16(), elapsed);
@@ -200,8 +203,17 @@ mod tests {
         assert_eq!(a.headers()["x-request-id"], "req-a");
         assert_eq!(b.headers()["x-request-id"], "req-b");
         let events = capture.events.lock().unwrap().clone();
-        assert_eq!(events.len(), 4, "{events:?}");
+        assert_eq!(
+            events.len(),
+            6,
+            "two lines and an access line each: {events:?}"
+        );
+        let mut access: Vec<&str> = Vec::new();
         for (text, rid) in &events {
+            if text == "request" {
+                access.push(rid.as_deref().unwrap_or_default());
+                continue;
+            }
             let want = if text.ends_with("req-a") {
                 "req-a"
             } else {
@@ -213,6 +225,12 @@ mod tests {
                 "{text:?} was recorded in the wrong span"
             );
         }
+        access.sort_unstable();
+        assert_eq!(
+            access,
+            ["req-a", "req-b"],
+            "one access line per request, in its span"
+        );
         let closed = capture.closed.lock().unwrap().clone();
         assert_eq!(closed.len(), 2, "one span per request: {closed:?}");
         for fields in &closed {
