@@ -28,6 +28,15 @@ pub enum TokenError {
     /// answer; nothing was changed, retry later.
     #[error("{0}")]
     Unavailable(String),
+    /// RFC 8628: the user has not finished logging in yet; poll again.
+    #[error("{0}")]
+    AuthorizationPending(String),
+    /// RFC 8628: polled too fast; the message says the new interval.
+    #[error("{0}")]
+    SlowDown(String),
+    /// RFC 8628: the device code is unknown or expired.
+    #[error("{0}")]
+    ExpiredToken(String),
     /// Too many attempts; retry after this many seconds.
     #[error("too many attempts; retry in {0} s")]
     Throttled(u64),
@@ -78,6 +87,9 @@ impl TokenError {
             Self::InvalidScope(_) => "invalid_scope",
             Self::InvalidRequest(_) => "invalid_request",
             Self::InvalidClient(_) => "invalid_client",
+            Self::AuthorizationPending(_) => "authorization_pending",
+            Self::SlowDown(_) => "slow_down",
+            Self::ExpiredToken(_) => "expired_token",
             Self::Unavailable(_) => "unavailable",
             Self::Throttled(_) => "too_many_requests",
             Self::NoSuchAccount(_) | Self::NoSuchToken(_) | Self::NoSuchSession(_) => "not_found",

@@ -22,6 +22,7 @@
 //! | [`verify`] | bearer verification and the review cache |
 //! | [`sessions`] | minting, sessions, refresh with reuse detection and grace |
 //! | [`exchange`] | RFC 8693 token exchange: narrowing, re-targeting by rule, delegation |
+//! | [`grants`] | logins that finish on another request: authorization codes, device codes |
 //! | [`revoke`] | RFC 7009 revocation and RFC 7662 introspection |
 //! | [`provision`] | accounts from external identities |
 //! | [`admin`] | administrative operations |
@@ -32,6 +33,7 @@ pub mod admin;
 pub mod audit;
 mod error;
 pub mod exchange;
+pub mod grants;
 pub mod keys;
 pub mod policy;
 pub mod provision;

@@ -252,6 +252,11 @@ impl From<TokenError> for ApiError {
             TokenError::InvalidScope(d) => oauth(StatusCode::BAD_REQUEST, "invalid_scope", d),
             TokenError::InvalidRequest(d) => Self::invalid_request(d),
             TokenError::InvalidClient(d) => oauth(StatusCode::UNAUTHORIZED, "invalid_client", d),
+            TokenError::AuthorizationPending(d) => {
+                oauth(StatusCode::BAD_REQUEST, "authorization_pending", d)
+            }
+            TokenError::SlowDown(d) => oauth(StatusCode::BAD_REQUEST, "slow_down", d),
+            TokenError::ExpiredToken(d) => oauth(StatusCode::BAD_REQUEST, "expired_token", d),
             TokenError::Unavailable(m) => Self::Unavailable(m),
             TokenError::Throttled(secs) => Self::Throttled(secs),
             TokenError::NoSuchAccount(_)

@@ -1,22 +1,18 @@
 //! Where a finished browser login goes: an authorization code for the client's redirect URI, or
 //! the approval of a device code; and the session an approved login starts.
 
-use idbridge_core::{Audience, ClientId};
-
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use idbridge_core::{AccountUid, PendingKind, UnixTime};
-use idbridge_tokens::{Login, TokenPair, UpstreamGrant, hash_token, new_secret};
+use idbridge_core::PendingKind;
+use idbridge_tokens::{hash_token, new_secret};
 
 use crate::http::error::ApiError;
 use crate::http::extract::RequestCtx;
 use crate::http::page;
 use crate::http::page::{see_other, with_query};
-use crate::login::records::{
-    Approved, CODE_TTL, CodeGrant, LOGIN_COOKIE, LoginRequest, Then, Verified, device_record,
-    put_pending, unhex,
-};
+use crate::login::records::{LOGIN_COOKIE, LoginRequest, Then, Verified};
 use crate::state::AppState;
+use idbridge_tokens::grants::{Approved, CODE_TTL, CodeGrant};
 
 /// Ends a successful login: a code back to the client, or the waiting device approved.
 pub(crate) async fn complete_login(
@@ -81,7 +77,10 @@ async fn finish(
                 scope: login.scope,
                 approved,
             };
-            put_pending(state, &code, None, PendingKind::Code, &grant, CODE_TTL).await?;
+            state
+                .service()
+                .put_pending(&code, None, PendingKind::Code, &grant, CODE_TTL)
+                .await?;
             let mut r = see_other(&with_query(
                 &redirect_uri,
                 &[
@@ -101,8 +100,10 @@ async fn finish(
                 upstream_sealed: None,
                 upstream: v.upstream,
             };
-            let approved_ok =
-                crate::login::finish::approve_device(state, &device_key, approved, now).await?;
+            let approved_ok = state
+                .service()
+                .approve_device(&device_key, approved, now)
+                .await?;
             let mut r = if approved_ok {
                 page::html(
                     StatusCode::OK,
@@ -120,64 +121,4 @@ async fn finish(
             Ok(r)
         }
     }
-}
-
-/// A session for an approved login.
-pub(crate) async fn start_approved(
-    state: &AppState,
-    client_id: &ClientId,
-    audience: Audience,
-    scope: String,
-    approved: Approved,
-    upstream: Option<UpstreamGrant>,
-    ctx: &RequestCtx,
-) -> Result<TokenPair, ApiError> {
-    let uid: AccountUid = approved
-        .uid
-        .parse()
-        .map_err(|e| ApiError::internal("read an approved login's account", &e))?;
-    let account = state
-        .store()
-        .account(uid)
-        .await?
-        .filter(|a| !a.disabled)
-        .ok_or_else(|| ApiError::invalid_grant("the account is disabled"))?;
-    state
-        .service()
-        .start_session(
-            Login {
-                account: &account,
-                client_id,
-                amr: approved.amr,
-                audience,
-                scope,
-                login_groups: approved.login_groups,
-                upstream,
-            },
-            ctx.origin(),
-        )
-        .await
-        .map_err(ApiError::from)
-}
-
-/// Marks the device's code approved by this login; false when it is gone or used.
-pub(crate) async fn approve_device(
-    state: &AppState,
-    device_key: &str,
-    approved: Approved,
-    now: UnixTime,
-) -> Result<bool, ApiError> {
-    let Some(key) = unhex(device_key) else {
-        return Ok(false);
-    };
-    let Some((p, mut grant)) = device_record(state, key, now).await? else {
-        return Ok(false);
-    };
-    if p.used_at.is_some() || grant.approved.is_some() {
-        return Ok(false);
-    }
-    grant.approved = Some(approved);
-    let data = serde_json::to_string(&grant)
-        .map_err(|e| ApiError::internal("write a device-code record", &e))?;
-    Ok(state.store().update_pending(key, &data, now).await?)
 }

@@ -21,12 +21,12 @@ use crate::http::page::see_other;
 use crate::login::finish::complete_login;
 use crate::login::page::{LoginFailure, login_failed, login_page};
 use crate::login::records::{
-    CsrfForm, LOGIN_TTL, LoginRequest, UpstreamState, Verified, checked_login, current_login, hex,
-    put_pending,
+    CsrfForm, LOGIN_TTL, LoginRequest, UpstreamState, Verified, checked_login, current_login,
 };
 use crate::login::upstream::{Upstream, UpstreamError};
 use crate::settings::Settings;
 use crate::state::AppState;
+use idbridge_tokens::grants::hex;
 
 fn callback_uri(settings: &Settings) -> String {
     format!(
@@ -75,18 +75,19 @@ pub(crate) async fn login_upstream(
         nonce,
         verifier: verifier.secret().clone(),
     };
-    match put_pending(
-        &state,
-        &upstream_state,
-        None,
-        PendingKind::Upstream,
-        &record,
-        LOGIN_TTL,
-    )
-    .await
+    match state
+        .service()
+        .put_pending(
+            &upstream_state,
+            None,
+            PendingKind::Upstream,
+            &record,
+            LOGIN_TTL,
+        )
+        .await
     {
         Ok(()) => see_other(&url),
-        Err(e) => e.into_response(),
+        Err(e) => ApiError::from(e).into_response(),
     }
 }
 

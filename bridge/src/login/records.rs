@@ -6,7 +6,7 @@ use idbridge_core::{Audience, ClientId};
 
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use idbridge_core::{Amr, Pending, PendingKind, UnixTime, UserAccount};
+use idbridge_core::{Amr, PendingKind, UserAccount};
 use idbridge_tokens::{Secret, UpstreamGrant, hash_token, new_secret};
 use serde::{Deserialize, Serialize};
 
@@ -19,9 +19,6 @@ pub(crate) const LOGIN_COOKIE: &str = "__Host-idbridge-login";
 
 /// How long a login may take, from the login page to its end.
 pub(crate) const LOGIN_TTL: u64 = 600;
-
-/// How long an authorization code is worth anything.
-pub(crate) const CODE_TTL: u64 = 60;
 
 /// A login in progress, from `/oauth2/authorize` or the device page. `Debug` hides the CSRF
 /// token and the device's codes.
@@ -94,29 +91,6 @@ pub(crate) struct UpstreamState {
     pub verifier: String,
 }
 
-/// Who logged in, as a code or an approved device carries it.
-#[derive(Clone, Serialize, Deserialize)]
-pub(crate) struct Approved {
-    pub uid: String,
-    pub amr: Amr,
-    pub login_groups: Vec<String>,
-    /// The upstream grant: sealed under the code for a code; as is for a device.
-    #[serde(default)]
-    pub upstream_sealed: Option<Vec<u8>>,
-    #[serde(default)]
-    pub upstream: Option<UpstreamGrant>,
-}
-
-#[derive(Serialize, Deserialize)]
-pub(crate) struct CodeGrant {
-    pub client_id: ClientId,
-    pub redirect_uri: String,
-    pub code_challenge: String,
-    pub audience: Audience,
-    pub scope: String,
-    pub approved: Approved,
-}
-
 /// A login that succeeded, before it becomes a code or a device approval.
 pub(crate) struct Verified {
     pub account: UserAccount,
@@ -125,51 +99,16 @@ pub(crate) struct Verified {
     pub upstream: Option<UpstreamGrant>,
 }
 
-pub(crate) fn hex(h: &idbridge_core::TokenHash) -> String {
-    h.0.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-pub(crate) fn unhex(s: &str) -> Option<idbridge_core::TokenHash> {
-    if s.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(idbridge_core::TokenHash(out))
-}
-
-/// Stores an unused single-use record of `kind`, named by the hash of `secret` (and by
-/// `alias`), holding `data`, for `ttl` seconds.
-pub(crate) async fn put_pending(
-    state: &AppState,
-    secret: &str,
-    alias: Option<String>,
-    kind: PendingKind,
-    data: &impl Serialize,
-    ttl: u64,
-) -> Result<(), ApiError> {
-    let record = Pending {
-        key: hash_token(secret),
-        alias,
-        kind,
-        data: serde_json::to_string(data)
-            .map_err(|e| ApiError::internal("serialize a pending record", &e))?,
-        expires_at: state.clock().now().plus_secs(ttl),
-        used_at: None,
-        session: None,
-    };
-    Ok(state.store().put_pending(&record).await?)
-}
-
 /// Stores a login in progress; returns the secret its cookie carries.
 pub(crate) async fn begin_login(
     state: &AppState,
     login: &LoginRequest,
 ) -> Result<String, ApiError> {
     let id = new_secret("");
-    put_pending(state, &id, None, PendingKind::Login, login, LOGIN_TTL).await?;
+    state
+        .service()
+        .put_pending(&id, None, PendingKind::Login, login, LOGIN_TTL)
+        .await?;
     Ok(id)
 }
 
@@ -223,47 +162,8 @@ pub(crate) async fn checked_login(
     Ok((id, login))
 }
 
-#[derive(Serialize, Deserialize)]
-pub(crate) struct DeviceGrant {
-    pub client_id: ClientId,
-    pub audience: Audience,
-    pub scope: String,
-    pub user_code: String,
-    pub interval: u64,
-    pub last_poll: i64,
-    #[serde(default)]
-    pub approved: Option<Approved>,
-}
-
-/// The unexpired device-code record named by `key`, with its grant; `None` when there is
-/// none, or the record is of another kind.
-pub(crate) async fn device_record(
-    state: &AppState,
-    key: idbridge_core::TokenHash,
-    now: UnixTime,
-) -> Result<Option<(idbridge_core::Pending, DeviceGrant)>, ApiError> {
-    let Some(p) = state
-        .store()
-        .pending(key, now)
-        .await?
-        .filter(|p| p.kind == PendingKind::Device)
-    else {
-        return Ok(None);
-    };
-    let grant = serde_json::from_str(&p.data)
-        .map_err(|e| ApiError::internal("read a device-code record", &e))?;
-    Ok(Some((p, grant)))
-}
-
-/// How long a device code lives.
-pub(crate) const DEVICE_TTL: u64 = 600;
-
-/// The polling interval asked of devices, in seconds; `slow_down` adds five.
-pub(crate) const INTERVAL: u64 = 5;
-
 #[cfg(test)]
 mod tests {
-    use idbridge_tokens::hash_token;
 
     use super::*;
 
@@ -290,12 +190,5 @@ mod tests {
             code_challenge: "c".into(),
         };
         assert!(!format!("{code:?}").contains("state-secret-3"));
-    }
-
-    #[test]
-    fn hashes_round_trip_through_hex() {
-        let h = hash_token("x");
-        assert_eq!(unhex(&hex(&h)), Some(h));
-        assert_eq!(unhex("zz"), None);
     }
 }

@@ -4,19 +4,14 @@
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use idbridge_core::PendingKind;
-use idbridge_tokens::{Client, Secret, TokenPair, UpstreamGrant, hash_token, new_secret};
+use idbridge_tokens::{Client, new_secret};
 use serde::Deserialize;
 
-use crate::http::error::ApiError;
-use crate::http::extract::RequestCtx;
 use crate::http::page;
 use crate::http::page::{see_other, with_query};
-use crate::login::finish::start_approved;
+
 use crate::login::page::login_page;
-use crate::login::records::{CodeGrant, LoginRequest, Then, begin_login};
+use crate::login::records::{LoginRequest, Then, begin_login};
 use crate::state::AppState;
 
 /// Whether `uri` is a plain-HTTP loopback redirect (RFC 8252 section 7.3).
@@ -57,17 +52,6 @@ pub(crate) fn redirect_allowed(client: &Client, redirect_uri: &str) -> bool {
         let _ = reg.set_port(given.port());
         reg == given
     })
-}
-
-/// S256: base64url(SHA-256(verifier)), compared in constant time.
-pub(crate) fn pkce_matches(verifier: &str, challenge: &str) -> bool {
-    let shape = (43..=128).contains(&verifier.len())
-        && verifier
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b));
-    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, verifier.as_bytes());
-    let computed = URL_SAFE_NO_PAD.encode(d.as_ref());
-    shape && Secret::new(computed).matches(challenge)
 }
 
 #[derive(Debug, Deserialize)]
@@ -160,90 +144,6 @@ pub(crate) async fn authorize(
     }
 }
 
-/// The `authorization_code` grant: the code used once, its client, redirect URI and PKCE
-/// verifier checked, then a session. A code presented again revokes that session.
-pub(crate) async fn redeem_code(
-    state: &AppState,
-    client: &Client,
-    code: &str,
-    redirect_uri: Option<&str>,
-    verifier: Option<&str>,
-    ctx: &RequestCtx,
-) -> Result<TokenPair, ApiError> {
-    let now = state.clock().now();
-    let key = hash_token(code);
-    let deny = |reason: &str| {
-        state
-            .service()
-            .login_denied(ctx.origin(), "token.code", None, reason);
-        ApiError::invalid_grant(reason)
-    };
-    let (record, first) = match state.store().use_pending(key, now).await? {
-        Some((p, first)) if p.kind == PendingKind::Code => (p, first),
-        _ => return Err(deny("the code is invalid or has expired")),
-    };
-    if !first {
-        if let Some(sid) = record.session {
-            state
-                .store()
-                .revoke_session(sid, "authorization code presented twice", now)
-                .await?;
-            state.invalidate();
-        }
-        let mut ev = ctx.event("token.reuse", "revoked");
-        ev.object = record.session.map(|s| format!("session={s}"));
-        ev.reason = Some("an authorization code was presented twice; what it produced is revoked");
-        state.audit().record_durable(&ev).await;
-        return Err(ApiError::invalid_grant(
-            "the code was already used; the tokens it produced are revoked",
-        ));
-    }
-    let grant: CodeGrant = serde_json::from_str(&record.data)
-        .map_err(|e| ApiError::internal("read an authorization code record", &e))?;
-    if grant.client_id != client.id {
-        return Err(deny("the code was issued to another client"));
-    }
-    if redirect_uri != Some(grant.redirect_uri.as_str()) {
-        return Err(deny(
-            "redirect_uri differs from the authorization request's",
-        ));
-    }
-    let Some(verifier) = verifier else {
-        return Err(ApiError::invalid_request(
-            "code_verifier is required (PKCE)",
-        ));
-    };
-    if !pkce_matches(verifier, &grant.code_challenge) {
-        return Err(deny(
-            "code_verifier does not match the code_challenge (PKCE)",
-        ));
-    }
-    let upstream = grant
-        .approved
-        .upstream_sealed
-        .as_deref()
-        .map(|s| {
-            UpstreamGrant::open(code, &key, s).ok_or_else(|| {
-                ApiError::internal("open the upstream grant of a code", &"it does not open")
-            })
-        })
-        .transpose()?;
-    let pair = start_approved(
-        state,
-        &client.id,
-        grant.audience,
-        grant.scope,
-        grant.approved,
-        upstream,
-        ctx,
-    )
-    .await?;
-    if let Some(sid) = pair.session {
-        state.store().set_pending_session(key, sid).await?;
-    }
-    Ok(pair)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -276,17 +176,5 @@ mod tests {
         assert!(!redirect_allowed(&web, "http://127.0.0.1:8000/other"));
         assert!(!redirect_allowed(&web, "http://127.0.0.2:8000/cb"));
         assert!(!redirect_allowed(&web, "http://user@127.0.0.1:8000/cb"));
-    }
-
-    #[test]
-    fn pkce_s256_matches_rfc7636_appendix_b() {
-        let verifier = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
-        let challenge = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
-        assert!(pkce_matches(verifier, challenge));
-        assert!(!pkce_matches(
-            "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXl",
-            challenge
-        ));
-        assert!(!pkce_matches("short", challenge));
     }
 }

@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Form, Json};
 use idbridge_core::PendingKind;
-use idbridge_tokens::{Client, Secret, TokenPair, hash_token, new_secret};
+use idbridge_tokens::{Secret, new_secret};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -17,10 +17,9 @@ use crate::http::error::ApiError;
 use crate::http::extract::RequestCtx;
 use crate::http::page::{self, escape};
 use crate::login::page::login_page;
-use crate::login::records::{
-    DEVICE_TTL, DeviceGrant, INTERVAL, LoginRequest, Then, device_record, hex,
-};
+use crate::login::records::{LoginRequest, Then};
 use crate::state::AppState;
+use idbridge_tokens::grants::{DEVICE_TTL, DeviceGrant, INTERVAL, hex};
 
 /// Letters that cannot be confused with one another or spell words (RFC 8628 section 6.1).
 const ALPHABET: &[u8; 20] = b"BCDFGHJKLMNPQRSTVWXZ";
@@ -101,15 +100,16 @@ pub(crate) async fn device_authorization(
         last_poll: 0,
         approved: None,
     };
-    crate::login::records::put_pending(
-        &state,
-        &device_code,
-        Some(normalize(&code)),
-        PendingKind::Device,
-        &grant,
-        DEVICE_TTL,
-    )
-    .await?;
+    state
+        .service()
+        .put_pending(
+            &device_code,
+            Some(normalize(&code)),
+            PendingKind::Device,
+            &grant,
+            DEVICE_TTL,
+        )
+        .await?;
     let base = format!("{}/device", settings.tokens.issuer.trim_end_matches('/'));
     Ok((
         [(header::CACHE_CONTROL, "no-store")],
@@ -255,79 +255,6 @@ pub(crate) async fn device_submit(
         Ok(id) => login_page(&state.settings(), &login, None, StatusCode::OK, Some(&id)),
         Err(e) => e.into_response(),
     }
-}
-
-fn device_error(error: &'static str, description: &str) -> ApiError {
-    ApiError::OAuth {
-        status: StatusCode::BAD_REQUEST,
-        error,
-        description: description.to_owned(),
-    }
-}
-
-/// The device grant's poll: pending, too fast, or the tokens once the user logged in.
-pub(crate) async fn poll_device(
-    state: &AppState,
-    client: &Client,
-    device_code: &str,
-    ctx: &RequestCtx,
-) -> Result<TokenPair, ApiError> {
-    let now = state.clock().now();
-    let key = hash_token(device_code);
-    let Some((p, mut grant)) = device_record(state, key, now).await? else {
-        return Err(device_error(
-            "expired_token",
-            "the device code is unknown or has expired; start again",
-        ));
-    };
-    if grant.client_id != client.id {
-        return Err(ApiError::invalid_grant(
-            "the device code was issued to another client",
-        ));
-    }
-    if p.used_at.is_some() {
-        return Err(ApiError::invalid_grant("the device code was already used"));
-    }
-    let Some(approved) = grant.approved.take() else {
-        let too_fast = now.0 - grant.last_poll < i64::try_from(grant.interval).unwrap_or(5);
-        if too_fast {
-            grant.interval += 5;
-        }
-        grant.last_poll = now.0;
-        let data = serde_json::to_string(&grant)
-            .map_err(|e| ApiError::internal("write a device-code record", &e))?;
-        state.store().update_pending(key, &data, now).await?;
-        return Err(if too_fast {
-            device_error(
-                "slow_down",
-                &format!("poll at most every {} s", grant.interval),
-            )
-        } else {
-            device_error(
-                "authorization_pending",
-                "the user has not finished logging in yet",
-            )
-        });
-    };
-    match state.store().use_pending(key, now).await? {
-        Some((_, true)) => {}
-        _ => return Err(ApiError::invalid_grant("the device code was already used")),
-    }
-    let upstream = approved.upstream.clone();
-    let pair = crate::login::finish::start_approved(
-        state,
-        &client.id,
-        grant.audience,
-        grant.scope,
-        approved,
-        upstream,
-        ctx,
-    )
-    .await?;
-    if let Some(sid) = pair.session {
-        state.store().set_pending_session(key, sid).await?;
-    }
-    Ok(pair)
 }
 
 #[cfg(test)]

@@ -145,19 +145,23 @@ pub(crate) async fn token(
         }
         GrantType::AuthorizationCode => {
             let code = required(&req.code, "code")?;
-            crate::oauth::authorize::redeem_code(
-                &state,
-                client,
-                code,
-                req.redirect_uri.as_deref(),
-                req.code_verifier.as_deref(),
-                &ctx,
-            )
-            .await?
+            state
+                .service()
+                .redeem_code(
+                    client,
+                    code,
+                    req.redirect_uri.as_deref(),
+                    req.code_verifier.as_deref(),
+                    ctx.origin(),
+                )
+                .await?
         }
         GrantType::DeviceCode => {
             let code = required(&req.device_code, "device_code")?;
-            crate::oauth::device::poll_device(&state, client, code, &ctx).await?
+            state
+                .service()
+                .poll_device(client, code, ctx.origin())
+                .await?
         }
         GrantType::TokenExchange => {
             let pair = exchange(&state, &ctx, client, &req).await?;
