@@ -94,4 +94,36 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn every_route_served_is_named_for_the_metrics() {
+        // The areas' `routes()`, read from their source: every path given to `.route(` must be
+        // in that area's `ROUTES`, or its requests would be counted as `other`.
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        for (file, prefix, names) in [
+            ("observe/mod.rs", "", observe::ROUTES),
+            ("oauth/mod.rs", "", oauth::ROUTES),
+            ("login/mod.rs", "", login::ROUTES),
+            ("kube/mod.rs", "", kube::ROUTES),
+            ("admin/mod.rs", "/admin/v1", admin::ROUTES),
+        ] {
+            let text = std::fs::read_to_string(src.join(file)).unwrap();
+            let mut served = 0;
+            for part in text.split(".route(").skip(1) {
+                let path = part.trim_start().trim_start_matches('"');
+                let path = &path[..path.find('"').unwrap()];
+                let full = format!("{prefix}{path}");
+                assert!(
+                    names.contains(&full.as_str()),
+                    "{file} serves {full} but its ROUTES does not name it"
+                );
+                served += 1;
+            }
+            assert_eq!(
+                served,
+                names.len(),
+                "{file}: ROUTES names a route it does not serve"
+            );
+        }
+    }
 }

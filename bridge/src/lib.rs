@@ -17,7 +17,8 @@
 //! Handlers are thin: check the caller, parse into the service's types, call one operation,
 //! map the result. Errors become HTTP responses in one place, [`ApiError`]. Imports go one way:
 //! `app` imports the areas, the areas import `http`, `state` and `settings`, and `oauth` may use
-//! `login` but not the other way round; a test reads every `use crate::` line to keep it so.
+//! `login` but not the other way round; `bridge/tests/imports.rs` reads every path in the code
+//! (`crate::`, `super::`, modules brought in by `use`) and fails on a cycle or a rule broken.
 //! [`AppState`] holds state, not operations.
 
 mod admin;

@@ -350,6 +350,16 @@ fn the_areas_depend_one_way() {
                     "{from} (login) imports {t}: logins end in the token service, not in another area"
                 );
             }
+            if matches!(area(from), "kube" | "oauth" | "login" | "admin" | "observe") {
+                let to = area(t);
+                assert!(
+                    to == area(from)
+                        || matches!(to, "http" | "state" | "settings")
+                        || (area(from) == "oauth" && to == "login"),
+                    "{from} imports {t}: an area uses only its own modules, `http`, `state` and \
+                     `settings` (and `oauth` the `login` area); move what both need into `http`"
+                );
+            }
             if matches!(from.as_str(), "state" | "settings") {
                 // Shared state, below every handler: it may hold an area's state types, never
                 // reach its handlers.

@@ -23,11 +23,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 /// The grant type of a Kerberos login.
-const KERBEROS_GRANT: &str = "urn:idbridge:params:oauth:grant-type:kerberos";
+const KERBEROS_GRANT: &str = idbridge_core::GrantType::Kerberos.as_str();
 /// The device grant's grant type.
-const DEVICE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
+const DEVICE_GRANT: &str = idbridge_core::GrantType::DeviceCode.as_str();
 /// The built-in first-party client.
-const CLI_CLIENT: &str = "idbridge-cli";
+const CLI_CLIENT: &str = idbridge_tokens::CLI_CLIENT;
 /// A cached access token is used again only while it has at least this long to live.
 const MIN_FRESH_SECS: u64 = 60;
 
@@ -228,7 +228,10 @@ async fn browser(http: &reqwest::Client, issuer: &str, args: &LoginArgs) -> anyh
     }
     let code = get("code").context("the browser's answer has no code")?;
     let form = [
-        ("grant_type", "authorization_code".to_owned()),
+        (
+            "grant_type",
+            idbridge_core::GrantType::AuthorizationCode.to_string(),
+        ),
         ("client_id", CLI_CLIENT.to_owned()),
         ("code", code),
         ("redirect_uri", redirect),
@@ -402,7 +405,10 @@ async fn refresh(
     refresh_token: &str,
 ) -> anyhow::Result<Cached> {
     let form = [
-        ("grant_type", "refresh_token".to_owned()),
+        (
+            "grant_type",
+            idbridge_core::GrantType::RefreshToken.to_string(),
+        ),
         ("client_id", CLI_CLIENT.to_owned()),
         ("refresh_token", refresh_token.to_owned()),
     ];

@@ -103,8 +103,8 @@ enum Command {
         #[command(flatten)]
         target: admin_cmd::Target,
     },
-    /// Log in with the identity you already hold (a Kerberos ticket) and print or cache the
-    /// session's access token; silent, so kubectl can run it as an exec credential plugin.
+    /// Log in (with your Kerberos ticket, in a browser, or with a device code) and print or
+    /// cache the session's access token; silent, so kubectl can run it as an exec plugin.
     ///
     /// The session is cached per issuer: a fresh access token is reused, a stale one refreshed,
     /// and only an ended session logs in again.

@@ -11,7 +11,7 @@ use idbridge_bridge::{
     client_verifier, serve_with,
 };
 use idbridge_core::{Clock, SystemClock};
-use idbridge_tokens::{AdminOps, Audit, AuditSink, Client, MayAct, Rotate, Secret, Who};
+use idbridge_tokens::{Audit, AuditSink, Client, MayAct, Rotate, Secret, Who};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -349,8 +349,7 @@ async fn reload(args: &ServeArgs, running: &Config, issuer: &str, state: &AppSta
         }
         let token = profile::webhook_token(&cfg)?;
         if let Some(file) = &cfg.accounts_file {
-            let ops = AdminOps::new(state.store().clone(), Arc::new(SystemClock));
-            profile::sync_accounts_file(file, &ops, &**state.store()).await?;
+            profile::sync_accounts_file(file, state.ops(), &**state.store()).await?;
         }
         state.set_settings(settings(&cfg, issuer, token, proxy_in_tls(running))?);
         anyhow::Ok(())

@@ -4,7 +4,9 @@
 //! account, bind as the user on a separate connection, then resolve the user's groups, nested
 //! ones included. Servers are tried in order with a back-off for a dead one; connections are
 //! pooled and replaced when they break. Every user-supplied value put into a filter is escaped
-//! (RFC 4515); every search that can be large is paged (RFC 2696).
+//! (RFC 4515); every search that can be large is paged (RFC 2696). Active Directory's quirks
+//! (binary `objectGUID` and SIDs, `userAccountControl`, `accountExpires`) live in `ad`; how a
+//! user's groups become a token's (filters, mapping, the cap per audience) in `shape`.
 
 mod ad;
 mod config;

@@ -1,5 +1,5 @@
 //! The testkit: starts real servers for end-to-end tests, each on an ephemeral port in its own
-//! temporary directory, and waits until they are ready without sleeping.
+//! temporary directory, and waits until they are ready by polling them (never a fixed sleep).
 //!
 //! The `idbridge` binary is found through `IDBRIDGE_BIN`, or in the workspace's target directory
 //! (`scripts/test` builds it first). A missing binary is a test failure that says how to build it.

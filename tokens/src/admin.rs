@@ -77,12 +77,15 @@ impl std::fmt::Debug for CreatedToken {
     }
 }
 
-/// Administrative operations over a store.
+/// Administrative operations over a store. Inside the token service, every change that can
+/// take access away empties the verification caches before it returns, whoever called it (the
+/// admin API, the sync worker); over a bare store (`--offline`) there is no cache to empty.
 #[derive(Debug, Clone)]
 pub struct AdminOps {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     random: Arc<dyn Random>,
+    caches: Option<Arc<crate::verify::Authenticator>>,
 }
 
 impl AdminOps {
@@ -103,6 +106,20 @@ impl AdminOps {
             store,
             clock,
             random,
+            caches: None,
+        }
+    }
+
+    /// These operations, emptying `caches` after every change that can take access away.
+    #[must_use]
+    pub fn emptying(mut self, caches: Arc<crate::verify::Authenticator>) -> Self {
+        self.caches = Some(caches);
+        self
+    }
+
+    fn changed(&self) {
+        if let Some(c) = &self.caches {
+            c.invalidate();
         }
     }
 
@@ -146,6 +163,7 @@ impl AdminOps {
         if account.disabled != disabled {
             account.disabled = disabled;
             self.store.update_account(&account).await?;
+            self.changed();
         }
         Ok(account)
     }
@@ -198,10 +216,12 @@ impl AdminOps {
     /// # Errors
     /// `NoSuchToken`, or a store failure.
     pub async fn revoke_token(&self, id: TokenId) -> Result<StaticToken, OpsError> {
-        match self.store.revoke_static_token(id, self.clock.now()).await {
-            Err(StoreError::NotFound(_)) => Err(OpsError::NoSuchToken(id)),
-            other => Ok(other?),
-        }
+        let revoked = match self.store.revoke_static_token(id, self.clock.now()).await {
+            Err(StoreError::NotFound(_)) => return Err(OpsError::NoSuchToken(id)),
+            other => other?,
+        };
+        self.changed();
+        Ok(revoked)
     }
 
     /// Sessions, of one account or all, with their state under `idle_timeout`.
@@ -252,7 +272,11 @@ impl AdminOps {
             .await
         {
             Err(StoreError::NotFound(_)) => Err(OpsError::NoSuchSession(id)),
-            other => Ok(other?),
+            other => {
+                let session = other?;
+                self.changed();
+                Ok(session)
+            }
         }
     }
 
@@ -281,6 +305,7 @@ impl AdminOps {
                 }
             }
         }
+        self.changed();
         Ok(UserRevocation {
             account: account.name,
             uid: account.uid,
@@ -296,10 +321,11 @@ impl AdminOps {
     /// A store failure.
     pub async fn revoke_jti(&self, jti: &str, max_lifetime: u64) -> Result<(), OpsError> {
         let now = self.clock.now();
-        Ok(self
-            .store
+        self.store
             .revoke_jti(jti, now.plus_secs(max_lifetime), now)
-            .await?)
+            .await?;
+        self.changed();
+        Ok(())
     }
 
     /// The signing keys, never their private parts.

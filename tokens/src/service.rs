@@ -18,7 +18,7 @@ struct Inner {
     random: Arc<dyn Random>,
     keys: RwLock<Arc<KeySet>>,
     policy: RwLock<Arc<Policy>>,
-    auth: Authenticator,
+    auth: Arc<Authenticator>,
     audit: Audit,
     ops: AdminOps,
     kek: RwLock<Option<Kek>>,
@@ -76,9 +76,11 @@ impl TokenService {
         policy: Policy,
         audit: Audit,
     ) -> Self {
+        let auth = Arc::new(Authenticator::new(&policy));
         Self(Arc::new(Inner {
-            ops: AdminOps::with_random(store.clone(), clock.clone(), random.clone()),
-            auth: Authenticator::new(&policy),
+            ops: AdminOps::with_random(store.clone(), clock.clone(), random.clone())
+                .emptying(auth.clone()),
+            auth,
             store,
             clock,
             random,
@@ -223,5 +225,46 @@ impl TokenService {
                 &*self.0.clock,
             )
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use idbridge_core::{FixedClock, InsecureCounterRandom, NewAccount, UnixTime};
+    use idbridge_store::SqliteStore;
+
+    use super::*;
+    use crate::audit::AuditSink;
+
+    #[tokio::test]
+    async fn an_admin_change_takes_effect_at_the_next_verification_whoever_made_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(&dir.path().join("s.db")).await.unwrap());
+        let (kid, der) = KeySet::generate().unwrap();
+        let s = TokenService::with_random(
+            store,
+            Arc::new(FixedClock::at(UnixTime(1_900_000_000))),
+            Arc::new(InsecureCounterRandom::default()),
+            KeySet::from_pkcs8(&[(kid, der)]).unwrap(),
+            Policy::new("https://idbridge.test".into()),
+            Audit::open(&AuditSink::Discard).unwrap(),
+        );
+        let alice = "alice".parse().unwrap();
+        s.ops().add_account(NewAccount::named(alice)).await.unwrap();
+        let alice = "alice".parse().unwrap();
+        let made = s
+            .ops()
+            .create_token(&alice, None, String::new())
+            .await
+            .unwrap();
+        assert!(!s.authenticate(&made.secret, &[]).await.unwrap().cached);
+        assert!(s.authenticate(&made.secret, &[]).await.unwrap().cached);
+        // No call to `invalidate` here: the operation empties the cache itself.
+        s.ops().set_disabled(&alice, true).await.unwrap();
+        assert!(s.authenticate(&made.secret, &[]).await.is_err());
+        s.ops().set_disabled(&alice, false).await.unwrap();
+        assert!(s.authenticate(&made.secret, &[]).await.is_ok());
+        s.ops().revoke_token(made.token.id).await.unwrap();
+        assert!(s.authenticate(&made.secret, &[]).await.is_err());
     }
 }

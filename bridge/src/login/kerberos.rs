@@ -46,20 +46,11 @@ pub(crate) async fn login_kerberos(
     };
     let settings = state.settings();
     let Some(token) = crate::login::kerberos::offered(&headers) else {
-        let mut r = login_page(
-            &settings,
-            &login,
-            Some(
-                "Your browser did not offer a Kerberos ticket: sign in to your computer's domain (kinit), or allow this site for Negotiate, or use another method.",
-            ),
-            StatusCode::UNAUTHORIZED,
-            None,
-        );
-        r.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Negotiate"),
-        );
-        return r;
+        return ApiError::Negotiate(
+            "Your browser did not offer a Kerberos ticket: sign in to your computer's domain (kinit), or allow this site for Negotiate, or use another method."
+                .into(),
+        )
+        .into_page(|m| login_page(&settings, &login, Some(m), StatusCode::OK, None));
     };
     match crate::login::kerberos::kerberos_account(&state, token, &login.audience, &ctx).await {
         Ok((account, groups, _mutual)) => {

@@ -202,15 +202,13 @@ pub(crate) async fn device_submit(
         state
             .service()
             .login_denied(ctx.origin(), "login.device", None, "throttled");
-        let mut r = page::error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "Too many wrong codes",
-            &format!("Too many wrong codes from this address; try again in {wait} s."),
-        );
-        if let Ok(v) = axum::http::HeaderValue::from_str(&wait.to_string()) {
-            r.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
-        }
-        return r;
+        return ApiError::Throttled(wait).into_page(|_| {
+            page::error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too many wrong codes",
+                &format!("Too many wrong codes from this address; try again in {wait} s."),
+            )
+        });
     }
     let now = state.clock().now();
     let found = match state
