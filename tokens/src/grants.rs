@@ -1,5 +1,5 @@
 //! Logins that finish on another request: authorization codes (RFC 6749 section 4.1, with PKCE)
-//! and device codes (RFC 8628). A browser login ends by issuing a code, or by approving a
+//! and device codes (RFC 8628); and the single use of an exchanged upstream ID token. A browser login ends by issuing a code, or by approving a
 //! device's code; the client then redeems it at the token endpoint, once, for a session.
 //!
 //! Both are single-use pending records named by the hash of their secret. A code presented a
@@ -161,6 +161,29 @@ impl TokenService {
             session: None,
         };
         Ok(self.store().put_pending(&record).await?)
+    }
+
+    /// Marks an upstream ID token exchanged (RFC 8693 with an ID token as the subject): each
+    /// may start one session, and the record of it lasts until the token has expired. Returns
+    /// false when it was exchanged already.
+    ///
+    /// # Errors
+    /// A store failure.
+    pub async fn spend_id_token(&self, raw: &str, exp: UnixTime) -> Result<bool, TokenError> {
+        let once = Pending {
+            key: hash_token(&format!("id_token\0{raw}")),
+            alias: None,
+            kind: PendingKind::IdToken,
+            data: String::new(),
+            expires_at: exp.plus_secs(self.policy().clock_skew.as_secs()),
+            used_at: Some(self.clock().now()),
+            session: None,
+        };
+        match self.store().put_pending(&once).await {
+            Ok(()) => Ok(true),
+            Err(idbridge_core::StoreError::Conflict(_)) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// A session for an approved login.

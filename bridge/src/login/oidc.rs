@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use idbridge_core::{ExternalIdentity, Pending, PendingKind, UserAccount};
+use idbridge_core::{ExternalIdentity, PendingKind, UserAccount};
 use idbridge_tokens::provision::Provision;
 use idbridge_tokens::{Client, Login, Secret, TokenPair, UpstreamGrant, hash_token, new_secret};
 use serde::Deserialize;
@@ -339,24 +339,15 @@ pub(crate) async fn exchange_id_token(
     let Some(exp) = claims.get("exp").and_then(serde_json::Value::as_i64) else {
         return Err(deny("the ID token has no exp claim".into()));
     };
-    let once = Pending {
-        key: hash_token(&format!("id_token\0{raw}")),
-        alias: None,
-        kind: PendingKind::IdToken,
-        data: String::new(),
-        expires_at: idbridge_core::UnixTime(exp).plus_secs(settings.tokens.clock_skew.as_secs()),
-        used_at: Some(state.clock().now()),
-        session: None,
-    };
-    match state.store().put_pending(&once).await {
-        Ok(()) => {}
-        Err(idbridge_core::StoreError::Conflict(_)) => {
-            return Err(deny(
-                "this ID token was exchanged already; log in at the provider again for a new one"
-                    .into(),
-            ));
-        }
-        Err(e) => return Err(e.into()),
+    if !state
+        .service()
+        .spend_id_token(raw, idbridge_core::UnixTime(exp))
+        .await?
+    {
+        return Err(deny(
+            "this ID token was exchanged already; log in at the provider again for a new one"
+                .into(),
+        ));
     }
     let (account, groups) = upstream_account(state, up, &claims, ctx).await?;
     state
