@@ -39,33 +39,18 @@ pub fn app(state: AppState) -> Router {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
 
     use axum::body::Body;
     use axum::http::{Request, StatusCode};
-    use idbridge_core::{FixedClock, UnixTime};
-    use idbridge_tokens::{Audit, AuditSink, KeySet};
+
     use tower::ServiceExt;
 
     use super::*;
-    use crate::settings::Settings;
 
     #[tokio::test]
     async fn every_route_the_metrics_name_is_served() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(
-            idbridge_store::SqliteStore::open(&dir.path().join("s.db"))
-                .await
-                .unwrap(),
-        );
-        let (kid, der) = KeySet::generate().unwrap();
-        let state = AppState::new(
-            store,
-            Arc::new(FixedClock::at(UnixTime(1_900_000_000))),
-            KeySet::from_pkcs8(&[(kid, der)]).unwrap(),
-            Settings::new("https://idbridge.test".into()),
-            Audit::open(&AuditSink::Discard).unwrap(),
-        );
+        let state = crate::state::test_state(dir.path()).await;
         let router = app(state);
         for area in [
             observe::ROUTES,

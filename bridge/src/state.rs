@@ -192,3 +192,23 @@ impl AppState {
         self.0.service.authenticate(token, audiences).await
     }
 }
+
+/// A state over a fresh store in `dir`, for tests.
+#[cfg(test)]
+pub(crate) async fn test_state(dir: &std::path::Path) -> AppState {
+    let store = Arc::new(
+        idbridge_store::SqliteStore::open(&dir.join("s.db"))
+            .await
+            .unwrap(),
+    );
+    let (kid, der) = KeySet::generate().unwrap();
+    AppState::new(
+        store,
+        Arc::new(idbridge_core::FixedClock::at(idbridge_core::UnixTime(
+            1_900_000_000,
+        ))),
+        KeySet::from_pkcs8(&[(kid, der)]).unwrap(),
+        Settings::new("https://idbridge.test".into()),
+        Audit::open(&idbridge_tokens::AuditSink::Discard).unwrap(),
+    )
+}

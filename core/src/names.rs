@@ -145,7 +145,7 @@ string_newtype!(
     /// An OAuth client's `client_id`: 1 to 128 printable characters.
     ClientId,
     "client id",
-    check_client_id
+    |s| check_plain("client id", s, 128)
 );
 
 string_newtype!(
@@ -155,34 +155,17 @@ string_newtype!(
     /// characters, without control characters.
     Audience,
     "audience",
-    check_audience
+    |s| check_plain("audience", s, 512)
 );
 
-fn check_client_id(s: &str) -> Result<(), Error> {
-    let what = "client id";
+/// Text that travels as is (protocol identifiers): not empty, at most `max` characters, no
+/// control characters.
+fn check_plain(what: &'static str, s: &str, max: usize) -> Result<(), Error> {
     if s.is_empty() {
         return Err(Error::Empty { what });
     }
-    if s.chars().count() > 128 {
-        return Err(Error::TooLong { what, max: 128 });
-    }
-    if s.chars().any(char::is_control) {
-        return Err(Error::Invalid {
-            what,
-            value: s.escape_debug().to_string(),
-            why: "control characters are not allowed",
-        });
-    }
-    Ok(())
-}
-
-fn check_audience(s: &str) -> Result<(), Error> {
-    let what = "audience";
-    if s.is_empty() {
-        return Err(Error::Empty { what });
-    }
-    if s.chars().count() > 512 {
-        return Err(Error::TooLong { what, max: 512 });
+    if s.chars().count() > max {
+        return Err(Error::TooLong { what, max });
     }
     if s.chars().any(char::is_control) {
         return Err(Error::Invalid {

@@ -131,28 +131,8 @@ impl TokenService {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use idbridge_core::{FixedClock, InsecureCounterRandom, UnixTime};
-    use idbridge_store::SqliteStore;
 
     use super::*;
-    use crate::audit::{Audit, AuditSink};
-    use crate::keys::KeySet;
-    use crate::policy::Policy;
-
-    async fn service(dir: &std::path::Path) -> TokenService {
-        let store = Arc::new(SqliteStore::open(&dir.join("s.db")).await.unwrap());
-        let (kid, der) = KeySet::generate().unwrap();
-        TokenService::with_random(
-            store,
-            Arc::new(FixedClock::at(UnixTime(1_900_000_000))),
-            Arc::new(InsecureCounterRandom::default()),
-            KeySet::from_pkcs8(&[(kid, der)]).unwrap(),
-            Policy::new("https://idbridge.test".into()),
-            Audit::open(&AuditSink::Discard).unwrap(),
-        )
-    }
 
     fn proxy<'a>(name: &'a AccountName, jit: bool) -> Provision<'a> {
         Provision {
@@ -171,7 +151,7 @@ mod tests {
     #[tokio::test]
     async fn a_proxy_user_is_linked_to_the_account_of_its_name_or_created_once() {
         let dir = tempfile::tempdir().unwrap();
-        let s = service(dir.path()).await;
+        let s = crate::service::test_service(dir.path()).await;
         let alice: AccountName = "alice".parse().unwrap();
         let made = s
             .store()
@@ -212,7 +192,7 @@ mod tests {
     #[tokio::test]
     async fn other_methods_do_not_take_over_an_unlinked_account_with_jit() {
         let dir = tempfile::tempdir().unwrap();
-        let s = service(dir.path()).await;
+        let s = crate::service::test_service(dir.path()).await;
         let alice: AccountName = "alice".parse().unwrap();
         s.store()
             .create_account(NewAccount::named(alice.clone()), s.clock().now())

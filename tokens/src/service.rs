@@ -228,27 +228,37 @@ impl TokenService {
     }
 }
 
+/// A service over a fresh store in `dir`, with predictable randomness, for tests.
+#[cfg(test)]
+pub(crate) async fn test_service(dir: &std::path::Path) -> TokenService {
+    let store = Arc::new(
+        idbridge_store::SqliteStore::open(&dir.join("s.db"))
+            .await
+            .unwrap(),
+    );
+    let (kid, der) = KeySet::generate().unwrap();
+    TokenService::with_random(
+        store,
+        Arc::new(idbridge_core::FixedClock::at(idbridge_core::UnixTime(
+            1_900_000_000,
+        ))),
+        Arc::new(idbridge_core::InsecureCounterRandom::default()),
+        KeySet::from_pkcs8(&[(kid, der)]).unwrap(),
+        Policy::new("https://idbridge.test".into()),
+        Audit::open(&crate::audit::AuditSink::Discard).unwrap(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
-    use idbridge_core::{FixedClock, InsecureCounterRandom, NewAccount, UnixTime};
-    use idbridge_store::SqliteStore;
+    use idbridge_core::NewAccount;
 
     use super::*;
-    use crate::audit::AuditSink;
 
     #[tokio::test]
     async fn an_admin_change_takes_effect_at_the_next_verification_whoever_made_it() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(SqliteStore::open(&dir.path().join("s.db")).await.unwrap());
-        let (kid, der) = KeySet::generate().unwrap();
-        let s = TokenService::with_random(
-            store,
-            Arc::new(FixedClock::at(UnixTime(1_900_000_000))),
-            Arc::new(InsecureCounterRandom::default()),
-            KeySet::from_pkcs8(&[(kid, der)]).unwrap(),
-            Policy::new("https://idbridge.test".into()),
-            Audit::open(&AuditSink::Discard).unwrap(),
-        );
+        let s = test_service(dir.path()).await;
         let alice = "alice".parse().unwrap();
         s.ops().add_account(NewAccount::named(alice)).await.unwrap();
         let alice = "alice".parse().unwrap();

@@ -57,8 +57,7 @@ mod tests {
     use axum::Router;
     use axum::body::Body;
     use axum::routing::get;
-    use idbridge_core::{FixedClock, UnixTime};
-    use idbridge_tokens::{Audit, AuditSink, KeySet};
+
     use tower::ServiceExt;
     use tracing::Subscriber;
     use tracing::field::{Field, Visit};
@@ -67,7 +66,6 @@ mod tests {
     use tracing_subscriber::registry::LookupSpan;
 
     use super::*;
-    use crate::settings::Settings;
 
     /// The fields of each `request` span, and for every event the request id of the span it was
     /// recorded in.
@@ -166,19 +164,7 @@ mod tests {
     #[tokio::test]
     async fn each_request_has_one_info_span_that_its_events_and_only_they_carry() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(
-            idbridge_store::SqliteStore::open(&dir.path().join("s.db"))
-                .await
-                .unwrap(),
-        );
-        let (kid, der) = KeySet::generate().unwrap();
-        let state = AppState::new(
-            store,
-            Arc::new(FixedClock::at(UnixTime(1_900_000_000))),
-            KeySet::from_pkcs8(&[(kid, der)]).unwrap(),
-            Settings::new("https://idbridge.test".into()),
-            Audit::open(&AuditSink::Discard).unwrap(),
-        );
+        let state = crate::state::test_state(dir.path()).await;
         let app = Router::new()
             .route("/slow", get(slow))
             .route_layer(axum::middleware::from_fn_with_state(state.clone(), observe))
