@@ -348,27 +348,41 @@ fn main() {
         );
         server_rt.block_on(std::future::pending::<()>());
     }
-    // BENCH_INPROC=1: the cached handler alone through `oneshot`, no TLS and no sockets.
+    // BENCH_INPROC=1: the cached handler alone through `oneshot`, no TLS and no sockets, on
+    // BENCH_INPROC_TASKS tasks at once (1 by default; 2 puts both server workers on it, which
+    // shows what contention between them costs).
     if std::env::var_os("BENCH_INPROC").is_some() {
         use tower::ServiceExt;
         let router = app(make_state(300));
-        let n = 200_000;
+        let tasks = env_num("BENCH_INPROC_TASKS", 1);
+        let n: u64 = 200_000;
         let t = server_rt.block_on(async {
             let start = Instant::now();
-            for _ in 0..n {
-                let req = axum::http::Request::post("/webhooks/tokenreview?timeout=30s")
-                    .header("content-type", "application/json")
-                    .header("authorization", format!("Bearer {WEBHOOK_TOKEN}"))
-                    .body(axum::body::Body::from(body.clone()))
-                    .unwrap();
-                let resp = router.clone().oneshot(req).await.unwrap();
-                std::hint::black_box(resp.into_body().collect().await.unwrap().to_bytes());
+            let mut handles = Vec::new();
+            for _ in 0..tasks {
+                let router = router.clone();
+                let body = body.clone();
+                handles.push(tokio::spawn(async move {
+                    for _ in 0..n / tasks {
+                        let req = axum::http::Request::post("/webhooks/tokenreview?timeout=30s")
+                            .header("content-type", "application/json")
+                            .header("authorization", format!("Bearer {WEBHOOK_TOKEN}"))
+                            .body(axum::body::Body::from(body.clone()))
+                            .unwrap();
+                        let resp = router.clone().oneshot(req).await.unwrap();
+                        std::hint::black_box(resp.into_body().collect().await.unwrap().to_bytes());
+                    }
+                }));
+            }
+            for h in handles {
+                h.await.unwrap();
             }
             start.elapsed()
         });
         println!(
-            "in-process cached review: {:.2} us/op",
-            t.as_secs_f64() * 1e6 / f64::from(n)
+            "in-process cached review, {tasks} task(s): {:.2} us/op of wall time, {:.0} reviews/s",
+            t.as_secs_f64() * 1e6 / n as f64,
+            n as f64 / t.as_secs_f64()
         );
         return;
     }
