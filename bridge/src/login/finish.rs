@@ -1,5 +1,5 @@
 //! Where a finished browser login goes: an authorization code for the client's redirect URI, or
-//! the approval of a device code; and the session an approved login starts.
+//! the approval of a device code (both kept by the token service, `idbridge_tokens::grants`).
 
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};

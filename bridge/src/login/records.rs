@@ -1,6 +1,7 @@
-//! Single-use records of a login in progress: the login page's own record (its CSRF value and
-//! where it goes next), a redirect to an upstream provider, an authorization code, a device code.
-//! Each is stored under the hash of a secret only its holder has.
+//! Single-use records of a browser login in progress: the login page's own record (its CSRF value
+//! and where it goes next) and a redirect to an upstream provider, each stored under the hash of
+//! a secret only its holder has. Codes and device codes are the token service's
+//! (`idbridge_tokens::grants`).
 
 use idbridge_core::{Audience, ClientId};
 

@@ -1,5 +1,6 @@
-//! `/oauth2/authorize` (RFC 6749 section 4.1 with PKCE, RFC 9207 `iss`) and the redemption of
-//! the codes it issues.
+//! `/oauth2/authorize` (RFC 6749 section 4.1 with PKCE, RFC 9207 `iss`): the request checked
+//! (client, redirect URI, state, PKCE, audience), then the login page. The codes it leads to are
+//! issued and redeemed by the token service (`idbridge_tokens::grants`).
 
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
