@@ -73,12 +73,7 @@ async fn load_paced(
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             while let Some(due) = rx_due.recv().await {
-                let req = hyper::Request::post(path)
-                    .header("host", "localhost")
-                    .header("content-type", "application/json")
-                    .header("authorization", format!("Bearer {WEBHOOK_TOKEN}"))
-                    .body(Full::new(body.clone()))
-                    .unwrap();
+                let req = review_request(path, &body);
                 let resp = tx.send_request(req).await.unwrap();
                 assert!(resp.status().is_success(), "{}", resp.status());
                 std::hint::black_box(resp.into_body().collect().await.unwrap().to_bytes());
@@ -108,7 +103,21 @@ async fn load_paced(
     for t in tasks {
         all.extend(t.await.unwrap());
     }
-    let elapsed = start.elapsed().as_secs_f64();
+    sample(all, start.elapsed().as_secs_f64())
+}
+
+/// A TokenReview POST as kube-apiserver sends it.
+fn review_request(path: &'static str, body: &Bytes) -> hyper::Request<Full<Bytes>> {
+    hyper::Request::post(path)
+        .header("host", "localhost")
+        .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {WEBHOOK_TOKEN}"))
+        .body(Full::new(body.clone()))
+        .unwrap()
+}
+
+/// Throughput and latency percentiles of the latencies `all`, taken over `elapsed` seconds.
+fn sample(mut all: Vec<Duration>, elapsed: f64) -> Sample {
     all.sort();
     let pct = |p: f64| all[((all.len() as f64 - 1.0) * p) as usize].as_secs_f64() * 1e6;
     Sample {
@@ -136,12 +145,7 @@ async fn load(
             let mut tx = connect(addr, client).await;
             let mut lat = Vec::with_capacity(100_000);
             while Instant::now() < deadline {
-                let req = hyper::Request::post(path)
-                    .header("host", "localhost")
-                    .header("content-type", "application/json")
-                    .header("authorization", format!("Bearer {WEBHOOK_TOKEN}"))
-                    .body(Full::new(body.clone()))
-                    .unwrap();
+                let req = review_request(path, &body);
                 let t = Instant::now();
                 let resp = tx.send_request(req).await.unwrap();
                 assert!(resp.status().is_success(), "{}", resp.status());
@@ -157,14 +161,7 @@ async fn load(
     for t in tasks {
         all.extend(t.await.unwrap());
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    all.sort();
-    let pct = |p: f64| all[((all.len() as f64 - 1.0) * p) as usize].as_secs_f64() * 1e6;
-    Sample {
-        rps: all.len() as f64 / elapsed,
-        p50_us: pct(0.50),
-        p99_us: pct(0.99),
-    }
+    sample(all, started.elapsed().as_secs_f64())
 }
 
 fn main() {
