@@ -10,19 +10,7 @@ use crate::Error;
 use crate::protocol::RESERVED_PREFIX;
 
 fn check_text(what: &'static str, s: &str, max: usize) -> Result<(), Error> {
-    if s.is_empty() {
-        return Err(Error::Empty { what });
-    }
-    if s.chars().count() > max {
-        return Err(Error::TooLong { what, max });
-    }
-    if s.chars().any(char::is_control) {
-        return Err(Error::Invalid {
-            what,
-            value: s.escape_debug().to_string(),
-            why: "control characters are not allowed",
-        });
-    }
+    check_plain(what, s, max)?;
     if s.trim() != s {
         return Err(Error::Invalid {
             what,
