@@ -252,7 +252,58 @@ fn main() {
             audit,
         )
     };
-    let (hello, cached, uncached) = server_rt.block_on(async {
+    // The cached review's floor on the same stack: what a cached answer cannot do without. Read
+    // the body, parse the review, SHA-256 the token, look it up under a read lock, write the
+    // stored answer. No caller check, request id, span, metrics, audit line or body limit.
+    let floor_status: Arc<Box<serde_json::value::RawValue>> = Arc::new(
+        serde_json::value::to_raw_value(&idbridge_bridge::TokenReviewStatus {
+            authenticated: true,
+            user: Some(idbridge_bridge::UserInfo {
+                username: "alice.example".into(),
+                uid: "0190e5d4-54f0-7000-8000-000000000000".into(),
+                groups: (0..20)
+                    .map(|i| format!("corp-engineering-team-{i:02}-developers"))
+                    .collect(),
+                extra: [
+                    ("idbridge.io/amr".to_owned(), vec!["static".to_owned()]),
+                    (
+                        "idbridge.io/namespace".to_owned(),
+                        vec!["team-a".to_owned()],
+                    ),
+                ]
+                .into(),
+            }),
+            audiences: Vec::new(),
+            error: None,
+        })
+        .unwrap(),
+    );
+    let floor_cache: Arc<std::sync::RwLock<std::collections::HashMap<Vec<u8>, _>>> =
+        Arc::new(std::sync::RwLock::new(std::collections::HashMap::from([(
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, jwt.as_bytes())
+                .as_ref()
+                .to_vec(),
+            floor_status,
+        )])));
+    let review_floor_app = Router::new().route(
+        "/review-floor",
+        post(move |b: Bytes| {
+            let cache = floor_cache.clone();
+            async move {
+                let review = TokenReviewRequest::parse(&b).unwrap();
+                let key = aws_lc_rs::digest::digest(
+                    &aws_lc_rs::digest::SHA256,
+                    review.spec.token.as_bytes(),
+                );
+                let status = cache.read().unwrap().get(key.as_ref()).unwrap().clone();
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    review.answer(&status).unwrap(),
+                )
+            }
+        }),
+    );
+    let (hello, cached, uncached, review_floor) = server_rt.block_on(async {
         let hello_app = if std::env::var_os("BENCH_HELLO_BIG").is_some() {
             // Diagnostic: reads the body and answers with a TokenReview-sized static body.
             static BIG: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
@@ -270,6 +321,7 @@ fn main() {
             start(hello_app, tls.clone()).await,
             start(app(make_state(300)), tls.clone()).await,
             start(app(make_state(0)), tls.clone()).await,
+            start(review_floor_app, tls.clone()).await,
         )
     });
     let cases = [
@@ -287,6 +339,11 @@ fn main() {
             name: "TokenReview, uncached",
             addr: uncached,
             path: "/webhooks/tokenreview?timeout=30s",
+        },
+        Case {
+            name: "cached-review floor (same TLS stack)",
+            addr: review_floor,
+            path: "/review-floor",
         },
     ];
 
@@ -352,7 +409,7 @@ fn main() {
         use tower::ServiceExt;
         let router = app(make_state(300));
         let tasks = env_num("BENCH_INPROC_TASKS", 1);
-        let n: u64 = 200_000;
+        let n: u64 = env_num("BENCH_INPROC_N", 200_000);
         let t = server_rt.block_on(async {
             let start = Instant::now();
             let mut handles = Vec::new();
@@ -433,6 +490,10 @@ fn main() {
     let rps = |i: usize| samples[i].iter().map(|s| s.rps).collect::<Vec<_>>();
     let (cached_ratio, c_lo, c_hi) = ratios(&rps(1), &rps(0));
     let (uncached_ratio, u_lo, u_hi) = ratios(&rps(2), &floor);
+    // What the same stack allows a cached review at all, against hello-world; and how close
+    // the real one comes to it.
+    let (rfloor_ratio, f_lo, f_hi) = ratios(&rps(3), &rps(0));
+    let (to_floor, t_lo, t_hi) = ratios(&rps(1), &rps(3));
     let floor = median(floor);
     println!(
         "\n| case | req/s (median) | p50 latency | p99 latency | ratio (median of rounds, range) |"
@@ -441,8 +502,11 @@ fn main() {
     for (i, c) in cases.iter().enumerate() {
         let ratio = match i {
             0 => "1.00 (reference)".to_owned(),
-            1 => format!("{cached_ratio:.2} of hello-world ({c_lo:.2}–{c_hi:.2})"),
-            _ => format!("{uncached_ratio:.2} of the floor ({u_lo:.2}–{u_hi:.2})"),
+            1 => format!(
+                "{cached_ratio:.2} of hello-world ({c_lo:.2}–{c_hi:.2}); {to_floor:.2} of the cached-review floor ({t_lo:.2}–{t_hi:.2})"
+            ),
+            2 => format!("{uncached_ratio:.2} of the floor ({u_lo:.2}–{u_hi:.2})"),
+            _ => format!("{rfloor_ratio:.2} of hello-world ({f_lo:.2}–{f_hi:.2})"),
         };
         println!(
             "| {} | {:.0} | {:.0} µs | {:.0} µs | {ratio} |",
@@ -490,8 +554,9 @@ fn main() {
     );
     if quick {
         println!(
-            "quick: cached {cached_ratio:.2} of hello-world (target >= 0.75), uncached {uncached_ratio:.2} of the floor (target >= 0.85), cached p99 at half peak {:.2} ms (target <= 2 ms)",
-            paced.p99_us / 1000.0
+            "quick: cached {cached_ratio:.2} of hello-world (target >= 0.75; its floor on this stack {rfloor_ratio:.2}, so {to_floor:.2} of it), uncached {uncached_ratio:.2} of the floor (target >= 0.85), cached p99 at half peak {:.2} ms (target <= 2 ms; hello-world at that pace {:.2} ms)",
+            paced.p99_us / 1000.0,
+            hello_paced.p99_us / 1000.0
         );
     }
 }

@@ -1,8 +1,10 @@
 //! The whole service as one router: every area's routes, and the layers every request passes
 //! (request span and metrics, body first, body limit). Nothing below imports this module.
 
-use axum::extract::DefaultBodyLimit;
-use axum::{Router, middleware};
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::Response;
 
 use crate::state::AppState;
 use crate::{admin, http, kube, login, oauth, observe};
@@ -26,15 +28,18 @@ pub fn app(state: AppState) -> Router {
         .merge(kube::routes())
         .nest("/admin/v1", admin::routes())
         .layer(DefaultBodyLimit::max(limit))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            http::body::body_first,
-        ))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            observe::access::observe,
-        ))
+        .route_layer(middleware::from_fn_with_state(state.clone(), edge))
         .with_state(state)
+}
+
+/// What every routed request passes through, as one layer (each layer costs a request a few
+/// allocations and a move of its future): the request span, access line and metrics around
+/// reading the whole body before the handler runs.
+async fn edge(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    observe::access::observed(&state, req, |req| {
+        http::body::body_first(&state, req, |req| next.run(req))
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -99,6 +99,10 @@ impl Serialize for Line<'_> {
     }
 }
 
+thread_local! {
+    static LINE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 const FLUSH_EVERY: Duration = Duration::from_millis(20);
 const FLUSH_AT_BYTES: usize = 256 * 1024;
 
@@ -198,15 +202,41 @@ impl Audit {
 
     fn append(&self, event: &AuditEvent<'_>, ack: Option<tokio::sync::oneshot::Sender<()>>) {
         let Some(shared) = &self.shared else { return };
-        let ts = time::OffsetDateTime::now_utc()
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default();
-        let mut line = Vec::with_capacity(320);
-        if let Err(e) = serde_json::to_writer(&mut line, &Line { ts: &ts, event }) {
-            tracing::error!(error = %e, "cannot serialize an audit event");
-            return;
-        }
-        line.push(b'\n');
+        // The line is made outside the lock, in this thread's own buffer (no allocation per
+        // line), with the time formatted on the stack.
+        let mut ts = [0u8; 40];
+        let ts_len = {
+            let mut out = &mut ts[..];
+            let room = out.len();
+            match time::OffsetDateTime::now_utc()
+                .format_into(&mut out, &time::format_description::well_known::Rfc3339)
+            {
+                Ok(_) => room - out.len(),
+                Err(_) => 0,
+            }
+        };
+        let ts = std::str::from_utf8(&ts[..ts_len]).unwrap_or_default();
+        LINE.with_borrow_mut(|line| {
+            line.clear();
+            if let Err(e) = serde_json::to_writer(&mut *line, &Line { ts, event }) {
+                tracing::error!(error = %e, "cannot serialize an audit event");
+                return;
+            }
+            line.push(b'\n');
+            Self::push(shared, line, event, ack);
+            if line.capacity() > 16 * 1024 {
+                // An unusually long line: do not keep its buffer.
+                *line = Vec::new();
+            }
+        });
+    }
+
+    fn push(
+        shared: &Shared,
+        line: &[u8],
+        event: &AuditEvent<'_>,
+        ack: Option<tokio::sync::oneshot::Sender<()>>,
+    ) {
         let mut p = shared
             .pending
             .lock()
@@ -218,7 +248,7 @@ impl Audit {
             );
             return;
         }
-        p.buf.extend_from_slice(&line);
+        p.buf.extend_from_slice(line);
         let urgent = ack.is_some() || p.buf.len() >= FLUSH_AT_BYTES;
         if let Some(a) = ack {
             p.acks.push(a);

@@ -232,13 +232,15 @@ impl Authenticator {
         {
             return Ok(hit.clone());
         }
+        // Verifying makes a large future (the signature check, the store's lookups), and a future
+        // is moved by value into the one that awaits it, level by level up to the handler: boxed
+        // here, only a miss carries it, and a hit's futures stay a few hundred bytes.
         let result = if token.starts_with(STATIC_TOKEN_PREFIX) {
-            self.authenticate_static(token, audiences, settings, store, now)
-                .await?
+            Box::pin(self.authenticate_static(token, audiences, settings, store, now)).await?
         } else if token.bytes().filter(|b| *b == b'.').count() == 2 {
             // Keys are fetched only here: a cache hit needs none.
-            self.authenticate_jwt(token, audiences, settings, &keys(), store, now)
-                .await?
+            let keys = keys();
+            Box::pin(self.authenticate_jwt(token, audiences, settings, &keys, store, now)).await?
         } else {
             return Err(Denial::Malformed.into());
         };

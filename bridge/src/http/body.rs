@@ -1,7 +1,6 @@
 //! The request body, read whole before any handler runs, within a size and a time limit.
 
-use axum::extract::{Request, State};
-use axum::middleware::Next;
+use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 
 use crate::http::error::ApiError;
@@ -19,16 +18,16 @@ const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// sent while the client is still sending makes HTTP/2 reset the stream, and clients then
 /// report a framing error instead of the answer. A body over `limits.max_body_bytes` is read
 /// up to a cap, dropped, and answered 413.
-pub(crate) async fn body_first(
-    State(state): State<AppState>,
-    req: Request,
-    next: Next,
-) -> Response {
+pub(crate) async fn body_first<F, Fut>(state: &AppState, req: Request, next: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: std::future::Future<Output = Response>,
+{
     use http_body_util::BodyExt;
     let limit = state.settings().max_body_bytes;
     let (parts, mut body) = req.into_parts();
     if axum::body::HttpBody::is_end_stream(&body) {
-        return next.run(Request::from_parts(parts, body)).await;
+        return next(Request::from_parts(parts, body)).await;
     }
     // The chunks as they came: a body in one chunk (the usual case) is passed on uncopied.
     let mut chunks: Vec<axum::body::Bytes> = Vec::new();
@@ -73,5 +72,5 @@ pub(crate) async fn body_first(
         1 => axum::body::Body::from(chunks.remove(0)),
         _ => axum::body::Body::from(chunks.concat()),
     };
-    next.run(Request::from_parts(parts, body)).await
+    next(Request::from_parts(parts, body)).await
 }

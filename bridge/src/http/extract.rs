@@ -23,7 +23,7 @@ pub(crate) fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
 #[derive(Debug, Clone)]
 pub struct RequestCtx {
     /// Correlation id (from `X-Request-Id`, or generated).
-    pub id: String,
+    pub id: std::sync::Arc<str>,
     /// The peer address.
     pub source: Option<SocketAddr>,
     /// Whether the peer presented a client certificate that verified against a configured CA.
@@ -33,7 +33,7 @@ pub struct RequestCtx {
 }
 
 #[derive(Debug, Clone)]
-pub(crate) struct RequestId(pub String);
+pub(crate) struct RequestId(pub std::sync::Arc<str>);
 
 impl<S: Send + Sync> FromRequestParts<S> for RequestCtx {
     type Rejection = std::convert::Infallible;
@@ -44,7 +44,7 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestCtx {
             id: parts
                 .extensions
                 .get::<RequestId>()
-                .map_or_else(String::new, |r| r.0.clone()),
+                .map_or_else(|| std::sync::Arc::from(""), |r| r.0.clone()),
             source: peer.map(|p| p.addr),
             client_cert: peer.is_some_and(|p| p.client_cert),
             chain: peer.and_then(|p| p.chain.clone()),
@@ -71,16 +71,22 @@ impl RequestCtx {
 
 /// Correlation ids are a per-process random prefix and a counter: unique without a system call
 /// per request (they identify, they do not authorise).
-fn next_request_id() -> String {
+fn next_request_id() -> std::sync::Arc<str> {
+    use std::io::Write;
     use std::sync::OnceLock;
     use std::sync::atomic::AtomicU64;
     static PREFIX: OnceLock<String> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let prefix = PREFIX.get_or_init(|| uuid::Uuid::new_v4().simple().to_string()[..12].to_owned());
-    format!("{prefix}-{}", COUNTER.fetch_add(1, Ordering::Relaxed))
+    // Made on the stack, so the id costs one allocation, its own.
+    let mut buf = [0u8; 40];
+    let mut out = &mut buf[..];
+    let _ = write!(out, "{prefix}-{}", COUNTER.fetch_add(1, Ordering::Relaxed));
+    let len = 40 - out.len();
+    std::sync::Arc::from(std::str::from_utf8(&buf[..len]).unwrap_or(prefix))
 }
 
-pub(crate) fn request_id(req: &Request) -> String {
+pub(crate) fn request_id(req: &Request) -> std::sync::Arc<str> {
     req.headers()
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
@@ -90,5 +96,5 @@ pub(crate) fn request_id(req: &Request) -> String {
                 && v.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
         })
-        .map_or_else(next_request_id, str::to_owned)
+        .map_or_else(next_request_id, std::sync::Arc::from)
 }

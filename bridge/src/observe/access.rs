@@ -3,19 +3,21 @@
 
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request};
 use axum::http::HeaderValue;
-use axum::middleware::Next;
 use axum::response::Response;
+#[cfg(test)]
+use axum::{extract::State, middleware::Next};
 
 use crate::http::extract::{RequestId, request_id};
 use crate::state::AppState;
 
-pub(crate) async fn observe(
-    State(state): State<AppState>,
-    mut req: Request,
-    next: Next,
-) -> Response {
+/// The request span, access line and metrics around `inner` (the rest of the request).
+pub(crate) async fn observed<F, Fut>(state: &AppState, mut req: Request, inner: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: std::future::Future<Output = Response>,
+{
     use tracing::Instrument;
     let start = Instant::now();
     let id = request_id(&req);
@@ -32,9 +34,10 @@ pub(crate) async fn observe(
         status = tracing::field::Empty,
         latency_ms = tracing::field::Empty,
     );
-    req.extensions_mut().insert(RequestId(id.clone()));
-    let mut resp = next.run(req).instrument(span.clone()).await;
-    if let Ok(v) = HeaderValue::from_str(&id) {
+    let header = HeaderValue::from_str(&id).ok();
+    req.extensions_mut().insert(RequestId(id));
+    let mut resp = inner(req).instrument(span.clone()).await;
+    if let Some(v) = header {
         resp.headers_mut().insert("x-request-id", v);
     }
     let elapsed = start.elapsed();
@@ -48,6 +51,12 @@ pub(crate) async fn observe(
         .metrics()
         .observe(route_str, resp.status().as_u16(), elapsed);
     resp
+}
+
+/// [`observed`] as a middleware of its own.
+#[cfg(test)]
+pub(crate) async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    observed(&state, req, |req| next.run(req)).await
 }
 
 #[cfg(test)]
