@@ -1,6 +1,7 @@
 //! TokenReview throughput and latency over loopback TLS with keep-alive, beside a bare axum
 //! hello-world served by the same TLS stack, and beside the in-process floor (parse the review,
-//! verify the JWT, serialize the answer) — all in one run, so the ratios hold on a noisy machine.
+//! verify the JWT, serialize the answer) and the cached review's floor on the same stack (parse,
+//! hash, look up, answer; nothing else) — all in one run, so the ratios hold on a noisy machine.
 //!
 //! Run: `cargo bench -p idbridge-bridge --bench tokenreview` (BENCH_SECS, BENCH_ROUNDS,
 //! BENCH_CONNS tune it). Prints medians over rounds, interleaved so drift hits every case alike,
