@@ -5,6 +5,7 @@
 //! (`scripts/test` builds it first). A missing binary is a test failure that says how to build it.
 
 pub mod kdc;
+pub mod kube;
 pub mod kubectl;
 pub mod ldap;
 pub mod load;
