@@ -6,7 +6,6 @@
 
 pub mod kdc;
 pub mod kube;
-pub mod kubectl;
 pub mod ldap;
 pub mod load;
 pub mod oidc;

@@ -11,6 +11,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use idbridge_tests::Idbridge;
 use idbridge_tests::kdc::{Kdc, curl_negotiate_token};
+use idbridge_tests::kube::{ApiServer, Authn};
 use serde_json::Value;
 use tokio::process::Command;
 
@@ -232,8 +233,8 @@ async fn the_session_is_cached_refreshed_and_used_by_kubectl() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(sessions(&i, "alice").await, 2);
 
-    // kubectl runs `idbridge login` as its exec credential plugin and sends the token to its
-    // API server; TokenReview accepts it.
+    // kubectl runs `idbridge login` as its exec credential plugin and sends the token to a real
+    // kube-apiserver wired to this idbridge by its generated webhook.kubeconfig.
     let mut env = realm.kdc.env();
     env.push(("KRB5CCNAME".into(), format!("FILE:{}", cc.display())));
     let user = format!(
@@ -243,11 +244,18 @@ async fn the_session_is_cached_refreshed_and_used_by_kubectl() {
         bin = idbridge_tests::idbridge_bin().display(),
         cache = dir.path().join("kubectl-cache").display(),
     );
-    let bearer = idbridge_tests::kubectl::bearer_token_sent(dir.path(), &user, &env)
-        .await
-        .unwrap();
-    let review = i.review(&bearer, &[]).await.unwrap();
-    assert_eq!(review["user"]["username"], "alice", "{review}");
+    let api = ApiServer::start(
+        dir.path(),
+        Authn {
+            webhook_kubeconfig: Some(i.data_dir.join("webhook.kubeconfig")),
+            ..Authn::default()
+        },
+    )
+    .await
+    .unwrap();
+    let kubeconfig = api.kubeconfig("kubeconfig-exec", &user).unwrap();
+    let who = api.whoami_with(&kubeconfig, &env).await.unwrap();
+    assert_eq!(who["username"], "alice", "{who}");
     assert_eq!(sessions(&i, "alice").await, 3);
 }
 

@@ -74,13 +74,186 @@ async fn the_webhook_and_the_jwt_authenticator_see_the_same_user() {
     assert_eq!(by_static["uid"], uid.as_str());
     assert!(jwt.whoami(&s.admin_token()).await.is_err());
 
-    // A token altered anywhere is Unauthorized by both.
+    // Altered, expired and wrong-audience tokens are Unauthorized by both; the last two are
+    // signed with the server's own key.
     let mut tampered = token.clone().into_bytes();
     let last = tampered.len() - 2;
     tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
     let tampered = String::from_utf8(tampered).unwrap();
-    for api in [&webhook, &jwt] {
-        let e = api.whoami(&tampered).await.unwrap_err();
-        assert!(format!("{e:#}").contains("Unauthorized"), "{e:#}");
+    let expired = resigned(&s, &token, |c| {
+        c.exp = c.iat - 60;
+        c.nbf = c.iat - 3600;
+        c.iat -= 3600;
+    })
+    .await;
+    let elsewhere = resigned(&s, &token, |c| c.aud = vec!["vault".parse().unwrap()]).await;
+    for (what, bad) in [
+        ("tampered", &tampered),
+        ("expired", &expired),
+        ("wrong audience", &elsewhere),
+    ] {
+        for (wiring, api) in [("webhook", &webhook), ("JWT", &jwt)] {
+            let e = api.whoami(bad).await.unwrap_err();
+            assert!(
+                format!("{e:#}").contains("Unauthorized"),
+                "{what} token through the {wiring} authenticator: {e:#}"
+            );
+        }
     }
+}
+
+/// `token`'s claims changed by `f`, signed again with the server's own signing key.
+async fn resigned(
+    s: &Idbridge,
+    token: &str,
+    f: impl Fn(&mut idbridge_tokens::AccessClaims),
+) -> String {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use idbridge_core::KeyStore;
+    let payload = token.split('.').nth(1).unwrap();
+    let mut claims: idbridge_tokens::AccessClaims =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+    f(&mut claims);
+    let store = idbridge_store::SqliteStore::open(&s.data_dir.join("idbridge.db"))
+        .await
+        .unwrap();
+    let kek = idbridge_tokens::Kek::from_file(&s.data_dir.join("kek")).unwrap();
+    let keys =
+        idbridge_tokens::KeySet::from_stored(&store.signing_keys().await.unwrap(), Some(&kek))
+            .unwrap();
+    keys.sign(&claims).unwrap()
+}
+
+/// Accounts alice (dev) and bob (ops), from an accounts file.
+async fn with_accounts(dir: &std::path::Path) -> Idbridge {
+    Idbridge::start_with_accounts(
+        dir,
+        "- name: alice\n  groups: [dev]\n- name: bob\n  groups: [ops]\n",
+        "",
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn rbac_forbids_until_a_binding_names_the_users_group() {
+    let dir = scratch();
+    let s = with_accounts(dir.path()).await;
+    let api = ApiServer::start(
+        dir.path(),
+        Authn {
+            webhook_kubeconfig: Some(s.data_dir.join("webhook.kubeconfig")),
+            ..Authn::default()
+        },
+    )
+    .await
+    .unwrap();
+    let alice = s
+        .access_token(&s.create_token("alice", false).await.unwrap())
+        .await
+        .unwrap();
+    let alice_cfg = api.token_kubeconfig(&alice).unwrap();
+    let admin_cfg = api.token_kubeconfig(&api.admin_token).unwrap();
+    let (code, _, err) = api
+        .kubectl(&alice_cfg, &["get", "namespaces"], &[])
+        .await
+        .unwrap();
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("Forbidden") && err.contains("User \"alice\""),
+        "{err}"
+    );
+    for args in [
+        &[
+            "create",
+            "clusterrole",
+            "ns-reader",
+            "--verb=get,list",
+            "--resource=namespaces",
+        ][..],
+        &[
+            "create",
+            "clusterrolebinding",
+            "dev-reads-ns",
+            "--clusterrole=ns-reader",
+            "--group=dev",
+        ],
+    ] {
+        let (code, _, err) = api.kubectl(&admin_cfg, args, &[]).await.unwrap();
+        assert_eq!(code, 0, "{args:?}: {err}");
+    }
+    // RBAC sees the binding at once; the webhook's answer was never the question.
+    let (code, out, err) = api
+        .kubectl(&alice_cfg, &["get", "namespaces"], &[])
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("default"), "{out}");
+    // bob is in another group: still Forbidden.
+    let bob = s
+        .access_token(&s.create_token("bob", false).await.unwrap())
+        .await
+        .unwrap();
+    let (code, _, err) = api
+        .kubectl(
+            &api.token_kubeconfig(&bob).unwrap(),
+            &["get", "namespaces"],
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_ne!(code, 0);
+    assert!(err.contains("Forbidden"), "{err}");
+}
+
+/// Webhook only: a disabled account's token is refused once kube-apiserver's cache of the
+/// webhook's answer expires. JWT and webhook: kube-apiserver verifies the token itself and keeps
+/// accepting it until it expires; the webhook never sees it.
+#[tokio::test]
+async fn disabling_takes_effect_through_the_webhook_only_wiring_and_not_through_the_jwt_one() {
+    let dir = scratch();
+    let s = with_accounts(dir.path()).await;
+    let webhook = Authn {
+        webhook_kubeconfig: Some(s.data_dir.join("webhook.kubeconfig")),
+        args: vec!["--authentication-token-webhook-cache-ttl=1s".into()],
+        ..Authn::default()
+    };
+    let both = Authn {
+        authentication_config: Some(s.data_dir.join("authentication-config.yaml")),
+        ..webhook.clone()
+    };
+    let (only, both) = tokio::join!(
+        ApiServer::start(dir.path(), webhook),
+        ApiServer::start(dir.path(), both)
+    );
+    let (only, both) = (only.unwrap(), both.unwrap());
+    let alice = s
+        .access_token(&s.create_token("alice", false).await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(only.whoami(&alice).await.unwrap()["username"], "alice");
+    assert_eq!(
+        both.wait_authenticated(&alice).await.unwrap()["username"],
+        "alice"
+    );
+
+    s.cli_ok(&["user", "disable", "alice"]).await.unwrap();
+    // kube-apiserver 1.33 caches a webhook's success for at least 10 s, whatever the TTL.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        match only.whoami(&alice).await {
+            Err(e) if format!("{e:#}").contains("Unauthorized") => break,
+            Err(e) => panic!("{e:#}"),
+            Ok(_) if std::time::Instant::now() > deadline => {
+                panic!("a disabled account's token was still accepted after a minute")
+            }
+            Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(500)).await,
+        }
+    }
+    let still = both.whoami(&alice).await.unwrap();
+    assert_eq!(
+        still["username"], "alice",
+        "the JWT authenticator does not ask idbridge: the token works until it expires"
+    );
 }
