@@ -642,12 +642,18 @@ fn kube_files(
     });
     Ok((
         format!(
-            "# kube-apiserver --authentication-token-webhook-config-file=<this file>\n{}",
+            "# kube-apiserver --authentication-token-webhook-config-file=<this file> \\\n\
+             #   --authentication-token-webhook-version=v1 --authentication-token-webhook-cache-ttl=10s\n\
+             # Webhook only: revocation and disabling take effect once kube-apiserver's cache of\n\
+             # an answer expires (at least 10 s). See docs/kubernetes.md for the two wirings.\n{}",
             serde_yaml_ng::to_string(&kubeconfig)?
         ),
         format!(
             "# kube-apiserver --authentication-config=<this file>\n\
-             # Maps idbridge access tokens to the same user TokenReview returns.\n{}",
+             # Maps idbridge access tokens to the same user TokenReview returns.\n\
+             # JWT + webhook: kube-apiserver verifies access tokens itself and tries this first,\n\
+             # so a revoked session's or a disabled user's access token keeps working until it\n\
+             # expires (tokens.access_token_ttl). Leave this out where revocation must bite.\n{}",
             serde_yaml_ng::to_string(&authn)?
         ),
     ))

@@ -257,3 +257,54 @@ async fn disabling_takes_effect_through_the_webhook_only_wiring_and_not_through_
         "the JWT authenticator does not ask idbridge: the token works until it expires"
     );
 }
+
+/// The header's `kid` of a JWT.
+fn kid(token: &str) -> String {
+    use base64::Engine;
+    let header = token.split('.').next().unwrap();
+    let v: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(header)
+            .unwrap(),
+    )
+    .unwrap();
+    v["kid"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn after_a_key_rotation_the_jwt_authenticator_accepts_the_new_key_without_a_restart() {
+    let dir = scratch();
+    let s = Idbridge::start_config(
+        dir.path(),
+        "bootstrap_admin: true\nkeys:\n  publish_lead: 2s\n".into(),
+    )
+    .await
+    .unwrap();
+    let api = ApiServer::start(
+        dir.path(),
+        Authn {
+            authentication_config: Some(s.data_dir.join("authentication-config.yaml")),
+            ..Authn::default()
+        },
+    )
+    .await
+    .unwrap();
+    let before = s.access_token(&s.admin_token()).await.unwrap();
+    api.wait_authenticated(&before).await.unwrap();
+    // The next key has been published since the start; once the lead has passed, a rotation
+    // asked for signs with it at once.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let out = s.cli(&["keys", "rotate"]).await.unwrap();
+    assert_eq!(out.0, 0, "{out:?}");
+    assert!(out.2.contains("signs now"), "{}", out.2);
+    let after = s.access_token(&s.admin_token()).await.unwrap();
+    assert_ne!(
+        kid(&before),
+        kid(&after),
+        "the rotation did not take effect at once"
+    );
+    let who = api.wait_authenticated(&after).await.unwrap();
+    assert_eq!(who["username"], "admin");
+    // Tokens signed by the old key still work until they expire.
+    assert_eq!(api.whoami(&before).await.unwrap()["username"], "admin");
+}

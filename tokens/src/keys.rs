@@ -313,7 +313,9 @@ pub fn maintain(
         ring.iter().position(|k| k.state == KeyState::Next),
     ) {
         let (cur, next) = (&ring[ci], &ring[ni]);
-        let due = rotate == Rotate::Now
+        // Asked to rotate, the ring rotates now when the next key has been published long
+        // enough, rather than at the next background pass.
+        let due = rotate != Rotate::Policy
             || next.activated_at.is_some_and(|t| t <= now)
             || cur
                 .activated_at
@@ -446,6 +448,18 @@ mod tests {
             set.verifier(&newer).is_some(),
             "the next key is already published"
         );
+        // Asked once the next key has been published long enough, the ring switches at once,
+        // not at the next background pass.
+        let asked = maintain(
+            &rotated,
+            t0.plus_secs(2 * LEAD),
+            &POLICY,
+            Rotate::Soon,
+            None,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(kid_in(&asked, KeyState::Current), newer);
 
         // The retired key goes once its last token has expired.
         let kept = maintain(
