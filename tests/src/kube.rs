@@ -158,6 +158,42 @@ pub struct Authn {
     pub args: Vec<String>,
 }
 
+impl Authn {
+    /// Webhook only: the `webhook.kubeconfig` an idbridge generated in `data_dir`.
+    #[must_use]
+    pub fn webhook(data_dir: &Path) -> Self {
+        Self {
+            webhook_kubeconfig: Some(data_dir.join("webhook.kubeconfig")),
+            ..Self::default()
+        }
+    }
+
+    /// The JWT authenticator only: the `authentication-config.yaml` in `data_dir`.
+    #[must_use]
+    pub fn jwt(data_dir: &Path) -> Self {
+        Self {
+            authentication_config: Some(data_dir.join("authentication-config.yaml")),
+            ..Self::default()
+        }
+    }
+
+    /// JWT + webhook: both files from `data_dir`.
+    #[must_use]
+    pub fn both(data_dir: &Path) -> Self {
+        Self {
+            authentication_config: Self::jwt(data_dir).authentication_config,
+            ..Self::webhook(data_dir)
+        }
+    }
+
+    /// With `flag` added.
+    #[must_use]
+    pub fn arg(mut self, flag: &str) -> Self {
+        self.args.push(flag.to_owned());
+        self
+    }
+}
+
 /// A running kube-apiserver.
 #[derive(Debug)]
 pub struct ApiServer {

@@ -244,15 +244,9 @@ async fn the_session_is_cached_refreshed_and_used_by_kubectl() {
         bin = idbridge_tests::idbridge_bin().display(),
         cache = dir.path().join("kubectl-cache").display(),
     );
-    let api = ApiServer::start(
-        dir.path(),
-        Authn {
-            webhook_kubeconfig: Some(i.data_dir.join("webhook.kubeconfig")),
-            ..Authn::default()
-        },
-    )
-    .await
-    .unwrap();
+    let api = ApiServer::start(dir.path(), Authn::webhook(&i.data_dir))
+        .await
+        .unwrap();
     let kubeconfig = api.kubeconfig("kubeconfig-exec", &user).unwrap();
     let who = api.whoami_with(&kubeconfig, &env).await.unwrap();
     assert_eq!(who["username"], "alice", "{who}");

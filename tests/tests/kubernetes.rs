@@ -26,20 +26,8 @@ async fn the_webhook_and_the_jwt_authenticator_see_the_same_user() {
     let dir = scratch();
     let s = Idbridge::start(dir.path()).await.unwrap();
     let (webhook, jwt) = tokio::join!(
-        ApiServer::start(
-            dir.path(),
-            Authn {
-                webhook_kubeconfig: Some(s.data_dir.join("webhook.kubeconfig")),
-                ..Authn::default()
-            },
-        ),
-        ApiServer::start(
-            dir.path(),
-            Authn {
-                authentication_config: Some(s.data_dir.join("authentication-config.yaml")),
-                ..Authn::default()
-            },
-        ),
+        ApiServer::start(dir.path(), Authn::webhook(&s.data_dir),),
+        ApiServer::start(dir.path(), Authn::jwt(&s.data_dir),),
     );
     let (webhook, jwt) = (webhook.unwrap(), jwt.unwrap());
     let uid = s.account_uid("admin", false).await.unwrap();
@@ -140,15 +128,9 @@ async fn with_accounts(dir: &std::path::Path) -> Idbridge {
 async fn rbac_forbids_until_a_binding_names_the_users_group() {
     let dir = scratch();
     let s = with_accounts(dir.path()).await;
-    let api = ApiServer::start(
-        dir.path(),
-        Authn {
-            webhook_kubeconfig: Some(s.data_dir.join("webhook.kubeconfig")),
-            ..Authn::default()
-        },
-    )
-    .await
-    .unwrap();
+    let api = ApiServer::start(dir.path(), Authn::webhook(&s.data_dir))
+        .await
+        .unwrap();
     let alice = s
         .access_token(&s.create_token("alice", false).await.unwrap())
         .await
@@ -214,15 +196,9 @@ async fn rbac_forbids_until_a_binding_names_the_users_group() {
 async fn disabling_takes_effect_through_the_webhook_only_wiring_and_not_through_the_jwt_one() {
     let dir = scratch();
     let s = with_accounts(dir.path()).await;
-    let webhook = Authn {
-        webhook_kubeconfig: Some(s.data_dir.join("webhook.kubeconfig")),
-        args: vec!["--authentication-token-webhook-cache-ttl=1s".into()],
-        ..Authn::default()
-    };
-    let both = Authn {
-        authentication_config: Some(s.data_dir.join("authentication-config.yaml")),
-        ..webhook.clone()
-    };
+    let ttl = "--authentication-token-webhook-cache-ttl=1s";
+    let webhook = Authn::webhook(&s.data_dir).arg(ttl);
+    let both = Authn::both(&s.data_dir).arg(ttl);
     let (only, both) = tokio::join!(
         ApiServer::start(dir.path(), webhook),
         ApiServer::start(dir.path(), both)
@@ -280,15 +256,9 @@ async fn after_a_key_rotation_the_jwt_authenticator_accepts_the_new_key_without_
     )
     .await
     .unwrap();
-    let api = ApiServer::start(
-        dir.path(),
-        Authn {
-            authentication_config: Some(s.data_dir.join("authentication-config.yaml")),
-            ..Authn::default()
-        },
-    )
-    .await
-    .unwrap();
+    let api = ApiServer::start(dir.path(), Authn::jwt(&s.data_dir))
+        .await
+        .unwrap();
     let before = s.access_token(&s.admin_token()).await.unwrap();
     api.wait_authenticated(&before).await.unwrap();
     // The next key has been published since the start; once the lead has passed, a rotation
