@@ -649,7 +649,7 @@ fn kube_files(
             serde_yaml_ng::to_string(&kubeconfig)?
         ),
         format!(
-            "# kube-apiserver --authentication-config=<this file>\n\
+            "# kube-apiserver --authentication-config=<this file>, beside the webhook's flags\n\
              # Maps idbridge access tokens to the same user TokenReview returns.\n\
              # JWT + webhook: kube-apiserver verifies access tokens itself and tries this first,\n\
              # so a revoked session's or a disabled user's access token keeps working until it\n\
