@@ -1,13 +1,11 @@
 //! The whole service as one router: every area's routes, and the layers every request passes
 //! (request span and metrics, body first, body limit). Nothing below imports this module.
 
-use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::extract::DefaultBodyLimit;
+use axum::{Router, middleware};
 
 use crate::state::AppState;
-use crate::{admin, http, kube, login, oauth, observe};
+use crate::{admin, kube, login, oauth, observe};
 
 /// The whole service as a router; tests drive it with `oneshot`, `serve` puts it behind TLS.
 pub fn app(state: AppState) -> Router {
@@ -28,18 +26,11 @@ pub fn app(state: AppState) -> Router {
         .merge(kube::routes())
         .nest("/admin/v1", admin::routes())
         .layer(DefaultBodyLimit::max(limit))
-        .route_layer(middleware::from_fn_with_state(state.clone(), edge))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            observe::access::edge,
+        ))
         .with_state(state)
-}
-
-/// What every routed request passes through, as one layer (each layer costs a request a few
-/// allocations and a move of its future): the request span, access line and metrics around
-/// reading the whole body before the handler runs.
-async fn edge(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    observe::access::observed(&state, req, |req| {
-        http::body::body_first(&state, req, |req| next.run(req))
-    })
-    .await
 }
 
 #[cfg(test)]

@@ -644,8 +644,8 @@ fn kube_files(
         format!(
             "# kube-apiserver --authentication-token-webhook-config-file=<this file> \\\n\
              #   --authentication-token-webhook-version=v1 --authentication-token-webhook-cache-ttl=10s\n\
-             # Webhook only: revocation and disabling take effect once kube-apiserver's cache of\n\
-             # an answer expires (at least 10 s). See docs/kubernetes.md for the two wirings.\n{}",
+             # Webhook only: revocation and disabling take effect once kube-apiserver's caches of\n\
+             # an answer expire, within the TTL plus 10 s. docs/kubernetes.md has both wirings.\n{}",
             serde_yaml_ng::to_string(&kubeconfig)?
         ),
         format!(

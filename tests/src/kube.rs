@@ -77,22 +77,64 @@ pub fn kubectl_bin() -> anyhow::Result<PathBuf> {
     )
 }
 
-/// The test binary's etcd, started once; its client URL.
-///
-/// It runs under a shell that holds the read end of a pipe whose write end this process keeps:
-/// when the test binary exits, however it exits, the pipe closes and the shell stops etcd and
-/// removes its data.
-fn etcd() -> anyhow::Result<&'static str> {
-    static ETCD: std::sync::OnceLock<Result<(String, std::process::Child), String>> =
-        std::sync::OnceLock::new();
-    let started = ETCD.get_or_init(|| start_etcd().map_err(|e| format!("{e:#}")));
-    match started {
-        Ok((url, _)) => Ok(url),
-        Err(e) => bail!("{e}"),
-    }
+/// Runs a server under a shell that stops it when a pipe from this process closes: when the
+/// handle is dropped, or when the test process exits however it exits (SIGKILL included). The
+/// shell ignores SIGINT and SIGTERM, so a Ctrl-C reaches the server through the pipe and the
+/// clean-up still runs; it exits when the server does, so a server that dies is seen at once.
+/// `cleanup` is removed afterwards. The server's output goes to `log`.
+fn guarded(program: &Path, args: &[String], cleanup: &Path, log: &Path) -> anyhow::Result<Command> {
+    let log = std::fs::File::create(log)?;
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(
+            r#"trap '' INT TERM
+dir="$1"; shift
+exec 3<&0
+"$@" </dev/null 3<&- & pid=$!
+{ read -r _ <&3; kill -KILL "$pid" 2>/dev/null; } &
+reader=$!
+exec 3<&-
+wait "$pid"
+kill "$reader" 2>/dev/null
+[ -n "$dir" ] && rm -rf "$dir""#,
+        )
+        .arg("guarded-server")
+        .arg(cleanup)
+        .arg(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    Ok(cmd)
 }
 
-fn start_etcd() -> anyhow::Result<(String, std::process::Child)> {
+/// The test binary's etcd, started once; its client URL. A start that fails is tried again,
+/// with other ports, by the next test that asks.
+fn etcd() -> anyhow::Result<String> {
+    static ETCD: std::sync::Mutex<Option<(String, Child)>> = std::sync::Mutex::new(None);
+    let mut etcd = ETCD
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((url, child)) = etcd.as_mut()
+        && child.try_wait()?.is_none()
+    {
+        return Ok(url.clone());
+    }
+    let mut last = None;
+    for _ in 0..3 {
+        match start_etcd() {
+            Ok(started) => {
+                let url = started.0.clone();
+                *etcd = Some(started);
+                return Ok(url);
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("etcd did not start")))
+}
+
+fn start_etcd() -> anyhow::Result<(String, Child)> {
     let etcd = program("etcd")?;
     let dir = std::env::temp_dir().join(format!(
         "idbridge-etcd-{}-{}",
@@ -102,33 +144,42 @@ fn start_etcd() -> anyhow::Result<(String, std::process::Child)> {
             .map_or(0, |d| d.as_nanos())
     ));
     std::fs::create_dir_all(&dir)?;
-    let (client, peer) = (free_port()?, free_port()?);
+    let client = free_port()?;
+    let peer = std::iter::repeat_with(free_port)
+        .take(5)
+        .find(|p| p.as_ref().is_ok_and(|p| *p != client))
+        .context("no second free port")??;
     let client_url = format!("http://127.0.0.1:{client}");
     let peer_url = format!("http://127.0.0.1:{peer}");
-    let log = std::fs::File::create(dir.with_extension("log"))?;
-    let child = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(
-            r#"dir="$1"; shift; "$@" & pid=$!; read -r _; kill "$pid" 2>/dev/null; wait "$pid"; rm -rf "$dir" "$dir.log""#,
-        )
-        .arg("etcd-under-test")
-        .arg(&dir)
-        .arg(&etcd)
-        .arg("--name=test")
-        .arg(format!("--data-dir={}", dir.join("data").display()))
-        .arg(format!("--listen-client-urls={client_url}"))
-        .arg(format!("--advertise-client-urls={client_url}"))
-        .arg(format!("--listen-peer-urls={peer_url}"))
-        .arg(format!("--initial-advertise-peer-urls={peer_url}"))
-        .arg(format!("--initial-cluster=test={peer_url}"))
-        .stdin(Stdio::piped())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .context("cannot start etcd")?;
+    let log = dir.with_extension("log");
+    let args = vec![
+        "--name=test".to_owned(),
+        format!("--data-dir={}", dir.join("data").display()),
+        format!("--listen-client-urls={client_url}"),
+        format!("--advertise-client-urls={client_url}"),
+        format!("--listen-peer-urls={peer_url}"),
+        format!("--initial-advertise-peer-urls={peer_url}"),
+        format!("--initial-cluster=test={peer_url}"),
+    ];
+    // Spawned from a runtime of its own: etcd outlives the test that started it, and a child
+    // spawned on a test's runtime would be left without its reaper when that test ends.
+    let mut child = {
+        let _guard = reaper().enter();
+        guarded(&etcd, &args, &dir, &log)?
+            .spawn()
+            .context("cannot start etcd")?
+    };
     let deadline = Instant::now() + READY_TIMEOUT;
     let health = format!("127.0.0.1:{client}");
+    let failed = |why: &str| {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let _ = std::fs::remove_file(&log);
+        anyhow::anyhow!("etcd {why}:\n{text}")
+    };
     loop {
+        if let Some(status) = child.try_wait()? {
+            return Err(failed(&format!("exited ({status})")));
+        }
         if let Ok(mut s) = std::net::TcpStream::connect(&health) {
             let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
             let _ = s.write_all(b"GET /health HTTP/1.0\r\n\r\n");
@@ -139,12 +190,26 @@ fn start_etcd() -> anyhow::Result<(String, std::process::Child)> {
             }
         }
         if Instant::now() > deadline {
-            let log = std::fs::read_to_string(dir.with_extension("log")).unwrap_or_default();
-            bail!("etcd did not become healthy:\n{log}");
+            return Err(failed("did not become healthy"));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    // etcd keeps writing to the log it has open; the name goes now, the data dir at its end.
+    let _ = std::fs::remove_file(&log);
     Ok((client_url, child))
+}
+
+/// The runtime that reaps etcd: it lives as long as the test binary.
+fn reaper() -> &'static tokio::runtime::Runtime {
+    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RT.get_or_init(|| {
+        #[allow(clippy::expect_used)]
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("a runtime for etcd")
+    })
 }
 
 /// What a test's kube-apiserver authenticates with, beside its admin token.
@@ -229,59 +294,66 @@ impl ApiServer {
             &tokens,
             format!("{admin_token},test-admin,test-admin-uid,system:masters\n"),
         )?;
-        let port = free_port()?;
         let prefix = format!(
             "/idbridge-test-{}-{}",
             std::process::id(),
             dir.file_name().and_then(|n| n.to_str()).unwrap_or("x")
         );
-        let log_path = dir.join("kube-apiserver.log");
-        let log = std::fs::File::create(&log_path)?;
-        let mut cmd = Command::new(bin);
-        cmd.arg(format!("--etcd-servers={etcd}"))
-            .arg(format!("--etcd-prefix={prefix}"))
-            .arg("--bind-address=127.0.0.1")
-            .arg("--advertise-address=127.0.0.1")
-            .arg(format!("--secure-port={port}"))
-            .arg(format!("--cert-dir={}", dir.display()))
-            .arg(format!("--tls-cert-file={}", cert.display()))
-            .arg(format!("--tls-private-key-file={}", key.display()))
-            .arg("--endpoint-reconciler-type=none")
-            .arg("--service-cluster-ip-range=10.96.0.0/12")
-            .arg("--service-account-issuer=https://kubernetes.default.svc.cluster.local")
-            .arg(format!("--service-account-key-file={}", sa_pub.display()))
-            .arg(format!(
-                "--service-account-signing-key-file={}",
-                sa_key.display()
-            ))
-            .arg(format!("--token-auth-file={}", tokens.display()))
-            .arg("--authorization-mode=RBAC")
-            .arg("--disable-admission-plugins=ServiceAccount");
+        let mut args = vec![
+            format!("--etcd-servers={etcd}"),
+            format!("--etcd-prefix={prefix}"),
+            "--bind-address=127.0.0.1".to_owned(),
+            "--advertise-address=127.0.0.1".to_owned(),
+            format!("--cert-dir={}", dir.display()),
+            format!("--tls-cert-file={}", cert.display()),
+            format!("--tls-private-key-file={}", key.display()),
+            "--endpoint-reconciler-type=none".to_owned(),
+            "--service-cluster-ip-range=10.96.0.0/12".to_owned(),
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local".to_owned(),
+            format!("--service-account-key-file={}", sa_pub.display()),
+            format!("--service-account-signing-key-file={}", sa_key.display()),
+            format!("--token-auth-file={}", tokens.display()),
+            "--authorization-mode=RBAC".to_owned(),
+            "--disable-admission-plugins=ServiceAccount".to_owned(),
+        ];
         if let Some(p) = &authn.webhook_kubeconfig {
-            cmd.arg(format!(
+            args.push(format!(
                 "--authentication-token-webhook-config-file={}",
                 p.display()
-            ))
-            .arg("--authentication-token-webhook-version=v1");
+            ));
+            args.push("--authentication-token-webhook-version=v1".to_owned());
         }
         if let Some(p) = &authn.authentication_config {
-            cmd.arg(format!("--authentication-config={}", p.display()));
+            args.push(format!("--authentication-config={}", p.display()));
         }
-        cmd.args(&authn.args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(true);
-        let child = cmd.spawn().context("cannot start kube-apiserver")?;
-        let mut server = Self {
-            child,
-            url: format!("https://127.0.0.1:{port}"),
-            ca,
-            admin_token,
-            dir,
-        };
-        server.wait_ready().await?;
-        Ok(server)
+        args.extend(authn.args.iter().cloned());
+        // The port is free when picked and may be taken before kube-apiserver binds it: then
+        // it is tried again on another.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let port = free_port()?;
+            let mut with_port = args.clone();
+            with_port.push(format!("--secure-port={port}"));
+            let log = dir.join("kube-apiserver.log");
+            let child = guarded(&bin, &with_port, Path::new(""), &log)?
+                .spawn()
+                .context("cannot start kube-apiserver")?;
+            let mut server = Self {
+                child,
+                url: format!("https://127.0.0.1:{port}"),
+                ca: ca.clone(),
+                admin_token: admin_token.clone(),
+                dir: dir.clone(),
+            };
+            match server.wait_ready().await {
+                Ok(()) => return Ok(server),
+                Err(e) if attempt < 3 && server.log_tail().contains("address already in use") => {
+                    drop(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     async fn wait_ready(&mut self) -> anyhow::Result<()> {
@@ -351,15 +423,19 @@ impl ApiServer {
         args: &[&str],
         env: &[(String, String)],
     ) -> anyhow::Result<(i32, String, String)> {
-        let out = Command::new(kubectl_bin()?)
+        // A request, or an exec plugin, that hangs fails the test instead of holding it.
+        let run = Command::new(kubectl_bin()?)
             .arg("--kubeconfig")
             .arg(kubeconfig)
+            .arg("--request-timeout=30s")
             .args(args)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .env_remove("KUBECONFIG")
             .kill_on_drop(true)
-            .output()
+            .output();
+        let out = tokio::time::timeout(Duration::from_secs(120), run)
             .await
+            .with_context(|| format!("kubectl {args:?} did not finish in 2 minutes"))?
             .context("cannot run kubectl")?;
         Ok((
             out.status.code().unwrap_or(-1),

@@ -165,13 +165,25 @@ async fn rbac_forbids_until_a_binding_names_the_users_group() {
         let (code, _, err) = api.kubectl(&admin_cfg, args, &[]).await.unwrap();
         assert_eq!(code, 0, "{args:?}: {err}");
     }
-    // RBAC sees the binding at once; the webhook's answer was never the question.
-    let (code, out, err) = api
-        .kubectl(&alice_cfg, &["get", "namespaces"], &[])
-        .await
-        .unwrap();
-    assert_eq!(code, 0, "{err}");
-    assert!(out.contains("default"), "{out}");
+    // RBAC sees the binding once its informers have it (bounded); the webhook's answer was
+    // never the question.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (code, out, err) = api
+            .kubectl(&alice_cfg, &["get", "namespaces", "-o", "name"], &[])
+            .await
+            .unwrap();
+        if code == 0 {
+            assert!(out.contains("namespace/"), "{out}");
+            break;
+        }
+        assert!(err.contains("Forbidden"), "{err}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still Forbidden 30 s after the binding: {err}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
     // bob is in another group: still Forbidden.
     let bob = s
         .access_token(&s.create_token("bob", false).await.unwrap())
