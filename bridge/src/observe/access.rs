@@ -158,6 +158,17 @@ mod tests {
         }
     }
 
+    /// Captures this thread's spans and events at info level until the guard goes.
+    fn capturing() -> (Capture, tracing::subscriber::DefaultGuard) {
+        let capture = Capture::default();
+        let subscriber = tracing_subscriber::registry().with(
+            capture
+                .clone()
+                .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
+        );
+        (capture, tracing::subscriber::set_default(subscriber))
+    }
+
     async fn slow(headers: axum::http::HeaderMap) -> &'static str {
         let who = headers
             .get("x-request-id")
@@ -181,13 +192,7 @@ mod tests {
             .route("/slow", get(slow))
             .route_layer(axum::middleware::from_fn_with_state(state.clone(), edge))
             .with_state(state);
-        let capture = Capture::default();
-        let subscriber = tracing_subscriber::registry().with(
-            capture
-                .clone()
-                .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
-        );
-        let _guard = tracing::subscriber::set_default(subscriber);
+        let (capture, _guard) = capturing();
         let call = |id: &'static str| {
             let app = app.clone();
             async move {
@@ -250,13 +255,7 @@ mod tests {
             .route("/echo", axum::routing::post(|b: String| async move { b }))
             .route_layer(axum::middleware::from_fn_with_state(state.clone(), edge))
             .with_state(state.clone());
-        let capture = Capture::default();
-        let subscriber = tracing_subscriber::registry().with(
-            capture
-                .clone()
-                .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
-        );
-        let _guard = tracing::subscriber::set_default(subscriber);
+        let (capture, _guard) = capturing();
         let too_big = vec![b'x'; state.settings().max_body_bytes + 1];
         let req = axum::http::Request::post("/echo")
             .header("x-request-id", "req-big")
