@@ -286,6 +286,21 @@ impl Idbridge {
         read_trimmed(&self.data_dir.join("webhook.token"))
     }
 
+    /// The server's own signing keys, read from its store and unsealed with its `kek`: for
+    /// tests that sign tokens it must judge (expired, for another audience, tampered claims).
+    ///
+    /// # Errors
+    /// If the store or the key file cannot be read.
+    pub async fn own_keys(&self) -> anyhow::Result<idbridge_tokens::KeySet> {
+        use idbridge_core::KeyStore;
+        let store = idbridge_store::SqliteStore::open(&self.data_dir.join("idbridge.db")).await?;
+        let kek = idbridge_tokens::Kek::from_file(&self.data_dir.join("kek"))?;
+        Ok(idbridge_tokens::KeySet::from_stored(
+            &store.signing_keys().await?,
+            Some(&kek),
+        )?)
+    }
+
     /// The audit log so far. Lines of acknowledged changes are always there; review lines are
     /// written moments later, so to see every line use [`Idbridge::stop_and_read_audit`].
     #[must_use]

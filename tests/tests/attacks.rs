@@ -806,7 +806,6 @@ async fn hostile_jwts(
 ) -> (Idbridge, String, Vec<(&'static str, &'static str, String)>) {
     use base64::Engine;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    use idbridge_core::KeyStore;
     use idbridge_tokens::{AccessClaims, KeySet};
     use serde_json::json;
     let s = Idbridge::start(dir).await.unwrap();
@@ -817,11 +816,7 @@ async fn hostile_jwts(
     let claims: AccessClaims =
         serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
     let kid = header["kid"].as_str().unwrap().to_owned();
-    let store = idbridge_store::SqliteStore::open(&s.data_dir.join("idbridge.db"))
-        .await
-        .unwrap();
-    let kek = idbridge_tokens::Kek::from_file(&s.data_dir.join("kek")).unwrap();
-    let ours = KeySet::from_stored(&store.signing_keys().await.unwrap(), Some(&kek)).unwrap();
+    let ours = s.own_keys().await.unwrap();
     let now = claims.iat;
     let with = |f: &dyn Fn(&mut AccessClaims)| {
         let mut c = claims.clone();

@@ -98,19 +98,11 @@ async fn resigned(
 ) -> String {
     use base64::Engine;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    use idbridge_core::KeyStore;
     let payload = token.split('.').nth(1).unwrap();
     let mut claims: idbridge_tokens::AccessClaims =
         serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
     f(&mut claims);
-    let store = idbridge_store::SqliteStore::open(&s.data_dir.join("idbridge.db"))
-        .await
-        .unwrap();
-    let kek = idbridge_tokens::Kek::from_file(&s.data_dir.join("kek")).unwrap();
-    let keys =
-        idbridge_tokens::KeySet::from_stored(&store.signing_keys().await.unwrap(), Some(&kek))
-            .unwrap();
-    keys.sign(&claims).unwrap()
+    s.own_keys().await.unwrap().sign(&claims).unwrap()
 }
 
 /// Accounts alice (dev) and bob (ops), from an accounts file.
