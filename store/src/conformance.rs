@@ -839,31 +839,57 @@ pub async fn revoking_a_user_revokes_only_their_live_sessions(f: &dyn StoreFacto
 
     let bob = named(&s, "bob").await;
     let carol = named(&s, "carol").await;
-    let live = stored_session(&s, bob.uid, 1000, 10).await;
-    let ended = stored_session(&s, bob.uid, 40, 11).await;
-    let earlier = stored_session(&s, bob.uid, 1000, 12).await;
-    s.revoke_session(earlier.id, "earlier", UnixTime(35))
-        .await
-        .unwrap();
-    let others = stored_session(&s, carol.uid, 1000, 13).await;
+    let sessions = MixedSessions::store(&s, bob.uid, carol.uid, 10).await;
     assert_eq!(
         s.revoke_account_sessions(bob.uid, "offboarded", UnixTime(50))
             .await
             .unwrap(),
         1
     );
-    let live = s.session(live.id).await.unwrap().unwrap();
-    assert_eq!(
-        (live.revoked_at, live.revoked_reason.as_deref()),
-        (Some(UnixTime(50)), Some("offboarded"))
-    );
-    assert_eq!(s.session(ended.id).await.unwrap(), Some(ended));
-    let earlier = s.session(earlier.id).await.unwrap().unwrap();
-    assert_eq!(
-        (earlier.revoked_at, earlier.revoked_reason.as_deref()),
-        (Some(UnixTime(35)), Some("earlier"))
-    );
-    assert_eq!(s.session(others.id).await.unwrap(), Some(others));
+    sessions.only_the_live_one_was_revoked_at_50(&s).await;
+}
+
+/// bob's sessions at time 50, of every kind a revocation of his sessions must tell apart: one
+/// live, one ended at 40, one already revoked at 35 ("earlier"); and carol's live one.
+struct MixedSessions {
+    live: Session,
+    ended: Session,
+    earlier: Session,
+    others: Session,
+}
+
+impl MixedSessions {
+    async fn store(s: &Arc<dyn Store>, bob: AccountUid, carol: AccountUid, byte: u8) -> Self {
+        let live = stored_session(s, bob, 1000, byte).await;
+        let ended = stored_session(s, bob, 40, byte + 1).await;
+        let earlier = stored_session(s, bob, 1000, byte + 2).await;
+        s.revoke_session(earlier.id, "earlier", UnixTime(35))
+            .await
+            .unwrap();
+        let others = stored_session(s, carol, 1000, byte + 3).await;
+        Self {
+            live,
+            ended,
+            earlier,
+            others,
+        }
+    }
+
+    /// After bob was offboarded at 50: the live session revoked then, the others as they were.
+    async fn only_the_live_one_was_revoked_at_50(self, s: &Arc<dyn Store>) {
+        let live = s.session(self.live.id).await.unwrap().unwrap();
+        assert_eq!(
+            (live.revoked_at, live.revoked_reason.as_deref()),
+            (Some(UnixTime(50)), Some("offboarded"))
+        );
+        assert_eq!(s.session(self.ended.id).await.unwrap(), Some(self.ended));
+        let earlier = s.session(self.earlier.id).await.unwrap().unwrap();
+        assert_eq!(
+            (earlier.revoked_at, earlier.revoked_reason.as_deref()),
+            (Some(UnixTime(35)), Some("earlier"))
+        );
+        assert_eq!(s.session(self.others.id).await.unwrap(), Some(self.others));
+    }
 }
 
 // Logins in progress.
@@ -1325,13 +1351,7 @@ pub async fn disabling_in_a_batch_revokes_only_the_accounts_live_sessions(f: &dy
     new.identities.insert(directory("d-bob"));
     let bob = s.create_account(new, UnixTime(1)).await.unwrap();
     let carol = named(&s, "carol").await;
-    let live = stored_session(&s, bob.uid, 1000, 1).await;
-    let ended = stored_session(&s, bob.uid, 40, 2).await;
-    let earlier = stored_session(&s, bob.uid, 1000, 3).await;
-    s.revoke_session(earlier.id, "earlier", UnixTime(35))
-        .await
-        .unwrap();
-    let others = stored_session(&s, carol.uid, 1000, 4).await;
+    let sessions = MixedSessions::store(&s, bob.uid, carol.uid, 1).await;
     let disable = AccountChange::Disable {
         uid: bob.uid,
         reason: "offboarded".into(),
@@ -1349,15 +1369,7 @@ pub async fn disabling_in_a_batch_revokes_only_the_accounts_live_sessions(f: &dy
         ..bob.clone()
     };
     assert_eq!(s.account(bob.uid).await.unwrap(), Some(disabled.clone()));
-    let live = s.session(live.id).await.unwrap().unwrap();
-    assert_eq!(
-        (live.revoked_at, live.revoked_reason.as_deref()),
-        (Some(UnixTime(50)), Some("offboarded"))
-    );
-    assert_eq!(s.session(ended.id).await.unwrap(), Some(ended));
-    let earlier = s.session(earlier.id).await.unwrap().unwrap();
-    assert_eq!(earlier.revoked_reason.as_deref(), Some("earlier"));
-    assert_eq!(s.session(others.id).await.unwrap(), Some(others));
+    sessions.only_the_live_one_was_revoked_at_50(&s).await;
     assert_eq!(s.account(carol.uid).await.unwrap(), Some(carol));
     assert_eq!(
         s.apply_account_changes(&[disable], UnixTime(60))
