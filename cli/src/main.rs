@@ -11,6 +11,7 @@
 
 mod admin_cmd;
 mod config;
+mod kubeconfig;
 mod login;
 mod profile;
 mod serve;
@@ -114,6 +115,19 @@ enum Command {
         idbridge login --issuer https://idbridge.example.com --output token\n  \
         idbridge login --issuer https://127.0.0.1:8443 --ca-file idbridge-data/ca.crt --service HTTP@idbridge.example.com")]
     Login(login::LoginArgs),
+    /// Show the cached sessions: user, UID, groups, namespace and when the token expires.
+    Whoami(login::WhoamiArgs),
+    /// Revoke the cached session at the server and remove it from the cache; the next kubectl
+    /// run logs in again.
+    Logout(login::LogoutArgs),
+    /// Add (or update) a cluster, a user that runs `idbridge login` and a context to your
+    /// kubeconfig; every other entry is kept byte for byte.
+    #[command(after_help = "Examples:\n  \
+        idbridge kubeconfig --server https://k8s.example.com:6443 --issuer https://idbridge.example.com\n  \
+        idbridge kubeconfig --server https://k8s.example.com:6443 --issuer https://idbridge.example.com \\\n      \
+        --method device --cluster-ca-file k8s-ca.crt --context prod\n  \
+        kubectl get pods                                 # logs in on first use")]
+    Kubeconfig(kubeconfig::KubeconfigArgs),
 }
 
 fn init_logging(format: LogFormat) {
@@ -130,8 +144,23 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// The command's name: `kubectl idbridge` when run as the kubectl plugin `kubectl-idbridge`.
+fn parse_command_line() -> Cli {
+    use clap::{CommandFactory, FromArgMatches};
+    let as_plugin = std::env::args_os()
+        .next()
+        .map(std::path::PathBuf::from)
+        .and_then(|p| p.file_name().map(|n| n.to_owned()))
+        .is_some_and(|n| n == "kubectl-idbridge");
+    let mut cmd = Cli::command();
+    if as_plugin {
+        cmd = cmd.bin_name("kubectl idbridge").name("kubectl idbridge");
+    }
+    Cli::from_arg_matches(&cmd.get_matches()).unwrap_or_else(|e| e.exit())
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse_command_line();
     init_logging(cli.log_format);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -152,6 +181,9 @@ fn main() -> ExitCode {
             Command::Revoke { what, target } => admin_cmd::revoke(what, &target).await,
             Command::Keys { cmd, target } => admin_cmd::keys(cmd, &target).await,
             Command::Login(args) => login::run(args).await,
+            Command::Whoami(args) => login::whoami(args).await,
+            Command::Logout(args) => login::logout(args).await,
+            Command::Kubeconfig(args) => kubeconfig::run(&args),
         }
     });
     match result {

@@ -1,0 +1,587 @@
+//! `idbridge kubeconfig`: adds a cluster, a user that runs `idbridge login` as kubectl's exec
+//! credential plugin, and a context to a kubeconfig.
+//!
+//! The file is edited as text, not re-serialized: the three entries are replaced or appended in
+//! their sections and every other byte is kept, comments and layout included. The result is
+//! parsed again and compared with the old file, entry by entry, before it replaces it (a
+//! temporary file, fsync, rename); a layout that cannot be edited so is refused and nothing is
+//! written. While editing, `<file>.lock` is held the way kubectl holds it, so kubectl and idbridge
+//! never write the file at once.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use clap::Args;
+use serde_json::{Value, json};
+
+use crate::login::{Fallback, Method};
+
+/// Flags of `idbridge kubeconfig`.
+#[derive(Debug, Args)]
+pub struct KubeconfigArgs {
+    /// The Kubernetes API server's URL.
+    #[arg(long, value_name = "URL")]
+    pub server: String,
+    /// The idbridge server, by its issuer URL.
+    #[arg(long, env = "IDBRIDGE_ISSUER", value_name = "URL")]
+    pub issuer: String,
+    /// How kubectl logs you in (see `idbridge login --help`).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub method: Method,
+    /// With `--method auto`: the method used when there is no Kerberos ticket [default: browser].
+    #[arg(long, value_enum)]
+    pub fallback: Option<Fallback>,
+    /// PEM CA bundle of the API server's certificate, embedded in the kubeconfig [default: the
+    /// system's roots].
+    #[arg(long, value_name = "FILE")]
+    pub cluster_ca_file: Option<PathBuf>,
+    /// PEM CA bundle of the idbridge server's certificate, which `idbridge login` is told to
+    /// trust [default: the system's roots].
+    #[arg(long, value_name = "FILE")]
+    pub issuer_ca_file: Option<PathBuf>,
+    /// Name of the context and of its cluster; the user is `idbridge-<NAME>` [default: the API
+    /// server's host].
+    #[arg(long, value_name = "NAME")]
+    pub context: Option<String>,
+    /// Audience of the access token [default: the server's first audience].
+    #[arg(long)]
+    pub audience: Option<String>,
+    /// With `--method password`: the directory user name [default: asked on the terminal].
+    #[arg(long)]
+    pub username: Option<String>,
+    /// The kubeconfig to write [default: the first file of $KUBECONFIG that exists, else its
+    /// last, else ~/.kube/config; as kubectl chooses].
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The command kubectl runs [default: the path of this idbridge binary].
+    #[arg(long)]
+    pub command: Option<String>,
+    /// Leave the kubeconfig's current context as it is.
+    #[arg(long)]
+    pub no_switch: bool,
+}
+
+/// The file to edit, as kubectl picks the file it writes new entries to.
+fn target(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = explicit {
+        return Ok(p.to_owned());
+    }
+    if let Some(list) = std::env::var_os("KUBECONFIG").filter(|v| !v.is_empty()) {
+        let files: Vec<PathBuf> = std::env::split_paths(&list)
+            .filter(|p| !p.as_os_str().is_empty())
+            .collect();
+        if let Some(p) = files.iter().find(|p| p.exists()).or(files.last()) {
+            return Ok(p.clone());
+        }
+    }
+    Ok(std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .context("no kubeconfig: pass --kubeconfig, or set KUBECONFIG or HOME")?
+        .join(".kube")
+        .join("config"))
+}
+
+fn absolute(p: &Path, flag: &str) -> anyhow::Result<PathBuf> {
+    std::fs::canonicalize(p).with_context(|| format!("{flag} {}", p.display()))
+}
+
+/// The three entries, each a YAML block sequence item.
+struct Entries {
+    context: String,
+    user: String,
+    cluster: Value,
+    user_entry: Value,
+    context_entry: Value,
+}
+
+fn entries(args: &KubeconfigArgs) -> anyhow::Result<Entries> {
+    let server = reqwest::Url::parse(&args.server)
+        .with_context(|| format!("--server {:?} is not a URL", args.server))?;
+    if server.scheme() != "https" {
+        bail!(
+            "--server {}: kubectl sends tokens only over https",
+            args.server
+        );
+    }
+    let host = server
+        .host_str()
+        .with_context(|| format!("--server {:?} names no host", args.server))?;
+    reqwest::Url::parse(&args.issuer)
+        .with_context(|| format!("--issuer {:?} is not a URL", args.issuer))?;
+    let context = match &args.context {
+        Some(c) if c.trim().is_empty() => bail!("--context is empty"),
+        Some(c) => c.clone(),
+        None => match server.port() {
+            Some(p) => format!("{host}-{p}"),
+            None => host.to_owned(),
+        },
+    };
+    let user = format!("idbridge-{context}");
+    let mut cluster = json!({"server": args.server.trim_end_matches('/')});
+    if let Some(f) = &args.cluster_ca_file {
+        let pem = std::fs::read(f).with_context(|| format!("--cluster-ca-file {}", f.display()))?;
+        if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+            bail!(
+                "--cluster-ca-file {}: not a PEM certificate bundle",
+                f.display()
+            );
+        }
+        cluster["certificate-authority-data"] = STANDARD.encode(pem).into();
+    }
+    let mut login = vec![
+        "login".to_owned(),
+        "--issuer".to_owned(),
+        args.issuer.trim_end_matches('/').to_owned(),
+        "--method".to_owned(),
+        clap::ValueEnum::to_possible_value(&args.method)
+            .map(|v| v.get_name().to_owned())
+            .unwrap_or_default(),
+    ];
+    if let Some(f) = args.fallback {
+        login.push("--fallback".into());
+        login.push(
+            clap::ValueEnum::to_possible_value(&f)
+                .map(|v| v.get_name().to_owned())
+                .unwrap_or_default(),
+        );
+    }
+    if let Some(f) = &args.issuer_ca_file {
+        let pem = std::fs::read(f).with_context(|| format!("--issuer-ca-file {}", f.display()))?;
+        if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+            bail!(
+                "--issuer-ca-file {}: not a PEM certificate bundle",
+                f.display()
+            );
+        }
+        login.push("--ca-file".into());
+        login.push(absolute(f, "--issuer-ca-file")?.display().to_string());
+    }
+    if let Some(a) = &args.audience {
+        login.push("--audience".into());
+        login.push(a.clone());
+    }
+    if let Some(u) = &args.username {
+        login.push("--username".into());
+        login.push(u.clone());
+    }
+    let command = match &args.command {
+        Some(c) => c.clone(),
+        None => std::env::current_exe()
+            .context("cannot tell where this idbridge binary is: pass --command")?
+            .display()
+            .to_string(),
+    };
+    Ok(Entries {
+        cluster: json!({"name": context, "cluster": cluster}),
+        user_entry: json!({"name": user, "user": {"exec": {
+            "apiVersion": "client.authentication.k8s.io/v1",
+            "command": command,
+            "args": login,
+            "interactiveMode": "IfAvailable",
+            "provideClusterInfo": false,
+            "installHint": "idbridge logs you in to this cluster: install the idbridge binary and put it on your PATH (see its docs/kubectl.md)",
+        }}}),
+        context_entry: json!({"name": context, "context": {"cluster": context, "user": user}}),
+        context,
+        user,
+    })
+}
+
+/// A value as one YAML block sequence item, indented by `indent`.
+fn item(v: &Value, indent: &str) -> anyhow::Result<String> {
+    let text = serde_yaml_ng::to_string(&[v])?;
+    Ok(text.lines().map(|l| format!("{indent}{l}\n")).collect())
+}
+
+fn is_blank_or_comment(line: &str) -> bool {
+    let t = line.trim();
+    t.is_empty() || t.starts_with('#')
+}
+
+/// Whether `line` is a top-level key (column 0, not a comment, not a sequence item).
+fn top_level(line: &str) -> bool {
+    !line.starts_with([' ', '\t', '-', '#', '\n', '\r']) && !line.is_empty()
+}
+
+/// Sets the entry named `name` of `section` to `value`: replaces the item that has that name, or
+/// appends one; every other line is kept.
+fn set_entry(text: &str, section: &str, name: &str, value: &Value) -> anyhow::Result<String> {
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    let head = format!("{section}:");
+    let Some(k) = lines
+        .iter()
+        .position(|l| l.starts_with(&head) && top_level(l))
+    else {
+        let mut out = text.to_owned();
+        if !out.is_empty() && !out.ends_with('\n') {
+            out.push('\n');
+        }
+        out.push_str(&head);
+        out.push('\n');
+        out.push_str(&item(value, "")?);
+        return Ok(out);
+    };
+    let rest = lines[k][head.len()..].trim();
+    let rest = rest.split(" #").next().unwrap_or("").trim();
+    match rest {
+        "" => {}
+        "[]" | "null" | "~" => {
+            let mut out: String = lines[..k].concat();
+            out.push_str(&head);
+            out.push('\n');
+            out.push_str(&item(value, "")?);
+            out.push_str(&lines[k + 1..].concat());
+            return Ok(out);
+        }
+        _ => bail!("its {section} are written in a layout idbridge does not edit ({rest:.20}…)"),
+    }
+    let end = (k + 1..lines.len())
+        .find(|&j| top_level(lines[j]))
+        .unwrap_or(lines.len());
+    let indent: String = lines[k + 1..end]
+        .iter()
+        .find(|l| l.trim_start().starts_with('-'))
+        .map(|l| l[..l.len() - l.trim_start().len()].to_owned())
+        .unwrap_or_default();
+    let dash = format!("{indent}-");
+    let starts: Vec<usize> = (k + 1..end)
+        .filter(|&j| lines[j].starts_with(&dash))
+        .collect();
+    for (n, &s) in starts.iter().enumerate() {
+        let mut e = starts.get(n + 1).copied().unwrap_or(end);
+        // Blank lines and comments after the item's last line are not its own.
+        while e > s + 1 && is_blank_or_comment(lines[e - 1]) {
+            e -= 1;
+        }
+        let parsed: Value = serde_yaml_ng::from_str(&lines[s..e].concat())
+            .with_context(|| format!("its {section} entry at line {} cannot be read", s + 1))?;
+        if parsed.pointer("/0/name").and_then(Value::as_str) == Some(name) {
+            let mut out: String = lines[..s].concat();
+            out.push_str(&item(value, &indent)?);
+            out.push_str(&lines[e..].concat());
+            return Ok(out);
+        }
+    }
+    // Not there: after the section's last item.
+    let mut at = end;
+    while at > k + 1 && is_blank_or_comment(lines[at - 1]) {
+        at -= 1;
+    }
+    let mut out: String = lines[..at].concat();
+    if !out.ends_with('\n') {
+        out.push('\n');
+    }
+    out.push_str(&item(value, &indent)?);
+    out.push_str(&lines[at..].concat());
+    Ok(out)
+}
+
+/// Sets `current-context`.
+fn set_current(text: &str, name: &str) -> anyhow::Result<String> {
+    let value = serde_yaml_ng::to_string(name)?;
+    let line = format!("current-context: {}\n", value.trim_end());
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    match lines.iter().position(|l| l.starts_with("current-context:")) {
+        Some(k) => Ok(format!(
+            "{}{line}{}",
+            lines[..k].concat(),
+            lines[k + 1..].concat()
+        )),
+        None => {
+            let mut out = text.to_owned();
+            if !out.is_empty() && !out.ends_with('\n') {
+                out.push('\n');
+            }
+            out.push_str(&line);
+            Ok(out)
+        }
+    }
+}
+
+fn parse(text: &str) -> anyhow::Result<serde_json::Map<String, Value>> {
+    if text.trim().is_empty() {
+        return Ok(serde_json::Map::new());
+    }
+    match serde_yaml_ng::from_str::<Value>(text)? {
+        Value::Object(m) => Ok(m),
+        Value::Null => Ok(serde_json::Map::new()),
+        _ => bail!("it is not a kubeconfig (not a mapping)"),
+    }
+}
+
+/// The merged file's text, checked: every entry but ours is what it was.
+fn merge(old: &str, e: &Entries, switch: bool) -> anyhow::Result<String> {
+    let before = parse(old)?;
+    let mut text = if old.trim().is_empty() {
+        "apiVersion: v1\nkind: Config\n".to_owned()
+    } else {
+        old.to_owned()
+    };
+    let ours = [
+        ("clusters", e.context.as_str(), &e.cluster),
+        ("users", e.user.as_str(), &e.user_entry),
+        ("contexts", e.context.as_str(), &e.context_entry),
+    ];
+    for (section, name, value) in ours {
+        text = set_entry(&text, section, name, value)?;
+    }
+    let current_before = before.get("current-context").cloned();
+    if switch {
+        text = set_current(&text, &e.context)?;
+    }
+    // The check: parse the result and compare it with what it must be.
+    let after = parse(&text).context("the merged file does not parse")?;
+    let mut expect = before.clone();
+    for (section, name, value) in ours {
+        let list = expect
+            .entry(section)
+            .or_insert_with(|| Value::Array(Vec::new()));
+        if list.is_null() {
+            *list = Value::Array(Vec::new());
+        }
+        let Some(items) = list.as_array_mut() else {
+            bail!("its {section} is not a list");
+        };
+        match items
+            .iter_mut()
+            .find(|i| i.get("name").and_then(Value::as_str) == Some(name))
+        {
+            Some(i) => *i = value.clone(),
+            None => items.push(value.clone()),
+        }
+    }
+    if switch {
+        expect.insert("current-context".into(), e.context.clone().into());
+    } else if let Some(c) = current_before {
+        expect.insert("current-context".into(), c);
+    }
+    if old.trim().is_empty() {
+        expect.insert("apiVersion".into(), "v1".into());
+        expect.insert("kind".into(), "Config".into());
+    }
+    if Value::Object(after) != Value::Object(expect) {
+        bail!("its layout is one idbridge cannot edit without changing other entries");
+    }
+    Ok(text)
+}
+
+/// Holds `<file>.lock` as kubectl does while it writes a kubeconfig.
+struct FileLock(PathBuf);
+
+impl FileLock {
+    fn take(file: &Path) -> anyhow::Result<Self> {
+        let mut name = file.as_os_str().to_owned();
+        name.push(".lock");
+        let lock = PathBuf::from(name);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&lock)
+            .with_context(|| {
+                format!(
+                    "cannot take {}: another kubectl or idbridge is writing the kubeconfig; if none is, remove that file",
+                    lock.display()
+                )
+            })?;
+        Ok(Self(lock))
+    }
+}
+
+impl Drop for FileLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Replaces `path` with `text` atomically, keeping its mode (0600 for a new file).
+fn replace(path: &Path, text: &str) -> anyhow::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+    b.create(dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    let file_name = path
+        .file_name()
+        .context("the kubeconfig path names no file")?;
+    let tmp = dir.join(format!(".{}.idbridge-tmp", file_name.to_string_lossy()));
+    let _ = std::fs::remove_file(&tmp);
+    let fail = || format!("cannot write {}", path.display());
+    {
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+            let mode = std::fs::metadata(path).map_or(0o600, |m| m.permissions().mode() & 0o777);
+            opts.mode(mode);
+        }
+        let mut f = opts.open(&tmp).with_context(fail)?;
+        f.write_all(text.as_bytes()).with_context(fail)?;
+        f.sync_all().with_context(fail)?;
+    }
+    std::fs::rename(&tmp, path).with_context(fail)?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(fail)?;
+    Ok(())
+}
+
+pub fn run(args: &KubeconfigArgs) -> anyhow::Result<()> {
+    let e = entries(args)?;
+    let mut path = target(args.kubeconfig.as_deref())?;
+    // A symlinked kubeconfig is edited where it points.
+    if let Ok(real) = std::fs::canonicalize(&path) {
+        path = real;
+    }
+    let _lock = FileLock::take(&path)?;
+    let old = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(err) => return Err(err).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let text = merge(&old, &e, !args.no_switch).with_context(|| {
+        format!(
+            "cannot merge into {}; nothing was changed (write to a new file with --kubeconfig, then combine them with KUBECONFIG=a:b kubectl config view --flatten)",
+            path.display()
+        )
+    })?;
+    replace(&path, &text)?;
+    println!(
+        "{}: cluster {c}, user {u} and context {c} written{}",
+        path.display(),
+        if args.no_switch {
+            String::new()
+        } else {
+            format!("; current context is now {}", e.context)
+        },
+        c = e.context,
+        u = e.user,
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(context: &str) -> KubeconfigArgs {
+        KubeconfigArgs {
+            server: "https://k8s.example.com:6443".into(),
+            issuer: "https://idbridge.example.com".into(),
+            method: Method::Device,
+            fallback: None,
+            cluster_ca_file: None,
+            issuer_ca_file: None,
+            context: Some(context.into()),
+            audience: None,
+            username: None,
+            kubeconfig: None,
+            command: Some("idbridge".into()),
+            no_switch: false,
+        }
+    }
+
+    const KUBECTL_WRITTEN: &str = "apiVersion: v1
+clusters:
+- cluster:
+    certificate-authority-data: QUJD
+    server: https://other.example.com
+  name: other
+# a comment kubectl would drop, kept here
+- cluster:
+    server: https://old.example.com
+  name: prod
+contexts:
+- context:
+    cluster: other
+    user: other-admin
+  name: other
+- context: {cluster: prod, user: idbridge-prod}
+  name: prod
+current-context: other
+kind: Config
+preferences: {}
+users:
+- name: other-admin
+  user:
+    token: \"abc: def\"
+";
+
+    #[test]
+    fn a_merge_replaces_ours_and_keeps_every_other_line() {
+        let e = entries(&args("prod")).unwrap();
+        let text = merge(KUBECTL_WRITTEN, &e, true).unwrap();
+        // Every line of the other entries is still there, in order.
+        for keep in [
+            "    certificate-authority-data: QUJD\n    server: https://other.example.com\n  name: other\n# a comment kubectl would drop, kept here\n",
+            "- context:\n    cluster: other\n    user: other-admin\n  name: other\n",
+            "- name: other-admin\n  user:\n    token: \"abc: def\"\n",
+            "preferences: {}\n",
+        ] {
+            assert!(text.contains(keep), "{keep:?} lost:\n{text}");
+        }
+        assert!(!text.contains("old.example.com"), "{text}");
+        assert!(text.contains("current-context: prod\n"), "{text}");
+        let v: Value = serde_yaml_ng::from_str(&text).unwrap();
+        assert_eq!(v["clusters"].as_array().unwrap().len(), 2);
+        assert_eq!(v["users"].as_array().unwrap().len(), 2);
+        assert_eq!(v["contexts"][1]["context"]["user"], "idbridge-prod");
+        assert_eq!(v["users"][1]["user"]["exec"]["args"][4], "device");
+        // Again: nothing changes the second time.
+        assert_eq!(merge(&text, &e, true).unwrap(), text);
+    }
+
+    #[test]
+    fn a_new_file_gets_a_whole_kubeconfig() {
+        let e = entries(&args("dev")).unwrap();
+        let text = merge("", &e, true).unwrap();
+        let v: Value = serde_yaml_ng::from_str(&text).unwrap();
+        assert_eq!(v["kind"], "Config");
+        assert_eq!(v["current-context"], "dev");
+        assert_eq!(
+            v["clusters"][0]["cluster"]["server"],
+            "https://k8s.example.com:6443"
+        );
+        assert_eq!(
+            v["users"][0]["user"]["exec"]["interactiveMode"],
+            "IfAvailable"
+        );
+    }
+
+    #[test]
+    fn indented_lists_empty_lists_and_no_switch() {
+        let old = "apiVersion: v1\nkind: Config\nclusters:\n  - name: a\n    cluster: {server: https://a}\nusers: []\ncontexts:\ncurrent-context: a\n";
+        let e = entries(&args("b")).unwrap();
+        let text = merge(old, &e, false).unwrap();
+        assert!(text.starts_with("apiVersion: v1\nkind: Config\nclusters:\n  - name: a\n    cluster: {server: https://a}\n  - name: b\n"), "{text}");
+        assert!(text.contains("current-context: a\n"), "{text}");
+    }
+
+    #[test]
+    fn a_layout_that_cannot_be_edited_is_refused() {
+        let e = entries(&args("b")).unwrap();
+        let json = r#"{"apiVersion": "v1", "kind": "Config", "clusters": [{"name": "a", "cluster": {"server": "https://a"}}]}"#;
+        assert!(merge(json, &e, true).is_err());
+        let flow = "clusters: [{name: a, cluster: {server: https://a}}]\n";
+        let err = merge(flow, &e, true).unwrap_err();
+        assert!(err.to_string().contains("clusters"), "{err}");
+    }
+
+    #[test]
+    fn bad_flags_name_themselves() {
+        let mut a = args("x");
+        a.server = "http://k8s".into();
+        assert!(entries(&a).err().unwrap().to_string().contains("--server"));
+        let mut a = args("x");
+        a.context = Some(" ".into());
+        assert!(entries(&a).err().unwrap().to_string().contains("--context"));
+    }
+}

@@ -1,0 +1,387 @@
+//! The session cache: one file per issuer, audience and identity, written atomically and readable
+//! by its owner only, and the lock that lets one process at a time refresh or log in for it.
+//!
+//! Ten `kubectl` runs started together with a stale token all run `idbridge login`: the first
+//! takes the entry's lock and refreshes, the others wait on the lock, then find a fresh token in
+//! the file and use it. The lock is an advisory file lock (`flock`), so it is released when its
+//! holder exits, however it exits; the lock file holds the holder's pid for the waiting message.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+
+/// What identifies a cache entry: the server, the audience asked for and whose session it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Key<'a> {
+    pub issuer: &'a str,
+    pub audience: Option<&'a str>,
+    /// `krb5:<principal>`, `password:<username>`, or `web` for a login in a browser (whoever logs
+    /// in there).
+    pub identity: &'a str,
+}
+
+/// A cached session.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Session {
+    pub access_token: String,
+    /// Unix seconds.
+    pub expires_at: u64,
+    pub refresh_token: Option<String>,
+    /// The entry's key, kept so `whoami` and `logout` can find and describe it.
+    #[serde(default)]
+    pub issuer: String,
+    #[serde(default)]
+    pub audience: Option<String>,
+    #[serde(default)]
+    pub identity: String,
+    /// The CA bundle the login trusted for the issuer, so `logout` can reach it again.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+/// The cache directory: `--cache-dir`, else `$XDG_CACHE_HOME/idbridge`, else `~/.cache/idbridge`.
+pub(crate) fn dir(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(d) = explicit {
+        return Ok(d.to_owned());
+    }
+    Ok(std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .context("no cache directory: set --cache-dir, XDG_CACHE_HOME or HOME")?
+        .join("idbridge"))
+}
+
+/// One entry of the cache: its session file and its lock file.
+#[derive(Debug, Clone)]
+pub(crate) struct Entry {
+    pub path: PathBuf,
+    lock_path: PathBuf,
+}
+
+impl Entry {
+    /// The entry for `key` in `dir`. The name is readable (identity and issuer host) and ends in
+    /// a hash of the exact key, so two keys never share a file.
+    pub(crate) fn new(dir: &Path, key: &Key<'_>) -> Self {
+        let exact = format!("{}\n{}\n{:?}", key.identity, key.issuer, key.audience);
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, exact.as_bytes());
+        let hash: String = digest.as_ref()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let host = key
+            .issuer
+            .split_once("://")
+            .map_or(key.issuer, |(_, rest)| rest);
+        let readable: String = format!("{}-{host}", key.identity)
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .take(80)
+            .collect();
+        let stem = format!("session-{readable}-{hash}");
+        Self {
+            path: dir.join(format!("{stem}.json")),
+            lock_path: dir.join(format!("{stem}.lock")),
+        }
+    }
+
+    fn from_session_file(path: PathBuf) -> Self {
+        let lock_path = path.with_extension("lock");
+        Self { path, lock_path }
+    }
+
+    /// The cached session, if there is a readable one.
+    pub(crate) fn read(&self) -> Option<Session> {
+        serde_json::from_slice(&std::fs::read(&self.path).ok()?).ok()
+    }
+
+    /// Takes the entry's lock, waiting at most `timeout` for another process holding it; says on
+    /// standard error what it waits for when the wait is longer than a moment.
+    pub(crate) async fn lock(&self, timeout: Duration) -> anyhow::Result<Held> {
+        let dir = self.path.parent().context("cache path has no directory")?;
+        private_dir(dir)?;
+        let mut opts = OpenOptions::new();
+        opts.read(true).write(true).create(true).truncate(false);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let mut file = opts
+            .open(&self.lock_path)
+            .with_context(|| format!("cannot open the lock {}", self.lock_path.display()))?;
+        let start = Instant::now();
+        let mut told = false;
+        let mut pause = Duration::from_millis(10);
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                Err(TryLockError::WouldBlock) => {}
+                Err(TryLockError::Error(e)) => {
+                    return Err(e)
+                        .with_context(|| format!("cannot lock {}", self.lock_path.display()));
+                }
+            }
+            let waited = start.elapsed();
+            if waited >= timeout {
+                bail!(
+                    "another idbridge login ({}) still holds {} after {}s; stop it if it hangs, or wait longer with --lock-timeout",
+                    holder(&mut file),
+                    self.lock_path.display(),
+                    timeout.as_secs()
+                );
+            }
+            if !told && waited >= Duration::from_millis(500) {
+                eprintln!(
+                    "waiting for another idbridge login ({}) to finish…",
+                    holder(&mut file)
+                );
+                told = true;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(200));
+        }
+        // Ours now: say who holds it, for those who wait.
+        file.set_len(0)?;
+        file.rewind()?;
+        write!(file, "{}", std::process::id())?;
+        Ok(Held { _file: file })
+    }
+
+    /// Writes `session` atomically (a temporary file, fsync, rename, fsync of the directory),
+    /// readable by its owner only. Call it holding the entry's lock.
+    pub(crate) fn write(&self, _held: &Held, session: &Session) -> anyhow::Result<()> {
+        let dir = self.path.parent().context("cache path has no directory")?;
+        private_dir(dir)?;
+        let tmp = self.path.with_extension("json.tmp");
+        // A temporary file left by a crash is ours to replace (we hold the lock); removing it
+        // first makes the new one get mode 0600 whatever the old one had.
+        let _ = std::fs::remove_file(&tmp);
+        let fail = || format!("cannot save the session to {}", self.path.display());
+        {
+            let mut opts = OpenOptions::new();
+            opts.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+            let mut f = opts.open(&tmp).with_context(fail)?;
+            f.write_all(&serde_json::to_vec(session)?)
+                .with_context(fail)?;
+            f.sync_all().with_context(fail)?;
+        }
+        std::fs::rename(&tmp, &self.path).with_context(fail)?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .with_context(fail)?;
+        Ok(())
+    }
+
+    /// Removes the session file (holding the lock). The lock file stays: removing it would let
+    /// a waiter lock a file another process can no longer see.
+    pub(crate) fn remove(&self, _held: &Held) -> anyhow::Result<()> {
+        match std::fs::remove_file(&self.path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("cannot remove {}", self.path.display())),
+        }
+    }
+}
+
+/// Who holds a lock, as its file says.
+fn holder(file: &mut File) -> String {
+    let mut text = String::new();
+    let _ = file.rewind().and_then(|()| file.read_to_string(&mut text));
+    match text.trim() {
+        "" => "pid unknown".to_owned(),
+        pid => format!("pid {pid}"),
+    }
+}
+
+/// A held entry lock, released when dropped (or when the process ends).
+#[derive(Debug)]
+pub(crate) struct Held {
+    _file: File,
+}
+
+/// Every entry in `dir` with its session, oldest file name first.
+pub(crate) fn entries(dir: &Path) -> Vec<(Entry, Session)> {
+    let Ok(read) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut paths: Vec<PathBuf> = read
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("session-") && n.ends_with(".json"))
+        })
+        .collect();
+    paths.sort();
+    paths
+        .into_iter()
+        .map(Entry::from_session_file)
+        .filter_map(|e| {
+            let s = e.read()?;
+            (!s.issuer.is_empty()).then_some((e, s))
+        })
+        .collect()
+}
+
+/// Creates the cache directory readable by its owner only (the file names show the user and
+/// the issuer), and makes an existing one so.
+pub(crate) fn private_dir(dir: &Path) -> anyhow::Result<()> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+    b.create(dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("cannot make {} private", dir.display()))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(token: &str) -> Session {
+        Session {
+            access_token: token.to_owned(),
+            expires_at: 1,
+            refresh_token: Some("r".into()),
+            issuer: "https://i.example".into(),
+            audience: None,
+            identity: "web".into(),
+            ca_file: None,
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_cache_dir_is_private_new_or_old() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let root = tempfile::tempdir().unwrap();
+        let fresh = root.path().join("a/idbridge");
+        private_dir(&fresh).unwrap();
+        assert_eq!(mode(&fresh), 0o700);
+        let old = root.path().join("old");
+        std::fs::create_dir(&old).unwrap();
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o755)).unwrap();
+        private_dir(&old).unwrap();
+        assert_eq!(mode(&old), 0o700);
+    }
+
+    #[test]
+    fn keys_that_differ_get_different_files() {
+        let dir = Path::new("/c");
+        let k = |identity, issuer, audience| {
+            Entry::new(
+                dir,
+                &Key {
+                    issuer,
+                    audience,
+                    identity,
+                },
+            )
+            .path
+        };
+        let a = k("password:a_b", "https://x", None);
+        assert_ne!(a, k("password:a b", "https://x", None));
+        assert_ne!(a, k("password:a_b", "https://x", Some("")));
+        assert_ne!(a, k("password:a_b", "https://y", None));
+        assert_eq!(a, k("password:a_b", "https://x", None));
+        let name = a.file_name().unwrap().to_str().unwrap();
+        assert!(name.starts_with("session-password_a_b-x-"), "{name}");
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_write_replaces_the_file_whole_and_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        let e = Entry::new(
+            root.path(),
+            &Key {
+                issuer: "https://i.example",
+                audience: None,
+                identity: "web",
+            },
+        );
+        // A stale temporary file from a crash, world-readable, does not make the next one so.
+        std::fs::write(e.path.with_extension("json.tmp"), b"junk").unwrap();
+        std::fs::set_permissions(
+            e.path.with_extension("json.tmp"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        let held = e.lock(Duration::from_secs(1)).await.unwrap();
+        e.write(&held, &session("one")).unwrap();
+        e.write(&held, &session("two")).unwrap();
+        assert_eq!(e.read().unwrap().access_token, "two");
+        let mode = std::fs::metadata(&e.path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(entries(root.path()).len(), 1);
+        e.remove(&held).unwrap();
+        assert!(e.read().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_write_that_cannot_be_saved_is_an_error() {
+        let root = tempfile::tempdir().unwrap();
+        let e = Entry::new(
+            root.path(),
+            &Key {
+                issuer: "https://i.example",
+                audience: None,
+                identity: "web",
+            },
+        );
+        let held = e.lock(Duration::from_secs(1)).await.unwrap();
+        // A directory where the temporary file goes: the open fails, for root too.
+        std::fs::create_dir_all(e.path.with_extension("json.tmp").join("x")).unwrap();
+        let err = e.write(&held, &session("one")).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("cannot save the session"),
+            "{err:#}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_held_lock_makes_the_next_wait_then_time_out_naming_the_holder() {
+        let root = tempfile::tempdir().unwrap();
+        let e = Entry::new(
+            root.path(),
+            &Key {
+                issuer: "https://i.example",
+                audience: None,
+                identity: "web",
+            },
+        );
+        let held = e.lock(Duration::from_secs(1)).await.unwrap();
+        let err = e.lock(Duration::from_millis(300)).await.unwrap_err();
+        let text = format!("{err:#}");
+        assert!(
+            text.contains(&format!("pid {}", std::process::id()))
+                && text.contains("--lock-timeout"),
+            "{text}"
+        );
+        drop(held);
+        e.lock(Duration::from_millis(300)).await.unwrap();
+    }
+}

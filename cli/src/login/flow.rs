@@ -1,0 +1,459 @@
+//! The login methods (Kerberos, browser, device code, directory password), the refresh and the
+//! revocation, as requests to the server's token endpoints.
+
+use anyhow::{Context, bail};
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use serde_json::Value;
+
+use super::cache::Session;
+use super::{CLI_CLIENT, Login, Method, PASSWORD_ENV, now};
+
+/// The grant type of a Kerberos login.
+const KERBEROS_GRANT: &str = idbridge_core::GrantType::Kerberos.as_str();
+/// The device grant's grant type.
+const DEVICE_GRANT: &str = idbridge_core::GrantType::DeviceCode.as_str();
+
+/// The server refused a token request (an OAuth error answer).
+#[derive(Debug)]
+pub(crate) struct Refused {
+    pub status: u16,
+    pub error: String,
+    pub description: String,
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the server refused the login ({} {}): {}",
+            self.status, self.error, self.description
+        )
+    }
+}
+
+impl std::error::Error for Refused {}
+
+/// Whether a refresh failed because the session is over (refused by the server), as opposed to
+/// the server being unreachable or failing: only then is a new login the answer.
+pub(crate) fn ended(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<Refused>()
+        .is_some_and(|r| (400..500).contains(&r.status))
+}
+
+/// Logs in with the method in effect. `why` is the reason a login is needed when it is not the
+/// first (the session ended).
+pub(crate) async fn login(
+    http: &reqwest::Client,
+    l: &Login<'_>,
+    why: Option<&str>,
+) -> anyhow::Result<Session> {
+    let person = match l.method {
+        Method::Browser | Method::Device => true,
+        Method::Password => l.args.username.is_none() || password_source(l).is_none(),
+        Method::Kerberos | Method::Auto => false,
+    };
+    if person {
+        let what = match (why, &l.fell_back) {
+            (Some(w), _) => w.to_owned(),
+            (None, Some(_)) => "there is no Kerberos ticket and no session".to_owned(),
+            (None, None) => "there is no session".to_owned(),
+        };
+        l.need_person(&what)?;
+    }
+    if why.is_some() {
+        eprintln!("session ended: logging in again");
+    } else if let Some(reason) = &l.fell_back {
+        tracing::debug!(%reason, "no Kerberos ticket");
+        eprintln!(
+            "no Kerberos ticket: logging in with --method {} instead (run kinit for single sign-on)",
+            l.method.name()
+        );
+    }
+    match l.method {
+        Method::Kerberos | Method::Auto => kerberos(http, l).await,
+        Method::Browser => browser(http, l).await,
+        Method::Device => device(http, l).await,
+        Method::Password => password(http, l).await,
+    }
+}
+
+/// Where the password comes from when it is not asked on the terminal.
+enum PasswordSource {
+    File(std::path::PathBuf),
+    Env,
+}
+
+fn password_source(l: &Login<'_>) -> Option<PasswordSource> {
+    if let Some(f) = &l.args.password_file {
+        return Some(PasswordSource::File(f.clone()));
+    }
+    std::env::var_os(PASSWORD_ENV).map(|_| PasswordSource::Env)
+}
+
+/// The directory password grant. The password is read from the terminal with echo off, or for
+/// automation from `--password-file` or `IDBRIDGE_PASSWORD`, never from the command line.
+async fn password(http: &reqwest::Client, l: &Login<'_>) -> anyhow::Result<Session> {
+    let username = match &l.args.username {
+        Some(u) => u.clone(),
+        None => super::terminal::ask(&format!("Username for {}: ", l.issuer)).await?,
+    };
+    if username.trim().is_empty() {
+        bail!("no username given: pass --username or type one");
+    }
+    let password = match password_source(l) {
+        Some(PasswordSource::File(f)) => {
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = std::fs::metadata(&f)
+                    .with_context(|| format!("--password-file {}", f.display()))?
+                    .permissions()
+                    .mode();
+                if mode & 0o077 != 0 {
+                    eprintln!(
+                        "warning: --password-file {} can be read by others (mode {:o}): make it private with chmod 600",
+                        f.display(),
+                        mode & 0o777
+                    );
+                }
+            }
+            let text = std::fs::read_to_string(&f)
+                .with_context(|| format!("cannot read --password-file {}", f.display()))?;
+            text.lines().next().unwrap_or("").to_owned()
+        }
+        Some(PasswordSource::Env) => {
+            eprintln!(
+                "warning: the password comes from {PASSWORD_ENV}; the environment is easy to leak (child processes, crash reports): prefer the terminal, or a private --password-file"
+            );
+            std::env::var(PASSWORD_ENV)
+                .with_context(|| format!("{PASSWORD_ENV} is not valid UTF-8"))?
+        }
+        None => super::terminal::ask_secret(&format!("Password for {username}: ")).await?,
+    };
+    if password.is_empty() {
+        bail!("the password is empty: an empty password is never sent");
+    }
+    let mut form = vec![
+        ("grant_type", "password".to_owned()),
+        ("client_id", CLI_CLIENT.to_owned()),
+        ("username", username),
+        ("password", password),
+    ];
+    if let Some(a) = &l.args.audience {
+        form.push(("audience", a.clone()));
+    }
+    session_from(&post(http, &format!("{}/oauth2/token", l.issuer), &form).await?)
+}
+
+/// The authorization code flow with PKCE: the login page in a browser, the answer on a
+/// loopback port.
+async fn browser(http: &reqwest::Client, l: &Login<'_>) -> anyhow::Result<Session> {
+    let (issuer, args) = (l.issuer.as_str(), l.args);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("cannot listen on a loopback port for the browser's answer")?;
+    let redirect = format!(
+        "http://127.0.0.1:{}/callback",
+        listener.local_addr()?.port()
+    );
+    let verifier = random_text();
+    let challenge = URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        verifier.as_bytes(),
+    ));
+    let state = random_text();
+    let mut url = reqwest::Url::parse(&format!("{issuer}/oauth2/authorize"))?;
+    url.query_pairs_mut()
+        .append_pair("response_type", "code")
+        .append_pair("client_id", CLI_CLIENT)
+        .append_pair("redirect_uri", &redirect)
+        .append_pair("state", &state)
+        .append_pair("code_challenge", &challenge)
+        .append_pair("code_challenge_method", "S256");
+    if let Some(a) = &args.audience {
+        url.query_pairs_mut().append_pair("audience", a);
+    }
+    let opened = !args.no_browser && open_browser(url.as_str());
+    if opened {
+        eprintln!("Your browser was opened to log in. If it was not, open:\n  {url}");
+    } else {
+        eprintln!("Open this URL in a browser on this machine to log in:\n  {url}");
+    }
+    let query = tokio::time::timeout(
+        std::time::Duration::from_secs(300),
+        wait_for_callback(&listener),
+    )
+    .await
+    .context("no answer from the browser within 5 minutes")??;
+    let get = |k: &str| {
+        reqwest::Url::parse(&format!("http://x/?{query}"))
+            .ok()
+            .and_then(|u| {
+                u.query_pairs()
+                    .find(|(n, _)| n == k)
+                    .map(|(_, v)| v.into_owned())
+            })
+    };
+    if let Some(e) = get("error") {
+        bail!(
+            "the login failed: {e}: {}",
+            get("error_description").unwrap_or_default()
+        );
+    }
+    if get("state").as_deref() != Some(state.as_str()) {
+        bail!("the browser's answer does not carry this login's state; refusing it");
+    }
+    let code = get("code").context("the browser's answer has no code")?;
+    let form = [
+        (
+            "grant_type",
+            idbridge_core::GrantType::AuthorizationCode.to_string(),
+        ),
+        ("client_id", CLI_CLIENT.to_owned()),
+        ("code", code),
+        ("redirect_uri", redirect),
+        ("code_verifier", verifier),
+    ];
+    session_from(&post(http, &format!("{issuer}/oauth2/token"), &form).await?)
+}
+
+/// 256 random bits, base64url: PKCE verifiers and states.
+fn random_text() -> String {
+    use aws_lc_rs::rand::SecureRandom;
+    let mut b = [0u8; 32];
+    let _ = aws_lc_rs::rand::SystemRandom::new().fill(&mut b);
+    URL_SAFE_NO_PAD.encode(b)
+}
+
+fn open_browser(url: &str) -> bool {
+    let opener = if cfg!(target_os = "macos") {
+        "open"
+    } else {
+        "xdg-open"
+    };
+    std::process::Command::new(opener)
+        .arg(url)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .is_ok()
+}
+
+/// Serves the loopback callback once: returns its query string, and tells the browser it may
+/// close the tab.
+async fn wait_for_callback(listener: &tokio::net::TcpListener) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        let (mut conn, _) = listener.accept().await?;
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 16 * 1024 {
+            let n = conn.read(&mut chunk).await?;
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let head = String::from_utf8_lossy(&buf);
+        let target = head
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("GET "))
+            .and_then(|l| l.split(' ').next())
+            .unwrap_or_default()
+            .to_owned();
+        let Some(query) = target.strip_prefix("/callback?") else {
+            let _ = conn
+                .write_all(
+                    b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                )
+                .await;
+            continue;
+        };
+        let page =
+            "<!doctype html><title>idbridge</title><p>Login finished: you may close this tab.</p>";
+        let _ = conn
+            .write_all(
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{page}",
+                    page.len()
+                )
+                .as_bytes(),
+            )
+            .await;
+        return Ok(query.to_owned());
+    }
+}
+
+/// The device grant: a code for the user to enter in any browser, then polling.
+async fn device(http: &reqwest::Client, l: &Login<'_>) -> anyhow::Result<Session> {
+    let (issuer, args) = (l.issuer.as_str(), l.args);
+    let mut form = vec![("client_id", CLI_CLIENT.to_owned())];
+    if let Some(a) = &args.audience {
+        form.push(("audience", a.clone()));
+    }
+    let start = post(
+        http,
+        &format!("{issuer}/oauth2/device_authorization"),
+        &form,
+    )
+    .await?;
+    let text = |k: &str| start.get(k).and_then(Value::as_str).map(str::to_owned);
+    let device_code = text("device_code").context("the server sent no device_code")?;
+    let user_code = text("user_code").context("the server sent no user_code")?;
+    let uri = text("verification_uri_complete")
+        .or_else(|| text("verification_uri"))
+        .context("the server sent no verification_uri")?;
+    let mut interval = start.get("interval").and_then(Value::as_u64).unwrap_or(5);
+    let expires = start
+        .get("expires_in")
+        .and_then(Value::as_u64)
+        .unwrap_or(600);
+    eprintln!("To log in, open {uri}\nand check that it shows the code {user_code}.");
+    let token_url = format!("{issuer}/oauth2/token");
+    let deadline = now() + expires;
+    while now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_secs(interval)).await;
+        let form = [
+            ("grant_type", DEVICE_GRANT.to_owned()),
+            ("client_id", CLI_CLIENT.to_owned()),
+            ("device_code", device_code.clone()),
+        ];
+        let resp = http
+            .post(&token_url)
+            .form(&form)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {token_url}"))?;
+        let ok = resp.status().is_success();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        if ok {
+            return session_from(&body);
+        }
+        match body.get("error").and_then(Value::as_str) {
+            Some("authorization_pending") => {}
+            Some("slow_down") => interval += 5,
+            _ => bail!(
+                "the login failed: {}",
+                body.get("error_description")
+                    .and_then(Value::as_str)
+                    .unwrap_or("no reason given")
+            ),
+        }
+    }
+    bail!("the code expired before the login was finished; run the command again")
+}
+
+/// A Kerberos login: the SPNEGO token out, tokens and the mutual token back.
+async fn kerberos(http: &reqwest::Client, l: &Login<'_>) -> anyhow::Result<Session> {
+    let (args, host) = (l.args, l.host.as_str());
+    let token_url = format!("{}/oauth2/token", l.issuer);
+    let service = args
+        .service
+        .clone()
+        .unwrap_or_else(|| idbridge_kerberos::http_service(host));
+    let (initiator, token) = idbridge_kerberos::Initiator::start(&service).await?;
+    let mut form = vec![
+        ("grant_type", KERBEROS_GRANT.to_owned()),
+        ("client_id", CLI_CLIENT.to_owned()),
+        ("kerberos_token", STANDARD.encode(token)),
+    ];
+    if let Some(a) = &args.audience {
+        form.push(("audience", a.clone()));
+    }
+    let body = post(http, &token_url, &form).await?;
+    let mutual = body
+        .get("kerberos_mutual_token")
+        .and_then(Value::as_str)
+        .context("the server sent no kerberos_mutual_token, so it did not prove its identity; refusing its tokens")?;
+    let mutual = STANDARD
+        .decode(mutual)
+        .context("kerberos_mutual_token is not base64")?;
+    initiator.finish(mutual).await?;
+    session_from(&body)
+}
+
+pub(crate) async fn refresh(
+    http: &reqwest::Client,
+    l: &Login<'_>,
+    refresh_token: &str,
+) -> anyhow::Result<Session> {
+    let form = [
+        (
+            "grant_type",
+            idbridge_core::GrantType::RefreshToken.to_string(),
+        ),
+        ("client_id", CLI_CLIENT.to_owned()),
+        ("refresh_token", refresh_token.to_owned()),
+    ];
+    session_from(&post(http, &format!("{}/oauth2/token", l.issuer), &form).await?)
+}
+
+/// Revokes a session at the server (RFC 7009) by its refresh token.
+pub(crate) async fn revoke(
+    http: &reqwest::Client,
+    issuer: &str,
+    token: &str,
+) -> anyhow::Result<()> {
+    let form = [
+        ("client_id", CLI_CLIENT.to_owned()),
+        ("token", token.to_owned()),
+    ];
+    post(http, &format!("{issuer}/oauth2/revoke"), &form)
+        .await
+        .map(|_| ())
+}
+
+/// POSTs a token request; an OAuth error becomes a [`Refused`] carrying its description.
+async fn post(http: &reqwest::Client, url: &str, form: &[(&str, String)]) -> anyhow::Result<Value> {
+    let resp = http
+        .post(url)
+        .form(form)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {url}"))?;
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    if !status.is_success() {
+        let why = body
+            .get("error_description")
+            .or_else(|| body.get("message"))
+            .and_then(Value::as_str)
+            .unwrap_or(&text);
+        return Err(Refused {
+            status: status.as_u16(),
+            error: body
+                .get("error")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            description: why.to_owned(),
+        }
+        .into());
+    }
+    Ok(body)
+}
+
+fn session_from(body: &Value) -> anyhow::Result<Session> {
+    let access_token = body
+        .get("access_token")
+        .and_then(Value::as_str)
+        .context("the token response has no access_token")?
+        .to_owned();
+    let expires_in = body.get("expires_in").and_then(Value::as_u64).unwrap_or(0);
+    Ok(Session {
+        access_token,
+        expires_at: now() + expires_in,
+        refresh_token: body
+            .get("refresh_token")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        issuer: String::new(),
+        audience: None,
+        identity: String::new(),
+        ca_file: None,
+    })
+}

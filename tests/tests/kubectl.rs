@@ -1,0 +1,751 @@
+//! kubectl with idbridge as its exec credential plugin, against a real kube-apiserver wired to
+//! a real idbridge: the kubeconfig `idbridge kubeconfig` writes; Kerberos single sign-on; the
+//! directory password typed into a pseudo-terminal; the device code with the scripted browser;
+//! an expired access token refreshed silently; ten parallel kubectl runs sharing one refresh and
+//! one login; `whoami`, `logout`; `interactive: false`; `kubectl idbridge`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // end-to-end tests fail loudly by design
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use idbridge_tests::Idbridge;
+use idbridge_tests::kdc::Kdc;
+use idbridge_tests::kube::{ApiServer, Authn, kubectl_bin};
+use idbridge_tests::ldap::Slapd;
+use idbridge_tests::oidc::{Browser, Step};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::Command;
+
+const REALM: &str = "IDBRIDGE.TEST";
+const ALICE_KRB_PW: &str = "alice-kerberos-pw";
+const ALICE_LDAP_PW: &str = "alice-ldap-pw-1";
+
+/// One user's machine: a home for the kubeconfig and the session cache.
+#[derive(Clone)]
+struct Desk {
+    home: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+impl Desk {
+    fn new(root: &Path, name: &str, extra_env: Vec<(String, String)>) -> Self {
+        let home = root.join(name);
+        std::fs::create_dir_all(&home).unwrap();
+        let mut env = extra_env;
+        env.push(("HOME".into(), home.display().to_string()));
+        env.push((
+            "XDG_CACHE_HOME".into(),
+            home.join(".cache").display().to_string(),
+        ));
+        env.push((
+            "KUBECONFIG".into(),
+            home.join(".kube/config").display().to_string(),
+        ));
+        Self { home, env }
+    }
+
+    fn kubeconfig(&self) -> PathBuf {
+        self.home.join(".kube/config")
+    }
+
+    fn cache(&self) -> PathBuf {
+        self.home.join(".cache/idbridge")
+    }
+
+    /// `idbridge ARGS` as this user.
+    async fn idbridge(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(idbridge_tests::idbridge_bin())
+            .args(args)
+            .env_remove("KUBERNETES_EXEC_INFO")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// `idbridge kubeconfig` for `api` and `i`, with `extra` flags.
+    async fn configure(&self, api: &ApiServer, i: &Idbridge, issuer: &str, extra: &[&str]) {
+        let ca = i.data_dir.join("ca.crt");
+        let mut args = vec![
+            "kubeconfig",
+            "--server",
+            &api.url,
+            "--cluster-ca-file",
+            api.ca.to_str().unwrap(),
+            "--issuer",
+            issuer,
+            "--issuer-ca-file",
+            ca.to_str().unwrap(),
+            "--context",
+            "test",
+        ];
+        args.extend_from_slice(extra);
+        let (code, out, err) = self.idbridge(&args).await;
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("current context is now test"), "{out}");
+    }
+
+    /// kubectl as this user, without a terminal.
+    async fn kubectl(&self, args: &[&str]) -> (i32, String, String) {
+        let run = Command::new(kubectl_bin().unwrap())
+            .arg("--request-timeout=30s")
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(Duration::from_secs(120), run)
+            .await
+            .expect("kubectl did not finish in 2 minutes")
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// kubectl as this user on a pseudo-terminal (util-linux `script`), so it hands the terminal
+    /// to the plugin (`interactive: true`). Its output (the terminal's) is piped.
+    fn kubectl_on_a_terminal(&self, args: &[&str]) -> tokio::process::Child {
+        let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
+        let mut line = quote(kubectl_bin().unwrap().to_str().unwrap());
+        line.push_str(" --request-timeout=30s");
+        for a in args {
+            line.push(' ');
+            line.push_str(&quote(a));
+        }
+        Command::new("script")
+            .args(["-q", "-e", "-f", "-c", &line, "/dev/null"])
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    }
+
+    /// `kubectl auth whoami` as this user: the user kube-apiserver sees.
+    async fn whoami(&self) -> Value {
+        let (code, out, err) = self.kubectl(&["auth", "whoami", "-o", "json"]).await;
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str::<Value>(&out).unwrap()["status"]["userInfo"].clone()
+    }
+
+    /// Makes every cached access token look expired to the plugin.
+    fn expire_tokens(&self) {
+        let mut n = 0;
+        for e in std::fs::read_dir(self.cache()).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "json") {
+                let mut v: Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+                v["expires_at"] = 1.into();
+                std::fs::write(&p, serde_json::to_vec(&v).unwrap()).unwrap();
+                n += 1;
+            }
+        }
+        assert_eq!(n, 1, "one cached session");
+    }
+}
+
+/// Refresh grants the server has answered, as its audit log says.
+fn refreshes(i: &Idbridge) -> usize {
+    i.audit_log()
+        .lines()
+        .filter(|l| l.contains("\"token.refresh\"") && l.contains("\"ok\""))
+        .count()
+}
+
+/// Sessions the server started, as its audit log says.
+fn session_starts(i: &Idbridge) -> usize {
+    i.audit_log()
+        .lines()
+        .filter(|l| l.contains("\"session.start\""))
+        .count()
+}
+
+/// Requests the server answered on `route`, as its metrics say.
+async fn requests(i: &Idbridge, route: &str) -> u64 {
+    let text = i
+        .http
+        .get(i.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let prefix = format!("idbridge_http_request_duration_seconds_count{{route=\"{route}\",");
+    text.lines()
+        .filter(|l| l.starts_with(&prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Lets members of `group` list namespaces.
+async fn grant_namespaces(api: &ApiServer, group: &str) {
+    let admin = api.token_kubeconfig(&api.admin_token).unwrap();
+    let (code, _, err) = api
+        .kubectl(
+            &admin,
+            &[
+                "create",
+                "clusterrolebinding",
+                "readers",
+                "--clusterrole=view",
+                &format!("--group={group}"),
+            ],
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "{err}");
+}
+
+/// A realm with the service `HTTP/localhost` and alice; an idbridge with her account in `dev`.
+async fn kerberos_setup(dir: &Path) -> (Kdc, Idbridge) {
+    let kdc = Kdc::start(REALM).await.unwrap();
+    kdc.add_service("HTTP/localhost").await.unwrap();
+    let keytab = kdc.dir().join("http.keytab");
+    kdc.export_keytab(&keytab, &["HTTP/localhost"])
+        .await
+        .unwrap();
+    kdc.add_user("alice", ALICE_KRB_PW).await.unwrap();
+    let accounts = dir.join("accounts.yaml");
+    std::fs::write(
+        &accounts,
+        format!(
+            "- name: alice\n  groups: [dev]\n  namespace: team-a\n  identities: [{{kind: kerberos, principal: alice@{REALM}}}]\n"
+        ),
+    )
+    .unwrap();
+    let i = Idbridge::start_with(
+        dir,
+        idbridge_tests::Options {
+            config: Some(format!(
+                "bootstrap_admin: true\nsessions:\n  refresh_grace: 0s\naccounts_file: {}\nkerberos:\n  keytab: {}\n  realms: [{REALM}]\n",
+                accounts.display(),
+                keytab.display()
+            )),
+            env: kdc.env(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    (kdc, i)
+}
+
+/// A slapd with alice in `dev`, and an idbridge that logs in against it.
+async fn directory_setup(dir: &Path) -> (Slapd, Idbridge) {
+    let slapd = Slapd::start().await.unwrap();
+    let alice = slapd.add_user("alice", ALICE_LDAP_PW).await.unwrap();
+    slapd.add_group("dev", &[&alice]).await.unwrap();
+    let yaml = format!(
+        "bootstrap_admin: true\nsessions:\n  refresh_grace: 0s\n{}",
+        slapd.directory_yaml(&[slapd.ldaps_url()], "", "")
+    );
+    let i = Idbridge::start_config(dir, yaml).await.unwrap();
+    (slapd, i)
+}
+
+#[tokio::test]
+async fn kerberos_sso_through_kubectl_refreshes_once_for_ten_parallel_runs() {
+    let dir = idbridge_tests::scratch();
+    let (kdc, i) = kerberos_setup(dir.path()).await;
+    let cc = kdc.dir().join("alice.cc");
+    kdc.kinit(&format!("alice@{REALM}"), ALICE_KRB_PW, &cc, None)
+        .await
+        .unwrap();
+    let mut env = kdc.env();
+    env.push(("KRB5CCNAME".into(), format!("FILE:{}", cc.display())));
+    let desk = Desk::new(dir.path(), "alice", env);
+    let api = ApiServer::start(dir.path(), Authn::webhook(&i.data_dir))
+        .await
+        .unwrap();
+    grant_namespaces(&api, "dev").await;
+    // The issuer by the name its service principal has.
+    let issuer = i.base.replace("127.0.0.1", "localhost");
+    desk.configure(&api, &i, &issuer, &[]).await;
+
+    // The first kubectl run logs in with the ticket (method auto): nothing is asked.
+    let who = desk.whoami().await;
+    assert_eq!(who["username"], "alice", "{who}");
+    assert_eq!(who["groups"][0], "dev", "{who}");
+    assert_eq!(session_starts(&i), 1);
+    let (code, out, err) = desk.idbridge(&["whoami"]).await;
+    assert_eq!(code, 0, "{err}");
+    for want in [
+        "alice at https://localhost:",
+        "groups:    dev",
+        "namespace: team-a",
+        "krb5",
+    ] {
+        assert!(out.contains(want), "{want:?} not in:\n{out}");
+    }
+
+    // An expired access token is refreshed silently.
+    desk.expire_tokens();
+    let who = desk.whoami().await;
+    assert_eq!(who["username"], "alice", "{who}");
+    assert_eq!(refreshes(&i), 1);
+
+    // Ten kubectl runs at once with an expired token: one refresh, ten successes.
+    desk.expire_tokens();
+    let runs: Vec<_> = (0..10)
+        .map(|_| {
+            let desk = desk.clone();
+            tokio::spawn(async move { desk.kubectl(&["get", "ns", "-o", "name"]).await })
+        })
+        .collect();
+    for run in runs {
+        let (code, out, err) = run.await.unwrap();
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("namespace/default"), "{out}");
+    }
+    assert_eq!(refreshes(&i), 2, "{}", i.audit_log());
+    assert_eq!(session_starts(&i), 1);
+
+    // kubectl v1beta1 is answered in v1beta1.
+    let text = std::fs::read_to_string(desk.kubeconfig()).unwrap();
+    std::fs::write(
+        desk.kubeconfig(),
+        text.replace(
+            "client.authentication.k8s.io/v1\n",
+            "client.authentication.k8s.io/v1beta1\n",
+        ),
+    )
+    .unwrap();
+    assert_eq!(desk.whoami().await["username"], "alice");
+
+    // A refresh whose result cannot be saved is an error, not a silently lost rotation.
+    desk.expire_tokens();
+    let stale = std::fs::read_dir(desk.cache())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "json"))
+        .unwrap();
+    std::fs::create_dir_all(stale.with_extension("json.tmp").join("x")).unwrap();
+    let (code, _, err) = desk.kubectl(&["get", "ns"]).await;
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("refreshed but cannot be saved") && err.contains("cannot save the session"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(stale.with_extension("json.tmp")).unwrap();
+
+    // `kubectl idbridge`: the binary under the plugin's name.
+    let bin = dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::os::unix::fs::symlink(idbridge_tests::idbridge_bin(), bin.join("kubectl-idbridge"))
+        .unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut env = desk.env.clone();
+    env.push(("PATH".into(), path));
+    let plugin = Desk {
+        env,
+        ..desk.clone()
+    };
+    let (code, out, err) = plugin.kubectl(&["idbridge", "login", "--help"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("Usage: kubectl idbridge login"), "{out}");
+    let ca = i.data_dir.join("ca.crt");
+    let (code, token, err) = plugin
+        .kubectl(&[
+            "idbridge",
+            "login",
+            "--issuer",
+            &issuer,
+            "--ca-file",
+            ca.to_str().unwrap(),
+            "--output",
+            "token",
+        ])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    let review = i.review(token.trim(), &[]).await.unwrap();
+    assert_eq!(review["user"]["username"], "alice", "{review}");
+    // Still the one session: the token came from the cache (refreshed, since it was stale).
+    assert_eq!(session_starts(&i), 1);
+}
+
+/// Reads a child's output into a shared string, line by line, until it closes.
+fn collect(
+    out: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+    into: std::sync::Arc<std::sync::Mutex<String>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(out).lines();
+        while let Ok(Some(l)) = lines.next_line().await {
+            let mut s = into.lock().unwrap();
+            s.push_str(&l);
+            s.push('\n');
+        }
+    })
+}
+
+/// Waits, bounded, until one of `outputs` holds `needle`; returns that output.
+async fn wait_for(outputs: &[std::sync::Arc<std::sync::Mutex<String>>], needle: &str) -> String {
+    for _ in 0..600 {
+        for o in outputs {
+            let s = o.lock().unwrap().clone();
+            if s.contains(needle) {
+                return s;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let all: Vec<String> = outputs.iter().map(|o| o.lock().unwrap().clone()).collect();
+    panic!("no {needle:?} in a minute: {all:#?}");
+}
+
+#[tokio::test]
+async fn the_directory_password_is_typed_on_a_terminal_without_echo() {
+    let dir = idbridge_tests::scratch();
+    let (_slapd, i) = directory_setup(dir.path()).await;
+    let desk = Desk::new(dir.path(), "alice", Vec::new());
+    let api = ApiServer::start(dir.path(), Authn::webhook(&i.data_dir))
+        .await
+        .unwrap();
+    desk.configure(&api, &i, &i.base, &["--method", "password"])
+        .await;
+
+    // Without a terminal, nothing is asked: the error says what to run.
+    let (code, _, err) = desk.kubectl(&["auth", "whoami"]).await;
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("without a terminal") && err.contains("idbridge login --issuer"),
+        "{err}"
+    );
+    assert_eq!(session_starts(&i), 0);
+
+    // On a terminal: the user name, then the password, typed without echo.
+    let mut child = desk.kubectl_on_a_terminal(&["auth", "whoami", "-o", "json"]);
+    let mut stdin = child.stdin.take().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = collect(child.stdout.take().unwrap(), seen.clone());
+    wait_for(std::slice::from_ref(&seen), "Username for").await;
+    stdin.write_all(b"alice\n").await.unwrap();
+    wait_for(std::slice::from_ref(&seen), "Password for alice:").await;
+    stdin
+        .write_all(format!("{ALICE_LDAP_PW}\n").as_bytes())
+        .await
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    reader.await.unwrap();
+    let seen = seen.lock().unwrap().clone();
+    assert!(status.success(), "{seen}");
+    assert!(
+        !seen.contains(ALICE_LDAP_PW),
+        "the password was echoed: {seen}"
+    );
+    assert!(seen.contains("\"username\": \"alice\""), "{seen}");
+    assert_eq!(session_starts(&i), 1);
+
+    // For automation: a private password file, and the environment with a warning.
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, format!("{ALICE_LDAP_PW}\n")).unwrap();
+    std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let ca = i.data_dir.join("ca.crt");
+    let base = [
+        "login",
+        "--issuer",
+        &i.base,
+        "--ca-file",
+        ca.to_str().unwrap(),
+        "--method",
+        "password",
+        "--username",
+        "alice",
+        "--output",
+        "token",
+        "--fresh",
+    ];
+    let mut args = base.to_vec();
+    args.extend(["--password-file", pw.to_str().unwrap()]);
+    let (code, token, err) = desk.idbridge(&args).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("warning"), "{err}");
+    assert_eq!(
+        i.review(token.trim(), &[]).await.unwrap()["user"]["groups"][0],
+        "dev"
+    );
+    let mut env_desk = desk.clone();
+    env_desk
+        .env
+        .push(("IDBRIDGE_PASSWORD".into(), ALICE_LDAP_PW.into()));
+    let (code, _, err) = env_desk.idbridge(&base).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("warning: the password comes from IDBRIDGE_PASSWORD"),
+        "{err}"
+    );
+    // A wrong password is the server's one answer, and nothing is cached for it.
+    env_desk.env.pop();
+    env_desk
+        .env
+        .push(("IDBRIDGE_PASSWORD".into(), "wrong".into()));
+    let (code, _, err) = env_desk.idbridge(&base).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("invalid username or password"), "{err}");
+}
+
+/// The device login for `url` in the scripted browser, with the directory password.
+async fn finish_device_login(i: &Idbridge, url: &str) {
+    let b = Browser::new(&[&i.data_dir.join("ca.crt")]).unwrap();
+    let form = b.get(url).await.unwrap();
+    assert_eq!(form.status, 200, "{}", form.body);
+    let csrf = form.input("csrf").unwrap();
+    let user_code = form.input("user_code").unwrap();
+    let login = b
+        .post_form(
+            &i.url("/device"),
+            &[("csrf", &csrf), ("user_code", &user_code)],
+        )
+        .await
+        .unwrap();
+    let login = match b.follow(login, "http://nowhere").await.unwrap() {
+        Step::Page(p) => p,
+        Step::Left(l) => panic!("left for {l}"),
+    };
+    let csrf = login.input("csrf").unwrap();
+    let action = login.form_action("/login/password").unwrap();
+    let done = b
+        .post_form(
+            &action,
+            &[
+                ("csrf", &csrf),
+                ("username", "alice"),
+                ("password", ALICE_LDAP_PW),
+            ],
+        )
+        .await
+        .unwrap();
+    match b.follow(done, "http://nowhere").await.unwrap() {
+        Step::Page(p) => assert_eq!(p.status, 200, "{}", p.body),
+        Step::Left(l) => panic!("left for {l}"),
+    }
+}
+
+#[tokio::test]
+async fn ten_parallel_kubectl_without_a_session_make_one_device_login() {
+    let dir = idbridge_tests::scratch();
+    let (_slapd, i) = directory_setup(dir.path()).await;
+    let desk = Desk::new(dir.path(), "alice", Vec::new());
+    let api = ApiServer::start(dir.path(), Authn::webhook(&i.data_dir))
+        .await
+        .unwrap();
+    grant_namespaces(&api, "dev").await;
+    desk.configure(&api, &i, &i.base, &["--method", "device"])
+        .await;
+
+    let mut children = Vec::new();
+    let mut outputs = Vec::new();
+    let mut readers = Vec::new();
+    for _ in 0..10 {
+        let mut c = desk.kubectl_on_a_terminal(&["get", "ns", "-o", "name"]);
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        readers.push(collect(c.stdout.take().unwrap(), seen.clone()));
+        outputs.push(seen);
+        children.push(c);
+    }
+    let shown = wait_for(&outputs, "/device?user_code=").await;
+    let url = shown
+        .split_whitespace()
+        .find(|w| w.contains("/device?user_code="))
+        .unwrap()
+        .to_owned();
+    // The others wait for the one login, and say so.
+    wait_for(&outputs, "waiting for another idbridge login (pid ").await;
+    finish_device_login(&i, &url).await;
+    for (mut c, seen) in children.into_iter().zip(&outputs) {
+        let status = tokio::time::timeout(Duration::from_secs(90), c.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(status.success(), "{}", seen.lock().unwrap());
+    }
+    for r in readers {
+        r.await.unwrap();
+    }
+    for seen in &outputs {
+        assert!(
+            seen.lock().unwrap().contains("namespace/default"),
+            "{}",
+            seen.lock().unwrap()
+        );
+    }
+    let shown_urls = outputs
+        .iter()
+        .filter(|o| o.lock().unwrap().contains("/device?user_code="))
+        .count();
+    assert_eq!(shown_urls, 1, "one code shown");
+    assert_eq!(requests(&i, "/oauth2/device_authorization").await, 1);
+    assert_eq!(session_starts(&i), 1);
+
+    // whoami names the user and her directory groups.
+    let (code, out, err) = desk.idbridge(&["whoami", "--json"]).await;
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v[0]["user"], "alice", "{v}");
+    assert_eq!(v[0]["groups"][0], "dev", "{v}");
+
+    // logout: the session is revoked at the server and the cache cleared; the next kubectl run
+    // needs a login, and without a terminal it asks nothing and says what to run.
+    let session = std::fs::read_dir(desk.cache())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "json"))
+        .unwrap();
+    let old: Value = serde_json::from_slice(&std::fs::read(&session).unwrap()).unwrap();
+    let (code, _, err) = desk.idbridge(&["logout"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("logged out alice"), "{err}");
+    assert!(!session.exists());
+    let (status, _) = i
+        .refresh(old["refresh_token"].as_str().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status, 400, "the refresh token is revoked");
+    let review = i
+        .review(old["access_token"].as_str().unwrap(), &[])
+        .await
+        .unwrap();
+    assert_eq!(review["authenticated"], false, "{review}");
+    let (code, _, err) = desk.kubectl(&["get", "ns"]).await;
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("without a terminal")
+            && err.contains(&format!(
+                "idbridge login --issuer {} --method device",
+                i.base
+            )),
+        "{err}"
+    );
+    assert_eq!(requests(&i, "/oauth2/device_authorization").await, 1);
+}
+
+#[tokio::test]
+async fn kubeconfig_merges_into_a_kubectl_written_file_keeping_other_entries() {
+    let dir = idbridge_tests::scratch();
+    let desk = Desk::new(dir.path(), "bob", Vec::new());
+    // A kubeconfig kubectl wrote, with an unrelated cluster, user and context.
+    for args in [
+        &[
+            "config",
+            "set-cluster",
+            "other",
+            "--server=https://other.example.com:6443",
+        ][..],
+        &["config", "set-credentials", "other-admin", "--token=abc"],
+        &[
+            "config",
+            "set-context",
+            "other",
+            "--cluster=other",
+            "--user=other-admin",
+        ],
+        &["config", "use-context", "other"],
+    ] {
+        let (code, _, err) = desk.kubectl(args).await;
+        assert_eq!(code, 0, "{err}");
+    }
+    let before = std::fs::read_to_string(desk.kubeconfig()).unwrap();
+    let view = |d: &Desk| {
+        let d = d.clone();
+        async move {
+            let (code, out, err) = d.kubectl(&["config", "view", "--raw", "-o", "json"]).await;
+            assert_eq!(code, 0, "{err}");
+            serde_json::from_str::<Value>(&out).unwrap()
+        }
+    };
+    let other = |v: &Value, section: &str, name: &str| {
+        v[section]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .cloned()
+            .unwrap()
+    };
+    let v0 = view(&desk).await;
+    let (ca_pem, _, _) = idbridge_tests::ldap::test_ca(dir.path(), "k8s").unwrap();
+    for round in 0..2 {
+        // A second run updates the entries in place.
+        let server = format!("https://k8s{round}.example.com:6443");
+        let (code, out, err) = desk
+            .idbridge(&[
+                "kubeconfig",
+                "--server",
+                &server,
+                "--issuer",
+                "https://idbridge.example.com",
+                "--cluster-ca-file",
+                ca_pem.to_str().unwrap(),
+                "--context",
+                "prod",
+            ])
+            .await;
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains(desk.kubeconfig().to_str().unwrap()), "{out}");
+        let after = std::fs::read_to_string(desk.kubeconfig()).unwrap();
+        // kubectl's own lines are all still there, but the current context.
+        for line in before.lines().filter(|l| !l.starts_with("current-context")) {
+            assert!(after.contains(line), "{line:?} lost:\n{after}");
+        }
+        let v = view(&desk).await;
+        for (section, name) in [
+            ("clusters", "other"),
+            ("users", "other-admin"),
+            ("contexts", "other"),
+        ] {
+            assert_eq!(other(&v, section, name), other(&v0, section, name));
+        }
+        assert_eq!(v["current-context"], "prod");
+        assert_eq!(other(&v, "clusters", "prod")["cluster"]["server"], server);
+        assert_eq!(v["clusters"].as_array().unwrap().len(), 2, "{v}");
+        let exec = &other(&v, "users", "idbridge-prod")["user"]["exec"];
+        assert_eq!(
+            exec["command"],
+            idbridge_tests::idbridge_bin()
+                .canonicalize()
+                .unwrap()
+                .to_str()
+                .unwrap()
+        );
+        assert_eq!(exec["interactiveMode"], "IfAvailable");
+    }
+    // kubectl reads the result: the context is usable as written.
+    let (code, out, err) = desk
+        .kubectl(&["config", "get-contexts", "-o", "name"])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "other\nprod\n");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(desk.kubeconfig())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+}
