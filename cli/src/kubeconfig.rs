@@ -376,17 +376,18 @@ impl FileLock {
         let mut name = file.as_os_str().to_owned();
         name.push(".lock");
         let lock = PathBuf::from(name);
-        std::fs::OpenOptions::new()
+        match std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&lock)
-            .with_context(|| {
-                format!(
-                    "cannot take {}: another kubectl or idbridge is writing the kubeconfig; if none is, remove that file",
-                    lock.display()
-                )
-            })?;
-        Ok(Self(lock))
+        {
+            Ok(_) => Ok(Self(lock)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => bail!(
+                "{} exists: another kubectl or idbridge is writing the kubeconfig; if none is, remove that file",
+                lock.display()
+            ),
+            Err(e) => Err(e).with_context(|| format!("cannot create {}", lock.display())),
+        }
     }
 }
 
@@ -396,8 +397,8 @@ impl Drop for FileLock {
     }
 }
 
-/// Replaces `path` with `text` atomically, keeping its mode (0600 for a new file).
-fn replace(path: &Path, text: &str) -> anyhow::Result<()> {
+/// The kubeconfig's directory, created (private) when missing.
+fn parent_dir(path: &Path) -> anyhow::Result<&Path> {
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -408,6 +409,12 @@ fn replace(path: &Path, text: &str) -> anyhow::Result<()> {
     std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
     b.create(dir)
         .with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// Replaces `path` with `text` atomically, keeping its mode (0600 for a new file).
+fn replace(path: &Path, text: &str) -> anyhow::Result<()> {
+    let dir = parent_dir(path)?;
     let file_name = path
         .file_name()
         .context("the kubeconfig path names no file")?;
@@ -441,6 +448,7 @@ pub fn run(args: &KubeconfigArgs) -> anyhow::Result<()> {
     if let Ok(real) = std::fs::canonicalize(&path) {
         path = real;
     }
+    parent_dir(&path)?;
     let _lock = FileLock::take(&path)?;
     let old = match std::fs::read_to_string(&path) {
         Ok(t) => t,

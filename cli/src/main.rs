@@ -162,10 +162,14 @@ fn parse_command_line() -> Cli {
 fn main() -> ExitCode {
     let cli = parse_command_line();
     init_logging(cli.log_format);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // The server uses every core; a client command (kubectl runs `login` on every command) needs
+    // one thread, and starts faster without a pool.
+    let mut builder = if matches!(cli.command, Command::Serve(_)) {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");

@@ -72,11 +72,21 @@ pub fn http_service(host: &str) -> String {
     format!("HTTP@{host}")
 }
 
-/// The principal of the default ticket cache (`KRB5CCNAME`), read without contacting a KDC.
+/// The principal of the default ticket cache (`KRB5CCNAME`), read without contacting a KDC:
+/// from the file for a FILE cache, else through GSS-API.
 ///
 /// # Errors
 /// No ticket cache, or an expired ticket.
 pub async fn default_principal() -> Result<String, InitError> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    match crate::ccache::read(now) {
+        crate::ccache::FileCache::Principal(p) => return Ok(p),
+        crate::ccache::FileCache::NoTicket(why) => return Err(InitError::NoTicket(why)),
+        crate::ccache::FileCache::Expired(why) => return Err(InitError::Expired(why)),
+        crate::ccache::FileCache::Unknown => {}
+    }
     tokio::task::spawn_blocking(|| {
         let cred = Cred::acquire(None, None, CredUsage::Initiate, None)
             .map_err(|e| InitError::from_gss(e, ""))?;

@@ -20,6 +20,7 @@
 //! rules, then the default of stripping the realm.
 
 mod acceptor;
+mod ccache;
 mod config;
 mod ffi;
 mod initiator;

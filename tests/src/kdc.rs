@@ -352,3 +352,69 @@ pub async fn curl_negotiate_token(
     let _ = curl.wait().await;
     Ok(token)
 }
+
+/// A realm for single sign-on to an idbridge: the realm, the idbridge serving it, and the
+/// environment of a user who has run `kinit`.
+#[derive(Debug)]
+pub struct Sso {
+    /// The realm.
+    pub kdc: Kdc,
+    /// idbridge with the keytab of `HTTP/localhost` and the user's account.
+    pub idbridge: crate::Idbridge,
+    /// The user's environment: the realm's, and `KRB5CCNAME` naming their fresh ticket cache.
+    pub env: Vec<(String, String)>,
+    /// The issuer by the name its service principal has (`https://localhost:PORT`).
+    pub issuer: String,
+}
+
+/// Starts the realm `realm` with the service `HTTP/localhost` and `user` (password
+/// `password`), an idbridge in `dir` whose accounts file maps `user@realm` to the account `user`
+/// (with `account_yaml`, e.g. `"groups: [dev]"`), and runs `kinit` for the user.
+///
+/// # Errors
+/// If a server does not start or kinit fails.
+pub async fn sso(
+    dir: &Path,
+    realm: &str,
+    user: &str,
+    password: &str,
+    account_yaml: &str,
+) -> anyhow::Result<Sso> {
+    let kdc = Kdc::start(realm).await?;
+    kdc.add_service("HTTP/localhost").await?;
+    let keytab = kdc.dir().join("http.keytab");
+    kdc.export_keytab(&keytab, &["HTTP/localhost"]).await?;
+    kdc.add_user(user, password).await?;
+    let accounts = dir.join("accounts.yaml");
+    std::fs::write(
+        &accounts,
+        format!(
+            "- name: {user}\n  {account_yaml}\n  identities: [{{kind: kerberos, principal: {user}@{realm}}}]\n"
+        ),
+    )?;
+    let idbridge = crate::Idbridge::start_with(
+        dir,
+        crate::Options {
+            config: Some(format!(
+                "bootstrap_admin: true\nsessions:\n  refresh_grace: 0s\naccounts_file: {}\nkerberos:\n  keytab: {}\n  realms: [{realm}]\n",
+                accounts.display(),
+                keytab.display()
+            )),
+            env: kdc.env(),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let cc = kdc.dir().join(format!("{user}.cc"));
+    kdc.kinit(&format!("{user}@{realm}"), password, &cc, None)
+        .await?;
+    let mut env = kdc.env();
+    env.push(("KRB5CCNAME".into(), format!("FILE:{}", cc.display())));
+    let issuer = idbridge.base.replace("127.0.0.1", "localhost");
+    Ok(Sso {
+        kdc,
+        idbridge,
+        env,
+        issuer,
+    })
+}

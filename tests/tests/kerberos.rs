@@ -101,7 +101,14 @@ async fn login(
     extra: &[&str],
 ) -> (i32, String, String) {
     let out = Command::new(idbridge_tests::idbridge_bin())
-        .args(["login", "--issuer", &localhost(i), "--ca-file"])
+        .args([
+            "login",
+            "--method",
+            "kerberos",
+            "--issuer",
+            &localhost(i),
+            "--ca-file",
+        ])
         .arg(i.data_dir.join("ca.crt"))
         .arg("--cache-dir")
         .arg(i.root.join("login-cache"))

@@ -68,11 +68,11 @@ impl Entry {
     /// a hash of the exact key, so two keys never share a file.
     pub(crate) fn new(dir: &Path, key: &Key<'_>) -> Self {
         let exact = format!("{}\n{}\n{:?}", key.identity, key.issuer, key.audience);
-        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, exact.as_bytes());
-        let hash: String = digest.as_ref()[..8]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        // FNV-1a: the name only has to differ between keys, and a cryptographic hash would
+        // start the crypto library (and its entropy source) on every kubectl run.
+        let hash = exact.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
         let host = key
             .issuer
             .split_once("://")
@@ -88,7 +88,7 @@ impl Entry {
             })
             .take(80)
             .collect();
-        let stem = format!("session-{readable}-{hash}");
+        let stem = format!("session-{readable}-{hash:016x}");
         Self {
             path: dir.join(format!("{stem}.json")),
             lock_path: dir.join(format!("{stem}.lock")),

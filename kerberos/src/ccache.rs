@@ -1,0 +1,247 @@
+//! The default principal of a FILE ticket cache, read from the file.
+//!
+//! `idbridge login` needs the principal on every kubectl run, only to pick the cached session
+//! (so another `kinit` never reuses it); asking GSS-API costs about 2 ms of library start-up,
+//! a third of the whole run. A FILE cache (MIT's format, versions 3 and 4, as `kinit` writes it)
+//! is read directly instead: its header names the default principal, and a ticket counts as
+//! held while one credential in it has not expired. Any other cache type, or a file that does
+//! not parse, goes through GSS-API as before. The login itself always goes through GSS-API.
+
+use std::path::PathBuf;
+
+/// What the cache file says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum FileCache {
+    /// The default principal, with a credential still valid.
+    Principal(String),
+    /// The file does not exist, or holds no credential.
+    NoTicket(String),
+    /// Every credential in it has expired.
+    Expired(String),
+    /// Not a FILE cache, or not one this parser reads: ask GSS-API.
+    Unknown,
+}
+
+/// The FILE cache `KRB5CCNAME` names, if it names one.
+fn file_cache() -> Option<PathBuf> {
+    let name = std::env::var("KRB5CCNAME").ok()?;
+    match name.split_once(':') {
+        Some(("FILE", path)) => Some(PathBuf::from(path)),
+        // A cache type (KCM:, KEYRING:, DIR:, MEMORY:, ...): not a file read here.
+        Some((kind, _)) if !kind.contains('/') => None,
+        _ => Some(PathBuf::from(name)),
+    }
+}
+
+/// Reads the cache `KRB5CCNAME` names, when it is a FILE cache.
+pub(crate) fn read(now_unix: u64) -> FileCache {
+    let Some(path) = file_cache() else {
+        return FileCache::Unknown;
+    };
+    match std::fs::read(&path) {
+        Ok(bytes) => parse(&bytes, now_unix),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            FileCache::NoTicket(format!("{} does not exist", path.display()))
+        }
+        Err(_) => FileCache::Unknown,
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(head)
+    }
+    fn u16(&mut self) -> Option<u16> {
+        self.take(2).map(|b| u16::from_be_bytes([b[0], b[1]]))
+    }
+    fn u32(&mut self) -> Option<u32> {
+        self.take(4)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn data(&mut self) -> Option<&'a [u8]> {
+        let n = usize::try_from(self.u32()?).ok()?;
+        self.take(n)
+    }
+    /// A principal: name type, component count, realm, components.
+    fn principal(&mut self) -> Option<(String, Vec<String>)> {
+        self.u32()?;
+        let count = self.u32()?;
+        if count > 64 {
+            return None;
+        }
+        let realm = String::from_utf8(self.data()?.to_vec()).ok()?;
+        let mut parts = Vec::new();
+        for _ in 0..count {
+            parts.push(String::from_utf8(self.data()?.to_vec()).ok()?);
+        }
+        Some((realm, parts))
+    }
+}
+
+/// A principal as `krb5_unparse_name` writes it: components joined by `/`, then `@realm`, with
+/// `/`, `@` and `\` escaped.
+fn unparse(realm: &str, parts: &[String]) -> String {
+    let escape = |s: &str| {
+        let mut out = String::with_capacity(s.len());
+        for c in s.chars() {
+            match c {
+                '/' | '@' | '\\' => {
+                    out.push('\\');
+                    out.push(c);
+                }
+                '\n' => out.push_str("\\n"),
+                '\t' => out.push_str("\\t"),
+                '\u{8}' => out.push_str("\\b"),
+                '\0' => out.push_str("\\0"),
+                c => out.push(c),
+            }
+        }
+        out
+    };
+    let name: Vec<String> = parts.iter().map(|p| escape(p)).collect();
+    format!("{}@{}", name.join("/"), escape(realm))
+}
+
+fn parse(bytes: &[u8], now_unix: u64) -> FileCache {
+    parse_inner(bytes, now_unix).unwrap_or(FileCache::Unknown)
+}
+
+fn parse_inner(bytes: &[u8], now_unix: u64) -> Option<FileCache> {
+    let mut r = Reader(bytes);
+    let version = r.u16()?;
+    match version {
+        0x0504 => {
+            let header = usize::from(r.u16()?);
+            r.take(header)?;
+        }
+        0x0503 => {}
+        // Versions 1 and 2 are in the host's byte order: leave them to GSS-API.
+        _ => return None,
+    }
+    let (realm, parts) = r.principal()?;
+    let principal = unparse(&realm, &parts);
+    // The credentials: is one of them (not a configuration entry) still valid?
+    let mut saw_one = false;
+    while !r.0.is_empty() {
+        r.principal()?;
+        let (server_realm, _) = r.principal()?;
+        r.u16()?; // key type
+        r.data()?; // key
+        r.u32()?; // auth time
+        r.u32()?; // start time
+        let end = u64::from(r.u32()?);
+        r.u32()?; // renew till
+        r.take(1)?; // is_skey
+        r.u32()?; // flags
+        for _ in 0..r.u32()? {
+            r.u16()?;
+            r.data()?;
+        } // addresses
+        for _ in 0..r.u32()? {
+            r.u16()?;
+            r.data()?;
+        } // authorization data
+        r.data()?; // ticket
+        r.data()?; // second ticket
+        if server_realm != "X-CACHECONF:" {
+            if end > now_unix {
+                return Some(FileCache::Principal(principal));
+            }
+            saw_one = true;
+        }
+    }
+    Some(if saw_one {
+        FileCache::Expired(format!("the tickets of {principal} have expired"))
+    } else {
+        FileCache::NoTicket(format!("the cache of {principal} holds no ticket"))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(out: &mut Vec<u8>, d: &[u8]) {
+        out.extend_from_slice(&u32::try_from(d.len()).unwrap().to_be_bytes());
+        out.extend_from_slice(d);
+    }
+
+    fn principal(out: &mut Vec<u8>, realm: &str, parts: &[&str]) {
+        out.extend_from_slice(&1u32.to_be_bytes());
+        out.extend_from_slice(&u32::try_from(parts.len()).unwrap().to_be_bytes());
+        data(out, realm.as_bytes());
+        for p in parts {
+            data(out, p.as_bytes());
+        }
+    }
+
+    fn cred(out: &mut Vec<u8>, server_realm: &str, end: u32) {
+        principal(out, "EXAMPLE.COM", &["alice"]);
+        principal(out, server_realm, &["krbtgt", "EXAMPLE.COM"]);
+        out.extend_from_slice(&18u16.to_be_bytes());
+        data(out, &[7; 32]);
+        for t in [1u32, 1, end, end] {
+            out.extend_from_slice(&t.to_be_bytes());
+        }
+        out.push(0);
+        out.extend_from_slice(&0u32.to_be_bytes());
+        out.extend_from_slice(&0u32.to_be_bytes());
+        out.extend_from_slice(&0u32.to_be_bytes());
+        data(out, b"ticket");
+        data(out, b"");
+    }
+
+    fn cache(creds: &[(&str, u32)]) -> Vec<u8> {
+        let mut out = vec![0x05, 0x04, 0, 12, 0, 1, 0, 8];
+        out.extend_from_slice(&[0; 8]);
+        principal(&mut out, "EXAMPLE.COM", &["alice", "admin"]);
+        for (realm, end) in creds {
+            cred(&mut out, realm, *end);
+        }
+        out
+    }
+
+    #[test]
+    fn the_default_principal_of_a_cache_with_a_valid_ticket() {
+        let c = cache(&[("X-CACHECONF:", 5000), ("EXAMPLE.COM", 2000)]);
+        assert_eq!(
+            parse(&c, 1000),
+            FileCache::Principal("alice/admin@EXAMPLE.COM".into())
+        );
+    }
+
+    #[test]
+    fn expired_or_no_credentials_are_no_ticket() {
+        assert!(matches!(
+            parse(
+                &cache(&[("EXAMPLE.COM", 900), ("X-CACHECONF:", 5000)]),
+                1000
+            ),
+            FileCache::Expired(_)
+        ));
+        assert!(matches!(parse(&cache(&[]), 1000), FileCache::NoTicket(_)));
+    }
+
+    #[test]
+    fn anything_else_is_left_to_gss_api() {
+        let c = cache(&[("EXAMPLE.COM", 2000)]);
+        for cut in [0, 1, 3, 10, 30, c.len() - 1] {
+            assert_eq!(parse(&c[..cut], 1000), FileCache::Unknown, "cut at {cut}");
+        }
+        let mut v2 = c.clone();
+        v2[1] = 2;
+        assert_eq!(parse(&v2, 1000), FileCache::Unknown);
+    }
+
+    #[test]
+    fn names_are_written_as_krb5_writes_them() {
+        assert_eq!(unparse("R", &["a/b".into(), "c@d".into()]), "a\\/b/c\\@d@R");
+    }
+}
