@@ -40,7 +40,9 @@ use clap::{Parser, Subcommand};
         idbridge session list --user alice\n  \
         idbridge revoke --user alice                     # every session and access token\n  \
         idbridge keys rotate                             # next key signs after its publish lead\n  \
-        idbridge login --issuer https://idbridge.example.com   # Kerberos single sign-on"
+        idbridge kubeconfig --server https://k8s.example.com:6443 --issuer https://idbridge.example.com\n  \
+        idbridge login --issuer https://idbridge.example.com   # Kerberos, else the browser\n  \
+        idbridge whoami                                  # the cached session's user and groups"
 )]
 struct Cli {
     /// Log format on standard error.
@@ -104,16 +106,21 @@ enum Command {
         #[command(flatten)]
         target: admin_cmd::Target,
     },
-    /// Log in (with your Kerberos ticket, in a browser, or with a device code) and print or
-    /// cache the session's access token; silent, so kubectl can run it as an exec plugin.
+    /// Log in (with your Kerberos ticket, in a browser, with a device code or your directory
+    /// password) and print or cache the session's access token; kubectl runs it as its exec
+    /// credential plugin.
     ///
-    /// The session is cached per issuer: a fresh access token is reused, a stale one refreshed,
-    /// and only an ended session logs in again.
+    /// The session is cached per issuer, audience and identity: a fresh access token is reused,
+    /// a stale one refreshed, and only an ended session logs in again. Parallel runs share one
+    /// refresh and one login. Under kubectl without a terminal it never prompts, and says what
+    /// to run instead.
     #[command(after_help = "Examples:\n  \
-        kinit alice@EXAMPLE.COM\n  \
-        idbridge login --issuer https://idbridge.example.com\n  \
+        idbridge login --issuer https://idbridge.example.com                  # Kerberos if kinit'ed, else the browser\n  \
+        idbridge login --issuer https://idbridge.example.com --method device  # a code to enter on any device\n  \
+        idbridge login --issuer https://idbridge.example.com --method password --username alice\n  \
         idbridge login --issuer https://idbridge.example.com --output token\n  \
-        idbridge login --issuer https://127.0.0.1:8443 --ca-file idbridge-data/ca.crt --service HTTP@idbridge.example.com")]
+        idbridge login --issuer https://127.0.0.1:8443 --ca-file idbridge-data/ca.crt --service HTTP@idbridge.example.com\n\n\
+        See docs/kubectl.md for every message and how to reset.")]
     Login(login::LoginArgs),
     /// Show the cached sessions: user, UID, groups, namespace and when the token expires.
     Whoami(login::WhoamiArgs),

@@ -193,6 +193,12 @@ impl Login<'_> {
         if let Some(a) = &self.args.audience {
             cmd.push_str(&format!(" --audience {a}"));
         }
+        if let Some(u) = &self.args.username {
+            cmd.push_str(&format!(" --username {u}"));
+        }
+        if let Some(svc) = &self.args.service {
+            cmd.push_str(&format!(" --service {svc}"));
+        }
         if let Some(d) = &self.args.cache_dir {
             cmd.push_str(&format!(" --cache-dir {}", d.display()));
         }
