@@ -952,8 +952,9 @@ async fn idbridge_login_by_browser_and_by_device_code() {
     let review = i.review(out.trim(), &[]).await.unwrap();
     assert_eq!(review["user"]["username"], "alice@example.test", "{review}");
 
-    // --method device: the code's page printed; the CLI polls until the login is done.
-    let (code, out, err) = cli_login(&i, dir.path(), &["--method", "device"], |url| {
+    // --method device: the code's page printed; the CLI polls until the login is done. A browser
+    // and a device login share one cache entry (whoever logs in): --fresh logs in anyway.
+    let (code, out, err) = cli_login(&i, dir.path(), &["--method", "device", "--fresh"], |url| {
         let (i, p) = (&i, &p);
         async move {
             assert!(url.contains("/device?user_code="), "{url}");
