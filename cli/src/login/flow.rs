@@ -34,11 +34,12 @@ impl std::fmt::Display for Refused {
 
 impl std::error::Error for Refused {}
 
-/// Whether a refresh failed because the session is over (refused by the server), as opposed to
-/// the server being unreachable or failing: only then is a new login the answer.
+/// Whether a refresh failed because the session is over (the server refused the refresh token
+/// or the client: 400 or 401), as opposed to the server being unreachable, busy (429) or failing:
+/// only then is a new login the answer.
 pub(crate) fn ended(e: &anyhow::Error) -> bool {
     e.downcast_ref::<Refused>()
-        .is_some_and(|r| (400..500).contains(&r.status))
+        .is_some_and(|r| matches!(r.status, 400 | 401))
 }
 
 /// Logs in with the method in effect. `why` is the reason a login is needed when it is not the
@@ -456,4 +457,32 @@ fn session_from(body: &Value) -> anyhow::Result<Session> {
         identity: String::new(),
         ca_file: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(status: u16) -> anyhow::Error {
+        Refused {
+            status,
+            error: "invalid_grant".into(),
+            description: "x".into(),
+        }
+        .into()
+    }
+
+    #[test]
+    fn only_a_refused_refresh_token_ends_the_session() {
+        assert!(ended(&refused(400)));
+        assert!(ended(&refused(401)));
+        // Busy or failing servers, and unreachable ones, keep the cached session.
+        assert!(!ended(&refused(429)));
+        assert!(!ended(&refused(503)));
+        assert!(!ended(&anyhow::anyhow!(
+            "cannot reach https://x/oauth2/token"
+        )));
+        // Context added on the way up does not hide the refusal.
+        assert!(ended(&refused(400).context("refreshing")));
+    }
 }
