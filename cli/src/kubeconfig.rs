@@ -8,7 +8,6 @@
 //! written. While editing, `<file>.lock` is held the way kubectl holds it, so kubectl and idbridge
 //! never write the file at once.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
@@ -419,26 +418,14 @@ fn replace(path: &Path, text: &str) -> anyhow::Result<()> {
         .file_name()
         .context("the kubeconfig path names no file")?;
     let tmp = dir.join(format!(".{}.idbridge-tmp", file_name.to_string_lossy()));
-    let _ = std::fs::remove_file(&tmp);
-    let fail = || format!("cannot write {}", path.display());
-    {
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-            let mode = std::fs::metadata(path).map_or(0o600, |m| m.permissions().mode() & 0o777);
-            opts.mode(mode);
-        }
-        let mut f = opts.open(&tmp).with_context(fail)?;
-        f.write_all(text.as_bytes()).with_context(fail)?;
-        f.sync_all().with_context(fail)?;
-    }
-    std::fs::rename(&tmp, path).with_context(fail)?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(fail)?;
-    Ok(())
+    #[cfg(unix)]
+    let mode = {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path).map_or(0o600, |m| m.permissions().mode() & 0o777)
+    };
+    #[cfg(not(unix))]
+    let mode = 0o600;
+    crate::files::replace(path, &tmp, text.as_bytes(), mode, "write")
 }
 
 pub fn run(args: &KubeconfigArgs) -> anyhow::Result<()> {

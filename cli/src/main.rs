@@ -11,6 +11,7 @@
 
 mod admin_cmd;
 mod config;
+mod files;
 mod kubeconfig;
 mod login;
 mod profile;

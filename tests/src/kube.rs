@@ -444,6 +444,61 @@ impl ApiServer {
         ))
     }
 
+    /// Lets members of `group` get and list namespaces (a ClusterRole and its binding, made as
+    /// the admin), and waits, bounded, until the authorizer says so.
+    ///
+    /// # Errors
+    /// If kubectl fails, or RBAC has not caught up after 30 s.
+    pub async fn let_group_list_namespaces(&self, group: &str) -> anyhow::Result<()> {
+        let admin = self.token_kubeconfig(&self.admin_token)?;
+        let role = format!("{group}-reads-namespaces");
+        let (role_flag, group_flag) = (format!("--clusterrole={role}"), format!("--group={group}"));
+        for args in [
+            &[
+                "create",
+                "clusterrole",
+                &role,
+                "--verb=get,list",
+                "--resource=namespaces",
+            ][..],
+            &[
+                "create",
+                "clusterrolebinding",
+                &role,
+                &role_flag,
+                &group_flag,
+            ],
+        ] {
+            let (code, _, err) = self.kubectl(&admin, args, &[]).await?;
+            if code != 0 {
+                bail!("kubectl {args:?}: {err}");
+            }
+        }
+        let as_group = format!("--as-group={group}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let (_, out, _) = self
+                .kubectl(
+                    &admin,
+                    &[
+                        "auth",
+                        "can-i",
+                        "list",
+                        "namespaces",
+                        "--as=someone",
+                        &as_group,
+                    ],
+                    &[],
+                )
+                .await?;
+            if out.trim() == "yes" {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!("RBAC does not let {group} list namespaces after 30 s")
+    }
+
     /// `kubectl auth whoami -o json` as `token`: the user kube-apiserver sees, or the error.
     ///
     /// # Errors

@@ -301,6 +301,20 @@ impl Idbridge {
         )?)
     }
 
+    /// Its `/metrics` page.
+    ///
+    /// # Errors
+    /// If the request fails.
+    pub async fn metrics(&self) -> anyhow::Result<String> {
+        Ok(self
+            .http
+            .get(self.url("/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?)
+    }
+
     /// The audit log so far. Lines of acknowledged changes are always there; review lines are
     /// written moments later, so to see every line use [`Idbridge::stop_and_read_audit`].
     #[must_use]

@@ -729,15 +729,7 @@ async fn refusals_over_http2() {
 
 /// The value of the `/metrics` sample whose name and labels are `sample`.
 async fn metric(i: &Idbridge, sample: &str) -> u64 {
-    let m = i
-        .http
-        .get(i.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = i.metrics().await.unwrap();
     m.lines()
         .find_map(|l| l.strip_prefix(sample)?.trim().parse().ok())
         .unwrap_or_else(|| panic!("no {sample} in {m}"))

@@ -145,6 +145,20 @@ impl Desk {
         serde_json::from_str::<Value>(&out).unwrap()["status"]["userInfo"].clone()
     }
 
+    /// The one cached session's file.
+    fn session_file(&self) -> PathBuf {
+        std::fs::read_dir(self.cache())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|x| x == "json"))
+            .expect("a cached session")
+    }
+
+    /// The one cached session.
+    fn session(&self) -> Value {
+        serde_json::from_slice(&std::fs::read(self.session_file()).unwrap()).unwrap()
+    }
+
     /// Makes every cached access token look expired to the plugin.
     fn expire_tokens(&self) {
         let mut n = 0;
@@ -179,68 +193,12 @@ fn session_starts(i: &Idbridge) -> usize {
 
 /// Requests the server answered on `route`, as its metrics say.
 async fn requests(i: &Idbridge, route: &str) -> u64 {
-    let text = i
-        .http
-        .get(i.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = i.metrics().await.unwrap();
     let prefix = format!("idbridge_http_request_duration_seconds_count{{route=\"{route}\",");
     text.lines()
         .filter(|l| l.starts_with(&prefix))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum()
-}
-
-/// Lets members of `group` list namespaces, and waits until the authorizer says so.
-async fn grant_namespaces(api: &ApiServer, group: &str) {
-    let admin = api.token_kubeconfig(&api.admin_token).unwrap();
-    let group_flag = format!("--group={group}");
-    for args in [
-        &[
-            "create",
-            "clusterrole",
-            "ns-reader",
-            "--verb=get,list",
-            "--resource=namespaces",
-        ][..],
-        &[
-            "create",
-            "clusterrolebinding",
-            "ns-readers",
-            "--clusterrole=ns-reader",
-            &group_flag,
-        ],
-    ] {
-        let (code, _, err) = api.kubectl(&admin, args, &[]).await.unwrap();
-        assert_eq!(code, 0, "{err}");
-    }
-    let as_group = format!("--as-group={group}");
-    for _ in 0..100 {
-        let (_, out, _) = api
-            .kubectl(
-                &admin,
-                &[
-                    "auth",
-                    "can-i",
-                    "list",
-                    "namespaces",
-                    "--as=someone",
-                    &as_group,
-                ],
-                &[],
-            )
-            .await
-            .unwrap();
-        if out.trim() == "yes" {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("RBAC never let {group} list namespaces");
 }
 
 /// A slapd with alice in `dev`, and an idbridge that logs in against it.
@@ -273,7 +231,7 @@ async fn kerberos_sso_through_kubectl_refreshes_once_for_ten_parallel_runs() {
     let api = ApiServer::start(dir.path(), Authn::webhook(&i.data_dir))
         .await
         .unwrap();
-    grant_namespaces(&api, "dev").await;
+    api.let_group_list_namespaces("dev").await.unwrap();
     let issuer = sso.issuer.clone();
     desk.configure(&api, i, &issuer, &[]).await;
 
@@ -283,18 +241,7 @@ async fn kerberos_sso_through_kubectl_refreshes_once_for_ten_parallel_runs() {
     assert_eq!(who["groups"][0], "dev", "{who}");
     assert_eq!(session_starts(i), 1);
     // The session is the ticket's principal's, as GSS-API names it (read from the FILE cache).
-    let cached: Value = serde_json::from_slice(
-        &std::fs::read(
-            std::fs::read_dir(desk.cache())
-                .unwrap()
-                .map(|e| e.unwrap().path())
-                .find(|p| p.extension().is_some_and(|x| x == "json"))
-                .unwrap(),
-        )
-        .unwrap(),
-    )
-    .unwrap();
-    assert_eq!(cached["identity"], format!("krb5:alice@{REALM}"));
+    assert_eq!(desk.session()["identity"], format!("krb5:alice@{REALM}"));
     let (code, out, err) = desk.idbridge(&["whoami"]).await;
     assert_eq!(code, 0, "{err}");
     for want in [
@@ -342,11 +289,7 @@ async fn kerberos_sso_through_kubectl_refreshes_once_for_ten_parallel_runs() {
 
     // A refresh whose result cannot be saved is an error, not a silently lost rotation.
     desk.expire_tokens();
-    let stale = std::fs::read_dir(desk.cache())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|x| x == "json"))
-        .unwrap();
+    let stale = desk.session_file();
     std::fs::create_dir_all(stale.with_extension("json.tmp").join("x")).unwrap();
     let (code, _, err) = desk.kubectl(&["get", "ns"]).await;
     assert_ne!(code, 0);
@@ -572,7 +515,7 @@ async fn ten_parallel_kubectl_without_a_session_make_one_device_login() {
     let api = ApiServer::start(dir.path(), Authn::webhook(&i.data_dir))
         .await
         .unwrap();
-    grant_namespaces(&api, "dev").await;
+    api.let_group_list_namespaces("dev").await.unwrap();
     desk.configure(&api, &i, &i.base, &["--method", "device"])
         .await;
 
@@ -629,12 +572,8 @@ async fn ten_parallel_kubectl_without_a_session_make_one_device_login() {
 
     // logout: the session is revoked at the server and the cache cleared; the next kubectl run
     // needs a login, and without a terminal it asks nothing and says what to run.
-    let session = std::fs::read_dir(desk.cache())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|x| x == "json"))
-        .unwrap();
-    let old: Value = serde_json::from_slice(&std::fs::read(&session).unwrap()).unwrap();
+    let session = desk.session_file();
+    let old = desk.session();
     let (code, _, err) = desk.idbridge(&["logout"]).await;
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("logged out alice"), "{err}");

@@ -147,15 +147,7 @@ async fn disabling_and_revoking_take_effect_at_the_next_review() {
     assert_eq!(st["error"], "token is invalid or revoked");
     // A revoked static token can no longer be exchanged either.
     assert_eq!(s.exchange(secret, None).await.unwrap().status(), 400);
-    let metrics = s
-        .http
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = s.metrics().await.unwrap();
     assert!(
         metrics.contains("idbridge_review_cache_total{result=\"hit\"}"),
         "{metrics}"

@@ -160,26 +160,13 @@ impl Entry {
     pub(crate) fn write(&self, _held: &Held, session: &Session) -> anyhow::Result<()> {
         let dir = self.path.parent().context("cache path has no directory")?;
         private_dir(dir)?;
-        let tmp = self.path.with_extension("json.tmp");
-        // A temporary file left by a crash is ours to replace (we hold the lock); removing it
-        // first makes the new one get mode 0600 whatever the old one had.
-        let _ = std::fs::remove_file(&tmp);
-        let fail = || format!("cannot save the session to {}", self.path.display());
-        {
-            let mut opts = OpenOptions::new();
-            opts.write(true).create_new(true);
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-            let mut f = opts.open(&tmp).with_context(fail)?;
-            f.write_all(&serde_json::to_vec(session)?)
-                .with_context(fail)?;
-            f.sync_all().with_context(fail)?;
-        }
-        std::fs::rename(&tmp, &self.path).with_context(fail)?;
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .with_context(fail)?;
-        Ok(())
+        crate::files::replace(
+            &self.path,
+            &self.path.with_extension("json.tmp"),
+            &serde_json::to_vec(session)?,
+            0o600,
+            "save the session to",
+        )
     }
 
     /// Removes the session file (holding the lock). The lock file stays: removing it would let
@@ -259,6 +246,17 @@ pub(crate) fn private_dir(dir: &Path) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
+    fn entry(root: &Path) -> Entry {
+        Entry::new(
+            root,
+            &Key {
+                issuer: "https://i.example",
+                audience: None,
+                identity: "web",
+            },
+        )
+    }
+
     fn session(token: &str) -> Session {
         Session {
             access_token: token.to_owned(),
@@ -315,14 +313,7 @@ mod tests {
     async fn a_write_replaces_the_file_whole_and_private() {
         use std::os::unix::fs::PermissionsExt;
         let root = tempfile::tempdir().unwrap();
-        let e = Entry::new(
-            root.path(),
-            &Key {
-                issuer: "https://i.example",
-                audience: None,
-                identity: "web",
-            },
-        );
+        let e = entry(root.path());
         // A stale temporary file from a crash, world-readable, does not make the next one so.
         std::fs::write(e.path.with_extension("json.tmp"), b"junk").unwrap();
         std::fs::set_permissions(
@@ -344,14 +335,7 @@ mod tests {
     #[tokio::test]
     async fn a_write_that_cannot_be_saved_is_an_error() {
         let root = tempfile::tempdir().unwrap();
-        let e = Entry::new(
-            root.path(),
-            &Key {
-                issuer: "https://i.example",
-                audience: None,
-                identity: "web",
-            },
-        );
+        let e = entry(root.path());
         let held = e.lock(Duration::from_secs(1)).await.unwrap();
         // A directory where the temporary file goes: the open fails, for root too.
         std::fs::create_dir_all(e.path.with_extension("json.tmp").join("x")).unwrap();
@@ -365,14 +349,7 @@ mod tests {
     #[tokio::test]
     async fn a_held_lock_makes_the_next_wait_then_time_out_naming_the_holder() {
         let root = tempfile::tempdir().unwrap();
-        let e = Entry::new(
-            root.path(),
-            &Key {
-                issuer: "https://i.example",
-                audience: None,
-                identity: "web",
-            },
-        );
+        let e = entry(root.path());
         let held = e.lock(Duration::from_secs(1)).await.unwrap();
         let err = e.lock(Duration::from_millis(300)).await.unwrap_err();
         let text = format!("{err:#}");
