@@ -1,10 +1,21 @@
-//! Replacing a file whole: a temporary file beside it, flushed to disk, renamed over it, and the
+//! Private directories, and replacing a file whole: a temporary file beside it, flushed to disk, renamed over it, and the
 //! directory flushed, so a crash leaves the old content or the new, never part of either.
 
 use std::io::Write;
 use std::path::Path;
 
 use anyhow::Context;
+
+/// Creates `dir` and its missing parents, each new one readable by its owner only; an existing
+/// one is left as it is.
+pub(crate) fn create_dir(dir: &Path) -> anyhow::Result<()> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+    b.create(dir)
+        .with_context(|| format!("cannot create {}", dir.display()))
+}
 
 /// Replaces `path` with `bytes` through the temporary file `tmp` (in the same directory), which
 /// is created with `mode`. A `tmp` left by a crash is removed first, so the new file gets `mode`

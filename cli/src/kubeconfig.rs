@@ -402,12 +402,7 @@ fn parent_dir(path: &Path) -> anyhow::Result<&Path> {
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let mut b = std::fs::DirBuilder::new();
-    b.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
-    b.create(dir)
-        .with_context(|| format!("cannot create {}", dir.display()))?;
+    crate::files::create_dir(dir)?;
     Ok(dir)
 }
 

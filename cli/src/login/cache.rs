@@ -224,12 +224,7 @@ pub(crate) fn entries(dir: &Path) -> Vec<(Entry, Session)> {
 /// Creates the cache directory readable by its owner only (the file names show the user and
 /// the issuer), and makes an existing one so.
 pub(crate) fn private_dir(dir: &Path) -> anyhow::Result<()> {
-    let mut b = std::fs::DirBuilder::new();
-    b.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
-    b.create(dir)
-        .with_context(|| format!("cannot create {}", dir.display()))?;
+    crate::files::create_dir(dir)?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
