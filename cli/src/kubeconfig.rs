@@ -51,6 +51,10 @@ pub struct KubeconfigArgs {
     /// With `--method password`: the directory user name [default: asked on the terminal].
     #[arg(long)]
     pub username: Option<String>,
+    /// For Kerberos: the service to ask a ticket for, when the issuer's host is not the name
+    /// of idbridge's service principal [default: HTTP@<issuer host>].
+    #[arg(long, value_name = "SERVICE@HOST")]
+    pub service: Option<String>,
     /// The kubeconfig to write [default: the first file of $KUBECONFIG that exists, else its
     /// last, else ~/.kube/config; as kubectl chooses].
     #[arg(long, value_name = "FILE")]
@@ -166,6 +170,10 @@ fn entries(args: &KubeconfigArgs) -> anyhow::Result<Entries> {
         login.push("--username".into());
         login.push(u.clone());
     }
+    if let Some(svc) = &args.service {
+        login.push("--service".into());
+        login.push(svc.clone());
+    }
     let command = match &args.command {
         Some(c) => c.clone(),
         None => std::env::current_exe()
@@ -205,6 +213,16 @@ fn top_level(line: &str) -> bool {
     !line.starts_with([' ', '\t', '-', '#', '\n', '\r']) && !line.is_empty()
 }
 
+/// A line's value after its key, and its trailing comment (`# ...`, or empty).
+fn value_and_comment(after_key: &str) -> (&str, &str) {
+    let t = after_key.trim_end_matches(['\n', '\r']);
+    let at = t
+        .char_indices()
+        .find(|&(i, c)| c == '#' && (i == 0 || t[..i].ends_with([' ', '\t'])))
+        .map_or(t.len(), |(i, _)| i);
+    (t[..at].trim(), t[at..].trim_end())
+}
+
 /// Sets the entry named `name` of `section` to `value`: replaces the item that has that name, or
 /// appends one; every other line is kept.
 fn set_entry(text: &str, section: &str, name: &str, value: &Value) -> anyhow::Result<String> {
@@ -223,13 +241,16 @@ fn set_entry(text: &str, section: &str, name: &str, value: &Value) -> anyhow::Re
         out.push_str(&item(value, "")?);
         return Ok(out);
     };
-    let rest = lines[k][head.len()..].trim();
-    let rest = rest.split(" #").next().unwrap_or("").trim();
+    let (rest, comment) = value_and_comment(&lines[k][head.len()..]);
     match rest {
         "" => {}
         "[]" | "null" | "~" => {
             let mut out: String = lines[..k].concat();
             out.push_str(&head);
+            if !comment.is_empty() {
+                out.push_str("  ");
+                out.push_str(comment);
+            }
             out.push('\n');
             out.push_str(&item(value, "")?);
             out.push_str(&lines[k + 1..].concat());
@@ -284,11 +305,19 @@ fn set_current(text: &str, name: &str) -> anyhow::Result<String> {
     let line = format!("current-context: {}\n", value.trim_end());
     let lines: Vec<&str> = text.split_inclusive('\n').collect();
     match lines.iter().position(|l| l.starts_with("current-context:")) {
-        Some(k) => Ok(format!(
-            "{}{line}{}",
-            lines[..k].concat(),
-            lines[k + 1..].concat()
-        )),
+        Some(k) => {
+            let (_, comment) = value_and_comment(&lines[k]["current-context:".len()..]);
+            let line = if comment.is_empty() {
+                line
+            } else {
+                format!("current-context: {}  {comment}\n", value.trim_end())
+            };
+            Ok(format!(
+                "{}{line}{}",
+                lines[..k].concat(),
+                lines[k + 1..].concat()
+            ))
+        }
         None => {
             let mut out = text.to_owned();
             if !out.is_empty() && !out.ends_with('\n') {
@@ -313,6 +342,11 @@ fn parse(text: &str) -> anyhow::Result<serde_json::Map<String, Value>> {
 
 /// The merged file's text, checked: every entry but ours is what it was.
 fn merge(old: &str, e: &Entries, switch: bool) -> anyhow::Result<String> {
+    // A file whose every line ends in CRLF is edited as LF and written back as CRLF.
+    let crlf = old.contains("\r\n") && !old.replace("\r\n", "").contains('\n');
+    if crlf {
+        return Ok(merge(&old.replace("\r\n", "\n"), e, switch)?.replace('\n', "\r\n"));
+    }
     let before = parse(old)?;
     let mut text = if old.trim().is_empty() {
         "apiVersion: v1\nkind: Config\n".to_owned()
@@ -425,13 +459,18 @@ fn replace(path: &Path, text: &str) -> anyhow::Result<()> {
 
 pub fn run(args: &KubeconfigArgs) -> anyhow::Result<()> {
     let e = entries(args)?;
-    let mut path = target(args.kubeconfig.as_deref())?;
-    // A symlinked kubeconfig is edited where it points.
-    if let Ok(real) = std::fs::canonicalize(&path) {
-        path = real;
-    }
-    parent_dir(&path)?;
-    let _lock = FileLock::take(&path)?;
+    let named = target(args.kubeconfig.as_deref())?;
+    parent_dir(&named)?;
+    // Locked by the name kubectl uses, and edited where it points when it is a symlink.
+    let _lock = FileLock::take(&named)?;
+    let path = match std::fs::canonicalize(&named) {
+        Ok(real) => real,
+        Err(_) if named.is_symlink() => bail!(
+            "{} is a symbolic link to a file that does not exist: create it, or name another with --kubeconfig",
+            named.display()
+        ),
+        Err(_) => named.clone(),
+    };
     let old = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => String::new(),
@@ -473,6 +512,7 @@ mod tests {
             context: Some(context.into()),
             audience: None,
             username: None,
+            service: None,
             kubeconfig: None,
             command: Some("idbridge".into()),
             no_switch: false,
@@ -553,6 +593,29 @@ users:
         let text = merge(old, &e, false).unwrap();
         assert!(text.starts_with("apiVersion: v1\nkind: Config\nclusters:\n  - name: a\n    cluster: {server: https://a}\n  - name: b\n"), "{text}");
         assert!(text.contains("current-context: a\n"), "{text}");
+    }
+
+    #[test]
+    fn crlf_comments_quoted_names_and_a_document_marker_are_kept() {
+        let old = "---\r\napiVersion: v1\r\nkind: Config\r\nclusters:  # mine\r\n- name: \"a\"\r\n  cluster: {server: https://a}\r\nusers: []  # none yet\r\ncontexts:\r\n- name: 'b'\r\n  context: {cluster: a, user: x}\r\ncurrent-context: a  # the usual\r\n";
+        let e = entries(&args("b")).unwrap();
+        let text = merge(old, &e, true).unwrap();
+        assert!(
+            !text.replace("\r\n", "").contains('\n'),
+            "CRLF kept: {text:?}"
+        );
+        for keep in [
+            "---\r\napiVersion: v1\r\nkind: Config\r\nclusters:  # mine\r\n- name: \"a\"\r\n  cluster: {server: https://a}\r\n",
+            "users:  # none yet\r\n",
+            "current-context: b  # the usual\r\n",
+        ] {
+            assert!(text.contains(keep), "{keep:?} not in {text:?}");
+        }
+        // The quoted context named b is ours, replaced in place.
+        let v: Value = serde_yaml_ng::from_str(&text).unwrap();
+        assert_eq!(v["contexts"].as_array().unwrap().len(), 1, "{text}");
+        assert_eq!(v["contexts"][0]["context"]["user"], "idbridge-b");
+        assert_eq!(v["clusters"].as_array().unwrap().len(), 2);
     }
 
     #[test]

@@ -4,8 +4,9 @@
 //! (so another `kinit` never reuses it); asking GSS-API costs about 2 ms of library start-up,
 //! a third of the whole run. A FILE cache (MIT's format, versions 3 and 4, as `kinit` writes it)
 //! is read directly instead: its header names the default principal, and a ticket counts as
-//! held while one credential in it has not expired. Any other cache type, or a file that does
-//! not parse, goes through GSS-API as before. The login itself always goes through GSS-API.
+//! held while one credential in it has not expired; the principal of an expired cache is known
+//! too, so a session it started can still be refreshed. Any other cache type, or a file that
+//! does not parse, goes through GSS-API as before. The login itself always goes through GSS-API.
 
 use std::path::PathBuf;
 
@@ -16,7 +17,7 @@ pub(crate) enum FileCache {
     Principal(String),
     /// The file does not exist, or holds no credential.
     NoTicket(String),
-    /// Every credential in it has expired.
+    /// Every credential of this principal in it has expired.
     Expired(String),
     /// Not a FILE cache, or not one this parser reads: ask GSS-API.
     Unknown,
@@ -133,6 +134,9 @@ fn parse_inner(bytes: &[u8], now_unix: u64) -> Option<FileCache> {
         r.principal()?;
         let (server_realm, _) = r.principal()?;
         r.u16()?; // key type
+        if version == 0x0503 {
+            r.u16()?; // version 3 writes the key type twice
+        }
         r.data()?; // key
         r.u32()?; // auth time
         r.u32()?; // start time
@@ -158,7 +162,7 @@ fn parse_inner(bytes: &[u8], now_unix: u64) -> Option<FileCache> {
         }
     }
     Some(if saw_one {
-        FileCache::Expired(format!("the tickets of {principal} have expired"))
+        FileCache::Expired(principal)
     } else {
         FileCache::NoTicket(format!("the cache of {principal} holds no ticket"))
     })
@@ -182,10 +186,13 @@ mod tests {
         }
     }
 
-    fn cred(out: &mut Vec<u8>, server_realm: &str, end: u32) {
+    fn cred(out: &mut Vec<u8>, v3: bool, server_realm: &str, end: u32) {
         principal(out, "EXAMPLE.COM", &["alice"]);
         principal(out, server_realm, &["krbtgt", "EXAMPLE.COM"]);
         out.extend_from_slice(&18u16.to_be_bytes());
+        if v3 {
+            out.extend_from_slice(&18u16.to_be_bytes());
+        }
         data(out, &[7; 32]);
         for t in [1u32, 1, end, end] {
             out.extend_from_slice(&t.to_be_bytes());
@@ -203,7 +210,16 @@ mod tests {
         out.extend_from_slice(&[0; 8]);
         principal(&mut out, "EXAMPLE.COM", &["alice", "admin"]);
         for (realm, end) in creds {
-            cred(&mut out, realm, *end);
+            cred(&mut out, false, realm, *end);
+        }
+        out
+    }
+
+    fn cache_v3(creds: &[(&str, u32)]) -> Vec<u8> {
+        let mut out = vec![0x05, 0x03];
+        principal(&mut out, "EXAMPLE.COM", &["alice", "admin"]);
+        for (realm, end) in creds {
+            cred(&mut out, true, realm, *end);
         }
         out
     }
@@ -218,14 +234,27 @@ mod tests {
     }
 
     #[test]
+    fn version_3_writes_the_key_type_twice() {
+        let c = cache_v3(&[("EXAMPLE.COM", 900), ("EXAMPLE.COM", 2000)]);
+        assert_eq!(
+            parse(&c, 1000),
+            FileCache::Principal("alice/admin@EXAMPLE.COM".into())
+        );
+        assert_eq!(
+            parse(&cache_v3(&[("EXAMPLE.COM", 900)]), 1000),
+            FileCache::Expired("alice/admin@EXAMPLE.COM".into())
+        );
+    }
+
+    #[test]
     fn expired_or_no_credentials_are_no_ticket() {
-        assert!(matches!(
+        assert_eq!(
             parse(
                 &cache(&[("EXAMPLE.COM", 900), ("X-CACHECONF:", 5000)]),
                 1000
             ),
-            FileCache::Expired(_)
-        ));
+            FileCache::Expired("alice/admin@EXAMPLE.COM".into())
+        );
         assert!(matches!(parse(&cache(&[]), 1000), FileCache::NoTicket(_)));
     }
 

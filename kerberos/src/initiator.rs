@@ -72,26 +72,50 @@ pub fn http_service(host: &str) -> String {
     format!("HTTP@{host}")
 }
 
+/// The ticket cache's principal, and whether a ticket in it is still valid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachedTicket {
+    /// The default principal (`alice@EXAMPLE.COM`).
+    pub principal: String,
+    /// Whether every ticket in the cache has expired (the principal is still known, so a
+    /// session it started can be found and refreshed; a new login needs `kinit`).
+    pub expired: bool,
+}
+
 /// The principal of the default ticket cache (`KRB5CCNAME`), read without contacting a KDC:
-/// from the file for a FILE cache, else through GSS-API.
+/// from the file for a FILE cache, else through GSS-API (which names no principal for an
+/// expired cache).
 ///
 /// # Errors
-/// No ticket cache, or an expired ticket.
-pub async fn default_principal() -> Result<String, InitError> {
+/// No ticket cache, or an expired one that GSS-API will not name.
+pub async fn cached_ticket() -> Result<CachedTicket, InitError> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     match crate::ccache::read(now) {
-        crate::ccache::FileCache::Principal(p) => return Ok(p),
+        crate::ccache::FileCache::Principal(principal) => {
+            return Ok(CachedTicket {
+                principal,
+                expired: false,
+            });
+        }
+        crate::ccache::FileCache::Expired(principal) => {
+            return Ok(CachedTicket {
+                principal,
+                expired: true,
+            });
+        }
         crate::ccache::FileCache::NoTicket(why) => return Err(InitError::NoTicket(why)),
-        crate::ccache::FileCache::Expired(why) => return Err(InitError::Expired(why)),
         crate::ccache::FileCache::Unknown => {}
     }
     tokio::task::spawn_blocking(|| {
         let cred = Cred::acquire(None, None, CredUsage::Initiate, None)
             .map_err(|e| InitError::from_gss(e, ""))?;
         let name = cred.name().map_err(|e| InitError::from_gss(e, ""))?;
-        Ok(name.to_string())
+        Ok(CachedTicket {
+            principal: name.to_string(),
+            expired: false,
+        })
     })
     .await
     .map_err(|e| InitError::Other(e.to_string()))?

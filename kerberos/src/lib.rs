@@ -29,7 +29,7 @@ pub mod spnego;
 
 pub use acceptor::{AcceptError, Accepted, Acceptor, MAX_TOKEN_BYTES};
 pub use config::{GroupSource, KerberosConfig, MappingRule};
-pub use initiator::{InitError, Initiator, default_principal, http_service};
+pub use initiator::{CachedTicket, InitError, Initiator, cached_ticket, http_service};
 pub use mapping::{MapError, Mapper};
 
 /// A configuration problem, naming the field at fault.

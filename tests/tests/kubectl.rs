@@ -340,6 +340,48 @@ async fn kerberos_sso_through_kubectl_refreshes_once_for_ten_parallel_runs() {
     assert_eq!(review["user"]["username"], "alice", "{review}");
     // The token came from the cache: no new session.
     assert_eq!(session_starts(i), 2);
+
+    // An expired ticket still names whose session it is: the session is refreshed, no kinit
+    // needed until the session itself ends.
+    let short = sso.kdc.dir().join("short.cc");
+    sso.kdc
+        .kinit(&format!("alice@{REALM}"), ALICE_KRB_PW, &short, Some("2s"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut expired = desk.clone();
+    expired.env.retain(|(k, _)| k != "KRB5CCNAME");
+    expired
+        .env
+        .push(("KRB5CCNAME".into(), format!("FILE:{}", short.display())));
+    expired.expire_tokens();
+    let before = refreshes(i);
+    assert_eq!(expired.whoami().await["username"], "alice");
+    assert_eq!(refreshes(i), before + 1);
+    assert_eq!(session_starts(i), 2);
+
+    // No ticket and no session, and kubectl gives no terminal: auto asks nothing and says
+    // what to run.
+    let out = Command::new(idbridge_tests::idbridge_bin())
+        .args(["login", "--issuer", &issuer, "--cache-dir"])
+        .arg(dir.path().join("empty-cache"))
+        .env("KRB5CCNAME", format!("FILE:{}", dir.path().join("none.cc").display()))
+        .env(
+            "KUBERNETES_EXEC_INFO",
+            r#"{"kind":"ExecCredential","apiVersion":"client.authentication.k8s.io/v1","spec":{"interactive":false}}"#,
+        )
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("no Kerberos ticket and there is no session")
+            && err.contains("--method browser"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty());
 }
 
 /// Reads a child's output into a shared string as it comes (a prompt ends in no newline),
@@ -460,7 +502,8 @@ async fn the_directory_password_is_typed_on_a_terminal_without_echo() {
         err.contains("warning: the password comes from IDBRIDGE_PASSWORD"),
         "{err}"
     );
-    // A wrong password is the server's one answer, and nothing is cached for it.
+    // A wrong password is the server's one answer, and the cached session is left as it was.
+    let cached = desk.session();
     env_desk.env.pop();
     env_desk
         .env
@@ -468,6 +511,7 @@ async fn the_directory_password_is_typed_on_a_terminal_without_echo() {
     let (code, _, err) = env_desk.idbridge(&base).await;
     assert_ne!(code, 0);
     assert!(err.contains("invalid username or password"), "{err}");
+    assert_eq!(desk.session(), cached);
 }
 
 /// The device login for `url` in the scripted browser, with the directory password.

@@ -109,7 +109,7 @@ impl Entry {
     /// standard error what it waits for when the wait is longer than a moment.
     pub(crate) async fn lock(&self, timeout: Duration) -> anyhow::Result<Held> {
         let dir = self.path.parent().context("cache path has no directory")?;
-        private_dir(dir)?;
+        crate::files::create_dir(dir)?;
         let mut opts = OpenOptions::new();
         opts.read(true).write(true).create(true).truncate(false);
         #[cfg(unix)]
@@ -132,10 +132,10 @@ impl Entry {
             let waited = start.elapsed();
             if waited >= timeout {
                 bail!(
-                    "another idbridge login ({}) still holds {} after {}s; stop it if it hangs, or wait longer with --lock-timeout",
+                    "another idbridge login ({}) still holds {} after {:.1}s; stop it if it hangs, or wait longer with --lock-timeout",
                     holder(&mut file),
                     self.lock_path.display(),
-                    timeout.as_secs()
+                    timeout.as_secs_f64()
                 );
             }
             if !told && waited >= Duration::from_millis(500) {
@@ -158,8 +158,6 @@ impl Entry {
     /// Writes `session` atomically (a temporary file, fsync, rename, fsync of the directory),
     /// readable by its owner only. Call it holding the entry's lock.
     pub(crate) fn write(&self, _held: &Held, session: &Session) -> anyhow::Result<()> {
-        let dir = self.path.parent().context("cache path has no directory")?;
-        private_dir(dir)?;
         crate::files::replace(
             &self.path,
             &self.path.with_extension("json.tmp"),
@@ -196,7 +194,7 @@ pub(crate) struct Held {
     _file: File,
 }
 
-/// Every entry in `dir` with its session, oldest file name first.
+/// Every entry in `dir` with its session, by file name.
 pub(crate) fn entries(dir: &Path) -> Vec<(Entry, Session)> {
     let Ok(read) = std::fs::read_dir(dir) else {
         return Vec::new();
@@ -221,9 +219,28 @@ pub(crate) fn entries(dir: &Path) -> Vec<(Entry, Session)> {
         .collect()
 }
 
-/// Creates the cache directory readable by its owner only (the file names show the user and
-/// the issuer), and makes an existing one so.
-pub(crate) fn private_dir(dir: &Path) -> anyhow::Result<()> {
+/// Makes sure the cache directory is private (the file names show the user and the issuer):
+/// creates it so, and makes the default one so if it is not; a directory the user named
+/// (`--cache-dir`) is never changed, and refused if others may read it.
+pub(crate) fn prepare(dir: &Path, named: bool) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    if named && dir.exists() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            bail!(
+                "the cache directory {} can be read by others (mode {:o}): name a private one (chmod 700), or a new one, with --cache-dir",
+                dir.display(),
+                mode & 0o777
+            );
+        }
+        return Ok(());
+    }
+    private_dir(dir)
+}
+
+/// Creates the cache directory readable by its owner only, and makes an existing one so.
+fn private_dir(dir: &Path) -> anyhow::Result<()> {
     crate::files::create_dir(dir)?;
     #[cfg(unix)]
     {

@@ -26,7 +26,7 @@ impl std::fmt::Display for Refused {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "the server refused the login ({} {}): {}",
+            "the server refused ({} {}): {}",
             self.status, self.error, self.description
         )
     }
@@ -34,12 +34,15 @@ impl std::fmt::Display for Refused {
 
 impl std::error::Error for Refused {}
 
-/// Whether a refresh failed because the session is over (the server refused the refresh token
-/// or the client: 400 or 401), as opposed to the server being unreachable, busy (429) or failing:
-/// only then is a new login the answer.
+/// Whether a refresh failed because the session is over (the server refused the refresh token,
+/// `invalid_grant`, or the client, `invalid_client`), as opposed to the server being
+/// unreachable, busy, failing or behind a proxy that answers for it: only then is a new login
+/// the answer.
 pub(crate) fn ended(e: &anyhow::Error) -> bool {
-    e.downcast_ref::<Refused>()
-        .is_some_and(|r| matches!(r.status, 400 | 401))
+    e.downcast_ref::<Refused>().is_some_and(|r| {
+        (r.status == 400 && r.error == "invalid_grant")
+            || (r.status == 401 && r.error == "invalid_client")
+    })
 }
 
 /// Logs in with the method in effect. `why` is the reason a login is needed when it is not the
@@ -55,19 +58,18 @@ pub(crate) async fn login(
         Method::Kerberos | Method::Auto => false,
     };
     if person {
-        let what = match (why, &l.fell_back) {
+        let what = match (why, l.fell_back) {
             (Some(w), _) => w.to_owned(),
-            (None, Some(_)) => "there is no Kerberos ticket and no session".to_owned(),
+            (None, Some(reason)) => format!("{reason} and there is no session"),
             (None, None) => "there is no session".to_owned(),
         };
         l.need_person(&what)?;
     }
     if why.is_some() {
         eprintln!("session ended: logging in again");
-    } else if let Some(reason) = &l.fell_back {
-        tracing::debug!(%reason, "no Kerberos ticket");
+    } else if let Some(reason) = l.fell_back {
         eprintln!(
-            "no Kerberos ticket: logging in with --method {} instead (run kinit for single sign-on)",
+            "{reason}: logging in with --method {} instead (run kinit for single sign-on)",
             l.method.name()
         );
     }
@@ -158,12 +160,12 @@ async fn browser(http: &reqwest::Client, l: &Login<'_>) -> anyhow::Result<Sessio
         "http://127.0.0.1:{}/callback",
         listener.local_addr()?.port()
     );
-    let verifier = random_text();
+    let verifier = random_text()?;
     let challenge = URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(
         &aws_lc_rs::digest::SHA256,
         verifier.as_bytes(),
     ));
-    let state = random_text();
+    let state = random_text()?;
     let mut url = reqwest::Url::parse(&format!("{issuer}/oauth2/authorize"))?;
     url.query_pairs_mut()
         .append_pair("response_type", "code")
@@ -202,7 +204,10 @@ async fn browser(http: &reqwest::Client, l: &Login<'_>) -> anyhow::Result<Sessio
             get("error_description").unwrap_or_default()
         );
     }
-    if get("state").as_deref() != Some(state.as_str()) {
+    let same_state = get("state").is_some_and(|got| {
+        aws_lc_rs::constant_time::verify_slices_are_equal(got.as_bytes(), state.as_bytes()).is_ok()
+    });
+    if !same_state {
         bail!("the browser's answer does not carry this login's state; refusing it");
     }
     let code = get("code").context("the browser's answer has no code")?;
@@ -220,11 +225,13 @@ async fn browser(http: &reqwest::Client, l: &Login<'_>) -> anyhow::Result<Sessio
 }
 
 /// 256 random bits, base64url: PKCE verifiers and states.
-fn random_text() -> String {
+fn random_text() -> anyhow::Result<String> {
     use aws_lc_rs::rand::SecureRandom;
     let mut b = [0u8; 32];
-    let _ = aws_lc_rs::rand::SystemRandom::new().fill(&mut b);
-    URL_SAFE_NO_PAD.encode(b)
+    aws_lc_rs::rand::SystemRandom::new()
+        .fill(&mut b)
+        .map_err(|_| anyhow::anyhow!("the system's random number generator failed"))?;
+    Ok(URL_SAFE_NO_PAD.encode(b))
 }
 
 fn open_browser(url: &str) -> bool {

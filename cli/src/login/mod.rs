@@ -163,7 +163,24 @@ fn issuer_and_host(issuer: &str) -> anyhow::Result<(String, String)> {
     let Some(host) = url.host_str().map(str::to_owned) else {
         bail!("--issuer {issuer:?} names no host");
     };
+    if url.scheme() != "https" {
+        bail!(
+            "--issuer {issuer}: idbridge is reached over https only (passwords and tokens go there)"
+        );
+    }
     Ok((issuer, host))
+}
+
+/// `s` as one word for a POSIX shell: as it is when it is plain, else single-quoted.
+fn shell_word(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=@%+,".contains(c));
+    if plain {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
 }
 
 /// Where the login happens, and what it needs.
@@ -174,7 +191,7 @@ pub(crate) struct Login<'a> {
     /// The method in effect (`auto` resolved).
     pub method: Method,
     /// Why `auto` did not use Kerberos, told when a login happens.
-    pub fell_back: Option<String>,
+    pub fell_back: Option<&'static str>,
     /// Whether a person can be asked (a prompt, a browser, a code to type).
     pub interactive: bool,
 }
@@ -184,24 +201,26 @@ impl Login<'_> {
     fn by_hand(&self) -> String {
         let mut cmd = format!(
             "idbridge login --issuer {} --method {}",
-            self.issuer,
+            shell_word(&self.issuer),
             self.method.name()
         );
-        if let Some(ca) = &self.args.ca_file {
-            cmd.push_str(&format!(" --ca-file {}", ca.display()));
-        }
-        if let Some(a) = &self.args.audience {
-            cmd.push_str(&format!(" --audience {a}"));
-        }
-        if let Some(u) = &self.args.username {
-            cmd.push_str(&format!(" --username {u}"));
-        }
-        if let Some(svc) = &self.args.service {
-            cmd.push_str(&format!(" --service {svc}"));
-        }
-        if let Some(d) = &self.args.cache_dir {
-            cmd.push_str(&format!(" --cache-dir {}", d.display()));
-        }
+        let mut flag = |name: &str, value: Option<String>| {
+            if let Some(v) = value {
+                cmd.push_str(&format!(" {name} {}", shell_word(&v)));
+            }
+        };
+        let a = self.args;
+        flag(
+            "--ca-file",
+            a.ca_file.as_ref().map(|p| p.display().to_string()),
+        );
+        flag("--audience", a.audience.clone());
+        flag("--username", a.username.clone());
+        flag("--service", a.service.clone());
+        flag(
+            "--cache-dir",
+            a.cache_dir.as_ref().map(|p| p.display().to_string()),
+        );
         cmd
     }
 
@@ -226,16 +245,48 @@ pub async fn run(args: LoginArgs) -> anyhow::Result<()> {
         Output::Summary
     });
     let (issuer, host) = issuer_and_host(&args.issuer)?;
+    let dir = cache::dir(args.cache_dir.as_deref())?;
+    cache::prepare(&dir, args.cache_dir.is_some())?;
+    let entry_of = |identity: &str| {
+        Entry::new(
+            &dir,
+            &Key {
+                issuer: &issuer,
+                audience: args.audience.as_deref(),
+                identity,
+            },
+        )
+    };
     // Whose session: the ticket's principal (so another kinit never reuses it); for the
     // password, the user named; for a browser, whoever logs in there.
     let (method, principal, fell_back) = match args.method {
-        Method::Auto => match idbridge_kerberos::default_principal().await {
-            Ok(p) => (Method::Kerberos, Some(p), None),
-            Err(e) => (Method::from(args.fallback), None, Some(e.to_string())),
+        Method::Auto => match idbridge_kerberos::cached_ticket().await {
+            Ok(t) if !t.expired => (Method::Kerberos, Some(t.principal), None),
+            // An expired ticket still names whose session to refresh, if one is cached.
+            Ok(t)
+                if entry_of(&format!("krb5:{}", t.principal))
+                    .read()
+                    .is_some_and(|s| s.refresh_token.is_some()) =>
+            {
+                (Method::Kerberos, Some(t.principal), None)
+            }
+            Ok(_) => (
+                Method::from(args.fallback),
+                None,
+                Some("your Kerberos ticket has expired"),
+            ),
+            Err(e) => {
+                tracing::debug!(error = %e, "no Kerberos ticket");
+                (
+                    Method::from(args.fallback),
+                    None,
+                    Some("no Kerberos ticket"),
+                )
+            }
         },
         Method::Kerberos => (
             Method::Kerberos,
-            Some(idbridge_kerberos::default_principal().await?),
+            Some(idbridge_kerberos::cached_ticket().await?.principal),
             None,
         ),
         m => (m, None, None),
@@ -245,14 +296,7 @@ pub async fn run(args: LoginArgs) -> anyhow::Result<()> {
         (Method::Password, _) => format!("password:{}", args.username.as_deref().unwrap_or("")),
         _ => "web".to_owned(),
     };
-    let entry = Entry::new(
-        &cache::dir(args.cache_dir.as_deref())?,
-        &Key {
-            issuer: &issuer,
-            audience: args.audience.as_deref(),
-            identity: &identity,
-        },
-    );
+    let entry = entry_of(&identity);
     let exec = exec.unwrap_or_else(ExecInfo::v1);
     // A fresh token needs no lock: the file is only ever replaced whole.
     if !args.fresh
@@ -470,8 +514,15 @@ pub async fn logout(args: LogoutArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let mut failed = Vec::new();
-    for (entry, _) in found {
-        let held = entry.lock(std::time::Duration::from_secs(60)).await?;
+    for (entry, s) in found {
+        let held = match entry.lock(std::time::Duration::from_secs(60)).await {
+            Ok(h) => h,
+            Err(e) => {
+                eprintln!("left the session at {} alone: {e:#}", s.issuer);
+                failed.push(s.issuer);
+                continue;
+            }
+        };
         // Read again under the lock: a refresh may have just rotated it.
         let Some(s) = entry.read() else { continue };
         let token = s.refresh_token.as_deref().unwrap_or(&s.access_token);
@@ -499,7 +550,7 @@ pub async fn logout(args: LogoutArgs) -> anyhow::Result<()> {
     }
     if !failed.is_empty() {
         bail!(
-            "{} session(s) stay valid at the server until they expire; an administrator can end them with `idbridge revoke --user NAME`",
+            "{} session(s) were not revoked at the server and stay valid until they expire; run logout again, or an administrator can end them with `idbridge revoke --user NAME`",
             failed.len()
         );
     }

@@ -28,49 +28,54 @@ pub(crate) async fn ask_secret(question: &str) -> anyhow::Result<String> {
     read_line(question, true).await
 }
 
-/// Puts the terminal's modes back when dropped.
-struct Restore(Option<(File, Termios)>);
-
-impl Drop for Restore {
-    fn drop(&mut self) {
-        if let Some((tty, modes)) = &self.0 {
-            let _ = tcsetattr(tty, OptionalActions::Now, modes);
-        }
-    }
+/// From now until the process ends, a Ctrl-C, SIGTERM or SIGHUP puts the terminal's modes back
+/// as `saved` and ends the process, as the signal would have (without this, the process would end
+/// with echo off; once these handlers exist, the signals no longer end it by themselves).
+fn restore_on_signals(tty: File, saved: Termios) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut hangup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        let code = tokio::select! {
+            _ = interrupt.recv() => 130,
+            _ = terminate.recv() => 143,
+            _ = hangup.recv() => 129,
+        };
+        let _ = tcsetattr(&tty, OptionalActions::Now, &saved);
+        eprintln!();
+        std::process::exit(code);
+    });
+    Ok(())
 }
 
 async fn read_line(question: String, secret: bool) -> anyhow::Result<String> {
     let mut out = tty()?;
     let saved = if secret {
-        Some(tcgetattr(&out).context("cannot read the terminal's modes")?)
-    } else {
-        None
-    };
-    let restore = Restore(match &saved {
-        Some(modes) => Some((tty()?, modes.clone())),
-        None => None,
-    });
-    if let Some(modes) = &saved {
+        let modes = tcgetattr(&out).context("cannot read the terminal's modes")?;
+        // The handlers first: a signal at any moment after echo goes off puts it back.
+        restore_on_signals(tty()?, modes.clone())?;
         let mut quiet = modes.clone();
         quiet.local_modes.remove(LocalModes::ECHO);
         quiet.local_modes.insert(LocalModes::ECHONL);
         tcsetattr(&out, OptionalActions::Flush, &quiet).context("cannot turn echo off")?;
-    }
+        Some((tty()?, modes))
+    } else {
+        None
+    };
     out.write_all(question.as_bytes())?;
     out.flush()?;
-    let reader = tokio::task::spawn_blocking(move || {
+    let line = tokio::task::spawn_blocking(move || {
         let mut line = String::new();
         BufReader::new(out).read_line(&mut line).map(|_| line)
-    });
-    let line = tokio::select! {
-        r = reader => r.context("the terminal reader stopped")?.context("cannot read the terminal")?,
-        _ = tokio::signal::ctrl_c() => {
-            drop(restore);
-            eprintln!();
-            std::process::exit(130);
-        }
-    };
-    drop(restore);
+    })
+    .await;
+    if let Some((tty, modes)) = &saved {
+        let _ = tcsetattr(tty, OptionalActions::Now, modes);
+    }
+    let line = line
+        .context("the terminal reader stopped")?
+        .context("cannot read the terminal")?;
     if line.is_empty() {
         bail!("the terminal closed before an answer was typed");
     }
