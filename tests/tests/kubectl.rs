@@ -709,9 +709,17 @@ async fn kubeconfig_merges_into_a_kubectl_written_file_keeping_other_entries() {
         assert_eq!(code, 0, "{err}");
         assert!(out.contains(desk.kubeconfig().to_str().unwrap()), "{out}");
         let after = std::fs::read_to_string(desk.kubeconfig()).unwrap();
-        // kubectl's own lines are all still there, but the current context.
+        // kubectl's lines are all there, in their order, none twice (but the current context).
+        let mut rest = after.lines();
         for line in before.lines().filter(|l| !l.starts_with("current-context")) {
-            assert!(after.contains(line), "{line:?} lost:\n{after}");
+            assert!(rest.any(|l| l == line), "{line:?} lost or moved:\n{after}");
+        }
+        for line in before
+            .lines()
+            .filter(|l| l.contains("other") && !l.starts_with("current-context"))
+        {
+            let count = |t: &str| t.lines().filter(|l| *l == line).count();
+            assert_eq!(count(&after), count(&before), "{line:?}");
         }
         let v = view(&desk).await;
         for (section, name) in [
