@@ -112,8 +112,14 @@ fn entries(args: &KubeconfigArgs) -> anyhow::Result<Entries> {
     let host = server
         .host_str()
         .with_context(|| format!("--server {:?} names no host", args.server))?;
-    reqwest::Url::parse(&args.issuer)
+    let issuer = reqwest::Url::parse(&args.issuer)
         .with_context(|| format!("--issuer {:?} is not a URL", args.issuer))?;
+    if issuer.scheme() != "https" {
+        bail!(
+            "--issuer {}: idbridge is reached over https only (passwords and tokens go there)",
+            args.issuer
+        );
+    }
     let context = match &args.context {
         Some(c) if c.trim().is_empty() => bail!("--context is empty"),
         Some(c) => c.clone(),

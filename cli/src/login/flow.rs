@@ -473,7 +473,12 @@ mod tests {
     fn refused(status: u16) -> anyhow::Error {
         Refused {
             status,
-            error: "invalid_grant".into(),
+            error: if status == 401 {
+                "invalid_client"
+            } else {
+                "invalid_grant"
+            }
+            .into(),
             description: "x".into(),
         }
         .into()
@@ -486,6 +491,14 @@ mod tests {
         // Busy or failing servers, and unreachable ones, keep the cached session.
         assert!(!ended(&refused(429)));
         assert!(!ended(&refused(503)));
+        // A 400 that is not the server refusing the grant (a proxy, a malformed request).
+        let proxy: anyhow::Error = Refused {
+            status: 400,
+            error: String::new(),
+            description: "<html>".into(),
+        }
+        .into();
+        assert!(!ended(&proxy));
         assert!(!ended(&anyhow::anyhow!(
             "cannot reach https://x/oauth2/token"
         )));
