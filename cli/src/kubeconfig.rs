@@ -91,6 +91,22 @@ fn absolute(p: &Path, flag: &str) -> anyhow::Result<PathBuf> {
     std::fs::canonicalize(p).with_context(|| format!("{flag} {}", p.display()))
 }
 
+/// The contents of the PEM certificate bundle `f`, given by `flag`.
+fn pem_bundle(f: &Path, flag: &str) -> anyhow::Result<Vec<u8>> {
+    let pem = std::fs::read(f).with_context(|| format!("{flag} {}", f.display()))?;
+    if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+        bail!("{flag} {}: not a PEM certificate bundle", f.display());
+    }
+    Ok(pem)
+}
+
+/// A value's name on the command line.
+fn value_name<T: clap::ValueEnum>(v: &T) -> String {
+    v.to_possible_value()
+        .map(|p| p.get_name().to_owned())
+        .unwrap_or_default()
+}
+
 /// The three entries, each a YAML block sequence item.
 struct Entries {
     context: String,
@@ -131,55 +147,30 @@ fn entries(args: &KubeconfigArgs) -> anyhow::Result<Entries> {
     let user = format!("idbridge-{context}");
     let mut cluster = json!({"server": args.server.trim_end_matches('/')});
     if let Some(f) = &args.cluster_ca_file {
-        let pem = std::fs::read(f).with_context(|| format!("--cluster-ca-file {}", f.display()))?;
-        if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
-            bail!(
-                "--cluster-ca-file {}: not a PEM certificate bundle",
-                f.display()
-            );
-        }
-        cluster["certificate-authority-data"] = STANDARD.encode(pem).into();
+        cluster["certificate-authority-data"] =
+            STANDARD.encode(pem_bundle(f, "--cluster-ca-file")?).into();
     }
     let mut login = vec![
         "login".to_owned(),
         "--issuer".to_owned(),
         args.issuer.trim_end_matches('/').to_owned(),
-        "--method".to_owned(),
-        clap::ValueEnum::to_possible_value(&args.method)
-            .map(|v| v.get_name().to_owned())
-            .unwrap_or_default(),
     ];
-    if let Some(f) = args.fallback {
-        login.push("--fallback".into());
-        login.push(
-            clap::ValueEnum::to_possible_value(&f)
-                .map(|v| v.get_name().to_owned())
-                .unwrap_or_default(),
-        );
-    }
-    if let Some(f) = &args.issuer_ca_file {
-        let pem = std::fs::read(f).with_context(|| format!("--issuer-ca-file {}", f.display()))?;
-        if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
-            bail!(
-                "--issuer-ca-file {}: not a PEM certificate bundle",
-                f.display()
-            );
+    let mut pass = |flag: &str, value: Option<String>| {
+        if let Some(v) = value {
+            login.push(flag.to_owned());
+            login.push(v);
         }
-        login.push("--ca-file".into());
-        login.push(absolute(f, "--issuer-ca-file")?.display().to_string());
+    };
+    pass("--method", Some(value_name(&args.method)));
+    pass("--fallback", args.fallback.as_ref().map(value_name));
+    if let Some(f) = &args.issuer_ca_file {
+        pem_bundle(f, "--issuer-ca-file")?;
+        let abs = absolute(f, "--issuer-ca-file")?;
+        pass("--ca-file", Some(abs.display().to_string()));
     }
-    if let Some(a) = &args.audience {
-        login.push("--audience".into());
-        login.push(a.clone());
-    }
-    if let Some(u) = &args.username {
-        login.push("--username".into());
-        login.push(u.clone());
-    }
-    if let Some(svc) = &args.service {
-        login.push("--service".into());
-        login.push(svc.clone());
-    }
+    pass("--audience", args.audience.clone());
+    pass("--username", args.username.clone());
+    pass("--service", args.service.clone());
     let command = match &args.command {
         Some(c) => c.clone(),
         None => std::env::current_exe()
