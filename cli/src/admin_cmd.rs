@@ -234,8 +234,13 @@ impl Backend {
         if let Some(b) = body {
             req = req.json(&b);
         }
-        let resp = req.send().await.with_context(|| {
-            format!("cannot reach {base} (is `idbridge serve` running? use --offline if not)")
+        let resp = req.send().await.map_err(|e| {
+            unreachable(
+                base,
+                e,
+                CA_FILE_FIX,
+                " (is `idbridge serve` running? use --offline if not)",
+            )
         })?;
         let status = resp.status();
         if !status.is_success() {
@@ -252,15 +257,18 @@ impl Backend {
 
 fn print_accounts(accounts: &[UserAccount], as_json: bool) -> anyhow::Result<()> {
     if as_json {
-        println!("{}", serde_json::to_string_pretty(accounts)?);
+        outln!("{}", serde_json::to_string_pretty(accounts)?);
         return Ok(());
     }
-    println!(
+    outln!(
         "{:<24} {:<36} {:<9} {:<16} GROUPS",
-        "NAME", "UID", "DISABLED", "NAMESPACE"
+        "NAME",
+        "UID",
+        "DISABLED",
+        "NAMESPACE"
     );
     for a in accounts {
-        println!(
+        outln!(
             "{:<24} {:<36} {:<9} {:<16} {}",
             a.name,
             a.uid,
@@ -289,15 +297,19 @@ fn print_tokens(tokens: &[StaticToken], as_json: bool) -> anyhow::Result<()> {
     // Metadata only: a StaticToken holds no secret (the store keeps just the hash, which is
     // not part of this type).
     if as_json {
-        println!("{}", serde_json::to_string_pretty(tokens)?);
+        outln!("{}", serde_json::to_string_pretty(tokens)?);
         return Ok(());
     }
-    println!(
+    outln!(
         "{:<36} {:<36} {:<20} {:<20} {:<20} DESCRIPTION",
-        "ID", "ACCOUNT UID", "CREATED", "EXPIRES", "REVOKED"
+        "ID",
+        "ACCOUNT UID",
+        "CREATED",
+        "EXPIRES",
+        "REVOKED"
     );
     for t in tokens {
-        println!(
+        outln!(
             "{:<36} {:<36} {:<20} {:<20} {:<20} {}",
             t.id,
             t.account,
@@ -379,6 +391,34 @@ pub(crate) fn http_client(ca: Option<&std::path::Path>) -> anyhow::Result<reqwes
     Ok(b.build()?)
 }
 
+/// A request to `url` that got no answer, as an error; when the cause is the server's
+/// certificate, the error says so and what to pass (`fix`) instead of only "cannot reach", and
+/// otherwise it ends with `hint`.
+pub(crate) fn unreachable(url: &str, e: reqwest::Error, fix: &str, hint: &str) -> anyhow::Error {
+    // The TLS error sits inside I/O errors, which hide their inner error from `source()`.
+    fn tls<'e>(mut c: &'e (dyn std::error::Error + 'static)) -> Option<&'e rustls::Error> {
+        loop {
+            if let Some(t) = c.downcast_ref::<rustls::Error>() {
+                return Some(t);
+            }
+            c = c.downcast_ref::<std::io::Error>()?.get_ref()?;
+        }
+    }
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    while let Some(c) = cause {
+        if let Some(rustls::Error::InvalidCertificate(why)) = tls(c) {
+            return anyhow::anyhow!(
+                "cannot reach {url}: its TLS certificate is not trusted ({why:?}): {fix}"
+            );
+        }
+        cause = c.source();
+    }
+    anyhow::Error::new(e).context(format!("cannot reach {url}{hint}"))
+}
+
+/// What to do about a certificate that is not trusted, for commands with `--ca-file`.
+pub(crate) const CA_FILE_FIX: &str = "pass --ca-file with the PEM bundle of the CA that issued it (for the simple profile, idbridge-data/ca.crt)";
+
 fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| {
@@ -417,9 +457,9 @@ pub async fn token(cmd: TokenCmd, target: &Target) -> anyhow::Result<()> {
             // the one time it can be seen. It goes to stdout alone (notes go to stderr) so that
             // `idbridge token create … > file` captures just the token.
             if target.json {
-                println!("{}", serde_json::to_string_pretty(&created)?);
+                outln!("{}", serde_json::to_string_pretty(&created)?);
             } else {
-                println!("{}", created.secret);
+                outln!("{}", created.secret);
             }
             Ok(())
         }
@@ -453,15 +493,21 @@ pub async fn token(cmd: TokenCmd, target: &Target) -> anyhow::Result<()> {
 
 fn print_sessions(sessions: &[SessionInfo], as_json: bool) -> anyhow::Result<()> {
     if as_json {
-        println!("{}", serde_json::to_string_pretty(sessions)?);
+        outln!("{}", serde_json::to_string_pretty(sessions)?);
         return Ok(());
     }
-    println!(
+    outln!(
         "{:<36} {:<20} {:<12} {:<8} {:<20} {:<20} {:<20} CLIENT",
-        "ID", "ACCOUNT", "STATE", "AMR", "STARTED", "LAST REFRESH", "ENDS"
+        "ID",
+        "ACCOUNT",
+        "STATE",
+        "AMR",
+        "STARTED",
+        "LAST REFRESH",
+        "ENDS"
     );
     for s in sessions {
-        println!(
+        outln!(
             "{:<36} {:<20} {:<12} {:<8} {:<20} {:<20} {:<20} {}",
             s.session.id,
             s.account_name,
@@ -533,7 +579,7 @@ pub async fn revoke(args: RevokeArgs, target: &Target) -> anyhow::Result<()> {
             done.sessions, done.static_tokens, done.account, done.uid
         );
         if target.json {
-            println!("{}", serde_json::to_string_pretty(&done)?);
+            outln!("{}", serde_json::to_string_pretty(&done)?);
         }
         return Ok(());
     }
@@ -562,15 +608,19 @@ pub async fn revoke(args: RevokeArgs, target: &Target) -> anyhow::Result<()> {
 
 fn print_keys(keys: &[KeyInfo], as_json: bool) -> anyhow::Result<()> {
     if as_json {
-        println!("{}", serde_json::to_string_pretty(keys)?);
+        outln!("{}", serde_json::to_string_pretty(keys)?);
         return Ok(());
     }
-    println!(
+    outln!(
         "{:<44} {:<8} {:<20} {:<20} {:<20} ENCRYPTED",
-        "KID", "STATE", "PUBLISHED", "SIGNS FROM", "LEAVES JWKS"
+        "KID",
+        "STATE",
+        "PUBLISHED",
+        "SIGNS FROM",
+        "LEAVES JWKS"
     );
     for k in keys {
-        println!(
+        outln!(
             "{:<44} {:<8} {:<20} {:<20} {:<20} {}",
             k.kid,
             k.state.to_string(),

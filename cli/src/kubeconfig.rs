@@ -34,7 +34,7 @@ pub struct KubeconfigArgs {
     #[arg(long, value_enum)]
     pub fallback: Option<Fallback>,
     /// PEM CA bundle of the API server's certificate, embedded in the kubeconfig [default: the
-    /// system's roots].
+    /// one idbridge wrote before, else the system's roots].
     #[arg(long, value_name = "FILE")]
     pub cluster_ca_file: Option<PathBuf>,
     /// PEM CA bundle of the idbridge server's certificate, which `idbridge login` is told to
@@ -65,6 +65,9 @@ pub struct KubeconfigArgs {
     /// Leave the kubeconfig's current context as it is.
     #[arg(long)]
     pub no_switch: bool,
+    /// Replace a cluster, user or context of the same name that idbridge did not write.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// The file to edit, as kubectl picks the file it writes new entries to.
@@ -117,6 +120,14 @@ struct Entries {
 }
 
 fn entries(args: &KubeconfigArgs) -> anyhow::Result<Entries> {
+    crate::login::check_method_flags(
+        args.method,
+        args.fallback,
+        &[
+            ("--username", args.username.is_some(), Method::Password),
+            ("--service", args.service.is_some(), Method::Kerberos),
+        ],
+    )?;
     let server = reqwest::Url::parse(&args.server)
         .with_context(|| format!("--server {:?} is not a URL", args.server))?;
     if server.scheme() != "https" {
@@ -337,25 +348,115 @@ fn parse(text: &str) -> anyhow::Result<serde_json::Map<String, Value>> {
     }
 }
 
+/// The entry named `name` in `section` of a parsed kubeconfig.
+fn find<'a>(
+    config: &'a serde_json::Map<String, Value>,
+    section: &str,
+    name: &str,
+) -> Option<&'a Value> {
+    config
+        .get(section)?
+        .as_array()?
+        .iter()
+        .find(|i| i.get("name").and_then(Value::as_str) == Some(name))
+}
+
+/// The three entries to write, given what the file holds.
+///
+/// Entries idbridge wrote before (the context names its cluster and the `idbridge-` user, and
+/// that user runs `login`) are updated: what idbridge sets is replaced and every other field a
+/// person added is kept (a context's `namespace`, a cluster's `proxy-url`, the exec's `env`, the
+/// cluster's CA when no new one is given). An entry of the same name that idbridge did not write
+/// is refused unless `force`, which replaces all three whole.
+fn settle(
+    e: &Entries,
+    before: &serde_json::Map<String, Value>,
+    force: bool,
+) -> anyhow::Result<[(&'static str, String, Value); 3]> {
+    let cluster = find(before, "clusters", &e.context);
+    let user = find(before, "users", &e.user);
+    let context = find(before, "contexts", &e.context);
+    let ours = context.is_some_and(|c| {
+        c.pointer("/context/cluster").and_then(Value::as_str) == Some(&e.context)
+            && c.pointer("/context/user").and_then(Value::as_str) == Some(&e.user)
+    }) && user
+        .is_none_or(|u| u.pointer("/user/exec/args/0").and_then(Value::as_str) == Some("login"));
+    let fresh = [
+        ("clusters", e.context.clone(), e.cluster.clone()),
+        ("users", e.user.clone(), e.user_entry.clone()),
+        ("contexts", e.context.clone(), e.context_entry.clone()),
+    ];
+    let found = [
+        ("cluster", &e.context, cluster),
+        ("user", &e.user, user),
+        ("context", &e.context, context),
+    ];
+    if !ours
+        && !force
+        && let Some((kind, name, _)) = found.iter().find(|(_, _, v)| v.is_some())
+    {
+        bail!(
+            "it has a {kind} named {name} that idbridge did not write: choose another name with --context, or replace it with --force"
+        );
+    }
+    if !ours {
+        return Ok(fresh);
+    }
+    // Ours: the new fields over the old entry's.
+    let over = |old: Option<&Value>, new: &Value, kind: &str, keep: &dyn Fn(&mut Value, &Value)| {
+        let mut inner = old
+            .and_then(|o| o.get(kind))
+            .filter(|v| v.is_object())
+            .cloned()
+            .unwrap_or_else(|| json!({}));
+        keep(&mut inner, &new[kind]);
+        json!({"name": new["name"], kind: inner})
+    };
+    let set_all = |inner: &mut Value, new: &Value| {
+        for (k, v) in new.as_object().into_iter().flatten() {
+            inner[k] = v.clone();
+        }
+    };
+    let cluster_fields = |inner: &mut Value, new: &Value| {
+        if new.get("certificate-authority-data").is_some()
+            && let Some(m) = inner.as_object_mut()
+        {
+            // A new CA replaces whichever way the old one was given.
+            m.remove("certificate-authority");
+            m.remove("insecure-skip-tls-verify");
+        }
+        set_all(inner, new);
+    };
+    let exec_fields = |inner: &mut Value, new: &Value| {
+        let env = inner.pointer("/exec/env").cloned();
+        set_all(inner, new);
+        if let Some(env) = env {
+            inner["exec"]["env"] = env;
+        }
+    };
+    let [c, u, x] = fresh;
+    Ok([
+        (c.0, c.1, over(cluster, &c.2, "cluster", &cluster_fields)),
+        (u.0, u.1, over(user, &u.2, "user", &exec_fields)),
+        (x.0, x.1, over(context, &x.2, "context", &set_all)),
+    ])
+}
+
 /// The merged file's text, checked: every entry but ours is what it was.
-fn merge(old: &str, e: &Entries, switch: bool) -> anyhow::Result<String> {
+fn merge(old: &str, e: &Entries, switch: bool, force: bool) -> anyhow::Result<String> {
     // A file whose every line ends in CRLF is edited as LF and written back as CRLF.
     let crlf = old.contains("\r\n") && !old.replace("\r\n", "").contains('\n');
     if crlf {
-        return Ok(merge(&old.replace("\r\n", "\n"), e, switch)?.replace('\n', "\r\n"));
+        return Ok(merge(&old.replace("\r\n", "\n"), e, switch, force)?.replace('\n', "\r\n"));
     }
     let before = parse(old)?;
+    let ours = settle(e, &before, force)?;
     let mut text = if old.trim().is_empty() {
         "apiVersion: v1\nkind: Config\n".to_owned()
     } else {
         old.to_owned()
     };
-    let ours = [
-        ("clusters", e.context.as_str(), &e.cluster),
-        ("users", e.user.as_str(), &e.user_entry),
-        ("contexts", e.context.as_str(), &e.context_entry),
-    ];
-    for (section, name, value) in ours {
+    for (section, name, value) in &ours {
         text = set_entry(&text, section, name, value)?;
     }
     let current_before = before.get("current-context").cloned();
@@ -365,9 +466,9 @@ fn merge(old: &str, e: &Entries, switch: bool) -> anyhow::Result<String> {
     // The check: parse the result and compare it with what it must be.
     let after = parse(&text).context("the merged file does not parse")?;
     let mut expect = before.clone();
-    for (section, name, value) in ours {
+    for (section, name, value) in &ours {
         let list = expect
-            .entry(section)
+            .entry(*section)
             .or_insert_with(|| Value::Array(Vec::new()));
         if list.is_null() {
             *list = Value::Array(Vec::new());
@@ -377,7 +478,7 @@ fn merge(old: &str, e: &Entries, switch: bool) -> anyhow::Result<String> {
         };
         match items
             .iter_mut()
-            .find(|i| i.get("name").and_then(Value::as_str) == Some(name))
+            .find(|i| i.get("name").and_then(Value::as_str) == Some(name.as_str()))
         {
             Some(i) => *i = value.clone(),
             None => items.push(value.clone()),
@@ -473,14 +574,14 @@ pub fn run(args: &KubeconfigArgs) -> anyhow::Result<()> {
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(err) => return Err(err).with_context(|| format!("cannot read {}", path.display())),
     };
-    let text = merge(&old, &e, !args.no_switch).with_context(|| {
+    let text = merge(&old, &e, !args.no_switch, args.force).with_context(|| {
         format!(
             "cannot merge into {}; nothing was changed (write to a new file with --kubeconfig, then combine them with KUBECONFIG=a:b kubectl config view --flatten)",
             path.display()
         )
     })?;
     replace(&path, &text)?;
-    println!(
+    outln!(
         "{}: cluster {c}, user {u} and context {c} written{}",
         path.display(),
         if args.no_switch {
@@ -513,6 +614,7 @@ mod tests {
             kubeconfig: None,
             command: Some("idbridge".into()),
             no_switch: false,
+            force: false,
         }
     }
 
@@ -545,7 +647,7 @@ users:
     #[test]
     fn a_merge_replaces_ours_and_keeps_every_other_line() {
         let e = entries(&args("prod")).unwrap();
-        let text = merge(KUBECTL_WRITTEN, &e, true).unwrap();
+        let text = merge(KUBECTL_WRITTEN, &e, true, false).unwrap();
         // Every line of the other entries is still there, in order.
         for keep in [
             "    certificate-authority-data: QUJD\n    server: https://other.example.com\n  name: other\n# a comment kubectl would drop, kept here\n",
@@ -563,13 +665,13 @@ users:
         assert_eq!(v["contexts"][1]["context"]["user"], "idbridge-prod");
         assert_eq!(v["users"][1]["user"]["exec"]["args"][4], "device");
         // Again: nothing changes the second time.
-        assert_eq!(merge(&text, &e, true).unwrap(), text);
+        assert_eq!(merge(&text, &e, true, false).unwrap(), text);
     }
 
     #[test]
     fn a_new_file_gets_a_whole_kubeconfig() {
         let e = entries(&args("dev")).unwrap();
-        let text = merge("", &e, true).unwrap();
+        let text = merge("", &e, true, false).unwrap();
         let v: Value = serde_yaml_ng::from_str(&text).unwrap();
         assert_eq!(v["kind"], "Config");
         assert_eq!(v["current-context"], "dev");
@@ -587,16 +689,16 @@ users:
     fn indented_lists_empty_lists_and_no_switch() {
         let old = "apiVersion: v1\nkind: Config\nclusters:\n  - name: a\n    cluster: {server: https://a}\nusers: []\ncontexts:\ncurrent-context: a\n";
         let e = entries(&args("b")).unwrap();
-        let text = merge(old, &e, false).unwrap();
+        let text = merge(old, &e, false, false).unwrap();
         assert!(text.starts_with("apiVersion: v1\nkind: Config\nclusters:\n  - name: a\n    cluster: {server: https://a}\n  - name: b\n"), "{text}");
         assert!(text.contains("current-context: a\n"), "{text}");
     }
 
     #[test]
     fn crlf_comments_quoted_names_and_a_document_marker_are_kept() {
-        let old = "---\r\napiVersion: v1\r\nkind: Config\r\nclusters:  # mine\r\n- name: \"a\"\r\n  cluster: {server: https://a}\r\nusers: []  # none yet\r\ncontexts:\r\n- name: 'b'\r\n  context: {cluster: a, user: x}\r\ncurrent-context: a  # the usual\r\n";
+        let old = "---\r\napiVersion: v1\r\nkind: Config\r\nclusters:  # mine\r\n- name: \"a\"\r\n  cluster: {server: https://a}\r\nusers: []  # none yet\r\ncontexts:\r\n- name: 'b'\r\n  context: {cluster: b, user: idbridge-b}\r\ncurrent-context: a  # the usual\r\n";
         let e = entries(&args("b")).unwrap();
-        let text = merge(old, &e, true).unwrap();
+        let text = merge(old, &e, true, false).unwrap();
         assert!(
             !text.replace("\r\n", "").contains('\n'),
             "CRLF kept: {text:?}"
@@ -616,12 +718,100 @@ users:
     }
 
     #[test]
+    fn a_rerun_keeps_what_idbridge_does_not_set() {
+        let old = "apiVersion: v1
+kind: Config
+clusters:
+- name: prod
+  cluster:
+    server: https://old.example.com
+    certificate-authority-data: T0xE
+    proxy-url: socks5://proxy:1080
+users:
+- name: idbridge-prod
+  user:
+    exec:
+      apiVersion: client.authentication.k8s.io/v1
+      command: idbridge
+      args: [login, --issuer, https://old.example.com]
+      env: [{name: KRB5CCNAME, value: /tmp/cc}]
+contexts:
+- name: prod
+  context: {cluster: prod, user: idbridge-prod, namespace: team-a}
+current-context: prod
+";
+        let e = entries(&args("prod")).unwrap();
+        let text = merge(old, &e, true, false).unwrap();
+        let v: Value = serde_yaml_ng::from_str(&text).unwrap();
+        let cluster = &v["clusters"][0]["cluster"];
+        assert_eq!(cluster["server"], "https://k8s.example.com:6443");
+        assert_eq!(cluster["certificate-authority-data"], "T0xE");
+        assert_eq!(cluster["proxy-url"], "socks5://proxy:1080");
+        let exec = &v["users"][0]["user"]["exec"];
+        assert_eq!(exec["args"][2], "https://idbridge.example.com");
+        assert_eq!(exec["env"][0]["name"], "KRB5CCNAME");
+        let context = &v["contexts"][0]["context"];
+        assert_eq!(context["namespace"], "team-a");
+        assert_eq!(context["user"], "idbridge-prod");
+        assert_eq!(merge(&text, &e, true, false).unwrap(), text);
+    }
+
+    #[test]
+    fn an_entry_idbridge_did_not_write_is_refused_unless_forced() {
+        let e = entries(&args("other")).unwrap();
+        let err = merge(KUBECTL_WRITTEN, &e, true, false).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("cluster named other") && text.contains("--force"),
+            "{text}"
+        );
+        let text = merge(KUBECTL_WRITTEN, &e, true, true).unwrap();
+        let v: Value = serde_yaml_ng::from_str(&text).unwrap();
+        assert_eq!(v["clusters"][0]["name"], "other");
+        assert!(v["clusters"][0]["cluster"]["certificate-authority-data"].is_null());
+        assert_eq!(v["contexts"][0]["context"]["user"], "idbridge-other");
+        // A cluster alone of that name, with no context, is not ours either.
+        let lone = "clusters:\n- name: x\n  cluster: {server: https://x}\n";
+        let e = entries(&args("x")).unwrap();
+        let err = merge(lone, &e, true, false).unwrap_err();
+        assert!(err.to_string().contains("cluster named x"), "{err}");
+        // Nor a context of that name running another user.
+        let foreign = "contexts:\n- name: x\n  context: {cluster: x, user: admin}\n";
+        let err = merge(foreign, &e, true, false).unwrap_err();
+        assert!(err.to_string().contains("context named x"), "{err}");
+    }
+
+    #[test]
+    fn flags_of_another_method_are_refused() {
+        let mut a = args("x");
+        a.username = Some("alice".into());
+        let err = entries(&a).err().unwrap().to_string();
+        assert!(
+            err.contains("--username") && err.contains("--method password"),
+            "{err}"
+        );
+        let mut a = args("x");
+        a.fallback = Some(Fallback::Device);
+        let err = entries(&a).err().unwrap().to_string();
+        assert!(
+            err.contains("--fallback") && err.contains("--method auto"),
+            "{err}"
+        );
+        let mut a = args("x");
+        a.method = Method::Auto;
+        a.fallback = Some(Fallback::Password);
+        a.username = Some("alice".into());
+        a.service = Some("HTTP@h".into());
+        entries(&a).unwrap();
+    }
+
+    #[test]
     fn a_layout_that_cannot_be_edited_is_refused() {
         let e = entries(&args("b")).unwrap();
         let json = r#"{"apiVersion": "v1", "kind": "Config", "clusters": [{"name": "a", "cluster": {"server": "https://a"}}]}"#;
-        assert!(merge(json, &e, true).is_err());
+        assert!(merge(json, &e, true, false).is_err());
         let flow = "clusters: [{name: a, cluster: {server: https://a}}]\n";
-        let err = merge(flow, &e, true).unwrap_err();
+        let err = merge(flow, &e, true, false).unwrap_err();
         assert!(err.to_string().contains("clusters"), "{err}");
     }
 

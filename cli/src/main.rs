@@ -9,11 +9,23 @@
 //! or with `--offline` call the same admin operations on the store directly. `login` is the
 //! client side: it gets tokens from an idbridge for `kubectl`.
 
+/// `println!` for the commands: a line on standard output, the command ending quietly when its
+/// reader has gone (see [`out`]).
+macro_rules! outln {
+    () => {
+        $crate::out::line(format_args!(""))?
+    };
+    ($($arg:tt)*) => {
+        $crate::out::line(format_args!($($arg)*))?
+    };
+}
+
 mod admin_cmd;
 mod config;
 mod files;
 mod kubeconfig;
 mod login;
+mod out;
 mod profile;
 mod serve;
 
@@ -116,11 +128,17 @@ enum Command {
     /// refresh and one login. Under kubectl without a terminal it never prompts, and says what
     /// to run instead.
     #[command(after_help = "Examples:\n  \
-        idbridge login --issuer https://idbridge.example.com                  # Kerberos if kinit'ed, else the browser\n  \
-        idbridge login --issuer https://idbridge.example.com --method device  # a code to enter on any device\n  \
+        # Kerberos if you hold a ticket, else the browser:\n  \
+        idbridge login --issuer https://idbridge.example.com\n  \
+        # a code to enter on any device:\n  \
+        idbridge login --issuer https://idbridge.example.com --method device\n  \
+        # your directory password, asked on the terminal:\n  \
         idbridge login --issuer https://idbridge.example.com --method password --username alice\n  \
+        # the access token alone, for curl or a script:\n  \
         idbridge login --issuer https://idbridge.example.com --output token\n  \
-        idbridge login --issuer https://127.0.0.1:8443 --ca-file idbridge-data/ca.crt --service HTTP@idbridge.example.com\n\n\
+        # the simple profile's server, and its Kerberos name:\n  \
+        idbridge login --issuer https://127.0.0.1:8443 --ca-file idbridge-data/ca.crt \\\n      \
+        --service HTTP@idbridge.example.com\n\n\
         See docs/kubectl.md for every message and how to reset.")]
     Login(login::LoginArgs),
     /// Show the cached sessions: user, UID, groups, namespace and when the token expires.
@@ -138,9 +156,12 @@ enum Command {
     Kubeconfig(kubeconfig::KubeconfigArgs),
 }
 
-fn init_logging(format: LogFormat) {
+fn init_logging(format: LogFormat, client: bool) {
+    // A client command reports a TLS failure in its own error, with what to do about it; the
+    // TLS library's log line would only say the same thing less clearly first.
+    let default = if client { "info,rustls=off" } else { "info" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("IDBRIDGE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
         // Colour only on a terminal: a log file or pipe gets plain text.
@@ -152,24 +173,64 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-/// The command's name: `kubectl idbridge` when run as the kubectl plugin `kubectl-idbridge`.
+/// Whether this binary runs as the kubectl plugin `kubectl-idbridge`.
+fn as_plugin() -> bool {
+    static PLUGIN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PLUGIN.get_or_init(|| {
+        std::env::args_os()
+            .next()
+            .map(std::path::PathBuf::from)
+            .and_then(|p| p.file_name().map(|n| n.to_owned()))
+            .is_some_and(|n| n == "kubectl-idbridge")
+    })
+}
+
+/// How a person runs this binary, for commands shown in help and messages: `kubectl idbridge`
+/// when run as the kubectl plugin, else `idbridge`.
+pub(crate) fn program() -> &'static str {
+    if as_plugin() {
+        "kubectl idbridge"
+    } else {
+        "idbridge"
+    }
+}
+
+/// The command line, parsed; run as `kubectl-idbridge`, help and usage say `kubectl idbridge`.
 fn parse_command_line() -> Cli {
     use clap::{CommandFactory, FromArgMatches};
-    let as_plugin = std::env::args_os()
-        .next()
-        .map(std::path::PathBuf::from)
-        .and_then(|p| p.file_name().map(|n| n.to_owned()))
-        .is_some_and(|n| n == "kubectl-idbridge");
     let mut cmd = Cli::command();
-    if as_plugin {
-        cmd = cmd.bin_name("kubectl idbridge").name("kubectl idbridge");
+    if as_plugin() {
+        cmd = plugin_help(cmd.bin_name("kubectl idbridge").name("kubectl idbridge"));
     }
     Cli::from_arg_matches(&cmd.get_matches()).unwrap_or_else(|e| e.exit())
 }
 
+/// The examples of `cmd` and its subcommands as a kubectl plugin runs them.
+fn plugin_help(mut cmd: clap::Command) -> clap::Command {
+    if let Some(text) = cmd.get_after_help().map(|h| h.to_string()) {
+        let text = text
+            .lines()
+            .map(|l| match l.strip_prefix("  idbridge ") {
+                Some(rest) => format!("  kubectl idbridge {rest}"),
+                None => l.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        cmd = cmd.after_help(text);
+    }
+    let names: Vec<String> = cmd
+        .get_subcommands()
+        .map(|s| s.get_name().to_owned())
+        .collect();
+    for name in names {
+        cmd = cmd.mut_subcommand(name, plugin_help);
+    }
+    cmd
+}
+
 fn main() -> ExitCode {
     let cli = parse_command_line();
-    init_logging(cli.log_format);
+    init_logging(cli.log_format, !matches!(cli.command, Command::Serve(_)));
     // The server uses every core; a client command (kubectl runs `login` on every command) needs
     // one thread, and starts faster without a pool.
     let mut builder = if matches!(cli.command, Command::Serve(_)) {
@@ -200,6 +261,8 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // `idbridge whoami | head -1`: the reader has what it wanted.
+        Err(e) if e.downcast_ref::<out::Closed>().is_some() => ExitCode::SUCCESS,
         Err(e) if e.downcast_ref::<serve::ConfigErrorMarker>().is_some() => {
             eprintln!("error: {e}");
             ExitCode::from(2)

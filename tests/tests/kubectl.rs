@@ -560,6 +560,35 @@ async fn ten_parallel_kubectl_without_a_session_make_one_device_login() {
         .await
         .unwrap();
     api.let_group_list_namespaces("dev").await.unwrap();
+    // Without the CA of the server's certificate: one clear error naming the flag, and no TLS
+    // library log line before it.
+    let (code, _, err) = desk
+        .idbridge(&["login", "--issuer", &i.base, "--method", "device"])
+        .await;
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("TLS certificate is not trusted")
+            && err.contains("--ca-file")
+            && err.lines().count() == 1,
+        "{err}"
+    );
+    // A flag of another method is refused before anything is asked.
+    let (code, _, err) = desk
+        .idbridge(&[
+            "login",
+            "--issuer",
+            &i.base,
+            "--method",
+            "device",
+            "--username",
+            "alice",
+        ])
+        .await;
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("--username is used only by --method password"),
+        "{err}"
+    );
     desk.configure(&api, &i, &i.base, &["--method", "device"])
         .await;
 
@@ -613,6 +642,34 @@ async fn ten_parallel_kubectl_without_a_session_make_one_device_login() {
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v[0]["user"], "alice", "{v}");
     assert_eq!(v[0]["groups"][0], "dev", "{v}");
+
+    // A reader that goes away (`idbridge whoami | head -0`) ends it quietly, with no panic.
+    {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(idbridge_tests::idbridge_bin())
+            .arg("whoami")
+            .envs(desk.env.iter().map(|(k, v)| (k, v)))
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .await
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && err.is_empty(),
+            "{:?}: {err}",
+            out.status
+        );
+    }
+    // Nobody holds a lock now, and no lock file is left behind.
+    let locks: Vec<_> = std::fs::read_dir(desk.cache())
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".lock"))
+        .map(|e| e.file_name())
+        .collect();
+    assert!(locks.is_empty(), "{locks:?}");
 
     // logout: the session is revoked at the server and the cache cleared; the next kubectl run
     // needs a login, and without a terminal it asks nothing and says what to run.
@@ -749,6 +806,48 @@ async fn kubeconfig_merges_into_a_kubectl_written_file_keeping_other_entries() {
         .await;
     assert_eq!(code, 0, "{err}");
     assert_eq!(out, "other\nprod\n");
+    // A namespace set with kubectl on our context survives another run.
+    let (code, _, err) = desk
+        .kubectl(&["config", "set-context", "prod", "--namespace=team-a"])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    let rerun = |context: &'static str| {
+        let desk = desk.clone();
+        async move {
+            desk.idbridge(&[
+                "kubeconfig",
+                "--server",
+                "https://k8s.example.com:6443",
+                "--issuer",
+                "https://idbridge.example.com",
+                "--context",
+                context,
+            ])
+            .await
+        }
+    };
+    let (code, _, err) = rerun("prod").await;
+    assert_eq!(code, 0, "{err}");
+    let v = view(&desk).await;
+    assert_eq!(
+        other(&v, "contexts", "prod")["context"]["namespace"],
+        "team-a"
+    );
+    assert_eq!(
+        other(&v, "clusters", "prod")["cluster"]["server"],
+        "https://k8s.example.com:6443"
+    );
+    // The cluster's CA from before is kept when none is given.
+    assert!(other(&v, "clusters", "prod")["cluster"]["certificate-authority-data"].is_string());
+    // Entries idbridge did not write are never overwritten by name.
+    let before_other = std::fs::read(desk.kubeconfig()).unwrap();
+    let (code, _, err) = rerun("other").await;
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("named other that idbridge did not write") && err.contains("--force"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(desk.kubeconfig()).unwrap(), before_other);
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;

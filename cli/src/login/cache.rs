@@ -110,19 +110,19 @@ impl Entry {
     pub(crate) async fn lock(&self, timeout: Duration) -> anyhow::Result<Held> {
         let dir = self.path.parent().context("cache path has no directory")?;
         crate::files::create_dir(dir)?;
-        let mut opts = OpenOptions::new();
-        opts.read(true).write(true).create(true).truncate(false);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-        let mut file = opts
-            .open(&self.lock_path)
-            .with_context(|| format!("cannot open the lock {}", self.lock_path.display()))?;
         let start = Instant::now();
         let mut told = false;
         let mut pause = Duration::from_millis(10);
+        let mut file = self.open_lock()?;
         loop {
             match file.try_lock() {
-                Ok(()) => break,
+                // The holder removes the lock file as it lets go: a lock on a file that is no
+                // longer at the path is a lock nobody else sees, so open the path again.
+                Ok(()) if still_at(&file, &self.lock_path) => break,
+                Ok(()) => {
+                    file = self.open_lock()?;
+                    continue;
+                }
                 Err(TryLockError::WouldBlock) => {}
                 Err(TryLockError::Error(e)) => {
                     return Err(e)
@@ -152,7 +152,19 @@ impl Entry {
         file.set_len(0)?;
         file.rewind()?;
         write!(file, "{}", std::process::id())?;
-        Ok(Held { _file: file })
+        Ok(Held {
+            file,
+            path: self.lock_path.clone(),
+        })
+    }
+
+    fn open_lock(&self) -> anyhow::Result<File> {
+        let mut opts = OpenOptions::new();
+        opts.read(true).write(true).create(true).truncate(false);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        opts.open(&self.lock_path)
+            .with_context(|| format!("cannot open the lock {}", self.lock_path.display()))
     }
 
     /// Writes `session` atomically (a temporary file, fsync, rename, fsync of the directory),
@@ -167,8 +179,7 @@ impl Entry {
         )
     }
 
-    /// Removes the session file (holding the lock). The lock file stays: removing it would let
-    /// a waiter lock a file another process can no longer see.
+    /// Removes the session file (holding the lock).
     pub(crate) fn remove(&self, _held: &Held) -> anyhow::Result<()> {
         match std::fs::remove_file(&self.path) {
             Ok(()) => Ok(()),
@@ -188,10 +199,39 @@ fn holder(file: &mut File) -> String {
     }
 }
 
-/// A held entry lock, released when dropped (or when the process ends).
+/// Whether `file` is still the file at `path` (not removed or replaced since it was opened).
+fn still_at(file: &File, path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        match (file.metadata(), std::fs::metadata(path)) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (file, path);
+        true
+    }
+}
+
+/// A held entry lock, released when dropped (or when the process ends, however it ends).
+///
+/// Letting go removes the lock file first, so a cache leaves no lock files behind; whoever was
+/// waiting on the removed file sees that it is gone and locks a new one (see [`Entry::lock`]).
 #[derive(Debug)]
 pub(crate) struct Held {
-    _file: File,
+    file: File,
+    path: PathBuf,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        #[cfg(unix)]
+        let _ = std::fs::remove_file(&self.path);
+        let _ = self.file.unlock();
+    }
 }
 
 /// Every entry in `dir` with its session, by file name.
@@ -372,5 +412,28 @@ mod tests {
         );
         drop(held);
         e.lock(Duration::from_millis(300)).await.unwrap();
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn letting_go_leaves_no_lock_file_and_a_waiter_takes_a_new_one() {
+        let root = tempfile::tempdir().unwrap();
+        let e = entry(root.path());
+        let held = e.lock(Duration::from_secs(1)).await.unwrap();
+        assert!(e.lock_path.exists());
+        let waiter = {
+            let e = e.clone();
+            tokio::spawn(async move { e.lock(Duration::from_secs(5)).await.unwrap() })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drop(held);
+        let second = waiter.await.unwrap();
+        // The waiter holds the file at the path, so a third process must wait for it.
+        assert!(still_at(&second.file, &e.lock_path));
+        assert!(e.lock(Duration::from_millis(200)).await.is_err());
+        drop(second);
+        assert!(!e.lock_path.exists());
+        let names: Vec<_> = std::fs::read_dir(root.path()).unwrap().collect();
+        assert!(names.is_empty(), "{names:?}");
     }
 }

@@ -45,6 +45,11 @@ pub(crate) fn ended(e: &anyhow::Error) -> bool {
     })
 }
 
+/// No answer from `url`, as an error that says what to pass when the certificate is the cause.
+fn unreachable(url: &str, e: reqwest::Error) -> anyhow::Error {
+    crate::admin_cmd::unreachable(url, e, crate::admin_cmd::CA_FILE_FIX, "")
+}
+
 /// Logs in with the method in effect. `why` is the reason a login is needed when it is not the
 /// first (the session ended).
 pub(crate) async fn login(
@@ -334,7 +339,7 @@ async fn device(http: &reqwest::Client, l: &Login<'_>) -> anyhow::Result<Session
             .form(&form)
             .send()
             .await
-            .with_context(|| format!("cannot reach {token_url}"))?;
+            .map_err(|e| unreachable(&token_url, e))?;
         let ok = resp.status().is_success();
         let body: Value = resp.json().await.unwrap_or(Value::Null);
         if ok {
@@ -421,7 +426,7 @@ async fn post(http: &reqwest::Client, url: &str, form: &[(&str, String)]) -> any
         .form(form)
         .send()
         .await
-        .with_context(|| format!("cannot reach {url}"))?;
+        .map_err(|e| unreachable(url, e))?;
     let status = resp.status();
     let text = resp.text().await.unwrap_or_default();
     let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);

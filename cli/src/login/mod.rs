@@ -47,9 +47,9 @@ pub struct LoginArgs {
     /// without one. `password`: your directory (LDAP / AD) password, asked on the terminal.
     #[arg(long, value_enum, default_value = "auto")]
     pub method: Method,
-    /// With `--method auto`, the method used when there is no Kerberos ticket.
-    #[arg(long, value_enum, default_value = "browser")]
-    pub fallback: Fallback,
+    /// With `--method auto`, the method used when there is no Kerberos ticket [default: browser].
+    #[arg(long, value_enum)]
+    pub fallback: Option<Fallback>,
     /// With `--method browser`: print the URL instead of opening a browser.
     #[arg(long)]
     pub no_browser: bool,
@@ -137,6 +137,51 @@ impl Method {
     }
 }
 
+/// The methods a login with `method` may use.
+fn reachable(method: Method, fallback: Option<Fallback>) -> Vec<Method> {
+    match method {
+        Method::Auto => vec![
+            Method::Kerberos,
+            Method::from(fallback.unwrap_or(Fallback::Browser)),
+        ],
+        m => vec![m],
+    }
+}
+
+/// Refuses a flag that the chosen method would ignore: `flags` are (flag, given, the method that
+/// uses it).
+pub(crate) fn check_method_flags(
+    method: Method,
+    fallback: Option<Fallback>,
+    flags: &[(&str, bool, Method)],
+) -> anyhow::Result<()> {
+    if fallback.is_some() && method != Method::Auto {
+        bail!(
+            "--fallback is used only with --method auto (here --method {}): drop it",
+            method.name()
+        );
+    }
+    let reach = reachable(method, fallback);
+    for &(flag, given, needs) in flags {
+        if given && !reach.contains(&needs) {
+            let here = match method {
+                Method::Auto => format!("--method auto, which falls back to {}", reach[1].name()),
+                m => format!("--method {}", m.name()),
+            };
+            let other = if needs == Method::Kerberos {
+                format!("--method {}", needs.name())
+            } else {
+                format!(
+                    "--method {0}, or --method auto --fallback {0}",
+                    needs.name()
+                )
+            };
+            bail!("{flag} is used only by {other} (here {here}): drop it, or choose that method");
+        }
+    }
+    Ok(())
+}
+
 /// What `login` prints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
@@ -200,7 +245,8 @@ impl Login<'_> {
     /// The command a person runs to log in by hand, when this run cannot ask them.
     fn by_hand(&self) -> String {
         let mut cmd = format!(
-            "idbridge login --issuer {} --method {}",
+            "{} login --issuer {} --method {}",
+            crate::program(),
             shell_word(&self.issuer),
             self.method.name()
         );
@@ -215,8 +261,19 @@ impl Login<'_> {
             a.ca_file.as_ref().map(|p| p.display().to_string()),
         );
         flag("--audience", a.audience.clone());
-        flag("--username", a.username.clone());
-        flag("--service", a.service.clone());
+        // Only the flags of the method named: a flag of another method is refused.
+        flag(
+            "--username",
+            a.username
+                .clone()
+                .filter(|_| self.method == Method::Password),
+        );
+        flag(
+            "--service",
+            a.service
+                .clone()
+                .filter(|_| self.method == Method::Kerberos),
+        );
         flag(
             "--cache-dir",
             a.cache_dir.as_ref().map(|p| p.display().to_string()),
@@ -237,6 +294,25 @@ impl Login<'_> {
 }
 
 pub async fn run(args: LoginArgs) -> anyhow::Result<()> {
+    // A user name from the environment is a default for whichever command needs one, not a
+    // flag given to this one.
+    let username_flag =
+        args.username.is_some() && std::env::var("IDBRIDGE_USERNAME").ok() != args.username;
+    check_method_flags(
+        args.method,
+        args.fallback,
+        &[
+            ("--username", username_flag, Method::Password),
+            (
+                "--password-file",
+                args.password_file.is_some(),
+                Method::Password,
+            ),
+            ("--no-browser", args.no_browser, Method::Browser),
+            ("--service", args.service.is_some(), Method::Kerberos),
+        ],
+    )?;
+    let fallback = Method::from(args.fallback.unwrap_or(Fallback::Browser));
     let exec = ExecInfo::from_env()?;
     let interactive = exec.as_ref().is_none_or(|e| e.interactive);
     let output = args.output.unwrap_or(if exec.is_some() {
@@ -270,18 +346,10 @@ pub async fn run(args: LoginArgs) -> anyhow::Result<()> {
             {
                 (Method::Kerberos, Some(t.principal), None)
             }
-            Ok(_) => (
-                Method::from(args.fallback),
-                None,
-                Some("your Kerberos ticket has expired"),
-            ),
+            Ok(_) => (fallback, None, Some("your Kerberos ticket has expired")),
             Err(e) => {
                 tracing::debug!(error = %e, "no Kerberos ticket");
-                (
-                    Method::from(args.fallback),
-                    None,
-                    Some("no Kerberos ticket"),
-                )
+                (fallback, None, Some("no Kerberos ticket"))
             }
         },
         Method::Kerberos => (
@@ -382,12 +450,12 @@ fn print(output: Output, exec: &ExecInfo, s: &Session) -> anyhow::Result<()> {
     // Printing the access token is what `--output token` and kubectl's exec protocol ask for;
     // the refresh token stays in the cache file and is never printed.
     match output {
-        Output::Token => println!("{}", s.access_token),
-        Output::ExecCredential => println!("{}", exec.credential(&s.access_token, &expiry)),
+        Output::Token => outln!("{}", s.access_token),
+        Output::ExecCredential => outln!("{}", exec.credential(&s.access_token, &expiry)),
         Output::Summary => {
             let c = claims(&s.access_token);
             let name = c.get("name").and_then(Value::as_str).unwrap_or("?");
-            println!("logged in as {name}; access token valid until {expiry}");
+            outln!("logged in as {name}; access token valid until {expiry}");
         }
     }
     Ok(())
@@ -402,7 +470,7 @@ pub struct WhoamiArgs {
     /// Where sessions are cached [default: $XDG_CACHE_HOME/idbridge, else ~/.cache/idbridge].
     #[arg(long, env = "IDBRIDGE_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
-    /// Print JSON (an array, one object per session) instead of text.
+    /// Print JSON (an array, one object per session; `[]` when there is none) instead of text.
     #[arg(long)]
     pub json: bool,
 }
@@ -423,10 +491,14 @@ fn sessions_of(
 
 pub async fn whoami(args: WhoamiArgs) -> anyhow::Result<()> {
     let found = sessions_of(args.cache_dir.as_deref(), args.issuer.as_deref(), None)?;
-    if found.is_empty() {
+    if found.is_empty() && !args.json {
+        let me = crate::program();
         match &args.issuer {
-            Some(i) => bail!("no cached session for {i}: run `idbridge login --issuer {i}`"),
-            None => bail!("no cached session: run `idbridge login --issuer URL`"),
+            Some(i) => bail!(
+                "no cached session for {i}: run `{me} login --issuer {}`",
+                shell_word(i)
+            ),
+            None => bail!("no cached session: run `{me} login --issuer URL`"),
         }
     }
     let now = now();
@@ -449,12 +521,12 @@ pub async fn whoami(args: WhoamiArgs) -> anyhow::Result<()> {
         })
         .collect();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&views)?);
+        outln!("{}", serde_json::to_string_pretty(&views)?);
         return Ok(());
     }
     for (n, v) in views.iter().enumerate() {
         if n > 0 {
-            println!();
+            outln!();
         }
         let text = |k: &str| v[k].as_str().unwrap_or("?").to_owned();
         let list = |k: &str| {
@@ -468,20 +540,20 @@ pub async fn whoami(args: WhoamiArgs) -> anyhow::Result<()> {
                 items.join(", ")
             }
         };
-        println!("{} at {}", text("user"), text("issuer"));
-        println!("  uid:       {}", text("uid"));
-        println!("  groups:    {}", list("groups"));
-        println!(
+        outln!("{} at {}", text("user"), text("issuer"));
+        outln!("  uid:       {}", text("uid"));
+        outln!("  groups:    {}", list("groups"));
+        outln!(
             "  namespace: {}",
             v["namespace"].as_str().unwrap_or("(none)")
         );
-        println!("  signed in: {}", list("amr"));
+        outln!("  signed in: {}", list("amr"));
         let state = match (v["expired"].as_bool(), v["refreshable"].as_bool()) {
             (Some(false), _) => "valid",
             (_, Some(true)) => "expired; the next login or kubectl run refreshes it",
             _ => "expired; the next login or kubectl run logs in again",
         };
-        println!("  token:     until {} ({state})", text("expires"));
+        outln!("  token:     until {} ({state})", text("expires"));
     }
     Ok(())
 }
