@@ -12,6 +12,7 @@ mod ad;
 mod config;
 mod pool;
 mod shape;
+mod snapshot;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -32,6 +33,10 @@ pub use config::{
 };
 use pool::{Pool, Prepare, Servers};
 use shape::Shaping;
+pub use snapshot::{
+    DirectoryIdentity, Progress, ReadPhase, Snapshot, SnapshotGroup, SnapshotUser,
+    members_per_group,
+};
 
 /// How many DNs one group search names in its `(|(member=…)…)` filter.
 const DNS_PER_SEARCH: usize = 50;
@@ -51,6 +56,9 @@ pub struct LdapDirectory {
     op_timeout: Duration,
     /// How long existing users' binds take, for the unknown-user path to match.
     bind_time: BindTime,
+    /// The configured server URLs and service account, for the directory's identity.
+    urls: Vec<String>,
+    bind_dn: String,
 }
 
 /// The recent durations of binds as existing entries: their median is what an unknown user's
@@ -302,6 +310,8 @@ impl LdapDirectory {
             cfg: resolved,
             op_timeout,
             bind_time: BindTime::default(),
+            urls: cfg.urls.clone(),
+            bind_dn: cfg.bind_dn.clone(),
         })
     }
 

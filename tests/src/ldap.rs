@@ -292,6 +292,12 @@ pwdFailureCountInterval: 0
         Ok(())
     }
 
+    /// The running slapd's process id.
+    #[must_use]
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
     /// Starts slapd again on the same ports with the same data.
     ///
     /// # Errors

@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // end-to-end tests fail loudly by design
 
 use idbridge_core::{Directory, DirectoryError, DirectoryStatus};
-use idbridge_directory::{DirectoryConfig, LdapDirectory};
+use idbridge_directory::{DirectoryConfig, LdapDirectory, ReadPhase};
 use idbridge_tests::ldap::{Slapd, free_port};
 
 fn directory(slapd: &Slapd, urls: &[String], extra: &str, groups: &str) -> LdapDirectory {
@@ -169,4 +169,84 @@ async fn failover_tls_and_restart() {
     // A restart while connections are pooled and idle.
     s.restart().await.unwrap();
     assert!(d.authenticate("frank", "frank-pw-1").await.is_ok());
+}
+
+#[tokio::test]
+async fn a_snapshot_reads_everyone_paged_with_the_groups_a_login_sees_or_fails_whole() {
+    let mut s = Slapd::start().await.unwrap();
+    let mut people = Vec::new();
+    for n in 0..7 {
+        people.push(s.add_user(&format!("user{n}"), "pw-pw-pw-1").await.unwrap());
+    }
+    // user0 ∈ dev ∈ eng ∈ staff ∈ eng (a cycle); user1 ∈ ops; user2 ∈ dev and ops.
+    let dev = s.add_group("dev", &[&people[0], &people[2]]).await.unwrap();
+    s.add_group("ops", &[&people[1], &people[2]]).await.unwrap();
+    let eng = s.add_group("eng", &[&dev]).await.unwrap();
+    let staff = s.add_group("staff", &[&eng]).await.unwrap();
+    s.modify(&format!(
+        "dn: {eng}\nchangetype: modify\nadd: member\nmember: {staff}\n"
+    ))
+    .await
+    .unwrap();
+    // user3 is locked by an administrator: no groups, status disabled.
+    s.modify(&format!(
+        "dn: {}\nchangetype: modify\nadd: pwdAccountLockedTime\npwdAccountLockedTime: 000001010000Z\n",
+        people[3]
+    ))
+    .await
+    .unwrap();
+    // Pages of 2 entries: every search runs over several pages.
+    let d = directory(&s, &[s.url()], "", "page_size: 2");
+    let seen = std::sync::Mutex::new(Vec::new());
+    let snap = d
+        .snapshot(&|phase, n| seen.lock().unwrap().push((phase, n)))
+        .await
+        .unwrap();
+    assert_eq!(snap.users.len(), 7, "{:?}", snap.skipped);
+    assert_eq!(snap.groups.len(), 4);
+    assert!(snap.skipped.is_empty(), "{:?}", snap.skipped);
+    assert!(snap.identity.base_id.is_some());
+    // Nesting comes from the group entries read once: no search per user or per level.
+    assert_eq!(snap.searches, 3, "groups, users and the base entry");
+    assert!(seen.lock().unwrap().contains(&(ReadPhase::Users, 7)));
+    // Each user's groups are what a login resolves.
+    for u in &snap.users {
+        let live = d.user_by_id(&u.id).await.unwrap().unwrap();
+        let mut mine: Vec<&str> = snap.group_names(u).collect();
+        mine.sort_unstable();
+        assert_eq!(mine, live.groups, "{}", u.name);
+        assert_eq!(u.status, live.status, "{}", u.name);
+    }
+    let by_name = |n: &str| snap.users.iter().find(|u| u.name == n).unwrap();
+    assert_eq!(by_name("user3").status, DirectoryStatus::Disabled);
+    assert_eq!(
+        snap.group_names(by_name("user2")).count(),
+        4,
+        "dev, ops, eng, staff"
+    );
+
+    // The directory stops in the middle of the read: the snapshot is an error, not a short one.
+    let pid = s.pid().unwrap();
+    let killed = std::sync::atomic::AtomicBool::new(false);
+    let err = d
+        .snapshot(&|phase, _| {
+            if phase == ReadPhase::Groups && !killed.swap(true, std::sync::atomic::Ordering::SeqCst)
+            {
+                std::process::Command::new("kill")
+                    .args(["-9", &pid.to_string()])
+                    .status()
+                    .unwrap();
+            }
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DirectoryError::Unavailable(_) | DirectoryError::NoAnswer(_) | DirectoryError::Failed(_)
+        ),
+        "{err:?}"
+    );
+    s.restart().await.unwrap();
+    assert_eq!(d.snapshot(&|_, _| {}).await.unwrap().users.len(), 7);
 }

@@ -1,0 +1,499 @@
+//! The whole directory at once, for the sync worker: every user and group under the configured
+//! bases, read with paged searches (RFC 2696) on one connection, nesting resolved in memory.
+//!
+//! Reading every group with its member list costs one paged search, and then no query per user
+//! or per nesting level at all: a user's groups are the groups that name it, and the groups
+//! that name those, up to `groups.max_depth` levels, as a login resolves them. A member list
+//! Active Directory sends in ranges (`member;range=0-1499`, its MaxValRange) is read to its
+//! end. Any search that fails, or ends with anything but success (a size or time limit, a
+//! referral, a connection lost mid-read), fails the whole read: a snapshot is complete or it is
+//! an error, never silently short.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use idbridge_core::{DirectoryError, DirectoryStatus};
+use ldap3::adapters::{Adapter, EntriesOnly, PagedResults};
+use ldap3::{Ldap, LdapError, Scope, SearchEntry};
+
+use crate::config::{DirectGroups, NestedGroups, Preset};
+use crate::{LdapDirectory, all, binary, first};
+
+/// One user of a [`Snapshot`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotUser {
+    /// The entry's stable id (`entryUUID`, or `objectGUID` as text).
+    pub id: String,
+    /// The account name attribute's value, as the directory spells it.
+    pub name: String,
+    /// The entry's DN.
+    pub dn: String,
+    /// Whether the entry may log in.
+    pub status: DirectoryStatus,
+    /// Indexes into [`Snapshot::groups`]: every group of the user, nested ones included,
+    /// sorted; for an active entry only (as a login sees it).
+    pub groups: Vec<u32>,
+}
+
+/// One group of a [`Snapshot`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotGroup {
+    /// The entry's DN.
+    pub dn: String,
+    /// The group name attribute's value (before shaping).
+    pub name: String,
+}
+
+/// What tells one directory from another, compared between runs: a directory that was
+/// replaced or restored from a backup must not be read as "every user was deleted".
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct DirectoryIdentity {
+    /// The configured server URLs, sorted.
+    pub urls: Vec<String>,
+    /// The bind DN searches run as.
+    pub bind_dn: String,
+    /// The user search base.
+    pub user_base: String,
+    /// The group search base.
+    pub group_base: String,
+    /// The stable id of the user base entry itself (a rebuilt directory has a new one).
+    pub base_id: Option<String>,
+    /// Active Directory: the DC that answered (its `dsServiceName`) and that DC's database
+    /// `invocationID`, which changes when the DC is restored from a backup.
+    pub invocation: Option<(String, String)>,
+}
+
+/// Every user and group the configured bases and filters hold.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Users, in the order the directory sent them.
+    pub users: Vec<SnapshotUser>,
+    /// Groups, in the order the directory sent them.
+    pub groups: Vec<SnapshotGroup>,
+    /// The directory read.
+    pub identity: DirectoryIdentity,
+    /// Entries that could not be used (no id, no name), each saying why; they are left out
+    /// of `users`, and the sync worker leaves their accounts alone.
+    pub skipped: Vec<String>,
+    /// How many searches the read took, ranged member reads included.
+    pub searches: u64,
+}
+
+impl Snapshot {
+    /// The names of a user's groups.
+    pub fn group_names<'a>(&'a self, user: &'a SnapshotUser) -> impl Iterator<Item = &'a str> {
+        user.groups
+            .iter()
+            .map(|&g| self.groups[g as usize].name.as_str())
+    }
+}
+
+/// The phase a snapshot read is in, for progress reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadPhase {
+    /// Reading group entries.
+    Groups,
+    /// Reading user entries.
+    Users,
+}
+
+/// Where a read reports its progress: the phase, and entries read so far in it.
+pub type Progress<'a> = &'a (dyn Fn(ReadPhase, u64) + Send + Sync);
+
+/// An attribute of `e` sent in ranges: its values so far and the next range's start, `None`
+/// when this was the last range (or the attribute was not ranged).
+fn ranged(e: &SearchEntry, attr: &str) -> Option<(Vec<String>, Option<u64>)> {
+    let prefix = format!("{};range=", attr.to_ascii_lowercase());
+    let (key, values) = e
+        .attrs
+        .iter()
+        .find(|(k, _)| k.to_ascii_lowercase().starts_with(&prefix))?;
+    let range = &key[prefix.len()..];
+    let (_, end) = range.split_once('-')?;
+    let next = if end == "*" {
+        None
+    } else {
+        Some(end.parse::<u64>().ok()? + 1)
+    };
+    Some((values.clone(), next))
+}
+
+/// A paged subtree search, every entry of it or an error.
+async fn paged(
+    ldap: &mut Ldap,
+    (base, filter, attrs): (&str, &str, Vec<String>),
+    page: i32,
+    timeout: std::time::Duration,
+    mut each: impl FnMut(SearchEntry) -> Result<(), LdapError>,
+) -> Result<(), LdapError> {
+    let adapters: Vec<Box<dyn Adapter<_, _>>> = vec![
+        Box::new(EntriesOnly::new()),
+        Box::new(PagedResults::new(page)),
+    ];
+    let mut stream = ldap
+        .with_timeout(timeout)
+        .streaming_search_with(adapters, base, Scope::Subtree, filter, attrs)
+        .await?;
+    while let Some(entry) = stream.next().await? {
+        each(SearchEntry::construct(entry))?;
+    }
+    // Anything but success (a size limit, a time limit, an unavailable server) is a short read.
+    stream.finish().await.success()?;
+    Ok(())
+}
+
+/// One base-scope read of `attrs` of `dn`.
+async fn read_entry(
+    ldap: &mut Ldap,
+    dn: &str,
+    attrs: Vec<String>,
+    timeout: std::time::Duration,
+) -> Result<Option<SearchEntry>, LdapError> {
+    let (entries, _) = ldap
+        .with_timeout(timeout)
+        .search(dn, Scope::Base, "(objectClass=*)", attrs)
+        .await?
+        .success()?;
+    Ok(entries
+        .into_iter()
+        .filter(|e| !e.is_ref())
+        .map(SearchEntry::construct)
+        .next())
+}
+
+/// What one read of the directory found, before nesting is resolved.
+struct Raw {
+    groups: Vec<(SearchEntry, Vec<String>)>,
+    users: Vec<SearchEntry>,
+    base: Option<SearchEntry>,
+    invocation: Option<(String, String)>,
+    searches: u64,
+}
+
+impl LdapDirectory {
+    /// Reads every user and group under the configured bases (see the module docs): complete,
+    /// or an error. `progress` is told the phase and the entries read so far.
+    ///
+    /// # Errors
+    /// [`DirectoryError::Unavailable`] when no server answers, [`DirectoryError::Failed`] when a
+    /// search fails or is cut short.
+    pub async fn snapshot(&self, progress: Progress<'_>) -> Result<Snapshot, DirectoryError> {
+        let raw = self.read_raw(progress).await?;
+        Ok(self.resolve(raw))
+    }
+
+    async fn read_raw(&self, progress: Progress<'_>) -> Result<Raw, DirectoryError> {
+        let c = &self.cfg;
+        let t = self.op_timeout;
+        let group_attrs = vec![c.group_name_attribute.clone(), c.member_attribute.clone()];
+        let mut user_attrs = self.user_attrs();
+        if !user_attrs.iter().any(|a| a.eq_ignore_ascii_case("memberOf"))
+            && c.direct == DirectGroups::MemberOf
+        {
+            user_attrs.push("memberOf".into());
+        }
+        // The whole read runs on one connection: paging cookies belong to it, and one server
+        // gives one consistent picture. A connection that breaks is replaced and the read
+        // starts over.
+        self.search
+            .run(|mut ldap: Ldap| {
+                let (group_attrs, user_attrs) = (group_attrs.clone(), user_attrs.clone());
+                async move {
+                    let mut searches = 0u64;
+                    let read = AtomicU64::new(0);
+                    let mut groups = Vec::new();
+                    paged(
+                        &mut ldap,
+                        (&c.group_base, &c.group_filter, group_attrs),
+                        c.page_size,
+                        t,
+                        |e| {
+                            groups.push(e);
+                            let n = read.fetch_add(1, Ordering::Relaxed) + 1;
+                            if n % 1000 == 0 {
+                                progress(ReadPhase::Groups, n);
+                            }
+                            Ok(())
+                        },
+                    )
+                    .await?;
+                    searches += 1;
+                    progress(ReadPhase::Groups, groups.len() as u64);
+                    // Member lists sent in ranges, read to their end.
+                    let mut with_members = Vec::with_capacity(groups.len());
+                    for g in groups {
+                        let mut members = all(&g, &c.member_attribute);
+                        if let Some((mut got, mut next)) = ranged(&g, &c.member_attribute) {
+                            members.append(&mut got);
+                            while let Some(start) = next {
+                                let attr = format!("{};range={start}-*", c.member_attribute);
+                                searches += 1;
+                                let Some(more) = read_entry(&mut ldap, &g.dn, vec![attr], t).await?
+                                else {
+                                    return Err(LdapError::AdapterInit(format!(
+                                        "group {} vanished while its members were read",
+                                        g.dn
+                                    )));
+                                };
+                                let Some((mut got, n)) = ranged(&more, &c.member_attribute) else {
+                                    return Err(LdapError::AdapterInit(format!(
+                                        "group {}: the directory stopped sending its member ranges",
+                                        g.dn
+                                    )));
+                                };
+                                members.append(&mut got);
+                                next = n;
+                            }
+                        }
+                        with_members.push((g, members));
+                    }
+                    let read = AtomicU64::new(0);
+                    let mut users = Vec::new();
+                    paged(
+                        &mut ldap,
+                        (&c.user_base, &c.user_filter, user_attrs),
+                        c.page_size,
+                        t,
+                        |e| {
+                            users.push(e);
+                            let n = read.fetch_add(1, Ordering::Relaxed) + 1;
+                            if n % 1000 == 0 {
+                                progress(ReadPhase::Users, n);
+                            }
+                            Ok(())
+                        },
+                    )
+                    .await?;
+                    searches += 1;
+                    progress(ReadPhase::Users, users.len() as u64);
+                    let id_attr = c.id_attribute.clone();
+                    let base = read_entry(&mut ldap, &c.user_base, vec![id_attr], t).await?;
+                    searches += 1;
+                    let invocation = if c.preset == Preset::ActiveDirectory {
+                        searches += 2;
+                        invocation_id(&mut ldap, t).await?
+                    } else {
+                        None
+                    };
+                    Ok(Raw {
+                        groups: with_members,
+                        users,
+                        base,
+                        invocation,
+                        searches,
+                    })
+                }
+            })
+            .await
+    }
+
+    /// Users and groups with nesting resolved.
+    fn resolve(&self, raw: Raw) -> Snapshot {
+        let c = &self.cfg;
+        let mut skipped = Vec::new();
+        let mut groups = Vec::with_capacity(raw.groups.len());
+        let mut group_at: HashMap<String, u32> = HashMap::with_capacity(raw.groups.len());
+        for (g, _) in &raw.groups {
+            let Some(name) = first(g, &c.group_name_attribute).filter(|n| !n.is_empty()) else {
+                skipped.push(format!(
+                    "group {}: no `{}` (field `directory.groups.name_attribute`)",
+                    g.dn, c.group_name_attribute
+                ));
+                continue;
+            };
+            group_at.insert(g.dn.to_lowercase(), groups.len() as u32);
+            groups.push(SnapshotGroup {
+                dn: g.dn.clone(),
+                name,
+            });
+        }
+        // Who names whom: the groups a group is directly in, and a user's direct groups.
+        let mut parents: Vec<Vec<u32>> = vec![Vec::new(); groups.len()];
+        let mut direct_of: HashMap<String, Vec<u32>> = HashMap::new();
+        for (g, members) in &raw.groups {
+            let Some(&gi) = group_at.get(&g.dn.to_lowercase()) else {
+                continue;
+            };
+            for m in members {
+                let m = m.to_lowercase();
+                match group_at.get(&m) {
+                    Some(&child) => parents[child as usize].push(gi),
+                    None => direct_of.entry(m).or_default().push(gi),
+                }
+            }
+        }
+        // Each group's ancestors within the depth a login follows, computed once per group.
+        let levels = match c.nested {
+            NestedGroups::None => 0,
+            _ => c.max_depth.saturating_sub(1),
+        };
+        let mut above: Vec<Option<Vec<u32>>> = vec![None; groups.len()];
+        let mut users = Vec::with_capacity(raw.users.len());
+        for u in &raw.users {
+            let Some(id) = self.stable_id(u) else {
+                skipped.push(format!(
+                    "user {}: no `{}` (field `directory.users.id_attribute`)",
+                    u.dn, c.id_attribute
+                ));
+                continue;
+            };
+            let Some(name) = first(u, &c.name_attribute).filter(|n| !n.is_empty()) else {
+                skipped.push(format!(
+                    "user {}: no `{}` (field `directory.users.name_attribute`)",
+                    u.dn, c.name_attribute
+                ));
+                continue;
+            };
+            let status = self.status(u);
+            let mut mine: Vec<u32> = Vec::new();
+            if status == DirectoryStatus::Active {
+                let mut direct: Vec<u32> = direct_of
+                    .get(&u.dn.to_lowercase())
+                    .cloned()
+                    .unwrap_or_default();
+                if c.direct == DirectGroups::MemberOf {
+                    direct.extend(
+                        all(u, "memberOf")
+                            .iter()
+                            .filter_map(|dn| group_at.get(&dn.to_lowercase()).copied()),
+                    );
+                }
+                for d in direct {
+                    mine.push(d);
+                    let up = above[d as usize]
+                        .get_or_insert_with(|| ancestors(&parents, d, levels))
+                        .clone();
+                    mine.extend(up);
+                }
+                mine.sort_unstable();
+                mine.dedup();
+            }
+            users.push(SnapshotUser {
+                id,
+                name,
+                dn: u.dn.clone(),
+                status,
+                groups: mine,
+            });
+        }
+        let mut urls = self.urls.clone();
+        urls.sort();
+        Snapshot {
+            users,
+            groups,
+            identity: DirectoryIdentity {
+                urls,
+                bind_dn: self.bind_dn.clone(),
+                user_base: c.user_base.clone(),
+                group_base: c.group_base.clone(),
+                base_id: raw.base.as_ref().and_then(|b| self.stable_id(b)),
+                invocation: raw.invocation,
+            },
+            skipped,
+            searches: raw.searches,
+        }
+    }
+
+    /// The names of groups as tokens carry them (`groups.include`, `exclude` and `prefix`
+    /// applied; no cap): what RoleBindings and labels must name.
+    #[must_use]
+    pub fn token_group_names<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+        let names: Vec<String> = names.into_iter().map(str::to_owned).collect();
+        self.shaping.apply(&names, "").0
+    }
+}
+
+/// The groups `g` is in, nested, within `levels` levels above it (a cycle ends where it
+/// comes back).
+fn ancestors(parents: &[Vec<u32>], g: u32, levels: usize) -> Vec<u32> {
+    let mut seen = std::collections::HashSet::from([g]);
+    let mut out = Vec::new();
+    let mut frontier = vec![g];
+    for _ in 0..levels {
+        let mut next = Vec::new();
+        for f in frontier {
+            for &p in &parents[f as usize] {
+                if seen.insert(p) {
+                    out.push(p);
+                    next.push(p);
+                }
+            }
+        }
+        if next.is_empty() {
+            break;
+        }
+        frontier = next;
+    }
+    out
+}
+
+/// Active Directory: the DC that answers and its database's `invocationID`.
+async fn invocation_id(
+    ldap: &mut Ldap,
+    t: std::time::Duration,
+) -> Result<Option<(String, String)>, LdapError> {
+    let Some(root) = read_entry(ldap, "", vec!["dsServiceName".into()], t).await? else {
+        return Ok(None);
+    };
+    let Some(service) = first(&root, "dsServiceName") else {
+        return Ok(None);
+    };
+    let Some(settings) = read_entry(ldap, &service, vec!["invocationId".into()], t).await? else {
+        return Ok(None);
+    };
+    Ok(binary(&settings, "invocationId")
+        .first()
+        .and_then(|b| crate::ad::guid_to_string(b))
+        .map(|id| (service, id)))
+}
+
+/// How many users are in each group, by group name: for reports.
+#[must_use]
+pub fn members_per_group(s: &Snapshot) -> BTreeMap<&str, usize> {
+    let mut out = BTreeMap::new();
+    for u in &s.users {
+        for name in s.group_names(u) {
+            *out.entry(name).or_insert(0) += 1;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(dn: &str, attrs: &[(&str, &[&str])]) -> SearchEntry {
+        SearchEntry {
+            dn: dn.into(),
+            attrs: attrs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.iter().map(|s| (*s).to_owned()).collect()))
+                .collect(),
+            bin_attrs: HashMap::new(),
+        }
+    }
+
+    #[test]
+    fn ranged_member_lists_say_where_the_next_range_starts() {
+        let e = entry("cn=g", &[("member;range=0-1499", &["a", "b"])]);
+        assert_eq!(
+            ranged(&e, "member"),
+            Some((vec!["a".into(), "b".into()], Some(1500)))
+        );
+        let last = entry("cn=g", &[("Member;Range=1500-*", &["c"])]);
+        assert_eq!(ranged(&last, "member"), Some((vec!["c".into()], None)));
+        assert_eq!(ranged(&entry("cn=g", &[("member", &["a"])]), "member"), None);
+    }
+
+    #[test]
+    fn ancestors_stop_at_the_depth_and_at_cycles() {
+        // 0 in 1, 1 in 2, 2 in 0 (a cycle), 2 in 3.
+        let parents = vec![vec![1], vec![2], vec![0, 3], vec![]];
+        let mut a = ancestors(&parents, 0, 10);
+        a.sort_unstable();
+        assert_eq!(a, [1, 2, 3]);
+        assert_eq!(ancestors(&parents, 0, 1), [1]);
+        assert!(ancestors(&parents, 0, 0).is_empty());
+    }
+}
