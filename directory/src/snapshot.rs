@@ -10,7 +10,6 @@
 //! an error, never silently short.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use idbridge_core::{DirectoryError, DirectoryStatus};
 use ldap3::adapters::{Adapter, EntriesOnly, PagedResults};
@@ -75,6 +74,9 @@ pub struct Snapshot {
     /// Entries that could not be used (no id, no name), each saying why; they are left out
     /// of `users`, and the sync worker leaves their accounts alone.
     pub skipped: Vec<String>,
+    /// Stable ids of the users in `skipped` that have one: their entries exist, so their
+    /// accounts are not to be taken as deleted.
+    pub unusable_ids: Vec<String>,
     /// How many searches the read took, ranged member reads included.
     pub searches: u64,
 }
@@ -187,7 +189,9 @@ impl LdapDirectory {
         let t = self.op_timeout;
         let group_attrs = vec![c.group_name_attribute.clone(), c.member_attribute.clone()];
         let mut user_attrs = self.user_attrs();
-        if !user_attrs.iter().any(|a| a.eq_ignore_ascii_case("memberOf"))
+        if !user_attrs
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case("memberOf"))
             && c.direct == DirectGroups::MemberOf
         {
             user_attrs.push("memberOf".into());
@@ -200,7 +204,6 @@ impl LdapDirectory {
                 let (group_attrs, user_attrs) = (group_attrs.clone(), user_attrs.clone());
                 async move {
                     let mut searches = 0u64;
-                    let read = AtomicU64::new(0);
                     let mut groups = Vec::new();
                     paged(
                         &mut ldap,
@@ -209,9 +212,8 @@ impl LdapDirectory {
                         t,
                         |e| {
                             groups.push(e);
-                            let n = read.fetch_add(1, Ordering::Relaxed) + 1;
-                            if n % 1000 == 0 {
-                                progress(ReadPhase::Groups, n);
+                            if groups.len().is_multiple_of(1000) {
+                                progress(ReadPhase::Groups, groups.len() as u64);
                             }
                             Ok(())
                         },
@@ -228,7 +230,8 @@ impl LdapDirectory {
                             while let Some(start) = next {
                                 let attr = format!("{};range={start}-*", c.member_attribute);
                                 searches += 1;
-                                let Some(more) = read_entry(&mut ldap, &g.dn, vec![attr], t).await?
+                                let Some(more) =
+                                    read_entry(&mut ldap, &g.dn, vec![attr], t).await?
                                 else {
                                     return Err(LdapError::AdapterInit(format!(
                                         "group {} vanished while its members were read",
@@ -247,7 +250,6 @@ impl LdapDirectory {
                         }
                         with_members.push((g, members));
                     }
-                    let read = AtomicU64::new(0);
                     let mut users = Vec::new();
                     paged(
                         &mut ldap,
@@ -256,9 +258,8 @@ impl LdapDirectory {
                         t,
                         |e| {
                             users.push(e);
-                            let n = read.fetch_add(1, Ordering::Relaxed) + 1;
-                            if n % 1000 == 0 {
-                                progress(ReadPhase::Users, n);
+                            if users.len().is_multiple_of(1000) {
+                                progress(ReadPhase::Users, users.len() as u64);
                             }
                             Ok(())
                         },
@@ -329,6 +330,7 @@ impl LdapDirectory {
         };
         let mut above: Vec<Option<Vec<u32>>> = vec![None; groups.len()];
         let mut users = Vec::with_capacity(raw.users.len());
+        let mut unusable_ids = Vec::new();
         for u in &raw.users {
             let Some(id) = self.stable_id(u) else {
                 skipped.push(format!(
@@ -338,6 +340,7 @@ impl LdapDirectory {
                 continue;
             };
             let Some(name) = first(u, &c.name_attribute).filter(|n| !n.is_empty()) else {
+                unusable_ids.push(id);
                 skipped.push(format!(
                     "user {}: no `{}` (field `directory.users.name_attribute`)",
                     u.dn, c.name_attribute
@@ -390,6 +393,7 @@ impl LdapDirectory {
                 invocation: raw.invocation,
             },
             skipped,
+            unusable_ids,
             searches: raw.searches,
         }
     }
@@ -483,7 +487,10 @@ mod tests {
         );
         let last = entry("cn=g", &[("Member;Range=1500-*", &["c"])]);
         assert_eq!(ranged(&last, "member"), Some((vec!["c".into()], None)));
-        assert_eq!(ranged(&entry("cn=g", &[("member", &["a"])]), "member"), None);
+        assert_eq!(
+            ranged(&entry("cn=g", &[("member", &["a"])]), "member"),
+            None
+        );
     }
 
     #[test]

@@ -243,7 +243,9 @@ async fn a_snapshot_reads_everyone_paged_with_the_groups_a_login_sees_or_fails_w
     assert!(
         matches!(
             err,
-            DirectoryError::Unavailable(_) | DirectoryError::NoAnswer(_) | DirectoryError::Failed(_)
+            DirectoryError::Unavailable(_)
+                | DirectoryError::NoAnswer(_)
+                | DirectoryError::Failed(_)
         ),
         "{err:?}"
     );

@@ -1,0 +1,21 @@
+//! idbridge's sync worker: the directory's users and groups kept in step with idbridge's
+//! accounts between logins.
+//!
+//! A run reads the whole directory at once (`idbridge_directory::Snapshot`: every user and
+//! group, paged, nesting resolved once), makes a [`plan`](plan::plan) against the store's
+//! accounts (pure: the same input gives the same plan, and the unit tests need no server),
+//! checks the plan's guards, and applies it in one store transaction. Logins and refreshes
+//! still read the directory live for a token's groups; sync keeps the *stored* account in step
+//! (name, labels, default namespace, disabled), so that a user disabled or deleted in the
+//! directory loses every session at once, not at their next refresh.
+//!
+//! - [`config`]: the `sync` config section, checked field by field.
+//! - [`labels`]: the label keys sync owns, and the rule that makes any group name a label key.
+//! - [`plan`]: the diff, the reasons and the guards.
+
+pub mod config;
+pub mod labels;
+pub mod plan;
+
+pub use config::{Rules, SyncConfig};
+pub use plan::{Entry, Input, Kind, Plan, Planned, plan};
