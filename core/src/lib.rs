@@ -54,5 +54,6 @@ pub use session::{
 };
 pub use store::{
     AccountChange, AccountChangeOutcome, AccountStore, KeyStore, PendingStore, SessionStore, Store,
+    SyncLease, SyncState, SyncStateStore,
 };
 pub use token::{StaticToken, TokenHash, TokenId};

@@ -11,6 +11,8 @@
 //! - [`PendingStore`]: short-lived single-use records of logins in progress.
 //! - [`KeyStore`]: signing keys, and what must be refused although its signature verifies
 //!   (revoked access tokens, the revocations snapshot), and the purge of whatever has ended.
+//! - [`SyncStateStore`]: what the sync worker remembers between runs, and the lease that lets
+//!   one runner at a time sync.
 //!
 //! [`Store`] is their union, implemented for every type that implements all four; callers hold
 //! an `Arc<dyn Store>` and call any method on it. A caller that holds a concrete store type
@@ -31,13 +33,75 @@ use crate::{
 /// Durable state: accounts, static tokens, sessions, logins in progress, revocations and signing
 /// keys; the union of the four stores.
 pub trait Store:
-    AccountStore + SessionStore + PendingStore + KeyStore + Send + Sync + std::fmt::Debug
+    AccountStore
+    + SessionStore
+    + PendingStore
+    + KeyStore
+    + SyncStateStore
+    + Send
+    + Sync
+    + std::fmt::Debug
 {
 }
 
 impl<T> Store for T where
-    T: AccountStore + SessionStore + PendingStore + KeyStore + Send + Sync + std::fmt::Debug
+    T: AccountStore
+        + SessionStore
+        + PendingStore
+        + KeyStore
+        + SyncStateStore
+        + Send
+        + Sync
+        + std::fmt::Debug
 {
+}
+
+/// What the sync worker remembers between runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SyncState {
+    /// The identity of the directory the last applied run read, as the sync worker writes it
+    /// (its own JSON).
+    #[serde(default)]
+    pub identity: Option<String>,
+    /// When a run last applied its plan completely.
+    #[serde(default)]
+    pub last_success: Option<UnixTime>,
+    /// When a run last ended, applied or not.
+    #[serde(default)]
+    pub last_run: Option<UnixTime>,
+    /// Why the last run failed, if it did.
+    #[serde(default)]
+    pub last_error: Option<String>,
+}
+
+/// Who may run sync now, and until when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncLease {
+    /// The runner's name (host and process).
+    pub holder: String,
+    /// The lease ends then unless renewed.
+    pub expires_at: UnixTime,
+}
+
+/// What the sync worker remembers between runs, and its lease.
+#[async_trait]
+pub trait SyncStateStore: Send + Sync + std::fmt::Debug {
+    /// The state the last run left (the default before the first).
+    async fn sync_state(&self) -> Result<SyncState, StoreError>;
+    /// Replaces the state.
+    async fn put_sync_state(&self, state: &SyncState) -> Result<(), StoreError>;
+    /// Takes or renews the lease for `holder` until `until`, when nobody holds it, its holder's
+    /// lease has ended at `now`, or `holder` holds it already; atomically, so two runners never
+    /// both get it. Returns the lease in force afterwards: `holder`'s when it was taken, the
+    /// other runner's when not.
+    async fn take_sync_lease(
+        &self,
+        holder: &str,
+        now: UnixTime,
+        until: UnixTime,
+    ) -> Result<SyncLease, StoreError>;
+    /// Gives the lease up, if `holder` holds it.
+    async fn release_sync_lease(&self, holder: &str) -> Result<(), StoreError>;
 }
 
 /// One change in a batch for [`AccountStore::apply_account_changes`].

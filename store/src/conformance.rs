@@ -2,7 +2,7 @@
 //!
 //! Each public `async fn` here checks one behaviour against fresh stores from a
 //! [`StoreFactory`], and panics when the store falls short. Between them they cover every method
-//! of [`AccountStore`], [`SessionStore`], [`PendingStore`] and [`KeyStore`], as their
+//! of [`AccountStore`], [`SessionStore`], [`PendingStore`], [`KeyStore`] and [`SyncStateStore`], as their
 //! documentation promises it; nothing here knows which implementation it holds, and the checks
 //! go through `Arc<dyn Store>`, the way idbridge itself calls a store.
 //!
@@ -30,6 +30,7 @@
 //! [`SessionStore`]: idbridge_core::SessionStore
 //! [`PendingStore`]: idbridge_core::PendingStore
 //! [`KeyStore`]: idbridge_core::KeyStore
+//! [`SyncStateStore`]: idbridge_core::SyncStateStore
 
 // Conformance checks fail loudly by design.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -40,7 +41,8 @@ use async_trait::async_trait;
 use idbridge_core::{
     AccountChange, AccountChangeOutcome, AccountName, AccountUid, Amr, ExternalIdentity, KeyState,
     NewAccount, Pending, PendingKind, RefreshRecord, Session, SessionId, Spend, SpendOutcome,
-    StaticToken, Store, StoreError, StoredKey, TokenHash, TokenId, UnixTime, UserAccount,
+    StaticToken, Store, StoreError, StoredKey, SyncState, TokenHash, TokenId, UnixTime,
+    UserAccount,
 };
 
 /// Makes the stores the suite runs against.
@@ -103,6 +105,8 @@ macro_rules! conformance_cases {
             a_batch_applies_every_change_in_order
             a_failing_change_applies_none_of_the_batch
             disabling_in_a_batch_revokes_only_the_accounts_live_sessions
+            sync_state_starts_empty_and_is_replaced_whole
+            one_runner_holds_the_sync_lease_until_it_ends_or_is_given_up
         }
     };
 }
@@ -1385,6 +1389,94 @@ pub async fn disabling_in_a_batch_revokes_only_the_accounts_live_sessions(f: &dy
         2,
         "the session the batch revoked and the one revoked before"
     );
+}
+
+/// The sync state is the default before it is written, then what was written last.
+pub async fn sync_state_starts_empty_and_is_replaced_whole(f: &dyn StoreFactory) {
+    let s = f.fresh().await;
+    assert_eq!(s.sync_state().await.unwrap(), SyncState::default());
+    let first = SyncState {
+        identity: Some(r#"{"base_id":"x"}"#.into()),
+        last_success: Some(UnixTime(10)),
+        last_run: Some(UnixTime(10)),
+        last_error: None,
+    };
+    s.put_sync_state(&first).await.unwrap();
+    assert_eq!(s.sync_state().await.unwrap(), first);
+    let failed = SyncState {
+        last_run: Some(UnixTime(20)),
+        last_error: Some("the directory is unavailable".into()),
+        ..first
+    };
+    s.put_sync_state(&failed).await.unwrap();
+    assert_eq!(s.sync_state().await.unwrap(), failed);
+}
+
+/// One holder at a time: a second runner is told who holds the lease until it ends or is
+/// released; the holder renews its own; many takers at once make one holder.
+pub async fn one_runner_holds_the_sync_lease_until_it_ends_or_is_given_up(f: &dyn StoreFactory) {
+    let s = f.fresh().await;
+    let a = s
+        .take_sync_lease("a", UnixTime(0), UnixTime(60))
+        .await
+        .unwrap();
+    assert_eq!((a.holder.as_str(), a.expires_at), ("a", UnixTime(60)));
+    let b = s
+        .take_sync_lease("b", UnixTime(30), UnixTime(90))
+        .await
+        .unwrap();
+    assert_eq!(
+        (b.holder.as_str(), b.expires_at),
+        ("a", UnixTime(60)),
+        "a still holds it"
+    );
+    let renewed = s
+        .take_sync_lease("a", UnixTime(40), UnixTime(100))
+        .await
+        .unwrap();
+    assert_eq!(
+        (renewed.holder.as_str(), renewed.expires_at),
+        ("a", UnixTime(100))
+    );
+    // Ended: the next taker gets it.
+    let b = s
+        .take_sync_lease("b", UnixTime(100), UnixTime(160))
+        .await
+        .unwrap();
+    assert_eq!(b.holder, "b");
+    // Released only by its holder.
+    s.release_sync_lease("a").await.unwrap();
+    assert_eq!(
+        s.take_sync_lease("c", UnixTime(101), UnixTime(161))
+            .await
+            .unwrap()
+            .holder,
+        "b"
+    );
+    s.release_sync_lease("b").await.unwrap();
+    assert_eq!(
+        s.take_sync_lease("c", UnixTime(102), UnixTime(162))
+            .await
+            .unwrap()
+            .holder,
+        "c"
+    );
+    s.release_sync_lease("c").await.unwrap();
+    let takers: Vec<_> = (0..8)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                s.take_sync_lease(&format!("r{i}"), UnixTime(200), UnixTime(260))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut holders = std::collections::BTreeSet::new();
+    for t in takers {
+        holders.insert(t.await.unwrap().holder);
+    }
+    assert_eq!(holders.len(), 1, "{holders:?}");
 }
 
 #[cfg(test)]

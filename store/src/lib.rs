@@ -3,7 +3,8 @@
 //! The store is split by concern in `idbridge-core`: [`AccountStore`] (accounts, identities,
 //! static tokens and the atomic batch of account changes), [`SessionStore`] (sessions and refresh
 //! tokens), [`PendingStore`] (single-use records of logins in progress) and [`KeyStore`] (signing
-//! keys, revocations, the purge); `Store` is their union.
+//! keys, revocations, the purge) and [`SyncStateStore`] (what the sync worker remembers between
+//! runs, and its lease); `Store` is their union.
 //!
 //! The embedded default, [`SqliteStore`], is one SQLite file in WAL mode with
 //! `synchronous = FULL`, so a write the caller saw acknowledged survives `kill -9` and power loss
@@ -23,6 +24,7 @@
 //! [`SessionStore`]: idbridge_core::SessionStore
 //! [`PendingStore`]: idbridge_core::PendingStore
 //! [`KeyStore`]: idbridge_core::KeyStore
+//! [`SyncStateStore`]: idbridge_core::SyncStateStore
 
 pub mod conformance;
 mod files;

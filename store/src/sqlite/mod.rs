@@ -15,18 +15,21 @@
 //! This file opens the store (migrations, the writer and checkpoint threads, the read pool);
 //! `writer` is the writer thread and the checkpointer; `sql` runs statements and decodes rows
 //! for the rest. Each store trait has its file: `accounts` ([`AccountStore`]), `sessions`
-//! ([`SessionStore`]), `pending` ([`PendingStore`]) and `keys` ([`KeyStore`]).
+//! ([`SessionStore`]), `pending` ([`PendingStore`]), `keys` ([`KeyStore`]) and `sync`
+//! ([`SyncStateStore`]).
 //!
 //! [`AccountStore`]: idbridge_core::AccountStore
 //! [`SessionStore`]: idbridge_core::SessionStore
 //! [`PendingStore`]: idbridge_core::PendingStore
 //! [`KeyStore`]: idbridge_core::KeyStore
+//! [`SyncStateStore`]: idbridge_core::SyncStateStore
 
 mod accounts;
 mod keys;
 mod pending;
 mod sessions;
 mod sql;
+mod sync;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -44,6 +47,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/0001_init.sql")),
     (2, include_str!("../../migrations/0002_sessions.sql")),
     (3, include_str!("../../migrations/0003_logins.sql")),
+    (4, include_str!("../../migrations/0004_sync.sql")),
 ];
 
 /// How long a statement waits for a lock another process holds (an `--offline` admin command).
