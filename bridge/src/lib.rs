@@ -42,5 +42,5 @@ pub use kube::tokenreview::{TokenReviewRequest, TokenReviewSpec, TokenReviewStat
 pub use login::throttle::ThrottlePolicy;
 pub use login::upstream::{Upstream, UpstreamConfig, UpstreamError};
 pub use observe::metrics::Metrics;
-pub use settings::{DirectoryLogin, KerberosLogin, ProxySettings, Settings};
+pub use settings::{DirectoryLogin, KerberosLogin, ProxySettings, Settings, SyncControl};
 pub use state::AppState;

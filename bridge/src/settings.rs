@@ -27,6 +27,20 @@ pub struct Settings {
     pub kerberos: Option<KerberosLogin>,
     /// Upstream OpenID providers, in the order the login page shows them.
     pub upstreams: Vec<std::sync::Arc<crate::login::upstream::Upstream>>,
+    /// The sync worker, when a `sync` section is configured.
+    pub sync: Option<std::sync::Arc<dyn SyncControl>>,
+}
+
+/// The sync worker as the admin API and `/metrics` see it. The binary builds it over the sync
+/// crate and runs its loop; the bridge only asks it to run and to report.
+#[async_trait::async_trait]
+pub trait SyncControl: Send + Sync {
+    /// Runs once now (after the run in progress, if one is) and returns its report.
+    async fn run(&self, dry_run: bool, force: bool) -> serde_json::Value;
+    /// The last runs' state: last success, last error, the last report's summary.
+    async fn status(&self) -> serde_json::Value;
+    /// The sync metrics, as Prometheus text lines.
+    fn metrics(&self) -> String;
 }
 
 /// LDAP / AD password logins.
@@ -106,6 +120,7 @@ impl Settings {
             directory: None,
             kerberos: None,
             upstreams: Vec::new(),
+            sync: None,
         }
     }
 

@@ -173,7 +173,7 @@ fn parse_label(s: &str) -> Result<(LabelKey, String), String> {
     Ok((k.parse().map_err(|e| format!("{e}"))?, v.to_owned()))
 }
 
-enum Backend {
+pub(crate) enum Backend {
     Remote {
         http: reqwest::Client,
         base: String,
@@ -183,7 +183,7 @@ enum Backend {
 }
 
 impl Backend {
-    async fn new(t: &Target) -> anyhow::Result<Self> {
+    pub(crate) async fn new(t: &Target) -> anyhow::Result<Self> {
         if t.offline {
             let mut cfg = config::load(t.config.as_deref())?;
             if t.config.is_none() {
@@ -219,7 +219,7 @@ impl Backend {
         })
     }
 
-    async fn call<T: DeserializeOwned>(
+    pub(crate) async fn call<T: DeserializeOwned>(
         &self,
         method: reqwest::Method,
         path: &str,

@@ -36,6 +36,8 @@ pub struct Config {
     pub proxy: ProxyConfig,
     /// LDAP / Active Directory for password logins; none by default.
     pub directory: Option<idbridge_directory::DirectoryConfig>,
+    /// The sync worker (needs `directory`); off by default.
+    pub sync: Option<idbridge_sync::SyncConfig>,
     /// Kerberos single sign-on (a keytab for the HTTP service); none by default.
     pub kerberos: Option<idbridge_kerberos::KerberosConfig>,
     /// Upstream OpenID providers users may log in through, in the login page's order.
@@ -72,6 +74,7 @@ impl Default for Config {
             token_exchange: TokenExchangeConfig::default(),
             proxy: ProxyConfig::default(),
             directory: None,
+            sync: None,
             kerberos: None,
             upstreams: Vec::new(),
             kubernetes: KubernetesConfig::default(),

@@ -28,6 +28,7 @@ mod login;
 mod out;
 mod profile;
 mod serve;
+mod sync_cmd;
 
 use std::process::ExitCode;
 
@@ -146,6 +147,22 @@ enum Command {
     /// Revoke the cached session at the server and remove it from the cache; the next kubectl
     /// run logs in again.
     Logout(login::LogoutArgs),
+    /// Keep accounts in step with the directory: run a sync now, plan one, or see how the last
+    /// went.
+    ///
+    /// Through the running server (which also runs sync every `sync.interval`), or with
+    /// --offline against its store when no server holds it. Exit codes: 0 applied (or planned),
+    /// 1 failed, 3 refused by the guards (nothing applied; see --dry-run, then --force), 4
+    /// another runner holds the sync lease.
+    #[command(after_help = "Examples:\n  \
+        idbridge sync                       # how the last runs went\n  \
+        idbridge sync --dry-run             # what a run would change, as a table\n  \
+        idbridge sync --dry-run --json      # the same as JSON\n  \
+        idbridge sync --once                # run now\n  \
+        idbridge sync --once --force        # apply a plan the guards refused\n  \
+        idbridge sync --offline --config idbridge.yaml --once   # no server running\n\n\
+        See docs/sync.md for the rules and the guards.")]
+    Sync(sync_cmd::SyncArgs),
     /// Add (or update) a cluster, a user that runs `idbridge login` and a context to your
     /// kubeconfig; every other entry is kept byte for byte.
     #[command(after_help = "Examples:\n  \
@@ -257,12 +274,20 @@ fn main() -> ExitCode {
             Command::Whoami(args) => login::whoami(args).await,
             Command::Logout(args) => login::logout(args).await,
             Command::Kubeconfig(args) => kubeconfig::run(&args),
+            Command::Sync(args) => sync_cmd::run(args).await,
         }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         // `idbridge whoami | head -1`: the reader has what it wanted.
         Err(e) if e.downcast_ref::<out::Closed>().is_some() => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<sync_cmd::NotApplied>().is_some() => {
+            match e.downcast_ref::<sync_cmd::NotApplied>().map(|n| n.0) {
+                Some(idbridge_sync::Outcome::Refused) => ExitCode::from(sync_cmd::EXIT_REFUSED),
+                Some(idbridge_sync::Outcome::Busy) => ExitCode::from(sync_cmd::EXIT_BUSY),
+                _ => ExitCode::FAILURE,
+            }
+        }
         Err(e) if e.downcast_ref::<serve::ConfigErrorMarker>().is_some() => {
             eprintln!("error: {e}");
             ExitCode::from(2)

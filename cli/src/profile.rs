@@ -383,6 +383,8 @@ pub fn check_files(cfg: &Config) -> anyhow::Result<()> {
         // Checks every field and reads the password and CA files; connects to nothing.
         idbridge_directory::LdapDirectory::new(d)?;
     }
+    // The sync rules, checked field by field.
+    crate::sync_cmd::setup(cfg)?;
     if let Some(k) = &cfg.kerberos {
         // Reads the keytab; writes nothing (the replay cache is created at the first login).
         kerberos_login(cfg, k)?;

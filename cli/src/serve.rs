@@ -199,6 +199,15 @@ fn config_error(e: &anyhow::Error) -> anyhow::Error {
     anyhow::Error::new(ConfigErrorMarker).context(format!("{e:#}"))
 }
 
+/// Where the audit log goes: `audit.file`, `-` for standard output, else `<data_dir>/audit.log`.
+pub fn audit_sink(cfg: &Config) -> AuditSink {
+    match &cfg.audit.file {
+        Some(p) if p.as_os_str() == "-" => AuditSink::Stdout,
+        Some(p) => AuditSink::File(p.clone()),
+        None => AuditSink::File(cfg.data_dir.join("audit.log")),
+    }
+}
+
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let cfg = args.load().map_err(|e| config_error(&e))?;
     profile::check_files(&cfg).map_err(|e| config_error(&e))?;
@@ -219,12 +228,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let bootstrap_admin = cfg.bootstrap_admin.unwrap_or(args.config.is_none());
     let boot = profile::bootstrap(&cfg, &issuer, bound, bootstrap_admin, clock.clone()).await?;
     let tls = idbridge_bridge::server_config(&boot.tls)?;
-    let sink = match &cfg.audit.file {
-        Some(p) if p.as_os_str() == "-" => AuditSink::Stdout,
-        Some(p) => AuditSink::File(p.clone()),
-        None => AuditSink::File(cfg.data_dir.join("audit.log")),
-    };
-    let audit = Audit::open(&sink).context("field `audit.file`: cannot open the audit log")?;
+    let audit =
+        Audit::open(&audit_sink(&cfg)).context("field `audit.file`: cannot open the audit log")?;
     let state = AppState::new(
         boot.store.clone(),
         clock.clone(),
@@ -234,6 +239,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         audit.clone(),
     );
     state.set_kek(boot.kek);
+    // The sync worker: built once, its rules replaced on reload.
+    let worker = crate::sync_cmd::setup(&cfg)
+        .map_err(|e| config_error(&e))?
+        .map(|setup| crate::sync_cmd::Worker::new(setup, state.ops().clone(), audit.clone()));
+    if let Some(w) = &worker {
+        let mut s = (*state.settings()).clone();
+        s.sync = Some(w.clone());
+        state.set_settings(s);
+    }
     if cfg.tls.client_ca_file.is_none() && boot.ca_file.is_some() {
         tracing::info!(ca = %boot.ca_file.as_deref().map(|p| p.display().to_string()).unwrap_or_default(), "clients should trust the generated CA");
     }
@@ -248,15 +262,24 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     println!("idbridge listening on https://{bound}");
 
     let maintenance = tokio::spawn(maintain(state.clone(), cfg.keys.publish_lead.get()));
+    let sync_loop = worker.clone().map(|w| tokio::spawn(w.run_loop()));
     let mut term = signal(SignalKind::terminate())?;
     let mut hup = signal(SignalKind::hangup())?;
     let reload_state = state.clone();
     let reload_args = args.clone();
     let reload_cfg = cfg.clone();
     let reload_issuer = issuer.clone();
+    let reload_worker = worker.clone();
     let reloader = tokio::spawn(async move {
         while hup.recv().await.is_some() {
-            reload(&reload_args, &reload_cfg, &reload_issuer, &reload_state).await;
+            reload(
+                &reload_args,
+                &reload_cfg,
+                &reload_issuer,
+                &reload_state,
+                reload_worker.as_ref(),
+            )
+            .await;
         }
     });
     let stop_state = state.clone();
@@ -285,6 +308,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     .await?;
     reloader.abort();
     maintenance.abort();
+    if let Some(l) = sync_loop {
+        l.abort();
+    }
+    if let Some(w) = &worker {
+        w.release().await;
+    }
     drop(state);
     audit.close();
     tracing::info!("stopped");
@@ -314,7 +343,13 @@ async fn maintain(state: AppState, publish_lead: std::time::Duration) {
     }
 }
 
-async fn reload(args: &ServeArgs, running: &Config, issuer: &str, state: &AppState) {
+async fn reload(
+    args: &ServeArgs,
+    running: &Config,
+    issuer: &str,
+    state: &AppState,
+    worker: Option<&Arc<crate::sync_cmd::Worker>>,
+) {
     let result = async {
         let cfg = args.load()?;
         for (field, changed) in [
@@ -351,7 +386,25 @@ async fn reload(args: &ServeArgs, running: &Config, issuer: &str, state: &AppSta
         if let Some(file) = &cfg.accounts_file {
             profile::sync_accounts_file(file, state.ops(), &**state.store()).await?;
         }
-        state.set_settings(settings(&cfg, issuer, token, proxy_in_tls(running))?);
+        let mut new = settings(&cfg, issuer, token, proxy_in_tls(running))?;
+        match (crate::sync_cmd::setup(&cfg)?, worker) {
+            (Some(setup), Some(w)) => {
+                w.reconfigure(setup);
+                new.sync = Some(w.clone());
+            }
+            (Some(_), None) => {
+                tracing::warn!(field = "sync", "the sync worker starts only on restart");
+            }
+            (None, Some(w)) => {
+                tracing::warn!(
+                    field = "sync",
+                    "the sync section was removed: the worker stops only on restart"
+                );
+                new.sync = Some(w.clone());
+            }
+            (None, None) => {}
+        }
+        state.set_settings(new);
         anyhow::Ok(())
     }
     .await;

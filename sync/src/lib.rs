@@ -12,10 +12,13 @@
 //! - [`config`]: the `sync` config section, checked field by field.
 //! - [`labels`]: the label keys sync owns, and the rule that makes any group name a label key.
 //! - [`plan`]: the diff, the reasons and the guards.
+//! - [`run`]: one run: the lease, the read, the identity check, the plan, the apply.
 
 pub mod config;
 pub mod labels;
 pub mod plan;
+pub mod run;
 
 pub use config::{Rules, SyncConfig};
 pub use plan::{Entry, Input, Kind, Plan, Planned, plan};
+pub use run::{Options, Outcome, Report, Runner};

@@ -4,8 +4,9 @@
 use std::sync::Arc;
 
 use idbridge_core::{
-    AccountName, Clock, HumanDuration, KeyState, NewAccount, Random, Session, SessionId,
-    SessionState, StaticToken, Store, StoreError, TokenId, UnixTime, UserAccount,
+    AccountChange, AccountChangeOutcome, AccountName, Clock, HumanDuration, KeyState, NewAccount,
+    Random, Session, SessionId, SessionState, StaticToken, Store, StoreError, TokenId, UnixTime,
+    UserAccount,
 };
 use serde::{Deserialize, Serialize};
 
@@ -148,6 +149,33 @@ impl AdminOps {
     /// A store failure.
     pub async fn accounts(&self) -> Result<Vec<UserAccount>, OpsError> {
         Ok(self.store.accounts().await?)
+    }
+
+    /// Applies a batch of account changes in one store transaction, all or none (see
+    /// [`idbridge_core::AccountStore::apply_account_changes`]), then empties the caches: the
+    /// sync worker's way in.
+    ///
+    /// # Errors
+    /// The store's error; nothing of the batch is applied then.
+    pub async fn apply_account_changes(
+        &self,
+        changes: &[AccountChange],
+    ) -> Result<Vec<AccountChangeOutcome>, OpsError> {
+        if changes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let out = self
+            .store
+            .apply_account_changes(changes, self.clock.now())
+            .await?;
+        self.changed();
+        Ok(out)
+    }
+
+    /// The store, for what the sync worker keeps in it (its state and lease).
+    #[must_use]
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
     }
 
     /// Disables or re-enables an account; returns it as stored.

@@ -91,6 +91,7 @@ pub(crate) const ROUTES: &[&str] = &[
     "/admin/v1/revoke",
     "/admin/v1/keys",
     "/admin/v1/keys/rotate",
+    "/admin/v1/sync",
 ];
 
 pub(crate) fn routes() -> Router<AppState> {
@@ -106,6 +107,52 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/revoke", post(revoke))
         .route("/keys", get(list_keys))
         .route("/keys/rotate", post(rotate_keys))
+        .route("/sync", get(sync_status).post(sync_now))
+}
+
+/// What `POST /admin/v1/sync` asks for.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SyncRequest {
+    /// Plan only.
+    #[serde(default)]
+    dry_run: bool,
+    /// Apply a plan that trips the guards.
+    #[serde(default)]
+    force: bool,
+}
+
+fn sync_control(
+    state: &AppState,
+) -> Result<std::sync::Arc<dyn crate::settings::SyncControl>, ApiError> {
+    state.settings().sync.clone().ok_or_else(|| {
+        ApiError::NotFound(
+            "sync is not configured on this server: add a `sync` section (and a `directory`) to its config".into(),
+        )
+    })
+}
+
+async fn sync_status(
+    State(state): State<AppState>,
+    _admin: Admin,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(sync_control(&state)?.status().await))
+}
+
+async fn sync_now(
+    State(state): State<AppState>,
+    admin: Admin,
+    body: Result<Json<SyncRequest>, JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Json(req) = body?;
+    let control = sync_control(&state)?;
+    let mut ev = admin.ctx.event("sync.request", "ok");
+    ev.actor = Some(&admin.name);
+    ev.actor_uid = Some(admin.uid.to_string());
+    let what = format!("dry_run={} force={}", req.dry_run, req.force);
+    ev.reason = Some(&what);
+    state.audit().record_durable(&ev).await;
+    Ok(Json(control.run(req.dry_run, req.force).await))
 }
 
 fn account_name(raw: &str) -> Result<AccountName, ApiError> {

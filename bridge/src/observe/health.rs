@@ -24,7 +24,13 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.metrics().render(),
+        {
+            let mut text = state.metrics().render();
+            if let Some(sync) = &state.settings().sync {
+                text.push_str(&sync.metrics());
+            }
+            text
+        },
     )
         .into_response()
 }

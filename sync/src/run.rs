@@ -1,0 +1,457 @@
+//! One sync run: lease, read, plan, guards, apply, remember.
+//!
+//! 1. **Lease**: the run takes the store's sync lease (or finds it already its own); another
+//!    holder means another runner is at work, and this run does nothing. `idbridge serve` keeps
+//!    the lease for as long as it runs with a `sync` section, so an `--offline` run is refused
+//!    while a server holds the store.
+//! 2. **Read** the whole directory ([`LdapDirectory::snapshot`]). A read that fails or is cut
+//!    short fails the run: nothing is applied.
+//! 3. **Compare** the directory's identity with the last applied run's: a different directory
+//!    (another base entry, bind DN or bases, no server in common, an AD DC restored from a
+//!    backup) is a guard trip.
+//! 4. **Plan** ([`crate::plan`]) and check the guards; a plan that trips them is refused unless
+//!    forced.
+//! 5. **Apply** the plan's account changes in one store transaction through the admin
+//!    operations (which empty the verification caches), audit each change, and remember the
+//!    directory's identity and the time.
+//!
+//! A dry run stops after the plan and writes nothing, lease included.
+
+use std::time::Instant;
+
+use idbridge_core::{StoreError, SyncState, UnixTime};
+use idbridge_directory::{DirectoryIdentity, LdapDirectory, Progress, Snapshot};
+use idbridge_tokens::{AdminOps, Audit, Origin};
+use serde::Serialize;
+
+use crate::config::Rules;
+use crate::plan::{Entry, Input, Plan, plan};
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The plan was applied (maybe an empty one).
+    Applied,
+    /// A dry run: planned, nothing written.
+    DryRun,
+    /// The guards refused the plan; nothing applied.
+    Refused,
+    /// Another runner holds the lease; nothing done.
+    Busy,
+    /// The read, the store or the apply failed; nothing applied.
+    Failed,
+}
+
+impl Outcome {
+    /// Its name, as in reports and metrics.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::DryRun => "dry_run",
+            Self::Refused => "refused",
+            Self::Busy => "busy",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// What a run read.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReadStats {
+    /// Users read.
+    pub users: usize,
+    /// Groups read.
+    pub groups: usize,
+    /// Searches it took.
+    pub searches: u64,
+    /// Seconds the read took.
+    pub seconds: f64,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Why it failed, was refused or found the lease taken.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// What it read.
+    pub read: ReadStats,
+    /// The plan (empty when the run ended before planning).
+    pub plan: Plan,
+    /// Whether `--force` was given and the plan tripped a guard it overrode.
+    pub forced: bool,
+    /// Seconds the whole run took.
+    pub seconds: f64,
+}
+
+impl Report {
+    fn ended(outcome: Outcome, error: impl Into<String>, started: Instant) -> Self {
+        Self {
+            outcome,
+            error: Some(error.into()),
+            read: ReadStats::default(),
+            plan: Plan::default(),
+            forced: false,
+            seconds: started.elapsed().as_secs_f64(),
+        }
+    }
+
+    /// The report as JSON, with its [`summary`](Self::summary) line in `summary`.
+    #[must_use]
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).unwrap_or_else(
+            |e| serde_json::json!({"outcome": "failed", "error": format!("the report: {e}")}),
+        );
+        v["summary"] = self.summary().into();
+        v
+    }
+
+    /// One line for a person: the outcome, the counts and the time.
+    #[must_use]
+    pub fn summary(&self) -> String {
+        let counts = self.plan.counts();
+        let changes = if counts.is_empty() {
+            "no change".to_owned()
+        } else {
+            counts
+                .iter()
+                .map(|(k, n)| format!("{n} {}", k.as_str()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let head = match self.outcome {
+            Outcome::Applied => "sync applied",
+            Outcome::DryRun => "sync dry run",
+            Outcome::Refused => "sync refused by its guards",
+            Outcome::Busy => "sync not run",
+            Outcome::Failed => "sync failed",
+        };
+        let mut line = format!(
+            "{head}: {} users and {} groups read, {changes}, {} skipped, {:.1}s",
+            self.read.users,
+            self.read.groups,
+            self.plan.skipped.len(),
+            self.seconds
+        );
+        if let Some(e) = &self.error {
+            line.push_str(&format!(": {e}"));
+        }
+        line
+    }
+}
+
+/// What a run may do.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Plan only.
+    pub dry_run: bool,
+    /// Apply a plan that trips the guards.
+    pub force: bool,
+}
+
+/// Everything a run needs.
+#[derive(Debug)]
+pub struct Runner<'a> {
+    /// The directory.
+    pub directory: &'a LdapDirectory,
+    /// The admin operations over the store (inside the server, they empty its caches).
+    pub ops: &'a AdminOps,
+    /// The audit log, when there is one.
+    pub audit: Option<&'a Audit>,
+    /// The rules.
+    pub rules: &'a Rules,
+    /// This runner's name in the lease (`host:pid`).
+    pub holder: &'a str,
+    /// How long the lease is taken for.
+    pub lease_secs: u64,
+}
+
+/// What differs between the identity of the last applied run and this one's, if it matters.
+#[must_use]
+pub fn identity_change(before: &DirectoryIdentity, now: &DirectoryIdentity) -> Option<String> {
+    let mut why = Vec::new();
+    if before.base_id.is_some() && before.base_id != now.base_id {
+        why.push(format!(
+            "the entry {} has a new id (the directory was rebuilt or replaced)",
+            now.user_base
+        ));
+    }
+    for (what, a, b) in [
+        ("bind DN", &before.bind_dn, &now.bind_dn),
+        ("user base", &before.user_base, &now.user_base),
+        ("group base", &before.group_base, &now.group_base),
+    ] {
+        if !a.eq_ignore_ascii_case(b) {
+            why.push(format!("the {what} changed from {a} to {b}"));
+        }
+    }
+    if !before.urls.is_empty() && !before.urls.iter().any(|u| now.urls.contains(u)) {
+        why.push(format!(
+            "no server in common with the last run ({} then, {} now)",
+            before.urls.join(" "),
+            now.urls.join(" ")
+        ));
+    }
+    if let (Some((dc_a, id_a)), Some((dc_b, id_b))) = (&before.invocation, &now.invocation)
+        && dc_a.eq_ignore_ascii_case(dc_b)
+        && id_a != id_b
+    {
+        why.push(format!(
+            "the domain controller {dc_b} has a new invocationID (it was restored from a backup)"
+        ));
+    }
+    (!why.is_empty()).then(|| why.join("; "))
+}
+
+/// The plan's entries from a snapshot: group names as tokens carry them.
+#[must_use]
+pub fn entries(directory: &LdapDirectory, snap: &Snapshot) -> Vec<Entry> {
+    snap.users
+        .iter()
+        .map(|u| Entry {
+            id: u.id.clone(),
+            name: u.name.clone(),
+            status: u.status,
+            groups: directory.token_group_names(snap.group_names(u)),
+        })
+        .collect()
+}
+
+impl Runner<'_> {
+    /// Runs once (see the module docs). Never panics on bad input; every failure is in the
+    /// report.
+    pub async fn run(&self, opts: Options, progress: Progress<'_>) -> Report {
+        let started = Instant::now();
+        let span = tracing::info_span!("sync", dry_run = opts.dry_run, force = opts.force);
+        let _entered = span.enter();
+        let store = self.ops.store();
+        let now = self.ops.now();
+        if !opts.dry_run {
+            match store
+                .take_sync_lease(self.holder, now, now.plus_secs(self.lease_secs))
+                .await
+            {
+                Ok(l) if l.holder == self.holder => {}
+                Ok(l) => {
+                    return Report::ended(
+                        Outcome::Busy,
+                        format!(
+                            "another runner ({}) holds the sync lease until {}: a server syncs this store; ask it with `idbridge sync`, or stop it first",
+                            l.holder,
+                            fmt_time(l.expires_at)
+                        ),
+                        started,
+                    );
+                }
+                Err(e) => return Report::ended(Outcome::Failed, store_error(&e), started),
+            }
+        }
+        let state = match store.sync_state().await {
+            Ok(s) => s,
+            Err(e) => {
+                return self
+                    .failed(
+                        Report::ended(Outcome::Failed, store_error(&e), started),
+                        opts,
+                    )
+                    .await;
+            }
+        };
+        let read_started = Instant::now();
+        let snap = match self.directory.snapshot(progress).await {
+            Ok(s) => s,
+            Err(e) => {
+                let r = Report::ended(
+                    Outcome::Failed,
+                    format!("reading the directory failed, so nothing was applied: {e}"),
+                    started,
+                );
+                return self.failed(r, opts).await;
+            }
+        };
+        let read = ReadStats {
+            users: snap.users.len(),
+            groups: snap.groups.len(),
+            searches: snap.searches,
+            seconds: read_started.elapsed().as_secs_f64(),
+        };
+        let accounts = match self.ops.accounts().await {
+            Ok(a) => a,
+            Err(e) => {
+                let r = Report::ended(Outcome::Failed, format!("the store: {e}"), started);
+                return self.failed(r, opts).await;
+            }
+        };
+        let before: Option<DirectoryIdentity> = state
+            .identity
+            .as_deref()
+            .and_then(|t| serde_json::from_str(t).ok());
+        let change = before
+            .as_ref()
+            .and_then(|b| identity_change(b, &snap.identity));
+        let entries = entries(self.directory, &snap);
+        let mut plan = plan(
+            Input {
+                entries: &entries,
+                unusable_ids: &snap.unusable_ids,
+                accounts: &accounts,
+                identity_change: change.as_deref(),
+            },
+            self.rules,
+        );
+        plan.skipped.extend(snap.skipped.iter().cloned());
+        let mut report = Report {
+            outcome: Outcome::DryRun,
+            error: None,
+            read,
+            plan,
+            forced: false,
+            seconds: 0.0,
+        };
+        if opts.dry_run {
+            report.seconds = started.elapsed().as_secs_f64();
+            return report;
+        }
+        if !report.plan.trips.is_empty() {
+            if !opts.force {
+                report.outcome = Outcome::Refused;
+                report.error = Some(format!(
+                    "{}; nothing was applied (check the directory settings, then run `idbridge sync --force` once if this is intended)",
+                    report.plan.trips.join("; ")
+                ));
+                report.seconds = started.elapsed().as_secs_f64();
+                if let Some(a) = self.audit {
+                    let mut ev = Origin::local().event("sync.guard", "denied");
+                    ev.reason = report.error.as_deref();
+                    a.record_durable(&ev).await;
+                }
+                return self.failed(report, opts).await;
+            }
+            report.forced = true;
+        }
+        if let Err(e) = self
+            .ops
+            .apply_account_changes(&report.plan.account_changes())
+            .await
+        {
+            report.outcome = Outcome::Failed;
+            report.error = Some(format!(
+                "the store refused the changes, so none was applied: {e}"
+            ));
+            report.seconds = started.elapsed().as_secs_f64();
+            return self.failed(report, opts).await;
+        }
+        if let Some(a) = self.audit {
+            for c in &report.plan.changes {
+                let mut ev = Origin::local().event("account.sync", "ok");
+                ev.account = Some(&c.account);
+                ev.uid = c.uid.map(|u| u.to_string());
+                let reason = format!("{}: {}", c.kind.as_str(), c.reason);
+                ev.reason = Some(&reason);
+                a.record(&ev);
+            }
+            let mut ev = Origin::local().event("sync.run", "ok");
+            let summary = report.summary();
+            ev.reason = Some(&summary);
+            a.record_durable(&ev).await;
+        }
+        report.outcome = Outcome::Applied;
+        report.seconds = started.elapsed().as_secs_f64();
+        let state = SyncState {
+            identity: serde_json::to_string(&snap.identity).ok(),
+            last_success: Some(self.ops.now()),
+            last_run: Some(self.ops.now()),
+            last_error: None,
+        };
+        if let Err(e) = store.put_sync_state(&state).await {
+            report.error = Some(format!(
+                "the changes were applied, but the run could not be recorded: {}",
+                store_error(&e)
+            ));
+        }
+        report
+    }
+
+    /// Records a run that did not apply (not a dry run), and returns its report.
+    async fn failed(&self, report: Report, opts: Options) -> Report {
+        if opts.dry_run {
+            return report;
+        }
+        let store = self.ops.store();
+        if let Ok(mut state) = store.sync_state().await {
+            state.last_run = Some(self.ops.now());
+            state.last_error.clone_from(&report.error);
+            let _ = store.put_sync_state(&state).await;
+        }
+        if report.outcome == Outcome::Failed
+            && let Some(a) = self.audit
+        {
+            let mut ev = Origin::local().event("sync.run", "error");
+            ev.reason = report.error.as_deref();
+            a.record_durable(&ev).await;
+        }
+        tracing::warn!(outcome = report.outcome.as_str(), "{}", report.summary());
+        report
+    }
+}
+
+fn store_error(e: &StoreError) -> String {
+    format!("the store: {e}")
+}
+
+fn fmt_time(t: UnixTime) -> String {
+    time::OffsetDateTime::from_unix_timestamp(t.0)
+        .ok()
+        .and_then(|d| {
+            d.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| t.0.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id() -> DirectoryIdentity {
+        DirectoryIdentity {
+            urls: vec!["ldaps://a".into(), "ldaps://b".into()],
+            bind_dn: "cn=svc".into(),
+            user_base: "ou=people".into(),
+            group_base: "ou=groups".into(),
+            base_id: Some("u1".into()),
+            invocation: Some(("CN=NTDS Settings,CN=DC1".into(), "i1".into())),
+        }
+    }
+
+    #[test]
+    fn identity_changes_that_matter_are_named_and_a_failover_is_not_one() {
+        assert_eq!(identity_change(&id(), &id()), None);
+        let mut failover = id();
+        failover.urls = vec!["ldaps://b".into(), "ldaps://c".into()];
+        failover.invocation = Some(("CN=NTDS Settings,CN=DC2".into(), "i2".into()));
+        assert_eq!(identity_change(&id(), &failover), None);
+        let mut rebuilt = id();
+        rebuilt.base_id = Some("u2".into());
+        assert!(identity_change(&id(), &rebuilt).unwrap().contains("new id"));
+        let mut restored = id();
+        restored.invocation = Some(("cn=ntds settings,cn=dc1".into(), "i9".into()));
+        assert!(
+            identity_change(&id(), &restored)
+                .unwrap()
+                .contains("restored")
+        );
+        let mut moved = id();
+        moved.urls = vec!["ldaps://z".into()];
+        moved.bind_dn = "cn=other".into();
+        let why = identity_change(&id(), &moved).unwrap();
+        assert!(
+            why.contains("bind DN") && why.contains("no server in common"),
+            "{why}"
+        );
+    }
+}
