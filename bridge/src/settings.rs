@@ -35,8 +35,9 @@ pub struct Settings {
 /// crate and runs its loop; the bridge only asks it to run and to report.
 #[async_trait::async_trait]
 pub trait SyncControl: Send + Sync {
-    /// Runs once now (after the run in progress, if one is) and returns its report.
-    async fn run(&self, dry_run: bool, force: bool) -> serde_json::Value;
+    /// Runs once now (after the run in progress, if one is) and returns its report; with
+    /// `manifests`, the Kubernetes objects whole in it.
+    async fn run(&self, dry_run: bool, force: bool, manifests: bool) -> serde_json::Value;
     /// The last runs' state: last success, last error, the last report's summary.
     async fn status(&self) -> serde_json::Value;
     /// The sync metrics, as Prometheus text lines.

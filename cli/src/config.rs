@@ -417,6 +417,12 @@ pub struct KubernetesConfig {
     pub audiences: Vec<String>,
     pub username_prefix: String,
     pub groups_prefix: String,
+    /// How idbridge reaches the Kubernetes API (the sync worker's objects): a kubeconfig, or
+    /// in-cluster; none by default.
+    pub api: Option<idbridge_sync::kube::ApiConfig>,
+    /// The `app.kubernetes.io/instance` label on the objects idbridge owns [default: the
+    /// issuer's host].
+    pub instance: Option<String>,
 }
 
 impl Default for KubernetesConfig {
@@ -425,6 +431,8 @@ impl Default for KubernetesConfig {
             audiences: vec!["kubernetes".to_owned()],
             username_prefix: String::new(),
             groups_prefix: String::new(),
+            api: None,
+            instance: None,
         }
     }
 }

@@ -384,7 +384,7 @@ pub fn check_files(cfg: &Config) -> anyhow::Result<()> {
         idbridge_directory::LdapDirectory::new(d)?;
     }
     // The sync rules, checked field by field.
-    crate::sync_cmd::setup(cfg)?;
+    crate::sync_cmd::check(cfg)?;
     if let Some(k) = &cfg.kerberos {
         // Reads the keytab; writes nothing (the replay cache is created at the first login).
         kerberos_login(cfg, k)?;

@@ -241,6 +241,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     state.set_kek(boot.kek);
     // The sync worker: built once, its rules replaced on reload.
     let worker = crate::sync_cmd::setup(&cfg)
+        .await
         .map_err(|e| config_error(&e))?
         .map(|setup| crate::sync_cmd::Worker::new(setup, state.ops().clone(), audit.clone()));
     if let Some(w) = &worker {
@@ -387,7 +388,7 @@ async fn reload(
             profile::sync_accounts_file(file, state.ops(), &**state.store()).await?;
         }
         let mut new = settings(&cfg, issuer, token, proxy_in_tls(running))?;
-        match (crate::sync_cmd::setup(&cfg)?, worker) {
+        match (crate::sync_cmd::setup(&cfg).await?, worker) {
             (Some(setup), Some(w)) => {
                 w.reconfigure(setup);
                 new.sync = Some(w.clone());

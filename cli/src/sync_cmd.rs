@@ -14,6 +14,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 use idbridge_directory::{LdapDirectory, ReadPhase};
+use idbridge_sync::kube::Cluster;
 use idbridge_sync::{Options, Outcome, Report, Rules, Runner};
 use idbridge_tokens::{AdminOps, Audit};
 use serde_json::{Value, json};
@@ -24,30 +25,116 @@ use crate::config::Config;
 /// How long after start the first run begins (the server is up and answering by then).
 const FIRST_RUN_AFTER: Duration = Duration::from_secs(2);
 
-/// What a run needs from the config: the directory and the rules.
+/// What a run needs from the config: the directory, the rules and the cluster.
 pub struct Setup {
     directory: LdapDirectory,
     rules: Rules,
     interval: Duration,
+    cluster: Option<Cluster>,
+    /// The instance label and groups prefix, for manifests without a cluster.
+    instance: String,
+    groups_prefix: String,
 }
 
-/// The `sync` section checked, with its directory, or `None` without one.
+/// The `app.kubernetes.io/instance` value: `kubernetes.instance`, else the issuer's host.
+fn instance(cfg: &Config) -> anyhow::Result<String> {
+    if let Some(i) = &cfg.kubernetes.instance {
+        if !idbridge_sync::labels::is_label_name(i) {
+            bail!(
+                "field `kubernetes.instance`: {i:?} is not a valid label value (letters, digits, '-', '_', '.', at most 63)"
+            );
+        }
+        return Ok(i.clone());
+    }
+    let issuer = cfg.issuer();
+    let host = reqwest::Url::parse(&issuer)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_owned))
+        .unwrap_or_default();
+    let v: String = host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(63)
+        .collect();
+    let v = v
+        .trim_matches(|c: char| !c.is_ascii_alphanumeric())
+        .to_owned();
+    Ok(if v.is_empty() {
+        "idbridge".to_owned()
+    } else {
+        v
+    })
+}
+
+/// Checks the `sync` section and what it needs, reading files but connecting to nothing.
 ///
 /// # Errors
 /// A message naming the field at fault.
-pub fn setup(cfg: &Config) -> anyhow::Result<Option<Setup>> {
+pub fn check(cfg: &Config) -> anyhow::Result<()> {
     let Some(s) = &cfg.sync else {
+        return Ok(());
+    };
+    if cfg.directory.is_none() {
+        bail!("field `sync`: needs a `directory` section to read users and groups from");
+    }
+    s.rules().map_err(anyhow::Error::msg)?;
+    instance(cfg)?;
+    if let Some(p) = cfg
+        .kubernetes
+        .api
+        .as_ref()
+        .and_then(|a| a.kubeconfig.as_ref())
+    {
+        std::fs::metadata(p).with_context(|| {
+            format!(
+                "field `kubernetes.api.kubeconfig`: cannot read {}",
+                p.display()
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// The `sync` section checked, with its directory and cluster, or `None` without one.
+///
+/// # Errors
+/// A message naming the field at fault.
+pub async fn setup(cfg: &Config) -> anyhow::Result<Option<Setup>> {
+    check(cfg)?;
+    let (Some(s), Some(d)) = (&cfg.sync, &cfg.directory) else {
         return Ok(None);
     };
-    let Some(d) = &cfg.directory else {
-        bail!("field `sync`: needs a `directory` section to read users and groups from");
+    let instance = instance(cfg)?;
+    let groups_prefix = cfg.kubernetes.groups_prefix.clone();
+    let cluster = match &cfg.kubernetes.api {
+        Some(api) => Some(
+            Cluster::connect(api, instance.clone(), groups_prefix.clone())
+                .await
+                .map_err(anyhow::Error::msg)?,
+        ),
+        None => {
+            if !s.namespaces.is_empty() {
+                tracing::warn!(
+                    "sync.namespaces rules are set but `kubernetes.api` is not: no Kubernetes objects are applied (`idbridge sync --dry-run --manifests DIR` writes them out)"
+                );
+            }
+            None
+        }
     };
-    let rules = s.rules().map_err(anyhow::Error::msg)?;
     Ok(Some(Setup {
         // Its own connections: a long read never holds up a login's.
         directory: LdapDirectory::new(d)?,
-        rules,
+        rules: s.rules().map_err(anyhow::Error::msg)?,
         interval: s.interval.get(),
+        cluster,
+        instance,
+        groups_prefix,
     }))
 }
 
@@ -120,6 +207,9 @@ impl Worker {
             ops: &self.ops,
             audit: Some(&self.audit),
             rules: &setup.rules,
+            cluster: setup.cluster.as_ref(),
+            offline_objects: (opts.manifests && setup.cluster.is_none())
+                .then_some((setup.instance.as_str(), setup.groups_prefix.as_str())),
             holder: &self.holder,
             // Held across the pause between runs, so that the lease stays this server's.
             lease_secs: setup.interval.as_secs() + 120,
@@ -167,8 +257,14 @@ impl Worker {
 
 #[async_trait::async_trait]
 impl idbridge_bridge::SyncControl for Worker {
-    async fn run(&self, dry_run: bool, force: bool) -> Value {
-        self.run_once(Options { dry_run, force }).await.to_json()
+    async fn run(&self, dry_run: bool, force: bool, manifests: bool) -> Value {
+        self.run_once(Options {
+            dry_run,
+            force,
+            manifests,
+        })
+        .await
+        .to_json()
     }
 
     async fn status(&self) -> Value {
@@ -245,6 +341,11 @@ pub struct SyncArgs {
     /// last time). Look at `--dry-run` first.
     #[arg(long)]
     pub force: bool,
+    /// Write the Kubernetes objects the namespace rules ask for as YAML files into DIR (`-`:
+    /// standard output), e.g. with --dry-run to review them or apply them another way
+    /// (implies --once).
+    #[arg(long, value_name = "DIR")]
+    pub manifests: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub target: Target,
 }
@@ -272,7 +373,7 @@ pub async fn run(args: SyncArgs) -> anyhow::Result<()> {
     if args.force && !args.once && !args.dry_run {
         bail!("--force applies to a run: add --once");
     }
-    let once = args.once || args.dry_run;
+    let once = args.once || args.dry_run || args.manifests.is_some();
     let backend = Backend::new(t).await?;
     let report: Value = match (&backend, once) {
         (Backend::Remote { .. }, false) => {
@@ -290,7 +391,11 @@ pub async fn run(args: SyncArgs) -> anyhow::Result<()> {
                 .call(
                     reqwest::Method::POST,
                     "/sync",
-                    Some(json!({"dry_run": args.dry_run, "force": args.force})),
+                    Some(json!({
+                        "dry_run": args.dry_run,
+                        "force": args.force,
+                        "manifests": args.manifests.is_some(),
+                    })),
                 )
                 .await?
         }
@@ -307,7 +412,7 @@ pub async fn run(args: SyncArgs) -> anyhow::Result<()> {
                     t.json,
                 );
             }
-            let Some(setup) = setup(cfg)? else {
+            let Some(setup) = setup(cfg).await? else {
                 bail!(
                     "the configuration has no `sync` section: add one (see docs/sync.md), or pass --config"
                 );
@@ -320,6 +425,9 @@ pub async fn run(args: SyncArgs) -> anyhow::Result<()> {
                 ops,
                 audit: Some(&audit),
                 rules: &setup.rules,
+                cluster: setup.cluster.as_ref(),
+                offline_objects: (args.manifests.is_some() && setup.cluster.is_none())
+                    .then_some((setup.instance.as_str(), setup.groups_prefix.as_str())),
                 holder: &holder,
                 lease_secs: 600,
             };
@@ -338,6 +446,7 @@ pub async fn run(args: SyncArgs) -> anyhow::Result<()> {
                     Options {
                         dry_run: args.dry_run,
                         force: args.force,
+                        manifests: args.manifests.is_some(),
                     },
                     &progress,
                 )
@@ -352,7 +461,42 @@ pub async fn run(args: SyncArgs) -> anyhow::Result<()> {
             report.to_json()
         }
     };
+    if let Some(dir) = &args.manifests {
+        write_manifests(&report, dir)?;
+    }
     print_report(&report, t.json)
+}
+
+/// Writes the report's objects as YAML: one file per object in `dir`, or all to standard
+/// output as one multi-document stream for `-`.
+fn write_manifests(report: &Value, dir: &std::path::Path) -> anyhow::Result<()> {
+    let Some(objects) = report["kubernetes"]["manifests"].as_array() else {
+        eprintln!(
+            "no manifests: the run ended before it planned the Kubernetes objects, or the config has no `sync.namespaces` rules"
+        );
+        return Ok(());
+    };
+    let yaml = |o: &Value| serde_yaml_ng::to_string(o);
+    if dir.as_os_str() == "-" {
+        for o in objects {
+            outln!("---\n{}", yaml(o)?.trim_end());
+        }
+        return Ok(());
+    }
+    crate::files::create_dir(dir)?;
+    for o in objects {
+        let kind = o["kind"].as_str().unwrap_or("object").to_lowercase();
+        let name = o["metadata"]["name"].as_str().unwrap_or("unnamed");
+        let file = match o["metadata"]["namespace"].as_str() {
+            Some(ns) => format!("{ns}.{kind}.{name}.yaml"),
+            None => format!("{kind}.{name}.yaml"),
+        };
+        let path = dir.join(file);
+        std::fs::write(&path, yaml(o)?)
+            .with_context(|| format!("--manifests: cannot write {}", path.display()))?;
+    }
+    eprintln!("{} manifests written to {}", objects.len(), dir.display());
+    Ok(())
 }
 
 fn print_status(status: &Value, json: bool) -> anyhow::Result<()> {

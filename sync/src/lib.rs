@@ -12,10 +12,14 @@
 //! - [`config`]: the `sync` config section, checked field by field.
 //! - [`labels`]: the label keys sync owns, and the rule that makes any group name a label key.
 //! - [`plan`]: the diff, the reasons and the guards.
+//! - [`objects`]: the Kubernetes objects the namespace rules ask for, and what to prune (pure).
+//! - [`kube`]: the cluster: list what sync owns, server-side apply, delete.
 //! - [`run`]: one run: the lease, the read, the identity check, the plan, the apply.
 
 pub mod config;
+pub mod kube;
 pub mod labels;
+pub mod objects;
 pub mod plan;
 pub mod run;
 

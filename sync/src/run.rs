@@ -25,6 +25,8 @@ use idbridge_tokens::{AdminOps, Audit, Origin};
 use serde::Serialize;
 
 use crate::config::Rules;
+use crate::kube::{Applied, Cluster};
+use crate::objects::{self, Existing, Object, ObjectKind};
 use crate::plan::{Entry, Input, Plan, plan};
 
 /// How a run ended.
@@ -82,6 +84,9 @@ pub struct Report {
     pub read: ReadStats,
     /// The plan (empty when the run ended before planning).
     pub plan: Plan,
+    /// The Kubernetes objects, when `kubernetes.api` is set (or manifests were asked for).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubeReport>,
     /// Whether `--force` was given and the plan tripped a guard it overrode.
     pub forced: bool,
     /// Seconds the whole run took.
@@ -95,6 +100,7 @@ impl Report {
             error: Some(error.into()),
             read: ReadStats::default(),
             plan: Plan::default(),
+            kubernetes: None,
             forced: false,
             seconds: started.elapsed().as_secs_f64(),
         }
@@ -130,8 +136,22 @@ impl Report {
             Outcome::Busy => "sync not run",
             Outcome::Failed => "sync failed",
         };
+        let kube = match &self.kubernetes {
+            Some(k) => match &k.applied {
+                Some(a) => format!(
+                    ", Kubernetes: {} objects applied ({} new or changed), {} deleted",
+                    a.applied, a.changed, a.pruned
+                ),
+                None => format!(
+                    ", Kubernetes: {} objects wanted, {} to delete",
+                    k.objects.len(),
+                    k.prune.len()
+                ),
+            },
+            None => String::new(),
+        };
         let mut line = format!(
-            "{head}: {} users and {} groups read, {changes}, {} skipped, {:.1}s",
+            "{head}: {} users and {} groups read, {changes}{kube}, {} skipped, {:.1}s",
             self.read.users,
             self.read.groups,
             self.plan.skipped.len(),
@@ -144,6 +164,21 @@ impl Report {
     }
 }
 
+/// The Kubernetes part of a report.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct KubeReport {
+    /// The objects the rules ask for, each with its reason.
+    pub objects: Vec<Object>,
+    /// Owned objects no longer wanted, deleted by the run.
+    pub prune: Vec<Existing>,
+    /// What applying did (none for a dry run, or a run that stopped before).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub applied: Option<Applied>,
+    /// The objects whole, when manifests were asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub manifests: Option<Vec<serde_json::Value>>,
+}
+
 /// What a run may do.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Options {
@@ -151,6 +186,8 @@ pub struct Options {
     pub dry_run: bool,
     /// Apply a plan that trips the guards.
     pub force: bool,
+    /// Put the Kubernetes objects whole in the report.
+    pub manifests: bool,
 }
 
 /// Everything a run needs.
@@ -164,6 +201,10 @@ pub struct Runner<'a> {
     pub audit: Option<&'a Audit>,
     /// The rules.
     pub rules: &'a Rules,
+    /// The cluster, when `kubernetes.api` is set.
+    pub cluster: Option<&'a Cluster>,
+    /// The instance name and groups prefix for manifests without a cluster.
+    pub offline_objects: Option<(&'a str, &'a str)>,
     /// This runner's name in the lease (`host:pid`).
     pub holder: &'a str,
     /// How long the lease is taken for.
@@ -304,11 +345,78 @@ impl Runner<'_> {
             self.rules,
         );
         plan.skipped.extend(snap.skipped.iter().cloned());
+        // The Kubernetes objects: what exists is read before anything is applied, so that a
+        // prune that trips the guard stops the whole run.
+        let names = self
+            .directory
+            .token_group_names(snap.groups.iter().map(|g| g.name.as_str()));
+        let groups: std::collections::BTreeSet<String> = names.into_iter().collect();
+        let mut kube_state = None;
+        let mut kubernetes = None;
+        let target = self
+            .cluster
+            .map(|c| (c.instance.as_str(), c.groups_prefix.as_str()))
+            .or(self.offline_objects);
+        if let Some((instance, prefix)) = target {
+            let desired = objects::desired(self.rules, &groups, instance, prefix);
+            let before = match self.cluster {
+                Some(c) => match c.existing().await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let r = Report::ended(
+                            Outcome::Failed,
+                            format!(
+                                "listing the objects sync owns in the cluster failed, so nothing was applied: {e}"
+                            ),
+                            started,
+                        );
+                        return self.failed(r, opts).await;
+                    }
+                },
+                None => Vec::new(),
+            };
+            let existing: Vec<Existing> = before.iter().map(|(e, _)| e.clone()).collect();
+            let gone = if self.cluster.is_some() {
+                objects::prune(&desired, &existing)
+            } else {
+                Vec::new()
+            };
+            let owned = existing
+                .iter()
+                .filter(|e| e.kind != ObjectKind::Namespace)
+                .count();
+            let g = &self.rules.guards;
+            #[allow(clippy::cast_precision_loss)] // counts far below 2^52
+            let share = if owned == 0 {
+                0.0
+            } else {
+                gone.len() as f64 * 100.0 / owned as f64
+            };
+            if gone.len() > g.max_disable_count
+                || (!gone.is_empty() && share > g.max_disable_percent)
+            {
+                plan.trips.push(format!(
+                    "{} of the {owned} Kubernetes objects sync owns would be deleted ({share:.1} %), more than the guards allow (`sync.guards`)",
+                    gone.len()
+                ));
+            }
+            plan.skipped.extend(desired.skipped.iter().cloned());
+            kubernetes = Some(KubeReport {
+                objects: desired.objects.clone(),
+                prune: gone.clone(),
+                applied: None,
+                manifests: opts
+                    .manifests
+                    .then(|| desired.objects.iter().map(|o| o.body.clone()).collect()),
+            });
+            kube_state = Some((desired, before, gone));
+        }
         let mut report = Report {
             outcome: Outcome::DryRun,
             error: None,
             read,
             plan,
+            kubernetes,
             forced: false,
             seconds: 0.0,
         };
@@ -345,6 +453,33 @@ impl Runner<'_> {
             report.seconds = started.elapsed().as_secs_f64();
             return self.failed(report, opts).await;
         }
+        report.outcome = Outcome::Applied;
+        let mut last_success = Some(self.ops.now());
+        if let (Some(c), Some((desired, before, gone))) = (self.cluster, &kube_state) {
+            let result = c.apply(desired, before, gone).await;
+            let (done, failure) = match result {
+                Ok(done) => (done, None),
+                Err((done, e)) => (done, Some(e)),
+            };
+            if let Some(a) = self.audit {
+                for e in gone.iter().take(done.pruned) {
+                    let mut ev = Origin::local().event("kubernetes.prune", "ok");
+                    ev.object = Some(format!("{} {}/{}", e.kind.as_str(), e.namespace, e.name));
+                    a.record(&ev);
+                }
+            }
+            if let Some(e) = failure {
+                report.outcome = Outcome::Failed;
+                report.error = Some(format!(
+                    "the account changes were applied, but {e} ({} objects applied before it); the next run converges",
+                    done.applied
+                ));
+                last_success = state.last_success;
+            }
+            if let Some(k) = &mut report.kubernetes {
+                k.applied = Some(done);
+            }
+        }
         if let Some(a) = self.audit {
             for c in &report.plan.changes {
                 let mut ev = Origin::local().event("account.sync", "ok");
@@ -354,18 +489,22 @@ impl Runner<'_> {
                 ev.reason = Some(&reason);
                 a.record(&ev);
             }
-            let mut ev = Origin::local().event("sync.run", "ok");
+            let outcome = if report.outcome == Outcome::Applied {
+                "ok"
+            } else {
+                "error"
+            };
+            let mut ev = Origin::local().event("sync.run", outcome);
             let summary = report.summary();
             ev.reason = Some(&summary);
             a.record_durable(&ev).await;
         }
-        report.outcome = Outcome::Applied;
         report.seconds = started.elapsed().as_secs_f64();
         let state = SyncState {
             identity: serde_json::to_string(&snap.identity).ok(),
-            last_success: Some(self.ops.now()),
+            last_success,
             last_run: Some(self.ops.now()),
-            last_error: None,
+            last_error: report.error.clone(),
         };
         if let Err(e) = store.put_sync_state(&state).await {
             report.error = Some(format!(

@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // end-to-end tests fail loudly by design
 
 use idbridge_tests::Idbridge;
+use idbridge_tests::kube::{ApiServer, Authn};
 use idbridge_tests::ldap::{SUFFIX, Slapd};
 use serde_json::Value;
 
@@ -234,4 +235,257 @@ async fn sync_keeps_accounts_in_step_with_the_directory_and_guards_its_changes()
         audit.contains("\"account.sync\"") && audit.contains("sync.guard"),
         "{audit}"
     );
+}
+
+/// A kubectl run as the API server's admin.
+async fn admin(api: &ApiServer, args: &[&str]) -> String {
+    let kc = api.token_kubeconfig(&api.admin_token).unwrap();
+    let (code, out, err) = api.kubectl(&kc, args, &[]).await.unwrap();
+    assert_eq!(code, 0, "kubectl {args:?}: {err}");
+    out
+}
+
+/// Whether `token` may list pods in `ns`, once RBAC has caught up (bounded).
+async fn can_list_pods(api: &ApiServer, token: &str, ns: &str, expect: bool) {
+    let kc = api.token_kubeconfig(token).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (code, out, err) = api
+            .kubectl(&kc, &["auth", "can-i", "list", "pods", "-n", ns], &[])
+            .await
+            .unwrap();
+        let yes = code == 0 && out.trim() == "yes";
+        if yes == expect {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "can-i list pods -n {ns}: {out} {err} (expected {expect})"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn namespace_rules_become_bindings_and_quotas_in_a_real_api_server() {
+    let dir = idbridge_tests::scratch();
+    let s = Slapd::start().await.unwrap();
+    let alice = s.add_user("alice", PW).await.unwrap();
+    let bob = s.add_user("bob", PW).await.unwrap();
+    s.add_group("k8s-pay-devs", &[&alice]).await.unwrap();
+    let web = s.add_group("k8s-web-devs", &[&bob]).await.unwrap();
+    let config = |api: Option<&std::path::Path>| {
+        let kube = api.map_or_else(String::new, |kc| {
+            format!(
+                "kubernetes:\n  instance: test\n  api:\n    kubeconfig: {:?}\n",
+                kc.display().to_string()
+            )
+        });
+        format!(
+            "bootstrap_admin: true\ndata_dir: {data:?}\n{kube}{}sync:\n  interval: 1h\n  guards:\n    max_disable_percent: 100\n  namespaces:\n    - regex: 'k8s-(.+)-devs'\n      namespace: 'team-$1'\n      role: team-dev\n      create: true\n      labels: {{tier: apps}}\n      quota: {{hard: {{pods: '10'}}}}\n",
+            s.directory_yaml(&[s.ldaps_url()], "", ""),
+            data = dir.path().join("data").display().to_string(),
+        )
+    };
+    let i = Idbridge::start_config(dir.path(), config(None))
+        .await
+        .unwrap();
+    i.wait_for_log("sync applied", 1).await.unwrap();
+    // Without `kubernetes.api`, the objects can still be reviewed as manifests.
+    let (code, out, err) = i
+        .cli(&["sync", "--dry-run", "--manifests", "-"])
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("kind: RoleBinding")
+            && out.contains("name: team-pay")
+            && out.contains("app.kubernetes.io/managed-by: idbridge"),
+        "{out}"
+    );
+
+    let api = ApiServer::start(dir.path(), Authn::webhook(&i.data_dir))
+        .await
+        .unwrap();
+    admin(
+        &api,
+        &[
+            "create",
+            "clusterrole",
+            "team-dev",
+            "--verb=get,list",
+            "--resource=pods",
+        ],
+    )
+    .await;
+    let admin_kc = api.token_kubeconfig(&api.admin_token).unwrap();
+    std::fs::write(dir.path().join("config.yaml"), config(Some(&admin_kc))).unwrap();
+    i.signal("HUP").await.unwrap();
+    i.wait_for_log("configuration reloaded", 1).await.unwrap();
+
+    let (code, report, err) = sync(&i, &[]).await;
+    assert_eq!(code, 0, "{err}\n{report}");
+    let applied = &report["kubernetes"]["applied"];
+    assert_eq!(
+        applied["applied"], 6,
+        "2 namespaces, 2 bindings, 2 quotas: {report}"
+    );
+    assert_eq!(applied["changed"], 6);
+    let ns: Value =
+        serde_json::from_str(&admin(&api, &["get", "ns", "team-pay", "-o", "json"]).await).unwrap();
+    let labels = &ns["metadata"]["labels"];
+    assert_eq!(labels["app.kubernetes.io/managed-by"], "idbridge");
+    assert_eq!(labels["app.kubernetes.io/instance"], "test");
+    assert_eq!(labels["tier"], "apps");
+    let quota: Value = serde_json::from_str(
+        &admin(
+            &api,
+            &[
+                "get",
+                "resourcequota",
+                "idbridge-quota",
+                "-n",
+                "team-pay",
+                "-o",
+                "json",
+            ],
+        )
+        .await,
+    )
+    .unwrap();
+    assert_eq!(quota["spec"]["hard"]["pods"], "10");
+    let rb: Value = serde_json::from_str(
+        &admin(
+            &api,
+            &[
+                "get",
+                "rolebindings",
+                "-n",
+                "team-pay",
+                "-o",
+                "json",
+                "--show-managed-fields",
+            ],
+        )
+        .await,
+    )
+    .unwrap();
+    let ours = &rb["items"][0];
+    assert_eq!(ours["subjects"][0]["name"], "k8s-pay-devs");
+    let managers: Vec<&str> = ours["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["manager"].as_str())
+        .collect();
+    assert_eq!(managers, ["idbridge"], "server-side apply by idbridge");
+    let ours_version = ours["metadata"]["resourceVersion"].clone();
+
+    // alice, in k8s-pay-devs, may list pods in team-pay and not in team-web.
+    let (status, login) = i.password_login_json("alice", PW).await.unwrap();
+    assert_eq!(status, 200, "{login}");
+    let alice_token = login["access_token"].as_str().unwrap();
+    can_list_pods(&api, alice_token, "team-pay", true).await;
+    can_list_pods(&api, alice_token, "team-web", false).await;
+
+    // A second run writes nothing to the API server.
+    let (code, report, err) = sync(&i, &[]).await;
+    assert_eq!(code, 0, "{err}\n{report}");
+    assert_eq!(report["kubernetes"]["applied"]["changed"], 0, "{report}");
+
+    // Hand-made bindings (one unlabelled, one of another installation) are never pruned.
+    admin(
+        &api,
+        &[
+            "create",
+            "rolebinding",
+            "hand-made",
+            "--clusterrole=team-dev",
+            "--group=ops",
+            "-n",
+            "team-web",
+        ],
+    )
+    .await;
+    admin(
+        &api,
+        &[
+            "create",
+            "rolebinding",
+            "other-install",
+            "--clusterrole=team-dev",
+            "--group=ops",
+            "-n",
+            "team-web",
+        ],
+    )
+    .await;
+    admin(
+        &api,
+        &[
+            "label",
+            "rolebinding",
+            "other-install",
+            "-n",
+            "team-web",
+            "app.kubernetes.io/managed-by=idbridge",
+            "app.kubernetes.io/instance=other",
+        ],
+    )
+    .await;
+
+    // The web group is renamed: its binding and quota move to team-shop; team-web keeps its
+    // namespace and the hand-made bindings; alice's binding is untouched.
+    s.modify(&format!(
+        "dn: {web}\nchangetype: modrdn\nnewrdn: cn=k8s-shop-devs\ndeleteoldrdn: 1\n"
+    ))
+    .await
+    .unwrap();
+    let (code, report, err) = sync(&i, &[]).await;
+    assert_eq!(code, 0, "{err}\n{report}");
+    let pruned: Vec<String> = report["kubernetes"]["prune"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            format!(
+                "{}/{}",
+                p["namespace"].as_str().unwrap(),
+                p["kind"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        pruned,
+        ["team-web/RoleBinding", "team-web/ResourceQuota"],
+        "{report}"
+    );
+    let left = admin(
+        &api,
+        &["get", "rolebindings", "-n", "team-web", "-o", "name"],
+    )
+    .await;
+    assert_eq!(
+        left.lines().collect::<Vec<_>>(),
+        [
+            "rolebinding.rbac.authorization.k8s.io/hand-made",
+            "rolebinding.rbac.authorization.k8s.io/other-install"
+        ]
+    );
+    admin(&api, &["get", "ns", "team-web"]).await;
+    admin(
+        &api,
+        &["get", "resourcequota", "idbridge-quota", "-n", "team-shop"],
+    )
+    .await;
+    let rb: Value = serde_json::from_str(
+        &admin(
+            &api,
+            &["get", "rolebindings", "-n", "team-pay", "-o", "json"],
+        )
+        .await,
+    )
+    .unwrap();
+    assert_eq!(rb["items"][0]["metadata"]["resourceVersion"], ours_version);
+    can_list_pods(&api, alice_token, "team-pay", true).await;
 }

@@ -120,6 +120,9 @@ struct SyncRequest {
     /// Apply a plan that trips the guards.
     #[serde(default)]
     force: bool,
+    /// Put the Kubernetes objects whole in the report.
+    #[serde(default)]
+    manifests: bool,
 }
 
 fn sync_control(
@@ -152,7 +155,9 @@ async fn sync_now(
     let what = format!("dry_run={} force={}", req.dry_run, req.force);
     ev.reason = Some(&what);
     state.audit().record_durable(&ev).await;
-    Ok(Json(control.run(req.dry_run, req.force).await))
+    Ok(Json(
+        control.run(req.dry_run, req.force, req.manifests).await,
+    ))
 }
 
 fn account_name(raw: &str) -> Result<AccountName, ApiError> {

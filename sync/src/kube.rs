@@ -1,0 +1,289 @@
+//! The Kubernetes side of a run: list what sync owns, apply what the rules ask for by
+//! server-side apply (field manager `idbridge`), delete what is no longer wanted.
+//!
+//! Reached through `kubernetes.api`: a kubeconfig file (and optionally its context), or the
+//! pod's own ServiceAccount when idbridge runs in the cluster. The TLS is rustls on aws-lc-rs,
+//! as everywhere in idbridge.
+
+use std::path::PathBuf;
+
+use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota};
+use k8s_openapi::api::rbac::v1::RoleBinding;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use serde::Deserialize;
+
+use crate::objects::{Desired, Existing, INSTANCE, MANAGED_BY, MANAGER, Object, ObjectKind};
+
+/// The field manager of every apply.
+pub const FIELD_MANAGER: &str = "idbridge";
+
+/// How to reach the Kubernetes API (`kubernetes.api`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// A kubeconfig file; without one, the pod's ServiceAccount (in-cluster).
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig's context [default: its current context].
+    #[serde(default)]
+    pub context: Option<String>,
+}
+
+/// A connection to the cluster, with this installation's name for the objects it owns.
+#[derive(Clone)]
+pub struct Cluster {
+    client: kube::Client,
+    /// The `app.kubernetes.io/instance` value.
+    pub instance: String,
+    /// `kubernetes.groups_prefix`: what kube-apiserver sees in front of each group.
+    pub groups_prefix: String,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("instance", &self.instance)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What applying did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Applied {
+    /// Objects applied.
+    pub applied: usize,
+    /// Of those, objects that were new or changed.
+    pub changed: usize,
+    /// Objects deleted.
+    pub pruned: usize,
+}
+
+fn owned_selector(instance: &str) -> String {
+    format!("{MANAGED_BY}={MANAGER},{INSTANCE}={instance}")
+}
+
+impl Cluster {
+    /// Connects (reads the kubeconfig or the in-cluster files; asks the server nothing yet).
+    ///
+    /// # Errors
+    /// A message naming `kubernetes.api` and what is wrong.
+    pub async fn connect(
+        api: &ApiConfig,
+        instance: String,
+        groups_prefix: String,
+    ) -> Result<Self, String> {
+        let config = match &api.kubeconfig {
+            Some(path) => {
+                let file = Kubeconfig::read_from(path).map_err(|e| {
+                    format!("field `kubernetes.api.kubeconfig`: {}: {e}", path.display())
+                })?;
+                let opts = KubeConfigOptions {
+                    context: api.context.clone(),
+                    ..KubeConfigOptions::default()
+                };
+                kube::Config::from_custom_kubeconfig(file, &opts)
+                    .await
+                    .map_err(|e| format!("field `kubernetes.api`: {}: {e}", path.display()))?
+            }
+            None => kube::Config::incluster().map_err(|e| {
+                format!(
+                    "field `kubernetes.api`: no kubeconfig given and not running in a pod ({e}); set `kubernetes.api.kubeconfig`"
+                )
+            })?,
+        };
+        let client =
+            kube::Client::try_from(config).map_err(|e| format!("field `kubernetes.api`: {e}"))?;
+        Ok(Self {
+            client,
+            instance,
+            groups_prefix,
+        })
+    }
+
+    /// Every object sync owns in the cluster (both labels), paged.
+    ///
+    /// # Errors
+    /// The API server's error.
+    pub async fn existing(&self) -> Result<Vec<(Existing, Option<String>)>, kube::Error> {
+        let sel = owned_selector(&self.instance);
+        let mut out = Vec::new();
+        list_all(
+            Api::<Namespace>::all(self.client.clone()),
+            &sel,
+            ObjectKind::Namespace,
+            &mut out,
+        )
+        .await?;
+        list_all(
+            Api::<RoleBinding>::all(self.client.clone()),
+            &sel,
+            ObjectKind::RoleBinding,
+            &mut out,
+        )
+        .await?;
+        list_all(
+            Api::<ResourceQuota>::all(self.client.clone()),
+            &sel,
+            ObjectKind::ResourceQuota,
+            &mut out,
+        )
+        .await?;
+        list_all(
+            Api::<LimitRange>::all(self.client.clone()),
+            &sel,
+            ObjectKind::LimitRange,
+            &mut out,
+        )
+        .await?;
+        Ok(out)
+    }
+
+    /// Applies every wanted object (namespaces first), then deletes `gone`. Stops at the first
+    /// failure, naming the object; what was applied stays (apply is idempotent, so the next run
+    /// converges).
+    ///
+    /// # Errors
+    /// What was done before the failure, and the failure.
+    pub async fn apply(
+        &self,
+        desired: &Desired,
+        before: &[(Existing, Option<String>)],
+        gone: &[Existing],
+    ) -> Result<Applied, (Applied, String)> {
+        let mut done = Applied::default();
+        let pp = PatchParams::apply(FIELD_MANAGER).force();
+        for o in &desired.objects {
+            let version = match self.apply_one(o, &pp).await {
+                Ok(v) => v,
+                Err(e) => return Err((done, format!("applying {} failed: {e}", describe(o)))),
+            };
+            done.applied += 1;
+            let was = before.iter().find(|(e, _)| {
+                e.kind == o.kind
+                    && e.name == o.name
+                    && o.namespace.as_deref().unwrap_or("") == e.namespace
+            });
+            if was.and_then(|(_, v)| v.as_ref()) != version.as_ref() {
+                done.changed += 1;
+            }
+        }
+        let dp = DeleteParams::default();
+        for e in gone {
+            let c = self.client.clone();
+            let ns = e.namespace.as_str();
+            let r = match e.kind {
+                ObjectKind::RoleBinding => Api::<RoleBinding>::namespaced(c, ns)
+                    .delete(&e.name, &dp)
+                    .await
+                    .map(drop),
+                ObjectKind::ResourceQuota => Api::<ResourceQuota>::namespaced(c, ns)
+                    .delete(&e.name, &dp)
+                    .await
+                    .map(drop),
+                ObjectKind::LimitRange => Api::<LimitRange>::namespaced(c, ns)
+                    .delete(&e.name, &dp)
+                    .await
+                    .map(drop),
+                // Never deleted.
+                ObjectKind::Namespace => Ok(()),
+            };
+            match r {
+                Ok(()) => done.pruned += 1,
+                // Already gone: what pruning wanted.
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(err) => {
+                    return Err((
+                        done,
+                        format!(
+                            "deleting {} {}/{} failed: {err}",
+                            e.kind.as_str(),
+                            e.namespace,
+                            e.name
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(done)
+    }
+
+    /// Applies one object; its resourceVersion afterwards.
+    async fn apply_one(&self, o: &Object, pp: &PatchParams) -> Result<Option<String>, kube::Error> {
+        let c = self.client.clone();
+        let ns = o.namespace.as_deref().unwrap_or_default();
+        let patch = Patch::Apply(&o.body);
+        Ok(match o.kind {
+            ObjectKind::Namespace => {
+                Api::<Namespace>::all(c)
+                    .patch(&o.name, pp, &patch)
+                    .await?
+                    .metadata
+                    .resource_version
+            }
+            ObjectKind::RoleBinding => {
+                Api::<RoleBinding>::namespaced(c, ns)
+                    .patch(&o.name, pp, &patch)
+                    .await?
+                    .metadata
+                    .resource_version
+            }
+            ObjectKind::ResourceQuota => {
+                Api::<ResourceQuota>::namespaced(c, ns)
+                    .patch(&o.name, pp, &patch)
+                    .await?
+                    .metadata
+                    .resource_version
+            }
+            ObjectKind::LimitRange => {
+                Api::<LimitRange>::namespaced(c, ns)
+                    .patch(&o.name, pp, &patch)
+                    .await?
+                    .metadata
+                    .resource_version
+            }
+        })
+    }
+}
+
+fn describe(o: &Object) -> String {
+    match &o.namespace {
+        Some(ns) => format!("{} {ns}/{}", o.kind.as_str(), o.name),
+        None => format!("{} {}", o.kind.as_str(), o.name),
+    }
+}
+
+/// Lists every object of `api` matching `selector`, page by page.
+async fn list_all<K>(
+    api: Api<K>,
+    selector: &str,
+    kind: ObjectKind,
+    out: &mut Vec<(Existing, Option<String>)>,
+) -> Result<(), kube::Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let mut token: Option<String> = None;
+    loop {
+        let mut lp = ListParams::default().labels(selector).limit(500);
+        if let Some(t) = &token {
+            lp = lp.continue_token(t);
+        }
+        let page = api.list(&lp).await?;
+        for item in &page.items {
+            let meta = item.meta();
+            out.push((
+                Existing {
+                    kind,
+                    namespace: meta.namespace.clone().unwrap_or_default(),
+                    name: meta.name.clone().unwrap_or_default(),
+                },
+                meta.resource_version.clone(),
+            ));
+        }
+        token = page.metadata.continue_.filter(|t| !t.is_empty());
+        if token.is_none() {
+            return Ok(());
+        }
+    }
+}
