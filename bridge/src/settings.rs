@@ -4,6 +4,9 @@
 
 use idbridge_tokens::{Policy, Secret};
 
+/// Why the browser and device flows are refused on a server with no sign-in method.
+pub const NO_SIGN_IN: &str = "this idbridge offers people no way to sign in: its configuration needs an identity provider (`upstreams`), a `directory` or `kerberos`; static tokens (`idbridge token create`) work without one";
+
 /// Runtime settings of the bridge; replaced as a whole on reload.
 #[derive(Clone)]
 pub struct Settings {
@@ -123,6 +126,13 @@ impl Settings {
             upstreams: Vec::new(),
             sync: None,
         }
+    }
+
+    /// Whether a person can sign in here at all (an upstream provider, a directory or
+    /// Kerberos): the browser and device flows need one.
+    #[must_use]
+    pub fn has_sign_in(&self) -> bool {
+        !self.upstreams.is_empty() || self.kerberos.is_some() || self.directory.is_some()
     }
 
     /// The upstream named `name`.

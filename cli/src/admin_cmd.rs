@@ -19,17 +19,16 @@ use serde_json::json;
 use crate::config;
 use crate::profile;
 
+/// The simple profile's address, where admin commands go by default.
+const DEFAULT_SERVER: &str = "https://127.0.0.1:8443";
+
 /// Where admin commands send their changes.
 #[derive(Debug, Clone, Args)]
 pub struct Target {
-    /// URL of the running idbridge.
-    #[arg(
-        long,
-        env = "IDBRIDGE_SERVER",
-        default_value = "https://127.0.0.1:8443",
-        global = true
-    )]
-    pub server: String,
+    /// URL of the running idbridge [default: the issuer of --config's file, else
+    /// https://127.0.0.1:8443].
+    #[arg(long, env = "IDBRIDGE_SERVER", global = true)]
+    pub server: Option<String>,
     /// File holding an admin token [default: <data-dir>/admin.token].
     #[arg(long, env = "IDBRIDGE_TOKEN_FILE", global = true)]
     pub token_file: Option<PathBuf>,
@@ -49,7 +48,7 @@ pub struct Target {
     /// running one sees offline disables and revocations only when its caches expire.
     #[arg(long, global = true)]
     pub offline: bool,
-    /// With --offline: the server's config file, to find its store.
+    /// The server's config file: to find its store (with --offline), or its address.
     #[arg(long, short = 'c', env = "IDBRIDGE_CONFIG", global = true)]
     pub config: Option<PathBuf>,
     /// Print JSON instead of a table.
@@ -178,6 +177,7 @@ pub(crate) enum Backend {
         http: reqwest::Client,
         base: String,
         token: String,
+        ca: Option<PathBuf>,
     },
     Offline(AdminOps, Box<config::Config>),
 }
@@ -212,10 +212,18 @@ impl Backend {
             let p = t.data_dir.join("ca.crt");
             p.exists().then_some(p)
         });
+        // The server: --server (or IDBRIDGE_SERVER), else the issuer of the config named,
+        // else the simple profile's address.
+        let server = match (&t.server, &t.config) {
+            (Some(s), _) => s.clone(),
+            (None, Some(c)) => config::load(Some(c))?.issuer(),
+            (None, None) => DEFAULT_SERVER.to_owned(),
+        };
         Ok(Self::Remote {
             http: http_client(ca.as_deref())?,
-            base: format!("{}/admin/v1", t.server.trim_end_matches('/')),
+            base: format!("{}/admin/v1", server.trim_end_matches('/')),
             token,
+            ca,
         })
     }
 
@@ -225,7 +233,13 @@ impl Backend {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> anyhow::Result<T> {
-        let Self::Remote { http, base, token } = self else {
+        let Self::Remote {
+            http,
+            base,
+            token,
+            ca,
+        } = self
+        else {
             bail!("internal: remote call on an offline backend");
         };
         let mut req = http
@@ -238,7 +252,7 @@ impl Backend {
             unreachable(
                 base,
                 e,
-                CA_FILE_FIX,
+                ca.as_deref(),
                 " (is `idbridge serve` running? use --offline if not)",
             )
         })?;
@@ -391,33 +405,81 @@ pub(crate) fn http_client(ca: Option<&std::path::Path>) -> anyhow::Result<reqwes
     Ok(b.build()?)
 }
 
-/// A request to `url` that got no answer, as an error; when the cause is the server's
-/// certificate, the error says so and what to pass (`fix`) instead of only "cannot reach", and
-/// otherwise it ends with `hint`.
-pub(crate) fn unreachable(url: &str, e: reqwest::Error, fix: &str, hint: &str) -> anyhow::Error {
+/// A request to `url` that got no answer, as an error that says why in a few words: an
+/// untrusted certificate with what to pass (`ca` is the CA bundle trusted, if one was given),
+/// else the innermost cause (connection refused, a timeout, an unknown host), then `hint`.
+pub(crate) fn unreachable(
+    url: &str,
+    e: reqwest::Error,
+    ca: Option<&std::path::Path>,
+    hint: &str,
+) -> anyhow::Error {
     // The TLS error sits inside I/O errors, which hide their inner error from `source()`.
-    fn tls<'e>(mut c: &'e (dyn std::error::Error + 'static)) -> Option<&'e rustls::Error> {
-        loop {
-            if let Some(t) = c.downcast_ref::<rustls::Error>() {
-                return Some(t);
-            }
-            c = c.downcast_ref::<std::io::Error>()?.get_ref()?;
+    fn inner<'e>(
+        c: &'e (dyn std::error::Error + 'static),
+    ) -> &'e (dyn std::error::Error + 'static) {
+        let mut c = c;
+        while let Some(i) = c
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            c = i;
         }
+        c
     }
+    tracing::debug!(error = ?e, url, "request failed");
+    let mut last: &(dyn std::error::Error + 'static) = &e;
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
     while let Some(c) = cause {
-        if let Some(rustls::Error::InvalidCertificate(why)) = tls(c) {
-            return anyhow::anyhow!(
-                "cannot reach {url}: its TLS certificate is not trusted ({why:?}): {fix}"
-            );
+        let c = inner(c);
+        if let Some(rustls::Error::InvalidCertificate(why)) = c.downcast_ref::<rustls::Error>() {
+            let why = certificate_problem(why);
+            let fix = match ca {
+                Some(f) => format!(
+                    "the CA bundle in --ca-file {} did not issue it: pass the one that did (for the simple profile, <data-dir>/ca.crt)",
+                    f.display()
+                ),
+                None => CA_FILE_FIX.to_owned(),
+            };
+            return anyhow::anyhow!("cannot reach {url}: its TLS certificate {why}: {fix}");
         }
+        last = c;
         cause = c.source();
     }
-    anyhow::Error::new(e).context(format!("cannot reach {url}{hint}"))
+    let why = match last
+        .downcast_ref::<std::io::Error>()
+        .map(std::io::Error::kind)
+    {
+        Some(std::io::ErrorKind::ConnectionRefused) => "connection refused".to_owned(),
+        Some(std::io::ErrorKind::TimedOut) => "no answer in time".to_owned(),
+        _ if e.is_timeout() => "no answer in time".to_owned(),
+        _ => last.to_string(),
+    };
+    anyhow::anyhow!("cannot reach {url}: {why}{hint}")
+}
+
+/// A certificate problem in words.
+fn certificate_problem(e: &rustls::CertificateError) -> String {
+    use rustls::CertificateError as C;
+    match e {
+        C::UnknownIssuer => "is not trusted (an unknown issuer)".to_owned(),
+        C::Expired | C::ExpiredContext { .. } => "has expired".to_owned(),
+        C::NotValidYet | C::NotValidYetContext { .. } => {
+            "is not valid yet (check the clock)".to_owned()
+        }
+        C::NotValidForName | C::NotValidForNameContext { .. } => {
+            "does not name this host (check the URL, or the server's certificate names)".to_owned()
+        }
+        C::Revoked => "is revoked".to_owned(),
+        C::Other(o) if o.to_string().contains("CaUsedAsEndEntity") => {
+            "is a CA certificate, not a server's (is the URL the right server?)".to_owned()
+        }
+        other => format!("is not trusted ({other})"),
+    }
 }
 
 /// What to do about a certificate that is not trusted, for commands with `--ca-file`.
-pub(crate) const CA_FILE_FIX: &str = "pass --ca-file with the PEM bundle of the CA that issued it (for the simple profile, idbridge-data/ca.crt)";
+pub(crate) const CA_FILE_FIX: &str = "pass --ca-file with the PEM bundle of the CA that issued it (for the simple profile, <data-dir>/ca.crt)";
 
 fn urlencode(s: &str) -> String {
     s.bytes()

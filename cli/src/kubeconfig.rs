@@ -103,6 +103,24 @@ fn pem_bundle(f: &Path, flag: &str) -> anyhow::Result<Vec<u8>> {
     Ok(pem)
 }
 
+/// The path this binary was run by, as the user named it: a symlink stays a symlink, so
+/// that swapping the link upgrades every kubeconfig that names it. A bare name is looked up on
+/// `PATH` as the shell did.
+fn this_binary() -> Option<PathBuf> {
+    let argv0 = PathBuf::from(std::env::args_os().next()?);
+    if argv0.components().count() > 1 {
+        return std::path::absolute(&argv0).ok();
+    }
+    let found = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|d| d.join(&argv0))
+            .find(|p| p.is_file())
+    });
+    found
+        .and_then(|p| std::path::absolute(p).ok())
+        .or_else(|| std::env::current_exe().ok())
+}
+
 /// A value's name on the command line.
 fn value_name<T: clap::ValueEnum>(v: &T) -> String {
     v.to_possible_value()
@@ -184,7 +202,7 @@ fn entries(args: &KubeconfigArgs) -> anyhow::Result<Entries> {
     pass("--service", args.service.clone());
     let command = match &args.command {
         Some(c) => c.clone(),
-        None => std::env::current_exe()
+        None => this_binary()
             .context("cannot tell where this idbridge binary is: pass --command")?
             .display()
             .to_string(),
@@ -197,7 +215,7 @@ fn entries(args: &KubeconfigArgs) -> anyhow::Result<Entries> {
             "args": login,
             "interactiveMode": "IfAvailable",
             "provideClusterInfo": false,
-            "installHint": "idbridge logs you in to this cluster: install the idbridge binary and put it on your PATH (see its docs/kubectl.md)",
+            "installHint": "idbridge logs you in to this cluster, and this kubeconfig names a binary that is not there: install idbridge (see its docs/kubectl.md), then run `idbridge kubeconfig` again so that the entry names where it is",
         }}}),
         context_entry: json!({"name": context, "context": {"cluster": context, "user": user}}),
         context,
@@ -400,6 +418,20 @@ fn settle(
         );
     }
     if !ours {
+        if force
+            && cluster.is_some_and(|c| {
+                c.pointer("/cluster/certificate-authority-data").is_some()
+                    || c.pointer("/cluster/certificate-authority").is_some()
+            })
+            && e.cluster
+                .pointer("/cluster/certificate-authority-data")
+                .is_none()
+        {
+            eprintln!(
+                "warning: the cluster {} had a CA of its own, and the new entry trusts the system's roots: pass --cluster-ca-file to keep one",
+                e.context
+            );
+        }
         return Ok(fresh);
     }
     // Ours: the new fields over the old entry's.
@@ -574,12 +606,27 @@ pub fn run(args: &KubeconfigArgs) -> anyhow::Result<()> {
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(err) => return Err(err).with_context(|| format!("cannot read {}", path.display())),
     };
-    let text = merge(&old, &e, !args.no_switch, args.force).with_context(|| {
-        format!(
-            "cannot merge into {}; nothing was changed (write to a new file with --kubeconfig, then combine them with KUBECONFIG=a:b kubectl config view --flatten)",
+    let text = merge(&old, &e, !args.no_switch, args.force).map_err(|err| {
+        let why = format!("{err:#}");
+        // A layout idbridge cannot edit has a way around it; a name that is taken has its own.
+        let around = if why.contains("did not write") {
+            ""
+        } else {
+            " (write to a new file with --kubeconfig, then combine them with KUBECONFIG=a:b kubectl config view --flatten)"
+        };
+        anyhow::anyhow!(
+            "cannot merge into {}: {why}; nothing was changed{around}",
             path.display()
         )
     })?;
+    if text == old {
+        outln!(
+            "{}: cluster, user and context {} are already as asked; nothing written",
+            path.display(),
+            e.context
+        );
+        return Ok(());
+    }
     replace(&path, &text)?;
     outln!(
         "{}: cluster {c}, user {u} and context {c} written{}",

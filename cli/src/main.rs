@@ -166,7 +166,8 @@ enum Command {
     /// Add (or update) a cluster, a user that runs `idbridge login` and a context to your
     /// kubeconfig; every other entry is kept byte for byte.
     #[command(after_help = "Examples:\n  \
-        idbridge kubeconfig --server https://k8s.example.com:6443 --issuer https://idbridge.example.com\n  \
+        idbridge kubeconfig --server https://k8s.example.com:6443 \\\n      \
+        --issuer https://idbridge.example.com\n  \
         idbridge kubeconfig --server https://k8s.example.com:6443 --issuer https://idbridge.example.com \\\n      \
         --method device --cluster-ca-file k8s-ca.crt --context prod\n  \
         kubectl get pods                                 # logs in on first use")]

@@ -512,6 +512,89 @@ async fn the_directory_password_is_typed_on_a_terminal_without_echo() {
     assert_ne!(code, 0);
     assert!(err.contains("invalid username or password"), "{err}");
     assert_eq!(desk.session(), cached);
+
+    // logout while the server is down keeps the session (it is still valid there) and says
+    // who can end it now.
+    i.stop().await.unwrap();
+    let (code, _, err) = desk.idbridge(&["logout"]).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("connection refused")
+            && err.contains("kept in the cache")
+            && err.contains("idbridge revoke --user alice"),
+        "{err}"
+    );
+    assert_eq!(desk.session(), cached);
+}
+
+#[tokio::test]
+async fn a_server_nobody_can_sign_in_to_says_so_at_once() {
+    let dir = idbridge_tests::scratch();
+    // The simple profile: no identity provider, no directory, no Kerberos.
+    let i = Idbridge::start(dir.path()).await.unwrap();
+    let desk = Desk::new(dir.path(), "erin", Vec::new());
+    let ca = i.data_dir.join("ca.crt");
+    for method in [
+        &["--method", "device"][..],
+        &["--method", "browser", "--no-browser"],
+    ] {
+        let mut args = vec![
+            "login",
+            "--issuer",
+            &i.base,
+            "--ca-file",
+            ca.to_str().unwrap(),
+        ];
+        args.extend_from_slice(method);
+        let started = std::time::Instant::now();
+        let (code, _, err) = desk.idbridge(&args).await;
+        assert_ne!(code, 0);
+        assert!(
+            err.contains("offers people no way to sign in"),
+            "{method:?}: {err}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{method:?} waited"
+        );
+    }
+    // The server refuses the device grant itself too, and its discovery does not offer it.
+    let (status, body) = i
+        .oauth(
+            "/oauth2/device_authorization",
+            &[("client_id", "idbridge-cli")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "unsupported_grant_type");
+    let doc = i
+        .get_json("/.well-known/openid-configuration")
+        .await
+        .unwrap();
+    let grants = doc["grant_types_supported"].to_string();
+    assert!(
+        !grants.contains("device_code") && !grants.contains("authorization_code"),
+        "{grants}"
+    );
+    // A CA that did not issue the server's certificate is named as the one given.
+    let (other_ca, _, _) = idbridge_tests::ldap::test_ca(dir.path(), "other").unwrap();
+    let (code, _, err) = desk
+        .idbridge(&[
+            "login",
+            "--issuer",
+            &i.base,
+            "--ca-file",
+            other_ca.to_str().unwrap(),
+            "--method",
+            "device",
+        ])
+        .await;
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("not trusted (an unknown issuer)") && err.contains("did not issue it"),
+        "{err}"
+    );
 }
 
 /// The device login for `url` in the scripted browser, with the directory password.
@@ -792,8 +875,7 @@ async fn kubeconfig_merges_into_a_kubectl_written_file_keeping_other_entries() {
         let exec = &other(&v, "users", "idbridge-prod")["user"]["exec"];
         assert_eq!(
             exec["command"],
-            idbridge_tests::idbridge_bin()
-                .canonicalize()
+            std::path::absolute(idbridge_tests::idbridge_bin())
                 .unwrap()
                 .to_str()
                 .unwrap()

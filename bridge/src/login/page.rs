@@ -51,9 +51,11 @@ pub(crate) fn login_page(
              <button type=\"submit\">Sign in</button></form>"
         ));
     }
-    if settings.upstreams.is_empty() && settings.kerberos.is_none() && settings.directory.is_none()
-    {
-        body.push_str("<p class=\"error\">No sign-in method is configured (upstreams, directory or kerberos).</p>");
+    if !settings.has_sign_in() {
+        body.push_str(&format!(
+            "<p class=\"error\">{}.</p>",
+            escape(crate::settings::NO_SIGN_IN)
+        ));
     }
     let mut r = page::html(status, "Sign in", &body);
     if let Some(id) = set_cookie {

@@ -13,11 +13,13 @@ pub(crate) async fn openid_configuration(State(state): State<AppState>) -> Respo
     let s = state.settings();
     let iss = s.tokens.issuer.trim_end_matches('/');
     // Every grant the token endpoint knows; `password` only with a directory, Kerberos only
-    // with a keytab.
+    // with a keytab, the browser and device flows only where a person can sign in.
+    let people = s.has_sign_in();
     let grants: Vec<&str> = GrantType::ALL
         .iter()
         .filter(|g| **g != GrantType::Password || s.directory.is_some())
         .filter(|g| **g != GrantType::Kerberos || s.kerberos.is_some())
+        .filter(|g| people || !matches!(**g, GrantType::AuthorizationCode | GrantType::DeviceCode))
         .map(|g| g.as_str())
         .collect();
     (

@@ -152,6 +152,7 @@ impl Entry {
         file.set_len(0)?;
         file.rewind()?;
         write!(file, "{}", std::process::id())?;
+        held_paths().push(self.lock_path.clone());
         Ok(Held {
             file,
             path: self.lock_path.clone(),
@@ -231,7 +232,32 @@ impl Drop for Held {
         #[cfg(unix)]
         let _ = std::fs::remove_file(&self.path);
         let _ = self.file.unlock();
+        held_paths().retain(|p| p != &self.path);
     }
+}
+
+/// The lock files this process holds, for a signal that ends it (see [`remove_held_locks`]).
+static HELD: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+fn held_paths() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
+    HELD.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Removes the lock files this process holds: for a signal that ends the process, which runs
+/// no destructors. The locks themselves go with the process.
+pub(crate) fn remove_held_locks() {
+    remove_held_locks_where(|_| true);
+}
+
+fn remove_held_locks_where(which: impl Fn(&Path) -> bool) {
+    held_paths().retain(|p| {
+        if which(p) {
+            let _ = std::fs::remove_file(p);
+            return false;
+        }
+        true
+    });
 }
 
 /// Every entry in `dir` with its session, by file name.
@@ -412,6 +438,18 @@ mod tests {
         );
         drop(held);
         e.lock(Duration::from_millis(300)).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_signal_removes_the_lock_files_held() {
+        let root = tempfile::tempdir().unwrap();
+        let e = entry(root.path());
+        let held = e.lock(Duration::from_secs(1)).await.unwrap();
+        assert!(e.lock_path.exists());
+        // (Only this test's: other tests of this process hold locks of their own.)
+        remove_held_locks_where(|p| p.starts_with(root.path()));
+        assert!(!e.lock_path.exists());
+        drop(held);
     }
 
     #[cfg(unix)]

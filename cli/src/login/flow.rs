@@ -45,15 +45,67 @@ pub(crate) fn ended(e: &anyhow::Error) -> bool {
     })
 }
 
-/// No answer from `url`, as an error that says what to pass when the certificate is the cause.
-fn unreachable(url: &str, e: reqwest::Error) -> anyhow::Error {
-    crate::admin_cmd::unreachable(url, e, crate::admin_cmd::CA_FILE_FIX, "")
+/// The HTTP client of a login, and the CA bundle it trusts (for its errors).
+pub(crate) struct Http {
+    pub client: reqwest::Client,
+    pub ca: Option<std::path::PathBuf>,
+}
+
+impl Http {
+    /// A client trusting `ca` (else the system's roots).
+    pub(crate) fn new(ca: Option<&std::path::Path>) -> anyhow::Result<Self> {
+        let client = crate::admin_cmd::http_client(ca).map_err(|e| {
+            if std::env::var_os("KUBERNETES_EXEC_INFO").is_some() {
+                e.context(
+                    "the CA bundle your kubeconfig names (--ca-file) cannot be used: if it moved, run `idbridge kubeconfig` again with --issuer-ca-file",
+                )
+            } else {
+                e.context("--ca-file")
+            }
+        })?;
+        Ok(Self {
+            client,
+            ca: ca.map(std::path::Path::to_owned),
+        })
+    }
+
+    /// Checks, by the server's discovery document, that the server answers and offers
+    /// `grant` (the browser and device flows are not offered where nobody can sign in).
+    async fn offers(&self, issuer: &str, grant: idbridge_core::GrantType) -> anyhow::Result<()> {
+        let url = format!("{issuer}/.well-known/openid-configuration");
+        let resp = self
+            .client
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(&url, e))?;
+        let doc: Value = resp.json().await.unwrap_or(Value::Null);
+        let Some(grants) = doc.get("grant_types_supported").and_then(Value::as_array) else {
+            return Ok(());
+        };
+        if grants.iter().any(|g| g.as_str() == Some(grant.as_str())) {
+            return Ok(());
+        }
+        bail!(
+            "{issuer} offers no {} login: this idbridge offers people no way to sign in (its configuration has no identity provider, directory or Kerberos); ask its administrator, or use a static token (see docs/kubectl.md)",
+            if grant == idbridge_core::GrantType::DeviceCode {
+                "device code"
+            } else {
+                "browser"
+            }
+        )
+    }
+
+    /// No answer from `url`, as an error that says what to do.
+    fn unreachable(&self, url: &str, e: reqwest::Error) -> anyhow::Error {
+        crate::admin_cmd::unreachable(url, e, self.ca.as_deref(), "")
+    }
 }
 
 /// Logs in with the method in effect. `why` is the reason a login is needed when it is not the
 /// first (the session ended).
 pub(crate) async fn login(
-    http: &reqwest::Client,
+    http: &Http,
     l: &Login<'_>,
     why: Option<&str>,
 ) -> anyhow::Result<Session> {
@@ -101,7 +153,7 @@ fn password_source(l: &Login<'_>) -> Option<PasswordSource> {
 
 /// The directory password grant. The password is read from the terminal with echo off, or for
 /// automation from `--password-file` or `IDBRIDGE_PASSWORD`, never from the command line.
-async fn password(http: &reqwest::Client, l: &Login<'_>) -> anyhow::Result<Session> {
+async fn password(http: &Http, l: &Login<'_>) -> anyhow::Result<Session> {
     let username = match &l.args.username {
         Some(u) => u.clone(),
         None => super::terminal::ask(&format!("Username for {}: ", l.issuer)).await?,
@@ -156,7 +208,7 @@ async fn password(http: &reqwest::Client, l: &Login<'_>) -> anyhow::Result<Sessi
 
 /// The authorization code flow with PKCE: the login page in a browser, the answer on a
 /// loopback port.
-async fn browser(http: &reqwest::Client, l: &Login<'_>) -> anyhow::Result<Session> {
+async fn browser(http: &Http, l: &Login<'_>) -> anyhow::Result<Session> {
     let (issuer, args) = (l.issuer.as_str(), l.args);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -182,6 +234,10 @@ async fn browser(http: &reqwest::Client, l: &Login<'_>) -> anyhow::Result<Sessio
     if let Some(a) = &args.audience {
         url.query_pairs_mut().append_pair("audience", a);
     }
+    // Reach the server before sending anyone to it: an untrusted certificate, a server that is
+    // down or one where nobody can sign in is said here, not after a login in the browser.
+    http.offers(issuer, idbridge_core::GrantType::AuthorizationCode)
+        .await?;
     let opened = !args.no_browser && open_browser(url.as_str());
     if opened {
         eprintln!("Your browser was opened to log in. If it was not, open:\n  {url}");
@@ -301,8 +357,10 @@ async fn wait_for_callback(listener: &tokio::net::TcpListener) -> anyhow::Result
 }
 
 /// The device grant: a code for the user to enter in any browser, then polling.
-async fn device(http: &reqwest::Client, l: &Login<'_>) -> anyhow::Result<Session> {
+async fn device(http: &Http, l: &Login<'_>) -> anyhow::Result<Session> {
     let (issuer, args) = (l.issuer.as_str(), l.args);
+    http.offers(issuer, idbridge_core::GrantType::DeviceCode)
+        .await?;
     let mut form = vec![("client_id", CLI_CLIENT.to_owned())];
     if let Some(a) = &args.audience {
         form.push(("audience", a.clone()));
@@ -335,11 +393,12 @@ async fn device(http: &reqwest::Client, l: &Login<'_>) -> anyhow::Result<Session
             ("device_code", device_code.clone()),
         ];
         let resp = http
+            .client
             .post(&token_url)
             .form(&form)
             .send()
             .await
-            .map_err(|e| unreachable(&token_url, e))?;
+            .map_err(|e| http.unreachable(&token_url, e))?;
         let ok = resp.status().is_success();
         let body: Value = resp.json().await.unwrap_or(Value::Null);
         if ok {
@@ -360,7 +419,7 @@ async fn device(http: &reqwest::Client, l: &Login<'_>) -> anyhow::Result<Session
 }
 
 /// A Kerberos login: the SPNEGO token out, tokens and the mutual token back.
-async fn kerberos(http: &reqwest::Client, l: &Login<'_>) -> anyhow::Result<Session> {
+async fn kerberos(http: &Http, l: &Login<'_>) -> anyhow::Result<Session> {
     let (args, host) = (l.args, l.host.as_str());
     let token_url = format!("{}/oauth2/token", l.issuer);
     let service = args
@@ -389,7 +448,7 @@ async fn kerberos(http: &reqwest::Client, l: &Login<'_>) -> anyhow::Result<Sessi
 }
 
 pub(crate) async fn refresh(
-    http: &reqwest::Client,
+    http: &Http,
     l: &Login<'_>,
     refresh_token: &str,
 ) -> anyhow::Result<Session> {
@@ -405,11 +464,7 @@ pub(crate) async fn refresh(
 }
 
 /// Revokes a session at the server (RFC 7009) by its refresh token.
-pub(crate) async fn revoke(
-    http: &reqwest::Client,
-    issuer: &str,
-    token: &str,
-) -> anyhow::Result<()> {
+pub(crate) async fn revoke(http: &Http, issuer: &str, token: &str) -> anyhow::Result<()> {
     let form = [
         ("client_id", CLI_CLIENT.to_owned()),
         ("token", token.to_owned()),
@@ -420,13 +475,14 @@ pub(crate) async fn revoke(
 }
 
 /// POSTs a token request; an OAuth error becomes a [`Refused`] carrying its description.
-async fn post(http: &reqwest::Client, url: &str, form: &[(&str, String)]) -> anyhow::Result<Value> {
+async fn post(http: &Http, url: &str, form: &[(&str, String)]) -> anyhow::Result<Value> {
     let resp = http
+        .client
         .post(url)
         .form(form)
         .send()
         .await
-        .map_err(|e| unreachable(url, e))?;
+        .map_err(|e| http.unreachable(url, e))?;
     let status = resp.status();
     let text = resp.text().await.unwrap_or_default();
     let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);

@@ -204,7 +204,9 @@ pub(crate) fn now() -> u64 {
 fn issuer_and_host(issuer: &str) -> anyhow::Result<(String, String)> {
     let issuer = issuer.trim_end_matches('/').to_owned();
     let url = reqwest::Url::parse(&issuer)
-        .with_context(|| format!("--issuer {issuer:?} is not a URL"))?;
+        .with_context(|| {
+            format!("--issuer {issuer:?} is not a URL: give the server's https:// URL, such as https://idbridge.example.com")
+        })?;
     let Some(host) = url.host_str().map(str::to_owned) else {
         bail!("--issuer {issuer:?} names no host");
     };
@@ -373,6 +375,8 @@ pub async fn run(args: LoginArgs) -> anyhow::Result<()> {
     {
         return print(output, &exec, &s);
     }
+    // A Ctrl-C from here on removes the lock it may hold (and restores the terminal).
+    terminal::clean_exit_on_signals()?;
     let held = entry.lock(args.lock_timeout.get()).await?;
     // Again under the lock: whoever held it may have just refreshed or logged in.
     let cached = if args.fresh { None } else { entry.read() };
@@ -389,7 +393,7 @@ pub async fn run(args: LoginArgs) -> anyhow::Result<()> {
         fell_back,
         interactive,
     };
-    let http = crate::admin_cmd::http_client(args.ca_file.as_deref())?;
+    let http = flow::Http::new(args.ca_file.as_deref())?;
     let (session, refreshed) = match cached.and_then(|c| c.refresh_token) {
         Some(r) => match flow::refresh(&http, &login, &r).await {
             Ok(s) => (s, true),
@@ -421,6 +425,17 @@ pub async fn run(args: LoginArgs) -> anyhow::Result<()> {
     }
     drop(held);
     print(output, &exec, &session)
+}
+
+/// How a cached session was made, in words, from its identity.
+fn via(identity: &str) -> String {
+    match identity.split_once(':') {
+        Some(("krb5", p)) => format!("Kerberos, {p}"),
+        Some(("password", "")) => "password".to_owned(),
+        Some(("password", u)) => format!("password, --username {u}"),
+        _ if identity == "web" => "browser or device code".to_owned(),
+        _ => identity.to_owned(),
+    }
 }
 
 fn fresh(s: &Session) -> bool {
@@ -498,7 +513,9 @@ pub async fn whoami(args: WhoamiArgs) -> anyhow::Result<()> {
                 "no cached session for {i}: run `{me} login --issuer {}`",
                 shell_word(i)
             ),
-            None => bail!("no cached session: run `{me} login --issuer URL`"),
+            None => {
+                bail!("no cached session: run `{me} login --issuer https://<your idbridge server>`")
+            }
         }
     }
     let now = now();
@@ -517,6 +534,8 @@ pub async fn whoami(args: WhoamiArgs) -> anyhow::Result<()> {
                 "expires": rfc3339(s.expires_at).unwrap_or_default(),
                 "expired": s.expires_at <= now,
                 "refreshable": s.refresh_token.is_some(),
+                "via": via(&s.identity),
+                "identity": s.identity,
             })
         })
         .collect();
@@ -540,7 +559,7 @@ pub async fn whoami(args: WhoamiArgs) -> anyhow::Result<()> {
                 items.join(", ")
             }
         };
-        outln!("{} at {}", text("user"), text("issuer"));
+        outln!("{} at {} ({})", text("user"), text("issuer"), text("via"));
         outln!("  uid:       {}", text("uid"));
         outln!("  groups:    {}", list("groups"));
         outln!(
@@ -591,7 +610,7 @@ pub async fn logout(args: LogoutArgs) -> anyhow::Result<()> {
             Ok(h) => h,
             Err(e) => {
                 eprintln!("left the session at {} alone: {e:#}", s.issuer);
-                failed.push(s.issuer);
+                failed.push(("?".to_owned(), entry.path.clone()));
                 continue;
             }
         };
@@ -599,31 +618,44 @@ pub async fn logout(args: LogoutArgs) -> anyhow::Result<()> {
         let Some(s) = entry.read() else { continue };
         let token = s.refresh_token.as_deref().unwrap_or(&s.access_token);
         let ca = args.ca_file.as_deref().or(s.ca_file.as_deref());
-        let revoked = match crate::admin_cmd::http_client(ca) {
+        let revoked = match flow::Http::new(ca) {
             Ok(http) => flow::revoke(&http, &s.issuer, token).await,
             Err(e) => Err(e),
         };
-        entry.remove(&held)?;
         let user = claims(&s.access_token)
             .get("name")
             .and_then(Value::as_str)
             .unwrap_or("?")
             .to_owned();
+        let via = via(&s.identity);
         match revoked {
-            Ok(()) => eprintln!("logged out {user} at {}", s.issuer),
+            Ok(()) => {
+                entry.remove(&held)?;
+                eprintln!("logged out {user} ({via}) at {}", s.issuer);
+            }
+            // Kept: forgetting a session the server still honours would only hide it, and
+            // the next logout can revoke it once the server answers.
             Err(e) => {
                 eprintln!(
-                    "cleared the cached session of {user} at {}, but could not revoke it there: {e:#}",
+                    "could not revoke the session of {user} ({via}) at {}: {e:#}",
                     s.issuer
                 );
-                failed.push(s.issuer);
+                failed.push((user, entry.path.clone()));
             }
         }
     }
     if !failed.is_empty() {
+        let users: Vec<&str> = failed.iter().map(|(u, _)| u.as_str()).collect();
         bail!(
-            "{} session(s) were not revoked at the server and stay valid until they expire; run logout again, or an administrator can end them with `idbridge revoke --user NAME`",
-            failed.len()
+            "{} session(s) are still valid at the server, and kept in the cache so that `{me} logout` can revoke them once the server answers; an administrator can end them now with `idbridge revoke --user {}`; to forget them here without revoking, delete {}",
+            failed.len(),
+            users.join(" / "),
+            failed
+                .iter()
+                .map(|(_, p)| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(" "),
+            me = crate::program(),
         );
     }
     Ok(())

@@ -12,7 +12,7 @@ fn tty() -> anyhow::Result<File> {
         .read(true)
         .write(true)
         .open("/dev/tty")
-        .context("there is no terminal to ask on (/dev/tty)")
+        .context("there is no terminal to ask on (/dev/tty): without one, pass --username, and the password with --password-file or IDBRIDGE_PASSWORD")
 }
 
 /// Asks `question` and reads a line, echoed.
@@ -28,11 +28,25 @@ pub(crate) async fn ask_secret(question: &str) -> anyhow::Result<String> {
     read_line(question, true).await
 }
 
-/// From now until the process ends, a Ctrl-C, SIGTERM or SIGHUP puts the terminal's modes back
-/// as `saved` and ends the process, as the signal would have (without this, the process would end
-/// with echo off; once these handlers exist, the signals no longer end it by themselves).
-fn restore_on_signals(tty: File, saved: Termios) -> anyhow::Result<()> {
+/// The terminal's modes to put back if a signal ends the process while echo is off.
+static SAVED: std::sync::Mutex<Option<(File, Termios)>> = std::sync::Mutex::new(None);
+
+fn saved() -> std::sync::MutexGuard<'static, Option<(File, Termios)>> {
+    SAVED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// From now until the process ends, a Ctrl-C, SIGTERM or SIGHUP ends the process as the
+/// signal would have (exit 130, 143 or 129), but first puts the terminal's modes back if a
+/// password prompt turned echo off, and removes the cache lock files this process holds. Once
+/// these handlers exist, the signals no longer end the process by themselves.
+pub(crate) fn clean_exit_on_signals() -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
+    static ONCE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    if ONCE.set(()).is_err() {
+        return Ok(());
+    }
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let mut hangup = signal(SignalKind::hangup())?;
@@ -42,8 +56,11 @@ fn restore_on_signals(tty: File, saved: Termios) -> anyhow::Result<()> {
             _ = terminate.recv() => 143,
             _ = hangup.recv() => 129,
         };
-        let _ = tcsetattr(&tty, OptionalActions::Now, &saved);
-        eprintln!();
+        if let Some((tty, modes)) = saved().take() {
+            let _ = tcsetattr(&tty, OptionalActions::Now, &modes);
+            eprintln!();
+        }
+        super::cache::remove_held_locks();
         std::process::exit(code);
     });
     Ok(())
@@ -53,8 +70,10 @@ async fn read_line(question: String, secret: bool) -> anyhow::Result<String> {
     let mut out = tty()?;
     let saved = if secret {
         let modes = tcgetattr(&out).context("cannot read the terminal's modes")?;
-        // The handlers first: a signal at any moment after echo goes off puts it back.
-        restore_on_signals(tty()?, modes.clone())?;
+        // The handlers and the modes to restore first: a signal at any moment after echo goes
+        // off puts it back.
+        clean_exit_on_signals()?;
+        *saved() = Some((tty()?, modes.clone()));
         let mut quiet = modes.clone();
         quiet.local_modes.remove(LocalModes::ECHO);
         quiet.local_modes.insert(LocalModes::ECHONL);
@@ -72,6 +91,7 @@ async fn read_line(question: String, secret: bool) -> anyhow::Result<String> {
     .await;
     if let Some((tty, modes)) = &saved {
         let _ = tcsetattr(tty, OptionalActions::Now, modes);
+        *self::saved() = None;
     }
     let line = line
         .context("the terminal reader stopped")?
