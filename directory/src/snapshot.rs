@@ -399,11 +399,22 @@ impl LdapDirectory {
     }
 
     /// The names of groups as tokens carry them (`groups.include`, `exclude` and `prefix`
-    /// applied; no cap): what RoleBindings and labels must name.
+    /// applied; no cap): what RoleBindings and rules name.
     #[must_use]
     pub fn token_group_names<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> Vec<String> {
         let names: Vec<String> = names.into_iter().map(str::to_owned).collect();
         self.shaping.apply(&names, "").0
+    }
+
+    /// The names of the groups tokens carry, as the directory spells them (`groups.include`
+    /// and `exclude` applied, no prefix): what account labels show.
+    #[must_use]
+    pub fn kept_group_names<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+        let prefix = &self.shaping.prefix;
+        self.token_group_names(names)
+            .into_iter()
+            .map(|n| n.strip_prefix(prefix.as_str()).unwrap_or(&n).to_owned())
+            .collect()
     }
 }
 

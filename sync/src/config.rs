@@ -143,7 +143,7 @@ pub struct NamespaceRule {
     /// The groups.
     #[serde(flatten)]
     pub matches: GroupMatch,
-    /// The namespace: a name, or a template using the regex's captures (`team-$1`).
+    /// The namespace: a name, or a template using the regex's captures (`team-$1`); lower-cased.
     pub namespace: String,
     /// The ClusterRole bound to the group there: `view`, `edit`, `admin` or a custom one's
     /// name (a template too).

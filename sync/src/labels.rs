@@ -1,6 +1,9 @@
 //! Which labels sync writes on an account, and the rule that turns any group name into a valid
 //! label key without two groups ever sharing one.
 //!
+//! The group labels name groups as the directory does (after `directory.groups.include` and
+//! `exclude`, without `directory.groups.prefix`, which is for tokens).
+//!
 //! - A group whose name is a valid label name (at most 63 characters of `A-Z a-z 0-9 - _ .`,
 //!   starting and ending with a letter or digit) gets `groups.idbridge.io/<name>: member`.
 //! - Any other name (`Domain Users`, `ops@example`, 80 characters) gets

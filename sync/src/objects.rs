@@ -180,7 +180,12 @@ pub fn desired(
     let mut bindings: BTreeMap<(String, String), Object> = BTreeMap::new();
     for r in &rules.namespaces {
         for g in groups {
-            let Some(ns) = r.matcher.expand(g, &r.rule.namespace) else {
+            // Namespace names are lower case; group names often are not.
+            let Some(ns) = r
+                .matcher
+                .expand(g, &r.rule.namespace)
+                .map(|n| n.to_lowercase())
+            else {
                 continue;
             };
             let role = r.matcher.expand(g, &r.rule.role).unwrap_or_default();
@@ -467,7 +472,7 @@ mod tests {
     quota: {hard: {pods: '2'}}
 ",
         );
-        let d = desired(&r, &groups(&["ns-Bad_Name", "ns-a"]), "i", "");
+        let d = desired(&r, &groups(&["ns-bad_name", "ns-a"]), "i", "");
         assert_eq!(d.skipped.len(), 2, "{:?}", d.skipped);
         assert!(d.skipped[0].contains("not a namespace name"));
         assert!(d.skipped[1].contains("already has its quota"));

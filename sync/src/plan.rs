@@ -46,8 +46,11 @@ pub struct Entry {
     pub name: String,
     /// Whether it may log in.
     pub status: DirectoryStatus,
-    /// Its groups as tokens carry them (shaped, prefix included), nested ones included.
+    /// Its groups as tokens carry them (shaped, prefix included), nested ones included: what
+    /// the rules match.
     pub groups: Vec<String>,
+    /// The same groups as the directory names them (no prefix): what the group labels show.
+    pub labelled: Vec<String>,
 }
 
 /// What the plan is made from.
@@ -192,7 +195,7 @@ pub fn mapped_namespaces(rules: &Rules, groups: &[String]) -> BTreeSet<Namespace
     for r in &rules.namespaces {
         for g in groups {
             if let Some(ns) = r.matcher.expand(g, &r.rule.namespace)
-                && let Ok(ns) = ns.parse::<Namespace>()
+                && let Ok(ns) = ns.to_lowercase().parse::<Namespace>()
             {
                 out.insert(ns);
             }
@@ -204,12 +207,13 @@ pub fn mapped_namespaces(rules: &Rules, groups: &[String]) -> BTreeSet<Namespace
 /// The labels sync owns for an active entry.
 fn owned_labels(
     rules: &Rules,
-    groups: &[String],
+    e: &Entry,
     colliding: &BTreeSet<String>,
 ) -> BTreeMap<idbridge_core::LabelKey, String> {
+    let groups = &e.groups;
     let mut out = BTreeMap::new();
     if rules.group_labels {
-        for g in groups.iter().filter(|g| !colliding.contains(*g)) {
+        for g in e.labelled.iter().filter(|g| !colliding.contains(*g)) {
             out.insert(labels::group_key(g), labels::MEMBER.to_owned());
         }
     }
@@ -332,7 +336,7 @@ pub fn plan(input: Input<'_>, rules: &Rules) -> Plan {
     // Group names whose label keys are equal: neither is labelled.
     let mut keys: HashMap<idbridge_core::LabelKey, BTreeSet<&str>> = HashMap::new();
     if rules.group_labels {
-        for g in input.entries.iter().flat_map(|e| e.groups.iter()) {
+        for g in input.entries.iter().flat_map(|e| e.labelled.iter()) {
             keys.entry(labels::group_key(g)).or_default().insert(g);
         }
     }
@@ -389,11 +393,7 @@ pub fn plan(input: Input<'_>, rules: &Rules) -> Plan {
                 continue;
             }
             let mut new = NewAccount::named(name.clone());
-            new.labels = with_owned(
-                &Labels::new(),
-                owned_labels(rules, &e.groups, &colliding),
-                None,
-            );
+            new.labels = with_owned(&Labels::new(), owned_labels(rules, e, &colliding), None);
             new.default_namespace = namespace(None);
             new.identities
                 .insert(ExternalIdentity::Directory { id: e.id.clone() });
@@ -408,11 +408,7 @@ pub fn plan(input: Input<'_>, rules: &Rules) -> Plan {
             .any(|k| k.as_str() == labels::DISABLED_BY_SYNC);
         let (kind, reason, revoke) = if active {
             after.name = name.clone();
-            after.labels = with_owned(
-                &before.labels,
-                owned_labels(rules, &e.groups, &colliding),
-                None,
-            );
+            after.labels = with_owned(&before.labels, owned_labels(rules, e, &colliding), None);
             after.default_namespace = namespace(before.default_namespace.as_ref());
             if before.disabled && by_sync {
                 after.disabled = false;
@@ -655,6 +651,7 @@ mod tests {
             name: name.into(),
             status: DirectoryStatus::Active,
             groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+            labelled: groups.iter().map(|g| (*g).to_owned()).collect(),
         }
     }
 

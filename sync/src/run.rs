@@ -258,6 +258,7 @@ pub fn entries(directory: &LdapDirectory, snap: &Snapshot) -> Vec<Entry> {
             name: u.name.clone(),
             status: u.status,
             groups: directory.token_group_names(snap.group_names(u)),
+            labelled: directory.kept_group_names(snap.group_names(u)),
         })
         .collect()
 }

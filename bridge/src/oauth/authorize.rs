@@ -110,9 +110,6 @@ pub(crate) async fn authorize(
     if q.response_type.as_deref() != Some("code") {
         return refuse("unsupported_response_type", "response_type must be code");
     }
-    if !settings.has_sign_in() {
-        return refuse("temporarily_unavailable", crate::settings::NO_SIGN_IN);
-    }
     if client_state.is_empty() {
         return refuse("invalid_request", "state is required");
     }

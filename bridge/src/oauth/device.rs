@@ -88,13 +88,6 @@ pub(crate) async fn device_authorization(
             description: format!("client {:?} may not use the device grant", client.id),
         });
     }
-    if !settings.has_sign_in() {
-        return Err(ApiError::OAuth {
-            status: StatusCode::BAD_REQUEST,
-            error: "unsupported_grant_type",
-            description: crate::settings::NO_SIGN_IN.to_owned(),
-        });
-    }
     let audience = idbridge_tokens::exchange::target(&settings.tokens, client, req.audience)?;
     let device_code = new_secret("idb_dc_");
     let code = user_code();
