@@ -318,8 +318,24 @@ async fn namespace_rules_become_bindings_and_quotas_in_a_real_api_server() {
         ],
     )
     .await;
-    let admin_kc = api.token_kubeconfig(&api.admin_token).unwrap();
-    std::fs::write(dir.path().join("config.yaml"), config(Some(&admin_kc))).unwrap();
+    // idbridge reaches the API server as the ServiceAccount of the shipped RBAC example, with
+    // exactly its rights.
+    let rbac = idbridge_tests::repo_root().join("examples/sync-rbac.yaml");
+    admin(&api, &["apply", "-f", rbac.to_str().unwrap()]).await;
+    let sa_token = admin(
+        &api,
+        &[
+            "create",
+            "token",
+            "idbridge",
+            "-n",
+            "idbridge",
+            "--duration=1h",
+        ],
+    )
+    .await;
+    let sync_kc = api.token_kubeconfig(sa_token.trim()).unwrap();
+    std::fs::write(dir.path().join("config.yaml"), config(Some(&sync_kc))).unwrap();
     i.signal("HUP").await.unwrap();
     i.wait_for_log("configuration reloaded", 1).await.unwrap();
 
