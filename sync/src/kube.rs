@@ -57,6 +57,8 @@ pub struct Applied {
     pub changed: usize,
     /// Objects deleted.
     pub pruned: usize,
+    /// Seconds applying and deleting took.
+    pub seconds: f64,
 }
 
 fn owned_selector(instance: &str) -> String {
@@ -151,12 +153,16 @@ impl Cluster {
         before: &[(Existing, Option<String>)],
         gone: &[Existing],
     ) -> Result<Applied, (Applied, String)> {
+        let started = std::time::Instant::now();
         let mut done = Applied::default();
         let pp = PatchParams::apply(FIELD_MANAGER).force();
         for o in &desired.objects {
             let version = match self.apply_one(o, &pp).await {
                 Ok(v) => v,
-                Err(e) => return Err((done, format!("applying {} failed: {e}", describe(o)))),
+                Err(e) => {
+                    done.seconds = started.elapsed().as_secs_f64();
+                    return Err((done, format!("applying {} failed: {e}", describe(o))));
+                }
             };
             done.applied += 1;
             let was = before.iter().find(|(e, _)| {
@@ -193,6 +199,7 @@ impl Cluster {
                 // Already gone: what pruning wanted.
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
                 Err(err) => {
+                    done.seconds = started.elapsed().as_secs_f64();
                     return Err((
                         done,
                         format!(
@@ -205,6 +212,7 @@ impl Cluster {
                 }
             }
         }
+        done.seconds = started.elapsed().as_secs_f64();
         Ok(done)
     }
 
