@@ -244,9 +244,13 @@ impl LdapDirectory {
     /// A [`ConfigError`] naming the field at fault.
     pub fn new(cfg: &DirectoryConfig) -> Result<Self, ConfigError> {
         let resolved = cfg.resolve().map_err(ConfigError)?;
+        // Once per process: the login directory, the sync worker's and `--check` are built
+        // from one config.
+        static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
         if cfg.insecure_plaintext
             && cfg.urls.iter().any(|u| u.starts_with("ldap://"))
             && !cfg.start_tls
+            && !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed)
         {
             tracing::warn!(
                 "directory.insecure_plaintext: passwords go to the directory in clear over ldap://"

@@ -39,8 +39,9 @@ pub(crate) fn glob(pattern: &str, name: &str) -> bool {
 }
 
 impl Shaping {
-    /// The groups a token for `audience` carries, sorted, and how many the cap dropped.
-    pub(crate) fn apply(&self, groups: &[String], audience: &str) -> (Vec<String>, usize) {
+    /// The groups a token may carry, sorted: included, not excluded, prefixed, never a
+    /// reserved name; no cap.
+    pub(crate) fn names(&self, groups: &[String]) -> Vec<String> {
         let mut out: Vec<String> = groups
             .iter()
             .filter(|g| self.include.is_empty() || self.include.iter().any(|p| glob(p, g)))
@@ -50,6 +51,12 @@ impl Shaping {
             .collect();
         out.sort();
         out.dedup();
+        out
+    }
+
+    /// The groups a token for `audience` carries, sorted, and how many the cap dropped.
+    pub(crate) fn apply(&self, groups: &[String], audience: &str) -> (Vec<String>, usize) {
+        let mut out = self.names(groups);
         let cap = self
             .max_per_audience
             .get(audience)

@@ -163,11 +163,28 @@ async fn read_entry(
         .next())
 }
 
+/// A group as read: its DN, name and every member.
+struct RawGroup {
+    dn: String,
+    name: Option<String>,
+    members: Vec<String>,
+}
+
+/// A user as read, kept small (a directory of 100,000 users is held whole): what the
+/// snapshot needs of the entry, decoded as it arrives.
+struct RawUser {
+    dn: String,
+    id: Option<String>,
+    name: Option<String>,
+    status: DirectoryStatus,
+    member_of: Vec<String>,
+}
+
 /// What one read of the directory found, before nesting is resolved.
 struct Raw {
-    groups: Vec<(SearchEntry, Vec<String>)>,
-    users: Vec<SearchEntry>,
-    base: Option<SearchEntry>,
+    groups: Vec<RawGroup>,
+    users: Vec<RawUser>,
+    base_id: Option<String>,
     invocation: Option<(String, String)>,
     searches: u64,
 }
@@ -199,6 +216,7 @@ impl LdapDirectory {
         // The whole read runs on one connection: paging cookies belong to it, and one server
         // gives one consistent picture. A connection that breaks is replaced and the read
         // starts over.
+        let me = self;
         self.search
             .run(|mut ldap: Ldap| {
                 let (group_attrs, user_attrs) = (group_attrs.clone(), user_attrs.clone());
@@ -248,7 +266,12 @@ impl LdapDirectory {
                                 next = n;
                             }
                         }
-                        with_members.push((g, members));
+                        let name = first(&g, &c.group_name_attribute);
+                        with_members.push(RawGroup {
+                            dn: g.dn,
+                            name,
+                            members,
+                        });
                     }
                     let mut users = Vec::new();
                     paged(
@@ -257,7 +280,17 @@ impl LdapDirectory {
                         c.page_size,
                         t,
                         |e| {
-                            users.push(e);
+                            users.push(RawUser {
+                                id: me.stable_id(&e),
+                                name: first(&e, &c.name_attribute),
+                                status: me.status(&e),
+                                member_of: if c.direct == DirectGroups::MemberOf {
+                                    all(&e, "memberOf")
+                                } else {
+                                    Vec::new()
+                                },
+                                dn: e.dn,
+                            });
                             if users.len().is_multiple_of(1000) {
                                 progress(ReadPhase::Users, users.len() as u64);
                             }
@@ -268,7 +301,9 @@ impl LdapDirectory {
                     searches += 1;
                     progress(ReadPhase::Users, users.len() as u64);
                     let id_attr = c.id_attribute.clone();
-                    let base = read_entry(&mut ldap, &c.user_base, vec![id_attr], t).await?;
+                    let base = read_entry(&mut ldap, &c.user_base, vec![id_attr], t)
+                        .await?
+                        .and_then(|b| me.stable_id(&b));
                     searches += 1;
                     let invocation = if c.preset == Preset::ActiveDirectory {
                         searches += 2;
@@ -279,7 +314,7 @@ impl LdapDirectory {
                     Ok(Raw {
                         groups: with_members,
                         users,
-                        base,
+                        base_id: base,
                         invocation,
                         searches,
                     })
@@ -294,8 +329,8 @@ impl LdapDirectory {
         let mut skipped = Vec::new();
         let mut groups = Vec::with_capacity(raw.groups.len());
         let mut group_at: HashMap<String, u32> = HashMap::with_capacity(raw.groups.len());
-        for (g, _) in &raw.groups {
-            let Some(name) = first(g, &c.group_name_attribute).filter(|n| !n.is_empty()) else {
+        for g in &raw.groups {
+            let Some(name) = g.name.clone().filter(|n| !n.is_empty()) else {
                 skipped.push(format!(
                     "group {}: no `{}` (field `directory.groups.name_attribute`)",
                     g.dn, c.group_name_attribute
@@ -311,11 +346,11 @@ impl LdapDirectory {
         // Who names whom: the groups a group is directly in, and a user's direct groups.
         let mut parents: Vec<Vec<u32>> = vec![Vec::new(); groups.len()];
         let mut direct_of: HashMap<String, Vec<u32>> = HashMap::new();
-        for (g, members) in &raw.groups {
+        for g in &raw.groups {
             let Some(&gi) = group_at.get(&g.dn.to_lowercase()) else {
                 continue;
             };
-            for m in members {
+            for m in &g.members {
                 let m = m.to_lowercase();
                 match group_at.get(&m) {
                     Some(&child) => parents[child as usize].push(gi),
@@ -331,15 +366,15 @@ impl LdapDirectory {
         let mut above: Vec<Option<Vec<u32>>> = vec![None; groups.len()];
         let mut users = Vec::with_capacity(raw.users.len());
         let mut unusable_ids = Vec::new();
-        for u in &raw.users {
-            let Some(id) = self.stable_id(u) else {
+        for u in raw.users {
+            let Some(id) = u.id else {
                 skipped.push(format!(
                     "user {}: no `{}` (field `directory.users.id_attribute`)",
                     u.dn, c.id_attribute
                 ));
                 continue;
             };
-            let Some(name) = first(u, &c.name_attribute).filter(|n| !n.is_empty()) else {
+            let Some(name) = u.name.filter(|n| !n.is_empty()) else {
                 unusable_ids.push(id);
                 skipped.push(format!(
                     "user {}: no `{}` (field `directory.users.name_attribute`)",
@@ -347,26 +382,21 @@ impl LdapDirectory {
                 ));
                 continue;
             };
-            let status = self.status(u);
+            let status = u.status;
             let mut mine: Vec<u32> = Vec::new();
             if status == DirectoryStatus::Active {
-                let mut direct: Vec<u32> = direct_of
-                    .get(&u.dn.to_lowercase())
-                    .cloned()
-                    .unwrap_or_default();
-                if c.direct == DirectGroups::MemberOf {
-                    direct.extend(
-                        all(u, "memberOf")
-                            .iter()
-                            .filter_map(|dn| group_at.get(&dn.to_lowercase()).copied()),
-                    );
-                }
+                let mut direct: Vec<u32> =
+                    direct_of.remove(&u.dn.to_lowercase()).unwrap_or_default();
+                direct.extend(
+                    u.member_of
+                        .iter()
+                        .filter_map(|dn| group_at.get(&dn.to_lowercase()).copied()),
+                );
                 for d in direct {
                     mine.push(d);
-                    let up = above[d as usize]
-                        .get_or_insert_with(|| ancestors(&parents, d, levels))
-                        .clone();
-                    mine.extend(up);
+                    let up =
+                        above[d as usize].get_or_insert_with(|| ancestors(&parents, d, levels));
+                    mine.extend_from_slice(up);
                 }
                 mine.sort_unstable();
                 mine.dedup();
@@ -374,7 +404,7 @@ impl LdapDirectory {
             users.push(SnapshotUser {
                 id,
                 name,
-                dn: u.dn.clone(),
+                dn: u.dn,
                 status,
                 groups: mine,
             });
@@ -389,7 +419,7 @@ impl LdapDirectory {
                 bind_dn: self.bind_dn.clone(),
                 user_base: c.user_base.clone(),
                 group_base: c.group_base.clone(),
-                base_id: raw.base.as_ref().and_then(|b| self.stable_id(b)),
+                base_id: raw.base_id,
                 invocation: raw.invocation,
             },
             skipped,
@@ -399,11 +429,12 @@ impl LdapDirectory {
     }
 
     /// The names of groups as tokens carry them (`groups.include`, `exclude` and `prefix`
-    /// applied; no cap): what RoleBindings and rules name.
+    /// applied; not `groups.max`, which caps a token, not a directory): what RoleBindings and
+    /// rules name.
     #[must_use]
     pub fn token_group_names<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> Vec<String> {
         let names: Vec<String> = names.into_iter().map(str::to_owned).collect();
-        self.shaping.apply(&names, "").0
+        self.shaping.names(&names)
     }
 
     /// The names of the groups tokens carry, as the directory spells them (`groups.include`

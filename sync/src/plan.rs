@@ -37,27 +37,28 @@ use serde::Serialize;
 use crate::config::{DefaultNamespace, NameCase, Rules};
 use crate::labels;
 
-/// A directory user as the plan sees it.
+/// A directory user as the plan sees it, borrowed from the snapshot (a directory of 100,000
+/// users is planned without copying it).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
+pub struct Entry<'a> {
     /// The entry's stable id, the account's link.
-    pub id: String,
+    pub id: &'a str,
     /// The name attribute's value.
-    pub name: String,
+    pub name: &'a str,
     /// Whether it may log in.
     pub status: DirectoryStatus,
     /// Its groups as tokens carry them (shaped, prefix included), nested ones included: what
     /// the rules match.
-    pub groups: Vec<String>,
+    pub groups: Vec<&'a str>,
     /// The same groups as the directory names them (no prefix): what the group labels show.
-    pub labelled: Vec<String>,
+    pub labelled: Vec<&'a str>,
 }
 
 /// What the plan is made from.
 #[derive(Debug, Clone, Copy)]
 pub struct Input<'a> {
     /// Every user the directory holds.
-    pub entries: &'a [Entry],
+    pub entries: &'a [Entry<'a>],
     /// Ids of entries the directory holds but that could not be used (no name): their
     /// accounts are left alone, never taken as deleted.
     pub unusable_ids: &'a [String],
@@ -190,7 +191,7 @@ fn as_namespace(s: &str) -> Option<Namespace> {
 
 /// The namespaces the rules give these groups, sorted.
 #[must_use]
-pub fn mapped_namespaces(rules: &Rules, groups: &[String]) -> BTreeSet<Namespace> {
+pub fn mapped_namespaces(rules: &Rules, groups: &[&str]) -> BTreeSet<Namespace> {
     let mut out = BTreeSet::new();
     for r in &rules.namespaces {
         for g in groups {
@@ -204,17 +205,20 @@ pub fn mapped_namespaces(rules: &Rules, groups: &[String]) -> BTreeSet<Namespace
     out
 }
 
-/// The labels sync owns for an active entry.
+/// The labels sync owns for an active entry; `keys` holds each group's label key (none for
+/// groups whose keys collide).
 fn owned_labels(
     rules: &Rules,
-    e: &Entry,
-    colliding: &BTreeSet<String>,
+    e: &Entry<'_>,
+    keys: &HashMap<&str, Option<idbridge_core::LabelKey>>,
 ) -> BTreeMap<idbridge_core::LabelKey, String> {
     let groups = &e.groups;
     let mut out = BTreeMap::new();
     if rules.group_labels {
-        for g in e.labelled.iter().filter(|g| !colliding.contains(*g)) {
-            out.insert(labels::group_key(g), labels::MEMBER.to_owned());
+        for g in &e.labelled {
+            if let Some(Some(k)) = keys.get(g) {
+                out.insert(k.clone(), labels::MEMBER.to_owned());
+            }
         }
     }
     for (m, role) in &rules.roles {
@@ -225,6 +229,38 @@ fn owned_labels(
         }
     }
     out
+}
+
+/// Whether `current`'s owned labels are exactly those [`owned_labels`] gives, without building
+/// them (the usual case of a run: nothing changed).
+fn same_owned(
+    rules: &Rules,
+    e: &Entry<'_>,
+    keys: &HashMap<&str, Option<idbridge_core::LabelKey>>,
+    current: &Labels,
+) -> bool {
+    let mut want: Vec<(&str, &str)> = Vec::with_capacity(e.labelled.len() + rules.roles.len());
+    if rules.group_labels {
+        for g in &e.labelled {
+            if let Some(Some(k)) = keys.get(g) {
+                want.push((k.as_str(), labels::MEMBER));
+            }
+        }
+    }
+    let roles: Vec<String> = rules
+        .roles
+        .iter()
+        .filter(|(m, _)| e.groups.iter().any(|g| m.matches(g)))
+        .map(|(_, role)| format!("{}{role}", labels::ROLE_PREFIX))
+        .collect();
+    want.extend(roles.iter().map(|k| (k.as_str(), "true")));
+    want.sort_unstable();
+    want.dedup();
+    current
+        .iter()
+        .filter(|(k, _)| labels::owned(k.as_str()))
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .eq(want)
 }
 
 /// The account's labels with sync's own replaced by `owned`.
@@ -316,12 +352,10 @@ pub fn plan(input: Input<'_>, rules: &Rules) -> Plan {
     let linked_enabled = by_id.values().filter(|a| !a.disabled).count();
 
     // Names the directory gives twice (after case folding) are nobody's.
-    let mut wanted: HashMap<String, usize> = HashMap::new();
     let mut names: Vec<Option<AccountName>> = Vec::with_capacity(input.entries.len());
     for e in input.entries {
-        match account_name(&e.name, rules.name_case) {
+        match account_name(e.name, rules.name_case) {
             Ok(n) => {
-                *wanted.entry(n.as_str().to_owned()).or_insert(0) += 1;
                 names.push(Some(n));
             }
             Err(why) => {
@@ -333,16 +367,25 @@ pub fn plan(input: Input<'_>, rules: &Rules) -> Plan {
             }
         }
     }
-    // Group names whose label keys are equal: neither is labelled.
-    let mut keys: HashMap<idbridge_core::LabelKey, BTreeSet<&str>> = HashMap::new();
-    if rules.group_labels {
-        for g in input.entries.iter().flat_map(|e| e.labelled.iter()) {
-            keys.entry(labels::group_key(g)).or_default().insert(g);
-        }
+    let mut wanted: HashMap<&str, usize> = HashMap::with_capacity(names.len());
+    for n in names.iter().flatten() {
+        *wanted.entry(n.as_str()).or_insert(0) += 1;
     }
-    let mut colliding = BTreeSet::new();
-    for (k, groups) in &keys {
-        if groups.len() > 1 {
+    // Each group's label key, once per group; names whose keys are equal: neither labelled.
+    let mut keys: HashMap<&str, Option<idbridge_core::LabelKey>> = HashMap::new();
+    if rules.group_labels {
+        let mut by_key: HashMap<idbridge_core::LabelKey, BTreeSet<&str>> = HashMap::new();
+        for &g in input.entries.iter().flat_map(|e| e.labelled.iter()) {
+            if !keys.contains_key(g) {
+                let k = labels::group_key(g);
+                by_key.entry(k.clone()).or_default().insert(g);
+                keys.insert(g, Some(k));
+            }
+        }
+        let mut collisions: Vec<(&idbridge_core::LabelKey, &BTreeSet<&str>)> =
+            by_key.iter().filter(|(_, g)| g.len() > 1).collect();
+        collisions.sort();
+        for (k, groups) in collisions {
             skipped.push(format!(
                 "groups {} share the label key {k}; none of them is labelled",
                 groups
@@ -351,16 +394,19 @@ pub fn plan(input: Input<'_>, rules: &Rules) -> Plan {
                     .collect::<Vec<_>>()
                     .join(", ")
             ));
-            colliding.extend(groups.iter().map(|g| (*g).to_owned()));
+            for g in groups {
+                keys.insert(g, None);
+            }
         }
     }
 
     let mut pending: Vec<Pending> = Vec::new();
     let mut creates: Vec<(NewAccount, String)> = Vec::new();
     let mut unchanged = 0;
-    let mut present: BTreeSet<&str> = input.unusable_ids.iter().map(String::as_str).collect();
-    for (e, name) in input.entries.iter().zip(names) {
-        present.insert(&e.id);
+    let mut present: std::collections::HashSet<&str> =
+        input.unusable_ids.iter().map(String::as_str).collect();
+    for (e, name) in input.entries.iter().zip(names.iter().cloned()) {
+        present.insert(e.id);
         let Some(name) = name else { continue };
         if wanted.get(name.as_str()).copied().unwrap_or(0) > 1 {
             skipped.push(format!(
@@ -388,27 +434,38 @@ pub fn plan(input: Input<'_>, rules: &Rules) -> Plan {
                 }
             }
         };
-        let Some(account) = by_id.get(e.id.as_str()) else {
+        let Some(account) = by_id.get(e.id) else {
             if !active || !rules.create_accounts {
                 continue;
             }
             let mut new = NewAccount::named(name.clone());
-            new.labels = with_owned(&Labels::new(), owned_labels(rules, e, &colliding), None);
+            new.labels = with_owned(&Labels::new(), owned_labels(rules, e, &keys), None);
             new.default_namespace = namespace(None);
-            new.identities
-                .insert(ExternalIdentity::Directory { id: e.id.clone() });
+            new.identities.insert(ExternalIdentity::Directory {
+                id: e.id.to_owned(),
+            });
             creates.push((new, format!("new in the directory (entry {})", e.id)));
             continue;
         };
-        let before = (*account).clone();
-        let mut after = before.clone();
-        let by_sync = before
+        let by_sync = account
             .labels
             .keys()
             .any(|k| k.as_str() == labels::DISABLED_BY_SYNC);
+        // The usual case, checked without copying the account: nothing to change.
+        if active && !account.disabled && !by_sync && account.name == name {
+            let same_labels = same_owned(rules, e, &keys, &account.labels);
+            if same_labels
+                && namespace(account.default_namespace.as_ref()) == account.default_namespace
+            {
+                unchanged += 1;
+                continue;
+            }
+        }
+        let before = (*account).clone();
+        let mut after = before.clone();
         let (kind, reason, revoke) = if active {
             after.name = name.clone();
-            after.labels = with_owned(&before.labels, owned_labels(rules, e, &colliding), None);
+            after.labels = with_owned(&before.labels, owned_labels(rules, e, &keys), None);
             after.default_namespace = namespace(before.default_namespace.as_ref());
             if before.disabled && by_sync {
                 after.disabled = false;
@@ -474,11 +531,6 @@ pub fn plan(input: Input<'_>, rules: &Rules) -> Plan {
     }
 
     // Renames, ordered so that freed names can be taken; the rest left for later.
-    let mut held: HashMap<String, AccountUid> = input
-        .accounts
-        .iter()
-        .map(|a| (a.name.as_str().to_owned(), a.uid))
-        .collect();
     let mut order: Vec<usize> = Vec::new();
     let mut waiting: Vec<usize> = pending
         .iter()
@@ -486,6 +538,16 @@ pub fn plan(input: Input<'_>, rules: &Rules) -> Plan {
         .filter(|(_, p)| p.after.name != p.before.name)
         .map(|(i, _)| i)
         .collect();
+    // Who holds which name: needed only by renames and creates.
+    let mut held: HashMap<String, AccountUid> = if waiting.is_empty() && creates.is_empty() {
+        HashMap::new()
+    } else {
+        input
+            .accounts
+            .iter()
+            .map(|a| (a.name.as_str().to_owned(), a.uid))
+            .collect()
+    };
     loop {
         let before = waiting.len();
         waiting.retain(|&i| {
@@ -645,13 +707,15 @@ mod tests {
             .unwrap()
     }
 
-    fn entry(id: &str, name: &str, groups: &[&str]) -> Entry {
+    /// An entry; its text is leaked, as a snapshot would outlive the plan.
+    fn entry(id: &str, name: &str, groups: &[&str]) -> Entry<'static> {
+        let keep = |s: &str| -> &'static str { Box::leak(s.to_owned().into_boxed_str()) };
         Entry {
-            id: id.into(),
-            name: name.into(),
+            id: keep(id),
+            name: keep(name),
             status: DirectoryStatus::Active,
-            groups: groups.iter().map(|g| (*g).to_owned()).collect(),
-            labelled: groups.iter().map(|g| (*g).to_owned()).collect(),
+            groups: groups.iter().map(|g| keep(g)).collect(),
+            labelled: groups.iter().map(|g| keep(g)).collect(),
         }
     }
 
@@ -671,7 +735,7 @@ mod tests {
         }
     }
 
-    fn run(entries: &[Entry], accounts: &[UserAccount], r: &Rules) -> Plan {
+    fn run(entries: &[Entry<'_>], accounts: &[UserAccount], r: &Rules) -> Plan {
         plan(
             Input {
                 entries,

@@ -70,6 +70,9 @@ pub struct ReadStats {
     pub searches: u64,
     /// Seconds the read took.
     pub seconds: f64,
+    /// The directory read (servers, bases, the base entry's id, the AD DC that answered).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity: Option<DirectoryIdentity>,
 }
 
 /// What a run did.
@@ -91,6 +94,10 @@ pub struct Report {
     pub forced: bool,
     /// Seconds the whole run took.
     pub seconds: f64,
+    /// Seconds by phase (`read`, `accounts`, `plan`, `apply`, `kubernetes`), for a run that got
+    /// that far.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub phases: Vec<(&'static str, f64)>,
 }
 
 impl Report {
@@ -103,6 +110,7 @@ impl Report {
             kubernetes: None,
             forced: false,
             seconds: started.elapsed().as_secs_f64(),
+            phases: Vec::new(),
         }
     }
 
@@ -248,17 +256,34 @@ pub fn identity_change(before: &DirectoryIdentity, now: &DirectoryIdentity) -> O
     (!why.is_empty()).then(|| why.join("; "))
 }
 
-/// The plan's entries from a snapshot: group names as tokens carry them.
+/// Each group's names, worked out once per group, not once per member: as tokens carry them
+/// (rules match these) and as labels show them; none for a group tokens leave out.
 #[must_use]
-pub fn entries(directory: &LdapDirectory, snap: &Snapshot) -> Vec<Entry> {
+pub fn group_names(directory: &LdapDirectory, snap: &Snapshot) -> Vec<Option<(String, String)>> {
+    snap.groups
+        .iter()
+        .map(|g| {
+            let token = directory.token_group_names([g.name.as_str()]).pop()?;
+            let kept = directory.kept_group_names([g.name.as_str()]).pop()?;
+            Some((token, kept))
+        })
+        .collect()
+}
+
+/// The plan's entries, borrowed from the snapshot and its [`group_names`].
+#[must_use]
+pub fn entries<'a>(snap: &'a Snapshot, names: &'a [Option<(String, String)>]) -> Vec<Entry<'a>> {
     snap.users
         .iter()
-        .map(|u| Entry {
-            id: u.id.clone(),
-            name: u.name.clone(),
-            status: u.status,
-            groups: directory.token_group_names(snap.group_names(u)),
-            labelled: directory.kept_group_names(snap.group_names(u)),
+        .map(|u| {
+            let mine = || u.groups.iter().filter_map(|&g| names[g as usize].as_ref());
+            Entry {
+                id: &u.id,
+                name: &u.name,
+                status: u.status,
+                groups: mine().map(|(t, _)| t.as_str()).collect(),
+                labelled: mine().map(|(_, k)| k.as_str()).collect(),
+            }
         })
         .collect()
 }
@@ -304,6 +329,19 @@ impl Runner<'_> {
             }
         };
         let read_started = Instant::now();
+        // The store's accounts are read while the directory streams in: the store reads on its
+        // caller's thread, so on a blocking one of its own.
+        let accounts_read = {
+            let ops = self.ops.clone();
+            let handle = tokio::runtime::Handle::current();
+            tokio::task::spawn_blocking(move || {
+                let started = Instant::now();
+                (
+                    handle.block_on(ops.accounts()),
+                    started.elapsed().as_secs_f64(),
+                )
+            })
+        };
         let snap = match self.directory.snapshot(progress).await {
             Ok(s) => s,
             Err(e) => {
@@ -320,9 +358,24 @@ impl Runner<'_> {
             groups: snap.groups.len(),
             searches: snap.searches,
             seconds: read_started.elapsed().as_secs_f64(),
+            identity: Some(snap.identity.clone()),
         };
-        let accounts = match self.ops.accounts().await {
-            Ok(a) => a,
+        let mut phases = vec![("read", read_started.elapsed().as_secs_f64())];
+        let mut lap = Instant::now();
+        let mut mark = |name: &'static str, phases: &mut Vec<(&'static str, f64)>| {
+            phases.push((name, lap.elapsed().as_secs_f64()));
+            lap = Instant::now();
+        };
+        let accounts = match accounts_read.await {
+            Ok((Ok(a), took)) => {
+                // How long the store read took, beside the directory's.
+                phases.push(("accounts_read", took));
+                a
+            }
+            Ok((Err(e), _)) => {
+                let r = Report::ended(Outcome::Failed, format!("the store: {e}"), started);
+                return self.failed(r, opts).await;
+            }
             Err(e) => {
                 let r = Report::ended(Outcome::Failed, format!("the store: {e}"), started);
                 return self.failed(r, opts).await;
@@ -335,7 +388,10 @@ impl Runner<'_> {
         let change = before
             .as_ref()
             .and_then(|b| identity_change(b, &snap.identity));
-        let entries = entries(self.directory, &snap);
+        mark("accounts", &mut phases);
+        let names = group_names(self.directory, &snap);
+        let entries = entries(&snap, &names);
+        mark("entries", &mut phases);
         let mut plan = plan(
             Input {
                 entries: &entries,
@@ -346,6 +402,7 @@ impl Runner<'_> {
             self.rules,
         );
         plan.skipped.extend(snap.skipped.iter().cloned());
+        mark("plan", &mut phases);
         // The Kubernetes objects: what exists is read before anything is applied, so that a
         // prune that trips the guard stops the whole run.
         let names = self
@@ -411,6 +468,7 @@ impl Runner<'_> {
                     .then(|| desired.objects.iter().map(|o| o.body.clone()).collect()),
             });
             kube_state = Some((desired, before, gone));
+            mark("kubernetes_plan", &mut phases);
         }
         let mut report = Report {
             outcome: Outcome::DryRun,
@@ -420,9 +478,11 @@ impl Runner<'_> {
             kubernetes,
             forced: false,
             seconds: 0.0,
+            phases: Vec::new(),
         };
         if opts.dry_run {
             report.seconds = started.elapsed().as_secs_f64();
+            report.phases = phases;
             return report;
         }
         if !report.plan.trips.is_empty() {
@@ -454,6 +514,7 @@ impl Runner<'_> {
             report.seconds = started.elapsed().as_secs_f64();
             return self.failed(report, opts).await;
         }
+        mark("apply", &mut phases);
         report.outcome = Outcome::Applied;
         let mut last_success = Some(self.ops.now());
         if let (Some(c), Some((desired, before, gone))) = (self.cluster, &kube_state) {
@@ -500,6 +561,10 @@ impl Runner<'_> {
             ev.reason = Some(&summary);
             a.record_durable(&ev).await;
         }
+        if kube_state.is_some() {
+            mark("kubernetes", &mut phases);
+        }
+        report.phases = phases;
         report.seconds = started.elapsed().as_secs_f64();
         let state = SyncState {
             identity: serde_json::to_string(&snap.identity).ok(),

@@ -135,6 +135,14 @@ async fn sync_run(bin: &Path, config: &Path) -> (Duration, f64, Value) {
         .unwrap();
     let pid = child.id().unwrap();
     let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let errors = tokio::spawn(async move {
+        let mut s = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut err, &mut s)
+            .await
+            .unwrap();
+        s
+    });
     let reader = tokio::spawn(async move {
         let mut s = String::new();
         tokio::io::AsyncReadExt::read_to_string(&mut out, &mut s)
@@ -156,9 +164,10 @@ async fn sync_run(bin: &Path, config: &Path) -> (Duration, f64, Value) {
         if let Some(status) = child.try_wait().unwrap() {
             let text = reader.await.unwrap();
             let report: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            let errors = errors.await.unwrap();
             assert!(
                 status.code().is_some_and(|c| c == 0),
-                "sync exited {status}: {text}"
+                "sync exited {status}: {text}{errors}"
             );
             #[allow(clippy::cast_precision_loss)]
             return (started.elapsed(), peak_kb as f64 / 1024.0, report);
@@ -193,7 +202,7 @@ fn config(dir: &Path, slapd: &Slapd, kubeconfig: Option<&Path>) -> PathBuf {
         dir = slapd.directory_yaml(
             &[slapd.url()],
             // Plaintext like the ldap3 floor: the comparison is of the work, not of TLS.
-            "insecure_plaintext: true\ntimeout: 60s",
+            "insecure_plaintext: true",
             "page_size: 500",
         ),
     );
@@ -258,6 +267,21 @@ async fn main() {
             floor.as_secs_f64(),
             report["read"]["seconds"].as_f64().unwrap_or(0.0)
         );
+        println!(
+            "  phases: {}; run total {:.2}s",
+            report["phases"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| format!(
+                    "{} {:.2}s",
+                    p[0].as_str().unwrap_or("?"),
+                    p[1].as_f64().unwrap_or(0.0)
+                ))
+                .collect::<Vec<_>>()
+                .join(", "),
+            report["seconds"].as_f64().unwrap_or(0.0)
+        );
         ratios.push(ratio);
         walls.push(wall.as_secs_f64());
         rss.push(peak);
@@ -280,6 +304,22 @@ async fn main() {
     for what in ["first apply", "no-change apply"] {
         let (wall, _, report) = sync_run(&bin, &kcfg).await;
         let k = &report["kubernetes"]["applied"];
+        if k["applied"].as_u64().unwrap_or(0) == 0 {
+            println!(
+                "  (nothing applied: {})",
+                serde_json::to_string(&report["plan"]["skipped"])
+                    .unwrap_or_default()
+                    .chars()
+                    .take(600)
+                    .collect::<String>()
+            );
+            println!(
+                "  wanted: {}",
+                report["kubernetes"]["objects"]
+                    .as_array()
+                    .map_or(0, Vec::len)
+            );
+        }
         println!(
             "kubernetes, {what}: {} objects applied ({} new or changed) in {:.2}s of a {:.2}s run (target < 10 s)",
             k["applied"],

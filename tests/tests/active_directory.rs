@@ -1,6 +1,7 @@
 //! The `active-directory` preset against a real Samba AD DC over LDAPS: nested groups by the
 //! in-chain rule and by `tokenGroups`, `objectGUID` links, and AD's bind sub-codes turned into
-//! clear messages only when the password was right. One test: the DC is shared and serialized.
+//! clear messages only when the password was right; then the sync worker against the same DC.
+//! One test: the DC is shared and serialized.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // end-to-end tests fail loudly by design
 
@@ -139,4 +140,56 @@ async fn active_directory_preset_against_samba() {
     );
     let logs = format!("{}{}", i.log(), i.audit_log());
     assert!(!logs.contains("Svc-Passw0rd-1!") && !logs.contains("Alice-Passw0rd!"));
+    drop(i);
+
+    // The sync worker against the DC: objectGUID links, nested groups from the member lists,
+    // entries AD disables, a rename that keeps the UID, and the DC's invocationID.
+    let dir = idbridge_tests::scratch();
+    let yaml = format!(
+        "bootstrap_admin: true\ndata_dir: {data:?}\n{}sync:\n  interval: 1h\n  name_case: lower\n  guards:\n    max_disable_percent: 100\n",
+        ad.directory_yaml("", "include: [dev, eng, \"Domain Users\"]"),
+        data = dir.path().join("data").display().to_string(),
+    );
+    let i = Idbridge::start_config(dir.path(), yaml).await.unwrap();
+    i.wait_for_log("sync applied", 1).await.unwrap();
+    async fn accounts(i: &Idbridge) -> Vec<Value> {
+        let (code, out, err) = i.cli(&["user", "list", "--json"]).await.unwrap();
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str(&out).unwrap()
+    }
+    let all = accounts(&i).await;
+    let find = |all: &[Value], n: &str| all.iter().find(|a| a["name"] == n).cloned();
+    let alice = find(&all, "alice").expect("alice synced");
+    assert_eq!(
+        alice["labels"]["groups.idbridge.io/dev"], "member",
+        "{alice}"
+    );
+    assert_eq!(
+        alice["labels"]["groups.idbridge.io/eng"], "member",
+        "nested: {alice}"
+    );
+    assert!(find(&all, "administrator").is_some(), "name_case: lower");
+    for inactive in ["guest", "dis", "exp", "lck"] {
+        assert!(
+            find(&all, inactive).is_none(),
+            "{inactive} is not active in AD"
+        );
+    }
+    let uid = alice["uid"].clone();
+    ad.tool(&["user", "rename", "alice", "--samaccountname=alice2"])
+        .await
+        .unwrap();
+    ad.tool(&["user", "disable", "chg"]).await.unwrap();
+    let (code, out, err) = i.cli(&["sync", "--once", "--json"]).await.unwrap();
+    assert_eq!(code, 0, "{err}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    let invocation = &report["read"]["identity"]["invocation"];
+    assert!(
+        invocation[0].as_str().unwrap().contains("NTDS Settings")
+            && invocation[1].as_str().unwrap().len() == 36,
+        "{report}"
+    );
+    let all = accounts(&i).await;
+    assert_eq!(find(&all, "alice2").expect("renamed")["uid"], uid);
+    assert_eq!(find(&all, "chg").unwrap()["disabled"], true);
 }

@@ -42,16 +42,18 @@ async fn sync_keeps_accounts_in_step_with_the_directory_and_guards_its_changes()
     let bob = s.add_user("bob", PW).await.unwrap();
     let carol = s.add_user("carol", PW).await.unwrap();
     let dave = s.add_user("dave", PW).await.unwrap();
-    // alice ∈ dev ∈ eng; bob ∈ ops; "Domain Users" has everyone (not a label-safe name).
+    // alice ∈ dev ∈ eng; bob and dave ∈ ops; "Domain Users" has everyone (not a label-safe
+    // name).
     let dev = s.add_group("dev", &[&alice]).await.unwrap();
     s.add_group("eng", &[&dev]).await.unwrap();
-    s.add_group("ops", &[&bob]).await.unwrap();
+    s.add_group("ops", &[&bob, &dave]).await.unwrap();
     s.add_group("Domain Users", &[&alice, &bob, &carol, &dave])
         .await
         .unwrap();
     let yaml = format!(
         "bootstrap_admin: true\ndata_dir: {data:?}\n{}sync:\n  interval: 1h\n  guards:\n    max_disable_percent: 30\n  labels:\n    roles:\n      - group: ops\n        role: operator\n",
-        s.directory_yaml(&[s.ldaps_url()], "", ""),
+        // A token carries one group here; sync still sees them all.
+        s.directory_yaml(&[s.ldaps_url()], "", "max: 1"),
         data = dir.path().join("data").display().to_string(),
     );
     let i = Idbridge::start_config(dir.path(), yaml).await.unwrap();
@@ -125,6 +127,12 @@ async fn sync_keeps_accounts_in_step_with_the_directory_and_guards_its_changes()
     ))
     .await
     .unwrap();
+    // robert leaves ops (its member value already names him by his new DN).
+    s.modify(&format!(
+        "dn: cn=ops,ou=groups,{SUFFIX}\nchangetype: modify\ndelete: member\nmember: uid=robert,ou=people,{SUFFIX}\n"
+    ))
+    .await
+    .unwrap();
     // A dry run shows the plan and writes nothing.
     let (code, out, err) = i.cli(&["sync", "--dry-run"]).await.unwrap();
     assert_eq!(code, 0, "{err}");
@@ -152,6 +160,8 @@ async fn sync_keeps_accounts_in_step_with_the_directory_and_guards_its_changes()
     );
     let robert = find(&all, "robert").expect("renamed");
     assert_eq!(robert["uid"], bob_uid.as_str(), "the UID stays");
+    assert_eq!(label(robert, "groups.idbridge.io/ops"), None, "left ops");
+    assert_eq!(label(robert, "roles.idbridge.io/operator"), None);
     assert!(find(&all, "bob").is_none());
     assert_eq!(
         label(find(&all, "carol").unwrap(), "groups.idbridge.io/eng").as_deref(),
@@ -504,4 +514,22 @@ async fn namespace_rules_become_bindings_and_quotas_in_a_real_api_server() {
     .unwrap();
     assert_eq!(rb["items"][0]["metadata"]["resourceVersion"], ours_version);
     can_list_pods(&api, alice_token, "team-pay", true).await;
+
+    // alice is renamed: her account keeps its UID, the group's binding is untouched, and she
+    // logs in under her new name with the same access.
+    s.modify(&format!(
+        "dn: {alice}\nchangetype: modrdn\nnewrdn: uid=alice2\ndeleteoldrdn: 1\n"
+    ))
+    .await
+    .unwrap();
+    let (code, report, err) = sync(&i, &[]).await;
+    assert_eq!(code, 0, "{err}\n{report}");
+    assert_eq!(report["plan"]["changes"][0]["kind"], "rename", "{report}");
+    assert_eq!(report["kubernetes"]["applied"]["changed"], 0, "{report}");
+    let (status, login) = i.password_login_json("alice2", PW).await.unwrap();
+    assert_eq!(status, 200, "{login}");
+    let renamed = login["access_token"].as_str().unwrap();
+    can_list_pods(&api, renamed, "team-pay", true).await;
+    let who = api.whoami(renamed).await.unwrap();
+    assert_eq!(who["username"], "alice2", "{who}");
 }
