@@ -432,13 +432,16 @@ pub async fn run(args: SyncArgs) -> anyhow::Result<()> {
                 lease_secs: 600,
             };
             let show = std::io::stderr().is_terminal();
+            let began = std::time::Instant::now();
             let progress = move |phase: ReadPhase, n: u64| {
                 if show {
                     let what = match phase {
                         ReadPhase::Groups => "groups",
                         ReadPhase::Users => "users",
                     };
-                    eprint!("\rreading the directory: {n} {what}…   ");
+                    #[allow(clippy::cast_precision_loss)] // a rate to show
+                    let rate = n as f64 / began.elapsed().as_secs_f64().max(0.001);
+                    eprint!("\rreading the directory: {n} {what} ({rate:.0} entries/s)…   ");
                 }
             };
             let report = runner

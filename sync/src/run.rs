@@ -292,9 +292,13 @@ impl Runner<'_> {
     /// Runs once (see the module docs). Never panics on bad input; every failure is in the
     /// report.
     pub async fn run(&self, opts: Options, progress: Progress<'_>) -> Report {
-        let started = Instant::now();
+        use tracing::Instrument as _;
         let span = tracing::info_span!("sync", dry_run = opts.dry_run, force = opts.force);
-        let _entered = span.enter();
+        self.run_in_span(opts, progress).instrument(span).await
+    }
+
+    async fn run_in_span(&self, opts: Options, progress: Progress<'_>) -> Report {
+        let started = Instant::now();
         let store = self.ops.store();
         let now = self.ops.now();
         if !opts.dry_run {
