@@ -51,20 +51,7 @@ fn instance(cfg: &Config) -> anyhow::Result<String> {
         .ok()
         .and_then(|u| u.host_str().map(str::to_owned))
         .unwrap_or_default();
-    let v: String = host
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .take(63)
-        .collect();
-    let v = v
-        .trim_matches(|c: char| !c.is_ascii_alphanumeric())
-        .to_owned();
+    let v = idbridge_sync::labels::label_text(&host, 63);
     Ok(if v.is_empty() {
         "idbridge".to_owned()
     } else {

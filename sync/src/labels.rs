@@ -64,23 +64,8 @@ pub fn group_key(group: &str) -> LabelKey {
     let key = if is_label_name(group) {
         format!("{GROUP_PREFIX}{group}")
     } else {
-        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, group.as_bytes());
-        let hash: String = digest.as_ref()[..6]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        let readable: String = group
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '_' || c == '.' {
-                    c
-                } else {
-                    '-'
-                }
-            })
-            .take(50)
-            .collect();
-        let readable = readable.trim_matches(|c: char| !c.is_ascii_alphanumeric());
+        let hash = hash12(&[group]);
+        let readable = label_text(group, 50);
         if readable.is_empty() {
             format!("{HASHED_GROUP_PREFIX}g-{hash}")
         } else {
@@ -93,6 +78,43 @@ pub fn group_key(group: &str) -> LabelKey {
             .parse()
             .unwrap_or_else(|_| unreachable!("a constant label key"))
     })
+}
+
+/// `s` as label-value text: letters, digits, `_` and `.` kept, every other character `-`, at
+/// most `max` characters, starting and ending with a letter or digit (maybe empty).
+#[must_use]
+pub fn label_text(s: &str, max: usize) -> String {
+    let mapped: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(max)
+        .collect();
+    mapped
+        .trim_matches(|c: char| !c.is_ascii_alphanumeric())
+        .to_owned()
+}
+
+/// The first 12 hex digits of the SHA-256 of `parts` joined by NUL bytes (of the text itself
+/// for one part).
+#[must_use]
+pub fn hash12(parts: &[&str]) -> String {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            ctx.update(&[0]);
+        }
+        ctx.update(p.as_bytes());
+    }
+    ctx.finish().as_ref()[..6]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// The role label key of `role` (a valid label name, checked in the config).

@@ -106,20 +106,9 @@ pub struct Desired {
     pub skipped: Vec<String>,
 }
 
-fn hash12(parts: &[&str]) -> String {
-    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-    for p in parts {
-        ctx.update(p.as_bytes());
-        ctx.update(&[0]);
-    }
-    ctx.finish().as_ref()[..6]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-/// A readable, DNS-safe piece of `s`: lower case, other characters `-`, at most `max`.
-fn readable(s: &str, max: usize) -> String {
+/// A readable, DNS-safe piece of `s`: lower case, other characters `-` (one for a run of
+/// them), at most `max`, trimmed of `-`.
+pub(crate) fn readable(s: &str, max: usize) -> String {
     let mapped: String = s
         .to_lowercase()
         .chars()
@@ -145,7 +134,7 @@ fn readable(s: &str, max: usize) -> String {
 #[must_use]
 pub fn binding_name(group: &str, role: &str) -> String {
     let r = readable(group, 40);
-    let h = hash12(&[group, role]);
+    let h = crate::labels::hash12(&[group, role]);
     if r.is_empty() {
         format!("idbridge-{h}")
     } else {

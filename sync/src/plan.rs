@@ -174,19 +174,7 @@ fn account_name(name: &str, case: NameCase) -> Result<AccountName, String> {
 
 /// `s` made a namespace name: lower case, every other character `-`, at most 63, trimmed.
 fn as_namespace(s: &str) -> Option<Namespace> {
-    let mapped: String = s
-        .to_lowercase()
-        .chars()
-        .map(|c| {
-            if c.is_ascii_lowercase() || c.is_ascii_digit() {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    let cut: String = mapped.trim_matches('-').chars().take(63).collect();
-    cut.trim_matches('-').parse().ok()
+    crate::objects::readable(s, 63).parse().ok()
 }
 
 /// The namespaces the rules give these groups, sorted.
