@@ -19,6 +19,9 @@ use serde_json::json;
 use crate::config;
 use crate::profile;
 
+/// The simple profile's data directory, where admin commands look by default.
+const DEFAULT_DATA_DIR: &str = "idbridge-data";
+
 /// The simple profile's address, where admin commands go by default.
 const DEFAULT_SERVER: &str = "https://127.0.0.1:8443";
 
@@ -40,7 +43,7 @@ pub struct Target {
     #[arg(
         long,
         env = "IDBRIDGE_DATA_DIR",
-        default_value = "idbridge-data",
+        default_value = DEFAULT_DATA_DIR,
         global = true
     )]
     pub data_dir: PathBuf,
@@ -48,7 +51,8 @@ pub struct Target {
     /// running one sees offline disables and revocations only when its caches expire.
     #[arg(long, global = true)]
     pub offline: bool,
-    /// The server's config file: to find its store (with --offline), or its address.
+    /// The server's config file: to find its store (with --offline), or its address and data
+    /// directory (its admin token and CA).
     #[arg(long, short = 'c', env = "IDBRIDGE_CONFIG", global = true)]
     pub config: Option<PathBuf>,
     /// Print JSON instead of a table.
@@ -195,28 +199,41 @@ impl Backend {
                 Box::new(cfg),
             ));
         }
+        // The data dir of --config's file, unless --data-dir names another.
+        let from_config = match &t.config {
+            Some(c) if t.data_dir == std::path::Path::new(DEFAULT_DATA_DIR) => {
+                Some(config::load(Some(c))?)
+            }
+            _ => None,
+        };
+        let data_dir = from_config
+            .as_ref()
+            .map_or_else(|| t.data_dir.clone(), |c| c.data_dir.clone());
         let token_file = t
             .token_file
             .clone()
-            .unwrap_or_else(|| t.data_dir.join("admin.token"));
+            .unwrap_or_else(|| data_dir.join("admin.token"));
         let token = std::fs::read_to_string(&token_file)
             .with_context(|| {
                 format!(
-                    "cannot read the admin token from {} (set --token-file, or use --offline when no server runs)",
+                    "cannot read the admin token from {} (set --token-file; a server started with a config file makes none unless `bootstrap_admin: true`: create one with `idbridge token create --offline --config FILE --user <an account in admin.groups>`; or use --offline when no server runs)",
                     token_file.display()
                 )
             })?
             .trim()
             .to_owned();
         let ca = t.ca_file.clone().or_else(|| {
-            let p = t.data_dir.join("ca.crt");
+            let p = data_dir.join("ca.crt");
             p.exists().then_some(p)
         });
         // The server: --server (or IDBRIDGE_SERVER), else the issuer of the config named,
         // else the simple profile's address.
         let server = match (&t.server, &t.config) {
             (Some(s), _) => s.clone(),
-            (None, Some(c)) => config::load(Some(c))?.issuer(),
+            (None, Some(c)) => match &from_config {
+                Some(cfg) => cfg.issuer(),
+                None => config::load(Some(c))?.issuer(),
+            },
             (None, None) => DEFAULT_SERVER.to_owned(),
         };
         Ok(Self::Remote {

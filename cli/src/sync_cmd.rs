@@ -31,6 +31,9 @@ pub struct Setup {
     rules: Rules,
     interval: Duration,
     cluster: Option<Cluster>,
+    /// How the cluster is reached: connected again before each run of a server, so that a
+    /// kubeconfig whose token was replaced is read again.
+    api: Option<idbridge_sync::kube::ApiConfig>,
     /// The instance label and groups prefix, for manifests without a cluster.
     instance: String,
     groups_prefix: String,
@@ -72,6 +75,35 @@ pub fn check(cfg: &Config) -> anyhow::Result<()> {
     }
     s.rules().map_err(anyhow::Error::msg)?;
     instance(cfg)?;
+    // Rules match group names as tokens carry them, prefix included: an exact name without
+    // the prefix never matches.
+    if let Some(prefix) = cfg
+        .directory
+        .as_ref()
+        .map(|d| d.groups.prefix.as_str())
+        .filter(|p| !p.is_empty())
+    {
+        let exact = s
+            .labels
+            .roles
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (format!("sync.labels.roles[{i}].group"), &r.matches.group))
+            .chain(
+                s.namespaces
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| (format!("sync.namespaces[{i}].group"), &r.matches.group)),
+            );
+        for (field, group) in exact {
+            if let Some(g) = group.as_ref().filter(|g| !g.starts_with(prefix)) {
+                tracing::warn!(
+                    field,
+                    "{g:?} does not start with `directory.groups.prefix` ({prefix:?}): rules match group names as tokens carry them, so it never matches"
+                );
+            }
+        }
+    }
     if let Some(p) = cfg
         .kubernetes
         .api
@@ -120,6 +152,7 @@ pub async fn setup(cfg: &Config) -> anyhow::Result<Option<Setup>> {
         rules: s.rules().map_err(anyhow::Error::msg)?,
         interval: s.interval.get(),
         cluster,
+        api: cfg.kubernetes.api.clone(),
         instance,
         groups_prefix,
     }))
@@ -189,12 +222,27 @@ impl Worker {
     pub async fn run_once(&self, opts: Options) -> Report {
         let _one = self.gate.lock().await;
         let setup = self.current();
+        // The kubeconfig read again (its token may have been replaced since the last run).
+        let fresh = match &setup.api {
+            Some(api) => {
+                match Cluster::connect(api, setup.instance.clone(), setup.groups_prefix.clone())
+                    .await
+                {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read `kubernetes.api` again; using the one read before");
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
         let runner = Runner {
             directory: &setup.directory,
             ops: &self.ops,
             audit: Some(&self.audit),
             rules: &setup.rules,
-            cluster: setup.cluster.as_ref(),
+            cluster: fresh.as_ref().or(setup.cluster.as_ref()),
             offline_objects: (opts.manifests && setup.cluster.is_none())
                 .then_some((setup.instance.as_str(), setup.groups_prefix.as_str())),
             holder: &self.holder,
@@ -202,7 +250,10 @@ impl Worker {
             lease_secs: setup.interval.as_secs() + 120,
         };
         let report = runner.run(opts, &|_, _| {}).await;
-        tracing::info!(outcome = report.outcome.as_str(), "{}", report.summary());
+        // A run that did not apply is logged (as a warning) by the runner itself.
+        if matches!(report.outcome, Outcome::Applied | Outcome::DryRun) {
+            tracing::info!(outcome = report.outcome.as_str(), "{}", report.summary());
+        }
         if !opts.dry_run {
             self.count(&report);
         }
@@ -521,30 +572,53 @@ fn print_report(report: &Value, json: bool) -> anyhow::Result<()> {
     if json {
         outln!("{}", serde_json::to_string_pretty(report)?);
     } else {
-        let changes = report["plan"]["changes"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        if !changes.is_empty() {
-            let width = changes
+        // One line per change: accounts, then Kubernetes objects made or deleted.
+        let mut rows: Vec<(String, String, String)> = Vec::new();
+        for c in report["plan"]["changes"].as_array().into_iter().flatten() {
+            let account = match c["from"].as_str() {
+                Some(from) => format!("{from} → {}", c["account"].as_str().unwrap_or("?")),
+                None => c["account"].as_str().unwrap_or("?").to_owned(),
+            };
+            rows.push((
+                c["kind"].as_str().unwrap_or("?").to_owned(),
+                account,
+                c["reason"].as_str().unwrap_or("").to_owned(),
+            ));
+        }
+        let k = &report["kubernetes"];
+        let object = |o: &Value| {
+            let (kind, name) = (
+                o["kind"].as_str().unwrap_or("?"),
+                o["name"].as_str().unwrap_or("?"),
+            );
+            match o["namespace"].as_str() {
+                Some(ns) if !ns.is_empty() => format!("{kind} {ns}/{name}"),
+                _ => format!("{kind} {name}"),
+            }
+        };
+        for o in k["objects"].as_array().into_iter().flatten() {
+            if o["exists"] == false {
+                let why = o["reason"].as_str().unwrap_or("").to_owned();
+                rows.push(("make".into(), object(o), why));
+            }
+        }
+        for o in k["prune"].as_array().into_iter().flatten() {
+            rows.push((
+                "delete".into(),
+                object(o),
+                "no rule asks for it any more".into(),
+            ));
+        }
+        if !rows.is_empty() {
+            let width = rows
                 .iter()
-                .filter_map(|c| c["account"].as_str())
-                .map(str::len)
+                .map(|r| r.1.chars().count())
                 .max()
                 .unwrap_or(7)
                 .max(7);
-            outln!("{:<8} {:<width$} REASON", "CHANGE", "ACCOUNT");
-            for c in &changes {
-                let account = match c["from"].as_str() {
-                    Some(from) => format!("{from} → {}", c["account"].as_str().unwrap_or("?")),
-                    None => c["account"].as_str().unwrap_or("?").to_owned(),
-                };
-                outln!(
-                    "{:<8} {:<width$} {}",
-                    c["kind"].as_str().unwrap_or("?"),
-                    account,
-                    c["reason"].as_str().unwrap_or("")
-                );
+            outln!("{:<8} {:<width$} REASON", "CHANGE", "WHAT");
+            for (kind, what, why) in &rows {
+                outln!("{kind:<8} {what:<width$} {why}");
             }
         }
         for s in report["plan"]["skipped"].as_array().into_iter().flatten() {
@@ -560,7 +634,12 @@ fn print_report(report: &Value, json: bool) -> anyhow::Result<()> {
                 .unwrap_or("the server sent a sync report without a summary")
         );
     }
+    let tripped = report["plan"]["trips"]
+        .as_array()
+        .is_some_and(|t| !t.is_empty());
     match outcome {
+        // A dry run whose plan the guards would refuse says so by its exit code too.
+        Outcome::DryRun if tripped => Err(NotApplied(Outcome::Refused).into()),
         Outcome::Applied | Outcome::DryRun => Ok(()),
         o => Err(NotApplied(o).into()),
     }

@@ -144,6 +144,17 @@ async fn paged(
     Ok(())
 }
 
+/// A search's refusal, saying which search (and so which field) it was; a broken connection is
+/// kept as it is, for the pool to replace it and start over.
+fn in_search(e: LdapError, what: &str) -> LdapError {
+    match e {
+        LdapError::LdapResult { result } => {
+            LdapError::AdapterInit(format!("{what}: {}", LdapError::LdapResult { result }))
+        }
+        other => other,
+    }
+}
+
 /// One base-scope read of `attrs` of `dn`.
 async fn read_entry(
     ldap: &mut Ldap,
@@ -236,7 +247,16 @@ impl LdapDirectory {
                             Ok(())
                         },
                     )
-                    .await?;
+                    .await
+                    .map_err(|e| {
+                        in_search(
+                            e,
+                            &format!(
+                                "the groups under {} (`directory.groups.base`, `filter`)",
+                                c.group_base
+                            ),
+                        )
+                    })?;
                     searches += 1;
                     progress(ReadPhase::Groups, groups.len() as u64);
                     // Member lists sent in ranges, read to their end.
@@ -297,7 +317,16 @@ impl LdapDirectory {
                             Ok(())
                         },
                     )
-                    .await?;
+                    .await
+                    .map_err(|e| {
+                        in_search(
+                            e,
+                            &format!(
+                                "the users under {} (`directory.users.base`, `filter`)",
+                                c.user_base
+                            ),
+                        )
+                    })?;
                     searches += 1;
                     progress(ReadPhase::Users, users.len() as u64);
                     let id_attr = c.id_attribute.clone();

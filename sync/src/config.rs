@@ -312,6 +312,13 @@ impl SyncConfig {
         for (i, r) in self.namespaces.iter().enumerate() {
             let field = format!("sync.namespaces[{i}]");
             let matcher = Matcher::new(&r.matches, &field)?;
+            if let Matcher::Regex(re) = &matcher {
+                // A template must name captures the expression has, and can give a valid name.
+                check_template(&field, "namespace", &r.namespace, re, |t| {
+                    t.to_lowercase().parse::<Namespace>().is_ok()
+                })?;
+                check_template(&field, "role", &r.role, re, valid_role_name)?;
+            }
             if let Matcher::Exact(_) = matcher {
                 if r.namespace.parse::<Namespace>().is_err() {
                     return Err(format!(
@@ -373,7 +380,8 @@ impl SyncConfig {
     }
 }
 
-/// Whether `s` may name a ClusterRole (a path segment name: no `/`, `%`, not `.` or `..`).
+/// Whether `s` may name a ClusterRole (a path segment name: no `/`, `%`, not `.` or `..`;
+/// and no white space, which no real role name has).
 #[must_use]
 pub fn valid_role_name(s: &str) -> bool {
     !s.is_empty()
@@ -381,7 +389,39 @@ pub fn valid_role_name(s: &str) -> bool {
         && s != "."
         && s != ".."
         && !s.contains(['/', '%'])
-        && !s.chars().any(char::is_control)
+        && !s.chars().any(|c| c.is_control() || c.is_whitespace())
+}
+
+/// Checks a template of a regex rule: every capture it names (`$1`, `${team}`) exists, and
+/// with each capture standing for a plain word it passes `valid`.
+fn check_template(
+    field: &str,
+    what: &str,
+    template: &str,
+    re: &Regex,
+    valid: impl Fn(&str) -> bool,
+) -> Result<(), String> {
+    let refs = Regex::new(r"\$(\{[^}]*\}|[A-Za-z0-9_]+)").map_err(|e| e.to_string())?;
+    let names: Vec<&str> = re.capture_names().flatten().collect();
+    for m in refs.captures_iter(template) {
+        let r = m[1].trim_start_matches('{').trim_end_matches('}');
+        let known = match r.parse::<usize>() {
+            Ok(n) => n < re.captures_len(),
+            Err(_) => names.contains(&r),
+        };
+        if !known {
+            return Err(format!(
+                "field `{field}.{what}`: {template:?} names the capture ${r}, which the regex does not have"
+            ));
+        }
+    }
+    let sample = refs.replace_all(template, "a");
+    if !valid(&sample) {
+        return Err(format!(
+            "field `{field}.{what}`: {template:?} cannot give a valid name (with each capture as a plain word it gives {sample:?})"
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -434,6 +474,26 @@ mod tests {
                 "sync.namespaces[0].quota",
             ),
             ("default_namespace: mapped", "sync.default_namespace"),
+            (
+                "namespaces: [{regex: 'k8s-(.+)', namespace: 'team-$2', role: edit}]",
+                "sync.namespaces[0].namespace",
+            ),
+            (
+                "namespaces: [{regex: 'k8s-(.+)', namespace: 'team_$1', role: edit}]",
+                "sync.namespaces[0].namespace",
+            ),
+            (
+                "namespaces: [{regex: 'k8s-(?P<t>.+)', namespace: 'team-${x}', role: edit}]",
+                "sync.namespaces[0].namespace",
+            ),
+            (
+                "namespaces: [{regex: 'k8s-(.+)', namespace: 'team-$1', role: 'Edit Role'}]",
+                "sync.namespaces[0].role",
+            ),
+            (
+                "namespaces: [{group: a, namespace: a, role: 'Edit Role'}]",
+                "sync.namespaces[0].role",
+            ),
             (
                 "default_namespace: {template: Bad}",
                 "sync.default_namespace.template",

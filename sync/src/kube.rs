@@ -156,12 +156,14 @@ impl Cluster {
         let started = std::time::Instant::now();
         let mut done = Applied::default();
         let pp = PatchParams::apply(FIELD_MANAGER).force();
+        let mut failures = Vec::new();
         for o in &desired.objects {
             let version = match self.apply_one(o, &pp).await {
                 Ok(v) => v,
+                // The others still go ahead: one bad object does not hold the rest back.
                 Err(e) => {
-                    done.seconds = started.elapsed().as_secs_f64();
-                    return Err((done, format!("applying {} failed: {e}", describe(o))));
+                    failures.push(format!("applying {} failed: {}", describe(o), explain(&e)));
+                    continue;
                 }
             };
             done.applied += 1;
@@ -198,22 +200,38 @@ impl Cluster {
                 Ok(()) => done.pruned += 1,
                 // Already gone: what pruning wanted.
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
-                Err(err) => {
-                    done.seconds = started.elapsed().as_secs_f64();
-                    return Err((
-                        done,
-                        format!(
-                            "deleting {} {}/{} failed: {err}",
-                            e.kind.as_str(),
-                            e.namespace,
-                            e.name
-                        ),
-                    ));
-                }
+                Err(err) => failures.push(format!(
+                    "deleting {} {}/{} failed: {}",
+                    e.kind.as_str(),
+                    e.namespace,
+                    e.name,
+                    explain(&err)
+                )),
             }
         }
         done.seconds = started.elapsed().as_secs_f64();
+        if !failures.is_empty() {
+            return Err((done, failures.join("; ")));
+        }
         Ok(done)
+    }
+
+    /// Which of these ClusterRoles exist (a binding to one that does not grants nothing).
+    ///
+    /// # Errors
+    /// The API server's error, other than "not found".
+    pub async fn existing_roles<'n>(
+        &self,
+        names: impl IntoIterator<Item = &'n str>,
+    ) -> Result<std::collections::BTreeSet<String>, kube::Error> {
+        let api = Api::<k8s_openapi::api::rbac::v1::ClusterRole>::all(self.client.clone());
+        let mut out = std::collections::BTreeSet::new();
+        for n in names {
+            if api.get_opt(n).await?.is_some() {
+                out.insert(n.to_owned());
+            }
+        }
+        Ok(out)
     }
 
     /// Applies one object; its resourceVersion afterwards.
@@ -252,6 +270,33 @@ impl Cluster {
             }
         })
     }
+}
+
+/// A Kubernetes client error in words: the API server's own reason and message, or the
+/// innermost causes of a connection that failed (TLS ones included, which hide inside I/O
+/// errors).
+#[must_use]
+pub fn explain(e: &kube::Error) -> String {
+    if let kube::Error::Api(status) = e {
+        return format!("{} ({}): {}", status.reason, status.code, status.message);
+    }
+    let mut parts = vec![e.to_string()];
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let mut inner = c;
+        while let Some(i) = inner
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            inner = i;
+        }
+        let text = inner.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        cause = inner.source();
+    }
+    parts.join(": ")
 }
 
 fn describe(o: &Object) -> String {

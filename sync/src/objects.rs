@@ -73,6 +73,8 @@ pub struct Object {
     pub name: String,
     /// Why it exists.
     pub reason: String,
+    /// Whether it exists already (known once the cluster was read).
+    pub exists: bool,
     /// The whole object, as applied (server-side apply).
     #[serde(skip)]
     pub body: Value,
@@ -104,6 +106,31 @@ pub struct Desired {
     pub objects: Vec<Object>,
     /// What was left out, and why.
     pub skipped: Vec<String>,
+    /// How many rule results could not be followed (a namespace or ClusterRole name that is
+    /// not one, a ClusterRole that does not exist): while there are any, nothing is pruned.
+    pub broken: usize,
+}
+
+/// Drops the RoleBindings to ClusterRoles not in `roles` (those that exist), reporting each;
+/// returns how many.
+pub fn drop_missing_roles(d: &mut Desired, roles: &BTreeSet<String>) -> usize {
+    let mut dropped = Vec::new();
+    d.objects.retain(|o| {
+        let Some(role) = o.body.pointer("/roleRef/name").and_then(Value::as_str) else {
+            return true;
+        };
+        if roles.contains(role) {
+            return true;
+        }
+        dropped.push(format!(
+            "{} is not made: the ClusterRole {role:?} does not exist ({})",
+            o.name, o.reason
+        ));
+        false
+    });
+    let n = dropped.len();
+    d.skipped.extend(dropped);
+    n
 }
 
 /// A readable, DNS-safe piece of `s`: lower case, other characters `-` (one for a run of
@@ -183,6 +210,7 @@ pub fn desired(
                     "{}: group {g:?} gives the namespace {ns:?}, which is not a namespace name",
                     r.field
                 ));
+                out.broken += 1;
                 continue;
             }
             if !valid_role_name(&role) {
@@ -190,6 +218,7 @@ pub fn desired(
                     "{}: group {g:?} gives the role {role:?}, which is not a ClusterRole name",
                     r.field
                 ));
+                out.broken += 1;
                 continue;
             }
             if r.rule.create {
@@ -200,6 +229,7 @@ pub fn desired(
                             namespace: None,
                             name: ns.clone(),
                             reason: format!("{} (group {g})", r.field),
+                            exists: false,
                             body: json!({
                                 "apiVersion": "v1",
                                 "kind": "Namespace",
@@ -220,6 +250,7 @@ pub fn desired(
                     namespace: Some(ns.clone()),
                     name: name.clone(),
                     reason: format!("{}: group {g} may {role} in {ns}", r.field),
+                    exists: false,
                     body: json!({
                         "apiVersion": "rbac.authorization.k8s.io/v1",
                         "kind": "RoleBinding",
@@ -269,6 +300,7 @@ pub fn desired(
             namespace: Some(ns.clone()),
             name: QUOTA_NAME.into(),
             reason: format!("{field}: the quota of {ns}"),
+            exists: false,
             body: json!({
                 "apiVersion": "v1",
                 "kind": "ResourceQuota",
@@ -283,6 +315,7 @@ pub fn desired(
             namespace: Some(ns.clone()),
             name: LIMITS_NAME.into(),
             reason: format!("{field}: the default limits of {ns}"),
+            exists: false,
             body: json!({
                 "apiVersion": "v1",
                 "kind": "LimitRange",
@@ -448,6 +481,28 @@ mod tests {
     }
 
     #[test]
+    fn bindings_to_missing_cluster_roles_are_reported_and_not_made() {
+        let mut d = desired(
+            &rules(RULES),
+            &groups(&["k8s-pay-edit", "Platform Team"]),
+            "i",
+            "",
+        );
+        let roles: BTreeSet<String> = ["edit".to_owned()].into();
+        assert_eq!(drop_missing_roles(&mut d, &roles), 1);
+        assert!(
+            d.skipped[0].contains("\"platform-operator\" does not exist"),
+            "{:?}",
+            d.skipped
+        );
+        assert!(
+            d.objects
+                .iter()
+                .all(|o| o.body.pointer("/roleRef/name").is_none_or(|r| r == "edit"))
+        );
+    }
+
+    #[test]
     fn bad_expansions_and_conflicting_quotas_are_reported() {
         let r = rules(
             "namespaces:
@@ -463,6 +518,7 @@ mod tests {
         );
         let d = desired(&r, &groups(&["ns-bad_name", "ns-a"]), "i", "");
         assert_eq!(d.skipped.len(), 2, "{:?}", d.skipped);
+        assert_eq!(d.broken, 1, "a quota conflict is not a broken rule");
         assert!(d.skipped[0].contains("not a namespace name"));
         assert!(d.skipped[1].contains("already has its quota"));
     }

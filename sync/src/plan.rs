@@ -567,7 +567,7 @@ pub fn plan(input: Input<'_>, rules: &Rules) -> Plan {
             p.before.uid,
             p.after.name,
             if cycle {
-                "the renames form a cycle; rename one of them by hand"
+                "the renames form a cycle (a swap), which sync cannot make in one step: rename one of the entries in the directory to a third name, let sync run, then rename it on"
             } else {
                 "an account of that name exists that is not this entry's"
             }
@@ -624,7 +624,7 @@ pub fn plan(input: Input<'_>, rules: &Rules) -> Plan {
     for (new, reason) in creates {
         if let Some(uid) = held.get(new.name.as_str()) {
             skipped.push(format!(
-                "user {} not created: an account of that name (uid {uid}) exists that is not linked to this entry; rename it, or link it to the entry",
+                "user {} not created: an account of that name (uid {uid}) exists that is not linked to this entry (a local account, or the account of an entry deleted before: see docs/sync.md); the user is not created until that name is free",
                 new.name
             ));
             continue;

@@ -158,6 +158,13 @@ impl Report {
             },
             None => String::new(),
         };
+        if self.read.users == 0 && self.read.groups == 0 && self.plan.changes.is_empty() {
+            // Ended before anything was read: only why.
+            return match &self.error {
+                Some(e) => format!("{head}: {e}"),
+                None => format!("{head}: the directory returned no users and no groups"),
+            };
+        }
         let mut line = format!(
             "{head}: {} users and {} groups read, {changes}{kube}, {} skipped, {:.1}s",
             self.read.users,
@@ -223,7 +230,11 @@ pub struct Runner<'a> {
 #[must_use]
 pub fn identity_change(before: &DirectoryIdentity, now: &DirectoryIdentity) -> Option<String> {
     let mut why = Vec::new();
-    if before.base_id.is_some() && before.base_id != now.base_id {
+    // The base entry's id says something only of the same base.
+    if before.base_id.is_some()
+        && before.base_id != now.base_id
+        && before.user_base.eq_ignore_ascii_case(&now.user_base)
+    {
         why.push(format!(
             "the entry {} has a new id (the directory was rebuilt or replaced)",
             now.user_base
@@ -302,16 +313,25 @@ impl Runner<'_> {
         let store = self.ops.store();
         let now = self.ops.now();
         if !opts.dry_run {
-            match store
-                .take_sync_lease(self.holder, now, now.plus_secs(self.lease_secs))
-                .await
+            let until = now.plus_secs(self.lease_secs);
+            let mut taken = store.take_sync_lease(self.holder, now, until).await;
+            // A holder on this host whose process is gone (a server killed outright) holds
+            // nothing: its lease is given up for it.
+            if let Ok(l) = &taken
+                && l.holder != self.holder
+                && dead_here(&l.holder, self.holder)
             {
+                tracing::warn!(holder = %l.holder, "the sync lease's holder has ended; taking the lease over");
+                let _ = store.release_sync_lease(&l.holder).await;
+                taken = store.take_sync_lease(self.holder, now, until).await;
+            }
+            match taken {
                 Ok(l) if l.holder == self.holder => {}
                 Ok(l) => {
                     return Report::ended(
                         Outcome::Busy,
                         format!(
-                            "another runner ({}) holds the sync lease until {}: a server syncs this store; ask it with `idbridge sync`, or stop it first",
+                            "another runner ({}) holds the sync lease until {} (a server with a `sync` section keeps it while it runs): ask that server with `idbridge sync --once`, or wait for it to stop",
                             l.holder,
                             fmt_time(l.expires_at)
                         ),
@@ -420,29 +440,66 @@ impl Runner<'_> {
             .map(|c| (c.instance.as_str(), c.groups_prefix.as_str()))
             .or(self.offline_objects);
         if let Some((instance, prefix)) = target {
-            let desired = objects::desired(self.rules, &groups, instance, prefix);
-            let before = match self.cluster {
-                Some(c) => match c.existing().await {
-                    Ok(b) => b,
-                    Err(e) => {
-                        let r = Report::ended(
-                            Outcome::Failed,
-                            format!(
-                                "listing the objects sync owns in the cluster failed, so nothing was applied: {e}"
-                            ),
-                            started,
-                        );
-                        return self.failed(r, opts).await;
+            let mut desired = objects::desired(self.rules, &groups, instance, prefix);
+            let listed = match self.cluster {
+                Some(c) => {
+                    let roles: std::collections::BTreeSet<String> = desired
+                        .objects
+                        .iter()
+                        .filter_map(|o| {
+                            o.body.pointer("/roleRef/name")?.as_str().map(str::to_owned)
+                        })
+                        .collect();
+                    match c.existing().await {
+                        Ok(b) => c
+                            .existing_roles(roles.iter().map(String::as_str))
+                            .await
+                            .map(|r| (b, r)),
+                        Err(e) => Err(e),
                     }
-                },
-                None => Vec::new(),
+                }
+                None => Ok((Vec::new(), std::collections::BTreeSet::new())),
             };
+            let (before, roles) = match listed {
+                Ok(l) => l,
+                Err(e) => {
+                    let r = Report::ended(
+                        Outcome::Failed,
+                        format!(
+                            "reading what sync owns in the cluster failed, so nothing was applied: {}",
+                            crate::kube::explain(&e)
+                        ),
+                        started,
+                    );
+                    return self.failed(r, opts).await;
+                }
+            };
+            // A binding to a ClusterRole that does not exist grants nothing: reported, not made.
+            if self.cluster.is_some() {
+                let missing = objects::drop_missing_roles(&mut desired, &roles);
+                desired.broken += missing;
+            }
             let existing: Vec<Existing> = before.iter().map(|(e, _)| e.clone()).collect();
-            let gone = if self.cluster.is_some() {
+            let gone = if self.cluster.is_some() && desired.broken == 0 {
                 objects::prune(&desired, &existing)
             } else {
                 Vec::new()
             };
+            if desired.broken > 0 && self.cluster.is_some() {
+                desired.skipped.push(format!(
+                    "no Kubernetes object is deleted this run: {} of the rules' results could not be followed (above), and what such a rule made before is kept until it is fixed",
+                    desired.broken
+                ));
+            }
+            if self.cluster.is_some() {
+                for o in &mut desired.objects {
+                    o.exists = existing.iter().any(|e| {
+                        e.kind == o.kind
+                            && e.name == o.name
+                            && o.namespace.as_deref().unwrap_or("") == e.namespace
+                    });
+                }
+            }
             let owned = existing
                 .iter()
                 .filter(|e| e.kind != ObjectKind::Namespace)
@@ -458,8 +515,10 @@ impl Runner<'_> {
                 || (!gone.is_empty() && share > g.max_disable_percent)
             {
                 plan.trips.push(format!(
-                    "{} of the {owned} Kubernetes objects sync owns would be deleted ({share:.1} %), more than the guards allow (`sync.guards`)",
-                    gone.len()
+                    "{} of the {owned} Kubernetes objects sync owns would be deleted ({share:.1} %), more than `sync.guards.max_disable_percent` ({} %) or `max_disable_count` ({}) allow",
+                    gone.len(),
+                    g.max_disable_percent,
+                    g.max_disable_count
                 ));
             }
             plan.skipped.extend(desired.skipped.iter().cloned());
@@ -493,7 +552,7 @@ impl Runner<'_> {
             if !opts.force {
                 report.outcome = Outcome::Refused;
                 report.error = Some(format!(
-                    "{}; nothing was applied (check the directory settings, then run `idbridge sync --force` once if this is intended)",
+                    "{}; nothing was applied (see the plan with `idbridge sync --dry-run`; if it is intended, apply it once with `idbridge sync --once --force`)",
                     report.plan.trips.join("; ")
                 ));
                 report.seconds = started.elapsed().as_secs_f64();
@@ -537,7 +596,7 @@ impl Runner<'_> {
             if let Some(e) = failure {
                 report.outcome = Outcome::Failed;
                 report.error = Some(format!(
-                    "the account changes were applied, but {e} ({} objects applied before it); the next run converges",
+                    "the account changes were applied, and {} Kubernetes objects, but {e}; the next run tries again",
                     done.applied
                 ));
                 last_success = state.last_success;
@@ -608,6 +667,19 @@ impl Runner<'_> {
     }
 }
 
+/// Whether `holder` (`host:pid`) names a process on this runner's host (`me`) that no longer
+/// runs.
+fn dead_here(holder: &str, me: &str) -> bool {
+    let (Some((host, pid)), Some((my_host, _))) = (holder.rsplit_once(':'), me.rsplit_once(':'))
+    else {
+        return false;
+    };
+    host == my_host
+        && pid.parse::<u32>().is_ok()
+        && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && std::path::Path::new("/proc/self").exists()
+}
+
 fn store_error(e: &StoreError) -> String {
     format!("the store: {e}")
 }
@@ -635,6 +707,18 @@ mod tests {
             base_id: Some("u1".into()),
             invocation: Some(("CN=NTDS Settings,CN=DC1".into(), "i1".into())),
         }
+    }
+
+    #[test]
+    fn a_lease_holder_is_dead_only_when_it_is_on_this_host_and_gone() {
+        let me = format!("h1:{}", std::process::id());
+        assert!(!dead_here(&me, &me), "this process runs");
+        assert!(dead_here("h1:4000000000", &me));
+        assert!(
+            !dead_here("h2:4000000000", &me),
+            "another host's process is not ours to judge"
+        );
+        assert!(!dead_here("h1:x", &me));
     }
 
     #[test]

@@ -245,6 +245,23 @@ async fn sync_keeps_accounts_in_step_with_the_directory_and_guards_its_changes()
         audit.contains("\"account.sync\"") && audit.contains("sync.guard"),
         "{audit}"
     );
+
+    // The server is killed outright: its lease names a process that is gone, so an offline
+    // run takes it over at once (and fails here only because the directory is down).
+    i.kill9().await.unwrap();
+    s.restart().await.unwrap();
+    let (code, out, err) = idbridge_tests::run_idbridge(&[
+        "sync",
+        "--offline",
+        "--config",
+        config.to_str().unwrap(),
+        "--once",
+        "--json",
+    ])
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!err.contains("holds the sync lease"), "{err}");
 }
 
 /// A kubectl run as the API server's admin.
@@ -532,4 +549,24 @@ async fn namespace_rules_become_bindings_and_quotas_in_a_real_api_server() {
     can_list_pods(&api, renamed, "team-pay", true).await;
     let who = api.whoami(renamed).await.unwrap();
     assert_eq!(who["username"], "alice2", "{who}");
+
+    // A rule naming a ClusterRole that does not exist: reported, not made, and nothing is
+    // deleted while it stands.
+    let file = dir.path().join("config.yaml");
+    let mut text = std::fs::read_to_string(&file).unwrap();
+    text.push_str(
+        "    - group: k8s-pay-devs\n      namespace: team-pay\n      role: no-such-role\n",
+    );
+    std::fs::write(&file, text).unwrap();
+    i.signal("HUP").await.unwrap();
+    i.wait_for_log("configuration reloaded", 2).await.unwrap();
+    let (code, report, err) = sync(&i, &["--dry-run"]).await;
+    assert_eq!(code, 0, "{err}\n{report}");
+    let skipped = report["plan"]["skipped"].to_string();
+    assert!(
+        skipped.contains("\\\"no-such-role\\\" does not exist")
+            && skipped.contains("no Kubernetes object is deleted this run"),
+        "{skipped}"
+    );
+    assert_eq!(report["kubernetes"]["prune"], serde_json::json!([]));
 }
