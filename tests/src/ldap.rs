@@ -251,7 +251,7 @@ pwdFailureCountInterval: 0
         );
         match bulk {
             None => {
-                s.run(&slapd).await?;
+                s.run_on_free_ports(&slapd).await?;
                 s.add(&base).await?;
             }
             Some(file) => {
@@ -274,10 +274,40 @@ pwdFailureCountInterval: 0
                         );
                     }
                 }
-                s.run(&slapd).await?;
+                s.run_on_free_ports(&slapd).await?;
             }
         }
         Ok(s)
+    }
+
+    /// Starts slapd, on new ports when the ones picked were taken meanwhile: a port is free
+    /// when picked, and another server of a test running beside this one may bind it before
+    /// slapd does (slapd then exits, and the port answers for that other server).
+    async fn run_on_free_ports(&mut self, slapd: &Path) -> anyhow::Result<()> {
+        let mut last = None;
+        for _ in 0..5 {
+            match self.run(slapd).await {
+                Ok(()) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    let exited = match self.child.as_mut() {
+                        Some(c) => c.try_wait()?.is_some(),
+                        None => true,
+                    };
+                    if !exited {
+                        return Ok(());
+                    }
+                    last = Some(anyhow::anyhow!(
+                        "slapd exited right after starting: {}",
+                        self.log()
+                    ));
+                }
+                Err(e) => last = Some(e),
+            }
+            self.child = None;
+            self.port = free_port()?;
+            self.ldaps_port = free_port()?;
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("slapd did not start")))
     }
 
     async fn run(&mut self, slapd: &Path) -> anyhow::Result<()> {
