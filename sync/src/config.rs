@@ -380,6 +380,15 @@ impl SyncConfig {
     }
 }
 
+/// The rules of a `sync` section written as YAML, for tests.
+#[cfg(test)]
+pub(crate) fn test_rules(yaml: &str) -> Rules {
+    serde_yaml_ng::from_str::<SyncConfig>(yaml)
+        .unwrap_or_else(|e| panic!("{yaml}: {e}"))
+        .rules()
+        .unwrap_or_else(|e| panic!("{yaml}: {e}"))
+}
+
 /// Whether `s` may name a ClusterRole (a path segment name: no `/`, `%`, not `.` or `..`;
 /// and no white space, which no real role name has).
 #[must_use]

@@ -360,14 +360,7 @@ pub fn manifests(desired: &Desired) -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::SyncConfig;
-
-    fn rules(yaml: &str) -> Rules {
-        serde_yaml_ng::from_str::<SyncConfig>(yaml)
-            .unwrap()
-            .rules()
-            .unwrap()
-    }
+    use crate::config::test_rules as rules;
 
     fn groups(names: &[&str]) -> BTreeSet<String> {
         names.iter().map(|g| (*g).to_owned()).collect()

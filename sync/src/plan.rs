@@ -686,14 +686,7 @@ pub fn plan(input: Input<'_>, rules: &Rules) -> Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::SyncConfig;
-
-    fn rules(yaml: &str) -> Rules {
-        serde_yaml_ng::from_str::<SyncConfig>(yaml)
-            .unwrap()
-            .rules()
-            .unwrap()
-    }
+    use crate::config::test_rules as rules;
 
     /// An entry; its text is leaked, as a snapshot would outlive the plan.
     fn entry(id: &str, name: &str, groups: &[&str]) -> Entry<'static> {
