@@ -10,6 +10,8 @@
 
 use std::path::PathBuf;
 
+use crate::wire::{Reader, unparse};
+
 /// What the cache file says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum FileCache {
@@ -48,28 +50,12 @@ pub(crate) fn read(now_unix: u64) -> FileCache {
     }
 }
 
-struct Reader<'a>(&'a [u8]);
+/// The ticket cache's own reads: a principal.
+trait CacheReads {
+    fn principal(&mut self) -> Option<(String, Vec<String>)>;
+}
 
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if self.0.len() < n {
-            return None;
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Some(head)
-    }
-    fn u16(&mut self) -> Option<u16> {
-        self.take(2).map(|b| u16::from_be_bytes([b[0], b[1]]))
-    }
-    fn u32(&mut self) -> Option<u32> {
-        self.take(4)
-            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-    }
-    fn data(&mut self) -> Option<&'a [u8]> {
-        let n = usize::try_from(self.u32()?).ok()?;
-        self.take(n)
-    }
+impl CacheReads for Reader<'_> {
     /// A principal: name type, component count, realm, components.
     fn principal(&mut self) -> Option<(String, Vec<String>)> {
         self.u32()?;
@@ -84,30 +70,6 @@ impl<'a> Reader<'a> {
         }
         Some((realm, parts))
     }
-}
-
-/// A principal as `krb5_unparse_name` writes it: components joined by `/`, then `@realm`, with
-/// `/`, `@` and `\` escaped.
-fn unparse(realm: &str, parts: &[String]) -> String {
-    let escape = |s: &str| {
-        let mut out = String::with_capacity(s.len());
-        for c in s.chars() {
-            match c {
-                '/' | '@' | '\\' => {
-                    out.push('\\');
-                    out.push(c);
-                }
-                '\n' => out.push_str("\\n"),
-                '\t' => out.push_str("\\t"),
-                '\u{8}' => out.push_str("\\b"),
-                '\0' => out.push_str("\\0"),
-                c => out.push(c),
-            }
-        }
-        out
-    };
-    let name: Vec<String> = parts.iter().map(|p| escape(p)).collect();
-    format!("{}@{}", name.join("/"), escape(realm))
 }
 
 fn parse(bytes: &[u8], now_unix: u64) -> FileCache {

@@ -24,8 +24,10 @@ mod ccache;
 mod config;
 mod ffi;
 mod initiator;
+pub mod keytab;
 mod mapping;
 pub mod spnego;
+mod wire;
 
 pub use acceptor::{AcceptError, Accepted, Acceptor, MAX_TOKEN_BYTES};
 pub use config::{GroupSource, KerberosConfig, MappingRule};
