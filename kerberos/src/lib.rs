@@ -24,6 +24,7 @@ mod ccache;
 mod config;
 mod ffi;
 mod initiator;
+pub mod kadmin;
 pub mod keytab;
 mod mapping;
 pub mod spnego;

@@ -23,7 +23,22 @@ pub struct Kdc {
     pub realm: String,
     /// The KDC's TCP and UDP port on 127.0.0.1.
     pub port: u16,
+    /// kadmind's port on 127.0.0.1 (it runs once [`Kdc::start_admin`] started it).
+    pub admin_port: u16,
+    kpasswd_port: u16,
     child: Option<Child>,
+    admin: Option<Child>,
+}
+
+/// An admin principal of a running kadmind, with its keytab.
+#[derive(Debug, Clone)]
+pub struct KdcAdmin {
+    /// `idbridge/admin@REALM`.
+    pub principal: String,
+    /// Its keytab.
+    pub keytab: PathBuf,
+    /// `127.0.0.1:<port>`, the admin server.
+    pub server: String,
 }
 
 impl Kdc {
@@ -42,7 +57,10 @@ impl Kdc {
             dir,
             realm: realm.to_owned(),
             port,
+            admin_port: free_port()?,
+            kpasswd_port: free_port()?,
             child: None,
+            admin: None,
         };
         kdc.write_config(port)?;
         let out = kdc
@@ -75,6 +93,7 @@ impl Kdc {
     fn write_config(&self, port: u16) -> anyhow::Result<()> {
         let d = self.dir.path().display();
         let realm = &self.realm;
+        let (admin, kpasswd) = (self.admin_port, self.kpasswd_port);
         std::fs::write(
             self.kdc_conf(),
             format!(
@@ -87,6 +106,8 @@ impl Kdc {
         database_name = {d}/principal
         key_stash_file = {d}/stash
         acl_file = {d}/kadm5.acl
+        kadmind_listen = 127.0.0.1:{admin}
+        kpasswd_listen = 127.0.0.1:{kpasswd}
         max_life = 10h
         max_renewable_life = 1d
         supported_enctypes = aes256-cts-hmac-sha1-96:normal aes128-cts-hmac-sha1-96:normal
@@ -113,6 +134,7 @@ impl Kdc {
 [realms]
     {realm} = {{
         kdc = 127.0.0.1:{port}
+        admin_server = 127.0.0.1:{admin}
     }}
 
 [domain_realm]
@@ -124,6 +146,42 @@ impl Kdc {
         )?;
         std::fs::write(self.dir.path().join("kadm5.acl"), "")?;
         Ok(())
+    }
+
+    /// Starts kadmind with an admin principal `idbridge/admin` that may add, inquire, change
+    /// and extract keys (`aice`), and writes its keytab.
+    ///
+    /// # Errors
+    /// If kadmind is missing or does not start.
+    pub async fn start_admin(&mut self) -> anyhow::Result<KdcAdmin> {
+        let kadmind = program("kadmind")?;
+        let principal = format!("idbridge/admin@{}", self.realm);
+        std::fs::write(
+            self.dir.path().join("kadm5.acl"),
+            format!("{principal} aice\n"),
+        )?;
+        self.kadmin("addprinc -randkey idbridge/admin").await?;
+        let keytab = self.dir.path().join("admin.keytab");
+        self.kadmin(&format!("ktadd -k {} idbridge/admin", keytab.display()))
+            .await?;
+        let log = self.dir.path().join("kadmind.stderr");
+        let mut child = self
+            .command(&kadmind)
+            .args(["-nofork", "-r", &self.realm, "-P"])
+            .arg(self.dir.path().join("kadmind.pid"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .kill_on_drop(true)
+            .spawn()
+            .context("cannot start kadmind")?;
+        crate::ldap::wait_port(self.admin_port, &mut child, "kadmind", &log).await?;
+        self.admin = Some(child);
+        Ok(KdcAdmin {
+            principal,
+            keytab,
+            server: format!("127.0.0.1:{}", self.admin_port),
+        })
     }
 
     /// The realm's `krb5.conf`: point `KRB5_CONFIG` at it.

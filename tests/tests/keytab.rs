@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // end-to-end tests fail loudly by design
 
-use idbridge_kerberos::keytab;
+use idbridge_kerberos::keytab::{self, KeytabEntry};
 use idbridge_tests::kdc::Kdc;
 use idbridge_tests::ldap::program;
 use tokio::process::Command;
@@ -79,4 +79,63 @@ async fn keytabs_round_trip_with_mit_kerberos_and_the_kdc_takes_their_keys() {
     assert!(ok, "kinit -k with idbridge's keytab: {out}");
     let (ok, out) = run(&kdc, "klist", &["-c", &format!("FILE:{}", cc.display())]).await;
     assert!(ok && out.contains(&svc), "{out}");
+}
+
+#[tokio::test]
+async fn mit_kadmin_creates_extracts_unchanged_and_rotates_keeping_the_old_version() {
+    let mut kdc = Kdc::start("KADMIN.TEST").await.unwrap();
+    let admin = kdc.start_admin().await.unwrap();
+    let k = idbridge_kerberos::kadmin::MitKadmin {
+        program: program("kadmin").unwrap(),
+        principal: admin.principal.clone(),
+        keytab: admin.keytab.clone(),
+        server: Some(admin.server.clone()),
+        env: kdc
+            .env()
+            .into_iter()
+            .map(|(a, b)| (a.into(), b.into()))
+            .collect(),
+    };
+    let svc = "web/pod.kadmin.test";
+    assert!(k.ensure_principal(svc).await.unwrap(), "created");
+    assert!(!k.ensure_principal(svc).await.unwrap(), "exists already");
+    let first = k.keys(svc).await.unwrap();
+    assert!(
+        !first.is_empty() && first.iter().all(|e| e.kvno == 1),
+        "{first:?}"
+    );
+    // Extracting does not change the keys.
+    let again = k.keys(svc).await.unwrap();
+    assert_eq!(
+        first.iter().map(KeytabEntry::key).collect::<Vec<_>>(),
+        again.iter().map(KeytabEntry::key).collect::<Vec<_>>()
+    );
+    // Rotation: a new version, the old one kept beside it.
+    assert_eq!(k.rotate(svc, true).await.unwrap(), 2);
+    let both = k.keys(svc).await.unwrap();
+    let versions: std::collections::BTreeSet<u32> = both.iter().map(|e| e.kvno).collect();
+    assert_eq!(versions, [1, 2].into());
+    // The keys of the new version get a ticket from the KDC.
+    let file = kdc.dir().join("pod.keytab");
+    let new: Vec<KeytabEntry> = both.iter().filter(|e| e.kvno == 2).cloned().collect();
+    std::fs::write(&file, keytab::to_bytes(&new).unwrap()).unwrap();
+    let cc = format!("FILE:{}", kdc.dir().join("pod.cc").display());
+    let principal = format!("{svc}@KADMIN.TEST");
+    let (ok, out) = run(
+        &kdc,
+        "kinit",
+        &["-k", "-t", file.to_str().unwrap(), "-c", &cc, &principal],
+    )
+    .await;
+    assert!(ok, "{out}");
+    // Names that could be more than a name never reach kadmin.
+    for bad in ["x -pw y", "a;b", "-randkey"] {
+        assert!(
+            matches!(
+                k.ensure_principal(bad).await,
+                Err(idbridge_kerberos::kadmin::KadminError::Name(_))
+            ),
+            "{bad}"
+        );
+    }
 }
