@@ -89,6 +89,14 @@ pub enum UserCmd {
         /// Account name.
         name: AccountName,
     },
+    /// Rename an account; its UID (and everything bound to it) stays. Frees the old name, for
+    /// example for a directory entry that was deleted and made again.
+    Rename {
+        /// The account's name now.
+        name: AccountName,
+        /// Its new name.
+        to: AccountName,
+    },
 }
 
 /// `idbridge token`.
@@ -387,6 +395,19 @@ pub async fn user(cmd: UserCmd, target: &Target) -> anyhow::Result<()> {
         }
         UserCmd::Disable { name } => set_disabled(&backend, &name, true, target.json).await,
         UserCmd::Enable { name } => set_disabled(&backend, &name, false, target.json).await,
+        UserCmd::Rename { name, to } => {
+            let a: UserAccount = match &backend {
+                Backend::Offline(ops, _) => ops.rename(&name, to).await?,
+                Backend::Remote { .. } => {
+                    let path = format!("/accounts/{}/rename", urlencode(name.as_str()));
+                    backend
+                        .call(M::POST, &path, Some(json!({"name": to.as_str()})))
+                        .await?
+                }
+            };
+            eprintln!("renamed account {name} to {} (uid {})", a.name, a.uid);
+            print_accounts(&[a], target.json)
+        }
     }
 }
 

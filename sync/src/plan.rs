@@ -624,8 +624,8 @@ pub fn plan(input: Input<'_>, rules: &Rules) -> Plan {
     for (new, reason) in creates {
         if let Some(uid) = held.get(new.name.as_str()) {
             skipped.push(format!(
-                "user {} not created: an account of that name (uid {uid}) exists that is not linked to this entry (a local account, or the account of an entry deleted before: see docs/sync.md); the user is not created until that name is free",
-                new.name
+                "user {} not created: an account of that name (uid {uid}) exists that is not linked to this entry (a local account, or the account of an entry deleted before); the user is created once that name is free (`idbridge user rename {} <another name>`)",
+                new.name, new.name
             ));
             continue;
         }

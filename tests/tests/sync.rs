@@ -206,6 +206,38 @@ async fn sync_keeps_accounts_in_step_with_the_directory_and_guards_its_changes()
         Some("deleted")
     );
 
+    // frank's entry is deleted and made again (a new entryUUID): his old account is disabled
+    // and keeps the name, so the new entry waits until an admin renames the old account.
+    let frank = s.add_user("frank", PW).await.unwrap();
+    let (code, _, err) = sync(&i, &[]).await;
+    assert_eq!(code, 0, "{err}");
+    s.modify(&format!("dn: {frank}\nchangetype: delete\n"))
+        .await
+        .unwrap();
+    s.add_user("frank", PW).await.unwrap();
+    let (code, report, err) = sync(&i, &["--force"]).await;
+    assert_eq!(code, 0, "{err}\n{report}");
+    assert!(
+        report["plan"]["skipped"]
+            .to_string()
+            .contains("user frank not created"),
+        "{report}"
+    );
+    let old_uid = find(&accounts(&i).await, "frank").unwrap()["uid"].clone();
+    i.cli_ok(&["user", "rename", "frank", "frank-old"])
+        .await
+        .unwrap();
+    let (code, report, err) = sync(&i, &[]).await;
+    assert_eq!(code, 0, "{err}\n{report}");
+    assert_eq!(report["plan"]["changes"][0]["kind"], "create", "{report}");
+    let all = accounts(&i).await;
+    let old = find(&all, "frank-old").unwrap();
+    assert_eq!(
+        (old["uid"].clone(), old["disabled"].clone()),
+        (old_uid.clone(), true.into())
+    );
+    assert_ne!(find(&all, "frank").unwrap()["uid"], old_uid);
+
     // While the server holds the store, an offline run is refused.
     let config = dir.path().join("config.yaml");
     let (code, _, err) = idbridge_tests::run_idbridge(&[

@@ -178,6 +178,25 @@ impl AdminOps {
         &self.store
     }
 
+    /// Renames an account; its UID, and so everything bound to it, stays. Tokens already
+    /// issued keep the old name until they are refreshed, so the caches are emptied.
+    ///
+    /// # Errors
+    /// `NoSuchAccount`, or a store conflict when the new name is taken.
+    pub async fn rename(
+        &self,
+        name: &AccountName,
+        to: AccountName,
+    ) -> Result<UserAccount, OpsError> {
+        let mut account = self.account(name).await?;
+        if account.name != to {
+            account.name = to;
+            self.store.update_account(&account).await?;
+            self.changed();
+        }
+        Ok(account)
+    }
+
     /// Disables or re-enables an account; returns it as stored.
     ///
     /// # Errors

@@ -84,6 +84,7 @@ pub(crate) const ROUTES: &[&str] = &[
     "/admin/v1/accounts/{name}",
     "/admin/v1/accounts/{name}/disable",
     "/admin/v1/accounts/{name}/enable",
+    "/admin/v1/accounts/{name}/rename",
     "/admin/v1/tokens",
     "/admin/v1/tokens/{id}/revoke",
     "/admin/v1/sessions",
@@ -100,6 +101,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/accounts/{name}", get(get_account))
         .route("/accounts/{name}/disable", post(disable))
         .route("/accounts/{name}/enable", post(enable))
+        .route("/accounts/{name}/rename", post(rename))
         .route("/tokens", get(list_tokens).post(create_token))
         .route("/tokens/{id}/revoke", post(revoke_token))
         .route("/sessions", get(list_sessions))
@@ -229,6 +231,37 @@ async fn enable(
     Path(name): Path<String>,
 ) -> Result<Json<UserAccount>, ApiError> {
     set_disabled(&state, &admin, &name, false).await
+}
+
+/// What `POST /admin/v1/accounts/{name}/rename` asks for.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Rename {
+    /// The new name.
+    name: String,
+}
+
+async fn rename(
+    State(state): State<AppState>,
+    admin: Admin,
+    Path(name): Path<String>,
+    body: Result<Json<Rename>, JsonRejection>,
+) -> Result<Json<UserAccount>, ApiError> {
+    let Json(req) = body?;
+    let account = state
+        .ops()
+        .rename(&account_name(&name)?, account_name(&req.name)?)
+        .await?;
+    state.invalidate();
+    admin
+        .record(
+            &state,
+            "account.rename",
+            (&account.name, account.uid),
+            Some(format!("from {name}")),
+        )
+        .await;
+    Ok(Json(account))
 }
 
 #[derive(Debug, Deserialize)]
