@@ -158,14 +158,29 @@ pub async fn setup(cfg: &Config) -> anyhow::Result<Option<Setup>> {
     }))
 }
 
-/// This process's name in the lease.
+/// This process's name in the lease: `host:pid-namespace:pid:nonce`. The nonce keeps two
+/// processes apart that share a host name and a pid (containers); the namespace lets a runner
+/// judge only a holder that runs where it can see it.
 fn holder() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|h| h.trim().to_owned())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "localhost".to_owned());
-    format!("{host}:{}", std::process::id())
+    let ns = std::fs::read_link("/proc/self/ns/pid")
+        .ok()
+        .map(|l| {
+            l.display()
+                .to_string()
+                .chars()
+                .filter(char::is_ascii_digit)
+                .collect::<String>()
+        })
+        .unwrap_or_default();
+    let mut nonce = [0u8; 6];
+    let _ = aws_lc_rs::rand::SecureRandom::fill(&aws_lc_rs::rand::SystemRandom::new(), &mut nonce);
+    let nonce: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{host}:{ns}:{}:{nonce}", std::process::id())
 }
 
 /// What `/metrics` shows of sync.
@@ -250,6 +265,16 @@ impl Worker {
             lease_secs: setup.interval.as_secs() + 120,
         };
         let report = runner.run(opts, &|_, _| {}).await;
+        // Renewed as the run ends too: a run longer than the margin leaves no gap before the
+        // next one.
+        if !opts.dry_run {
+            let now = self.ops.now();
+            let _ = self
+                .ops
+                .store()
+                .take_sync_lease(&self.holder, now, now.plus_secs(runner.lease_secs))
+                .await;
+        }
         // A run that did not apply is logged (as a warning) by the runner itself.
         if matches!(report.outcome, Outcome::Applied | Outcome::DryRun) {
             tracing::info!(outcome = report.outcome.as_str(), "{}", report.summary());

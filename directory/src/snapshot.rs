@@ -77,6 +77,9 @@ pub struct Snapshot {
     /// Stable ids of the users in `skipped` that have one: their entries exist, so their
     /// accounts are not to be taken as deleted.
     pub unusable_ids: Vec<String>,
+    /// How many user entries came without their stable id: which accounts they are is not
+    /// known, so none is to be taken as deleted while there are any.
+    pub users_without_id: usize,
     /// How many searches the read took, ranged member reads included.
     pub searches: u64,
 }
@@ -283,6 +286,13 @@ impl LdapDirectory {
                                     )));
                                 };
                                 members.append(&mut got);
+                                // A range that does not move on would never end.
+                                if n.is_some_and(|n| n <= start) {
+                                    return Err(LdapError::AdapterInit(format!(
+                                        "group {}: the directory sent a member range that does not advance",
+                                        g.dn
+                                    )));
+                                }
                                 next = n;
                             }
                         }
@@ -395,8 +405,10 @@ impl LdapDirectory {
         let mut above: Vec<Option<Vec<u32>>> = vec![None; groups.len()];
         let mut users = Vec::with_capacity(raw.users.len());
         let mut unusable_ids = Vec::new();
+        let mut users_without_id = 0;
         for u in raw.users {
             let Some(id) = u.id else {
+                users_without_id += 1;
                 skipped.push(format!(
                     "user {}: no `{}` (field `directory.users.id_attribute`)",
                     u.dn, c.id_attribute
@@ -453,6 +465,7 @@ impl LdapDirectory {
             },
             skipped,
             unusable_ids,
+            users_without_id,
             searches: raw.searches,
         }
     }

@@ -57,6 +57,8 @@ pub struct Applied {
     pub changed: usize,
     /// Objects deleted.
     pub pruned: usize,
+    /// The objects deleted, `Kind namespace/name`.
+    pub deleted: Vec<String>,
     /// Seconds applying and deleting took.
     pub seconds: f64,
 }
@@ -197,7 +199,11 @@ impl Cluster {
                 ObjectKind::Namespace => Ok(()),
             };
             match r {
-                Ok(()) => done.pruned += 1,
+                Ok(()) => {
+                    done.pruned += 1;
+                    done.deleted
+                        .push(format!("{} {}/{}", e.kind.as_str(), e.namespace, e.name));
+                }
                 // Already gone: what pruning wanted.
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
                 Err(err) => failures.push(format!(
@@ -227,8 +233,17 @@ impl Cluster {
         let api = Api::<k8s_openapi::api::rbac::v1::ClusterRole>::all(self.client.clone());
         let mut out = std::collections::BTreeSet::new();
         for n in names {
-            if api.get_opt(n).await?.is_some() {
-                out.insert(n.to_owned());
+            match api.get_opt(n).await {
+                Ok(Some(_)) => {
+                    out.insert(n.to_owned());
+                }
+                Ok(None) => {}
+                // Not ours to read (`get` narrowed by `resourceNames`): taken as there; binding
+                // it needs `bind` on it anyway, and a refusal then is reported.
+                Err(kube::Error::Api(s)) if s.code == 403 => {
+                    out.insert(n.to_owned());
+                }
+                Err(e) => return Err(e),
             }
         }
         Ok(out)

@@ -27,8 +27,9 @@ pub const GROUP_PREFIX: &str = "groups.idbridge.io/";
 pub const HASHED_GROUP_PREFIX: &str = "hashed.groups.idbridge.io/";
 /// Role labels.
 pub const ROLE_PREFIX: &str = "roles.idbridge.io/";
-/// The label sync puts on an account it disabled.
-pub const DISABLED_BY_SYNC: &str = "sync.idbridge.io/disabled";
+/// The label sync puts on an account it disabled (an administrator's disable or enable
+/// removes it).
+pub const DISABLED_BY_SYNC: &str = idbridge_tokens::admin::SYNC_DISABLED_LABEL;
 /// The value of a group label.
 pub const MEMBER: &str = "member";
 

@@ -62,6 +62,9 @@ pub struct Input<'a> {
     /// Ids of entries the directory holds but that could not be used (no name): their
     /// accounts are left alone, never taken as deleted.
     pub unusable_ids: &'a [String],
+    /// How many entries came without an id: while there are any, no account is taken as
+    /// deleted (it may be one of them).
+    pub unidentified: usize,
     /// Every account in the store.
     pub accounts: &'a [UserAccount],
     /// Why the directory is not the one of the last run, if it is not.
@@ -116,6 +119,10 @@ pub struct Planned {
     /// The store changes that carry it out, in order.
     #[serde(skip)]
     pub changes: Vec<AccountChange>,
+    /// The account as the plan read it (none for a create): a change is applied only to an
+    /// account still so.
+    #[serde(skip)]
+    pub before: Option<UserAccount>,
 }
 
 /// The whole plan.
@@ -136,6 +143,40 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// Drops the changes whose account is no longer as the plan read it (`now`: the accounts
+    /// as stored now), and creates whose name or entry an account has taken meanwhile, each
+    /// reported: a change made by an administrator or a login while sync read the directory
+    /// is never overwritten, and the next run plans from it.
+    pub fn keep_current(&mut self, now: &[UserAccount]) {
+        let by_uid: HashMap<AccountUid, &UserAccount> = now.iter().map(|a| (a.uid, a)).collect();
+        let names: std::collections::HashSet<&str> = now.iter().map(|a| a.name.as_str()).collect();
+        let linked: std::collections::HashSet<&str> = now.iter().filter_map(directory_id).collect();
+        let skipped = &mut self.skipped;
+        self.changes.retain(|c| {
+            let current = match (&c.before, c.uid) {
+                (Some(before), Some(uid)) => by_uid.get(&uid).is_some_and(|a| *a == before),
+                _ => c.changes.iter().all(|ch| match ch {
+                    AccountChange::Create(n) => {
+                        !names.contains(n.name.as_str())
+                            && n.identities.iter().all(|i| match i {
+                                ExternalIdentity::Directory { id } => !linked.contains(id.as_str()),
+                                _ => true,
+                            })
+                    }
+                    _ => true,
+                }),
+            };
+            if !current {
+                skipped.push(format!(
+                    "{} {}: the account changed while sync read the directory; left for the next run",
+                    c.kind.as_str(),
+                    c.account
+                ));
+            }
+            current
+        });
+    }
+
     /// The store changes of the whole plan, in order, for one atomic batch.
     #[must_use]
     pub fn account_changes(&self) -> Vec<AccountChange> {
@@ -495,8 +536,14 @@ pub fn plan(input: Input<'_>, rules: &Rules) -> Plan {
             revoke,
         });
     }
-    // Linked accounts whose entry is gone.
-    for a in input.accounts {
+    // Linked accounts whose entry is gone; none while some entries came without an id.
+    if input.unidentified > 0 {
+        skipped.push(format!(
+            "{} directory entries have no id, so no account is taken as deleted this run (check `directory.users.id_attribute` and the service account's read rights)",
+            input.unidentified
+        ));
+    }
+    for a in input.accounts.iter().filter(|_| input.unidentified == 0) {
         let Some(id) = directory_id(a) else { continue };
         if present.contains(id) {
             continue;
@@ -604,12 +651,18 @@ pub fn plan(input: Input<'_>, rules: &Rules) -> Plan {
             uid: Some(p.after.uid),
             reason,
             changes: steps,
+            before: Some(p.before.clone()),
         });
     };
     // Renames first, in their order, then the rest by kind.
+    let at: HashMap<AccountUid, usize> = pending
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.after.uid, i))
+        .collect();
     for uid in &rename_order {
-        if let Some(p) = pending.iter().find(|p| p.after.uid == *uid) {
-            emit(p);
+        if let Some(&i) = at.get(uid) {
+            emit(&pending[i]);
         }
     }
     for kind in [Kind::Update, Kind::Enable, Kind::Disable] {
@@ -637,6 +690,7 @@ pub fn plan(input: Input<'_>, rules: &Rules) -> Plan {
             uid: None,
             reason,
             changes: vec![AccountChange::Create(new)],
+            before: None,
         });
     }
 
@@ -721,6 +775,7 @@ mod tests {
             Input {
                 entries,
                 unusable_ids: &[],
+                unidentified: 0,
                 accounts,
                 identity_change: None,
             },
@@ -908,6 +963,7 @@ mod tests {
             Input {
                 entries: &dir,
                 unusable_ids: &[],
+                unidentified: 0,
                 accounts: &accounts,
                 identity_change: Some("the base entry's id changed"),
             },
@@ -960,6 +1016,7 @@ mod tests {
             Input {
                 entries: &[],
                 unusable_ids: &["1".to_owned()],
+                unidentified: 0,
                 accounts: &accounts,
                 identity_change: None,
             },

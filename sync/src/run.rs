@@ -405,13 +405,14 @@ impl Runner<'_> {
                 return self.failed(r, opts).await;
             }
         };
-        let before: Option<DirectoryIdentity> = state
-            .identity
-            .as_deref()
-            .and_then(|t| serde_json::from_str(t).ok());
-        let change = before
-            .as_ref()
-            .and_then(|b| identity_change(b, &snap.identity));
+        // A stored identity that does not read is no identity check passed: it trips the guard.
+        let change = match state.identity.as_deref() {
+            None => None,
+            Some(t) => match serde_json::from_str::<DirectoryIdentity>(t) {
+                Ok(b) => identity_change(&b, &snap.identity),
+                Err(_) => Some("the identity recorded by the last run cannot be read".to_owned()),
+            },
+        };
         mark("accounts", &mut phases);
         let names = group_names(self.directory, &snap);
         let entries = entries(&snap, &names);
@@ -420,6 +421,7 @@ impl Runner<'_> {
             Input {
                 entries: &entries,
                 unusable_ids: &snap.unusable_ids,
+                unidentified: snap.users_without_id,
                 accounts: &accounts,
                 identity_change: change.as_deref(),
             },
@@ -435,6 +437,7 @@ impl Runner<'_> {
         let groups: std::collections::BTreeSet<String> = names.into_iter().collect();
         let mut kube_state = None;
         let mut kubernetes = None;
+        let mut kube_error: Option<String> = None;
         let target = self
             .cluster
             .map(|c| (c.instance.as_str(), c.groups_prefix.as_str()))
@@ -463,15 +466,14 @@ impl Runner<'_> {
             let (before, roles) = match listed {
                 Ok(l) => l,
                 Err(e) => {
-                    let r = Report::ended(
-                        Outcome::Failed,
-                        format!(
-                            "reading what sync owns in the cluster failed, so nothing was applied: {}",
-                            crate::kube::explain(&e)
-                        ),
-                        started,
-                    );
-                    return self.failed(r, opts).await;
+                    // The cluster's trouble must not hold back the accounts (a departed user is
+                    // still disabled): the Kubernetes part is left out of this run, and the run
+                    // ends failed, saying so.
+                    kube_error = Some(format!(
+                        "reading what sync owns in the cluster failed, so no Kubernetes object was applied or deleted: {}",
+                        crate::kube::explain(&e)
+                    ));
+                    (Vec::new(), std::collections::BTreeSet::new())
                 }
             };
             // A binding to a ClusterRole that does not exist grants nothing: reported, not made.
@@ -530,12 +532,16 @@ impl Runner<'_> {
                     .manifests
                     .then(|| desired.objects.iter().map(|o| o.body.clone()).collect()),
             });
-            kube_state = Some((desired, before, gone));
+            if kube_error.is_none() {
+                kube_state = Some((desired, before, gone));
+            } else {
+                kubernetes = None;
+            }
             mark("kubernetes_plan", &mut phases);
         }
         let mut report = Report {
             outcome: Outcome::DryRun,
-            error: None,
+            error: kube_error.clone(),
             read,
             plan,
             kubernetes,
@@ -565,6 +571,41 @@ impl Runner<'_> {
             }
             report.forced = true;
         }
+        // Still this runner's lease, right before writing (a long read may have outlived it).
+        match store
+            .take_sync_lease(
+                self.holder,
+                self.ops.now(),
+                self.ops.now().plus_secs(self.lease_secs),
+            )
+            .await
+        {
+            Ok(l) if l.holder == self.holder => {}
+            Ok(l) => {
+                report.outcome = Outcome::Busy;
+                report.error = Some(format!(
+                    "the sync lease passed to {} during the run, so nothing was applied",
+                    l.holder
+                ));
+                return report;
+            }
+            Err(e) => {
+                report.outcome = Outcome::Failed;
+                report.error = Some(store_error(&e));
+                return self.failed(report, opts).await;
+            }
+        }
+        // What changed in the store while the directory was read is not overwritten.
+        if !report.plan.changes.is_empty() {
+            match self.ops.accounts().await {
+                Ok(now) => report.plan.keep_current(&now),
+                Err(e) => {
+                    report.outcome = Outcome::Failed;
+                    report.error = Some(format!("the store: {e}"));
+                    return self.failed(report, opts).await;
+                }
+            }
+        }
         if let Err(e) = self
             .ops
             .apply_account_changes(&report.plan.account_changes())
@@ -577,6 +618,17 @@ impl Runner<'_> {
             report.seconds = started.elapsed().as_secs_f64();
             return self.failed(report, opts).await;
         }
+        // The account changes are committed: their audit events now, whatever comes next.
+        if let Some(a) = self.audit {
+            for c in &report.plan.changes {
+                let mut ev = Origin::local().event("account.sync", "ok");
+                ev.account = Some(&c.account);
+                ev.uid = c.uid.map(|u| u.to_string());
+                let reason = format!("{}: {}", c.kind.as_str(), c.reason);
+                ev.reason = Some(&reason);
+                a.record(&ev);
+            }
+        }
         mark("apply", &mut phases);
         report.outcome = Outcome::Applied;
         let mut last_success = Some(self.ops.now());
@@ -587,9 +639,9 @@ impl Runner<'_> {
                 Err((done, e)) => (done, Some(e)),
             };
             if let Some(a) = self.audit {
-                for e in gone.iter().take(done.pruned) {
+                for object in &done.deleted {
                     let mut ev = Origin::local().event("kubernetes.prune", "ok");
-                    ev.object = Some(format!("{} {}/{}", e.kind.as_str(), e.namespace, e.name));
+                    ev.object = Some(object.clone());
                     a.record(&ev);
                 }
             }
@@ -606,14 +658,6 @@ impl Runner<'_> {
             }
         }
         if let Some(a) = self.audit {
-            for c in &report.plan.changes {
-                let mut ev = Origin::local().event("account.sync", "ok");
-                ev.account = Some(&c.account);
-                ev.uid = c.uid.map(|u| u.to_string());
-                let reason = format!("{}: {}", c.kind.as_str(), c.reason);
-                ev.reason = Some(&reason);
-                a.record(&ev);
-            }
             let outcome = if report.outcome == Outcome::Applied {
                 "ok"
             } else {
@@ -626,6 +670,11 @@ impl Runner<'_> {
         }
         if kube_state.is_some() {
             mark("kubernetes", &mut phases);
+        }
+        if let Some(e) = kube_error {
+            report.outcome = Outcome::Failed;
+            report.error = Some(format!("the account changes were applied, but {e}"));
+            last_success = state.last_success;
         }
         report.phases = phases;
         report.seconds = started.elapsed().as_secs_f64();
@@ -667,15 +716,23 @@ impl Runner<'_> {
     }
 }
 
-/// Whether `holder` (`host:pid`) names a process on this runner's host (`me`) that no longer
-/// runs.
+/// Whether `holder` (`host:pid-namespace:pid:nonce`) names a process on this runner's host and
+/// in its pid namespace (`me`, named alike) that no longer runs.
 fn dead_here(holder: &str, me: &str) -> bool {
-    let (Some((host, pid)), Some((my_host, _))) = (holder.rsplit_once(':'), me.rsplit_once(':'))
-    else {
+    let parts = |h: &str| -> Option<(String, String, u32)> {
+        let mut it = h.rsplitn(4, ':');
+        let _nonce = it.next()?;
+        let pid = it.next()?.parse().ok()?;
+        let ns = it.next()?.to_owned();
+        let host = it.next()?.to_owned();
+        Some((host, ns, pid))
+    };
+    let (Some((host, ns, pid)), Some((my_host, my_ns, _))) = (parts(holder), parts(me)) else {
         return false;
     };
     host == my_host
-        && pid.parse::<u32>().is_ok()
+        && ns == my_ns
+        && !ns.is_empty()
         && !std::path::Path::new(&format!("/proc/{pid}")).exists()
         && std::path::Path::new("/proc/self").exists()
 }
@@ -711,14 +768,18 @@ mod tests {
 
     #[test]
     fn a_lease_holder_is_dead_only_when_it_is_on_this_host_and_gone() {
-        let me = format!("h1:{}", std::process::id());
+        let me = format!("h1:7:{}:ab", std::process::id());
         assert!(!dead_here(&me, &me), "this process runs");
-        assert!(dead_here("h1:4000000000", &me));
+        assert!(dead_here("h1:7:4000000000:cd", &me));
         assert!(
-            !dead_here("h2:4000000000", &me),
+            !dead_here("h2:7:4000000000:cd", &me),
             "another host's process is not ours to judge"
         );
-        assert!(!dead_here("h1:x", &me));
+        assert!(
+            !dead_here("h1:8:4000000000:cd", &me),
+            "nor one in another pid namespace"
+        );
+        assert!(!dead_here("h1:7:x:cd", &me));
     }
 
     #[test]

@@ -14,6 +14,10 @@ use crate::secret::{STATIC_TOKEN_PREFIX, hash_token, secret_from};
 
 pub use crate::error::OpsError;
 
+/// The label the sync worker puts on an account it disabled (its own rule: it re-enables only
+/// accounts that carry it).
+pub const SYNC_DISABLED_LABEL: &str = "sync.idbridge.io/disabled";
+
 /// A session as listed: the stored record, its state now, and its account's name.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SessionInfo {
@@ -207,7 +211,13 @@ impl AdminOps {
         disabled: bool,
     ) -> Result<UserAccount, OpsError> {
         let mut account = self.account(name).await?;
-        if account.disabled != disabled {
+        // An administrator's decision is the administrator's: the sync worker's mark (which
+        // lets it re-enable what it disabled itself) goes, whichever way the decision goes.
+        let before = account.labels.len();
+        account
+            .labels
+            .retain(|k, _| k.as_str() != SYNC_DISABLED_LABEL);
+        if account.disabled != disabled || account.labels.len() != before {
             account.disabled = disabled;
             self.store.update_account(&account).await?;
             self.changed();
@@ -429,6 +439,31 @@ mod tests {
     use idbridge_core::{AccountUid, StaticToken, TokenId, UnixTime};
 
     use super::*;
+
+    #[tokio::test]
+    async fn an_administrators_disable_or_enable_removes_the_sync_workers_mark() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = crate::service::test_service(dir.path()).await;
+        let name: AccountName = "alice".parse().unwrap();
+        let mut new = NewAccount::named(name.clone());
+        new.disabled = true;
+        new.labels
+            .insert(SYNC_DISABLED_LABEL.parse().unwrap(), "directory".into());
+        new.labels.insert("team".parse().unwrap(), "blue".into());
+        s.ops().add_account(new).await.unwrap();
+        // Already disabled: the mark still goes, so the sync worker never enables her again.
+        let a = s.ops().set_disabled(&name, true).await.unwrap();
+        assert!(a.disabled);
+        assert_eq!(a.labels.len(), 1, "{:?}", a.labels);
+        let stored = s.ops().account(&name).await.unwrap();
+        assert!(
+            stored
+                .labels
+                .keys()
+                .all(|k| k.as_str() != SYNC_DISABLED_LABEL)
+        );
+        assert_eq!(stored.labels.keys().next().unwrap().as_str(), "team");
+    }
 
     #[test]
     fn debug_output_of_a_created_token_shows_no_secret() {
