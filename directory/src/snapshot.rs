@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use idbridge_core::{DirectoryError, DirectoryStatus};
-use ldap3::adapters::{Adapter, EntriesOnly, PagedResults};
+use ldap3::adapters::{Adapter, PagedResults};
 use ldap3::{Ldap, LdapError, Scope, SearchEntry};
 
 use crate::config::{DirectGroups, NestedGroups, Preset};
@@ -124,23 +124,40 @@ fn ranged(e: &SearchEntry, attr: &str) -> Option<(Vec<String>, Option<u64>)> {
 }
 
 /// A paged subtree search, every entry of it or an error.
+///
+/// A referral (part of the tree held by another server) is a short read, and fails it, unless
+/// `referrals_are_partitions`: Active Directory answers a search of the domain's root with
+/// references to its own application partitions (DNS zones, configuration), which hold no users
+/// or groups of the domain.
 async fn paged(
     ldap: &mut Ldap,
     (base, filter, attrs): (&str, &str, Vec<String>),
     page: i32,
     timeout: std::time::Duration,
+    referrals_are_partitions: bool,
     mut each: impl FnMut(SearchEntry) -> Result<(), LdapError>,
 ) -> Result<(), LdapError> {
-    let adapters: Vec<Box<dyn Adapter<_, _>>> = vec![
-        Box::new(EntriesOnly::new()),
-        Box::new(PagedResults::new(page)),
-    ];
+    let adapters: Vec<Box<dyn Adapter<_, _>>> = vec![Box::new(PagedResults::new(page))];
     let mut stream = ldap
         .with_timeout(timeout)
         .streaming_search_with(adapters, base, Scope::Subtree, filter, attrs)
         .await?;
+    let mut referrals = 0usize;
     while let Some(entry) = stream.next().await? {
+        if entry.is_intermediate() {
+            continue;
+        }
+        if entry.is_ref() {
+            referrals += 1;
+            continue;
+        }
         each(SearchEntry::construct(entry))?;
+    }
+    if referrals > 0 && !referrals_are_partitions {
+        let _ = stream.finish().await;
+        return Err(LdapError::AdapterInit(format!(
+            "the directory answered with {referrals} referral(s): part of the tree under {base} is held by another server and was not read, and sync refuses a partial directory"
+        )));
     }
     // Anything but success (a size limit, a time limit, an unavailable server) is a short read.
     stream.finish().await.success()?;
@@ -242,6 +259,7 @@ impl LdapDirectory {
                         (&c.group_base, &c.group_filter, group_attrs),
                         c.page_size,
                         t,
+                        c.preset == Preset::ActiveDirectory,
                         |e| {
                             groups.push(e);
                             if groups.len().is_multiple_of(1000) {
@@ -309,6 +327,7 @@ impl LdapDirectory {
                         (&c.user_base, &c.user_filter, user_attrs),
                         c.page_size,
                         t,
+                        c.preset == Preset::ActiveDirectory,
                         |e| {
                             users.push(RawUser {
                                 id: me.stable_id(&e),

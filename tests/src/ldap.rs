@@ -452,6 +452,25 @@ pwdFailureCountInterval: 0
         self.ldap_tool("ldapadd", &[], ldif).await.map(drop)
     }
 
+    /// Adds a referral entry `dn` pointing at `url` (with the ManageDsaIT control, as a
+    /// referral object needs).
+    ///
+    /// # Errors
+    /// If ldapadd fails.
+    pub async fn add_referral(&self, dn: &str, url: &str) -> anyhow::Result<()> {
+        let rdn = dn.split(',').next().unwrap_or_default();
+        let (attr, value) = rdn.split_once('=').unwrap_or(("ou", "referral"));
+        self.ldap_tool(
+            "ldapadd",
+            &["-M"],
+            &format!(
+                "dn: {dn}\nobjectClass: referral\nobjectClass: extensibleObject\n{attr}: {value}\nref: {url}\n"
+            ),
+        )
+        .await
+        .map(drop)
+    }
+
     /// Applies an LDIF of changes as the root DN.
     ///
     /// # Errors

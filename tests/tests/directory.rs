@@ -251,4 +251,14 @@ async fn a_snapshot_reads_everyone_paged_with_the_groups_a_login_sees_or_fails_w
     );
     s.restart().await.unwrap();
     assert_eq!(d.snapshot(&|_, _| {}).await.unwrap().users.len(), 7);
+
+    // Part of the tree held by another server (a referral): the read is short, so it fails.
+    s.add_referral(
+        &format!("ou=elsewhere,ou=people,{}", idbridge_tests::ldap::SUFFIX),
+        "ldap://ldap.elsewhere.example/ou=people,dc=elsewhere",
+    )
+    .await
+    .unwrap();
+    let err = d.snapshot(&|_, _| {}).await.unwrap_err();
+    assert!(err.to_string().contains("referral"), "{err}");
 }
