@@ -567,6 +567,7 @@ pub fn plan(input: Input<'_>, rules: &Rules) -> Plan {
 
     // Renames, ordered so that freed names can be taken; the rest left for later.
     let mut order: Vec<usize> = Vec::new();
+    let mut freed: std::collections::HashSet<String> = std::collections::HashSet::new();
     let mut waiting: Vec<usize> = pending
         .iter()
         .enumerate()
@@ -592,6 +593,7 @@ pub fn plan(input: Input<'_>, rules: &Rules) -> Plan {
                 .is_none_or(|&uid| uid == p.after.uid);
             if free {
                 held.remove(p.before.name.as_str());
+                freed.insert(p.before.name.as_str().to_owned());
                 held.insert(p.after.name.as_str().to_owned(), p.after.uid);
                 order.push(i);
             }
@@ -673,8 +675,16 @@ pub fn plan(input: Input<'_>, rules: &Rules) -> Plan {
             emit(p);
         }
     }
-    // Creates last: they may take a name a rename gave up, never one still held.
+    // Creates last: never on a name still held, nor on one a rename gave up in this run (the
+    // renamed account's access tokens still carry it until they expire).
     for (new, reason) in creates {
+        if freed.contains(new.name.as_str()) && !held.contains_key(new.name.as_str()) {
+            skipped.push(format!(
+                "user {} not created yet: a rename in this run gave the name up, and the renamed account's tokens still carry it; the next run creates it",
+                new.name
+            ));
+            continue;
+        }
         if let Some(uid) = held.get(new.name.as_str()) {
             skipped.push(format!(
                 "user {} not created: an account of that name (uid {uid}) exists that is not linked to this entry (a local account, or the account of an entry deleted before); the user is created once that name is free (`idbridge user rename {} <another name>`)",
@@ -992,6 +1002,27 @@ mod tests {
             .map(|c| (c.from.as_deref().unwrap(), c.account.as_str()))
             .collect();
         assert_eq!(order, [("b", "c"), ("a", "b")]);
+        // A name a rename gives up is not taken by a new entry in the same run.
+        let p = run(
+            &[
+                entry("1", "b2", &[]),
+                entry("2", "b", &[]),
+                entry("3", "a", &[]),
+            ],
+            &accounts,
+            &r,
+        );
+        assert_eq!(
+            p.counts(),
+            BTreeMap::from([(Kind::Rename, 1)]),
+            "{:?}",
+            p.changes
+        );
+        assert!(
+            p.skipped[0].contains("user a not created yet"),
+            "{:?}",
+            p.skipped
+        );
         // A swap is a cycle: reported, neither renamed.
         let p = run(&[entry("1", "b", &[]), entry("2", "a", &[])], &accounts, &r);
         assert!(p.changes.is_empty(), "{:?}", p.changes);
