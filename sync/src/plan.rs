@@ -10,7 +10,9 @@
 //!   nothing is taken over;
 //! - a linked account: **rename** it when the directory's name changed, **update** its labels
 //!   and default namespace, **enable** it when sync had disabled it and the entry is active
-//!   again, **disable** it (revoking its sessions) when the entry is disabled, locked or expired.
+//!   again, **disable** it (revoking its sessions) when the entry is disabled or expired. A
+//!   locked entry (a lockout after failed passwords: temporary, and anyone can cause one) leaves
+//!   its account as it is; logins and refreshes refuse it live.
 //!
 //! A linked account whose entry is gone is **disabled** ("deleted from the directory"); sync
 //! never deletes an account. An account an administrator disabled stays disabled: sync
@@ -442,6 +444,14 @@ pub fn plan(input: Input<'_>, rules: &Rules) -> Plan {
                 "entry {}: the directory names more than one user {name}; it is left alone",
                 e.id
             ));
+            continue;
+        }
+        // A lockout (failed passwords) is temporary, and anyone can cause one: it is left to
+        // logins and refreshes, which refuse a locked entry live. The account stays as it is.
+        if e.status == DirectoryStatus::Locked {
+            if by_id.contains_key(e.id) {
+                unchanged += 1;
+            }
             continue;
         }
         let active = e.status == DirectoryStatus::Active;
@@ -900,15 +910,19 @@ mod tests {
         accounts[0]
             .labels
             .insert("team".parse().unwrap(), "blue".into());
+        // A lockout leaves the account as it is.
         let mut locked = entry("a", "alice", &["dev"]);
         locked.status = DirectoryStatus::Locked;
-        // alice locked, bob deleted.
+        let p = run(&[locked.clone(), entry("b", "bob", &[])], &accounts, &r);
+        assert!(p.changes.is_empty(), "{:?}", p.changes);
+        // alice disabled by an administrator, bob deleted.
+        locked.status = DirectoryStatus::Disabled;
         let p = run(&[locked], &accounts, &r);
         assert_eq!(p.counts(), BTreeMap::from([(Kind::Disable, 2)]));
         let reasons: Vec<&str> = p.changes.iter().map(|c| c.reason.as_str()).collect();
         assert_eq!(
             reasons,
-            ["locked in the directory", "deleted from the directory"]
+            ["disabled in the directory", "deleted from the directory"]
         );
         assert!(matches!(
             p.changes[0].changes[1],
