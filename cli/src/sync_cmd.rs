@@ -572,12 +572,8 @@ fn print_status(status: &Value, json: bool) -> anyhow::Result<()> {
     }
     let time = |k: &str| {
         status[k]
-            .as_i64()
-            .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok())
-            .and_then(|t| {
-                t.format(&time::format_description::well_known::Rfc3339)
-                    .ok()
-            })
+            .as_u64()
+            .and_then(|t| crate::login::rfc3339(t).ok())
             .unwrap_or_else(|| "never".to_owned())
     };
     outln!("last success: {}", time("last_success"));

@@ -123,6 +123,17 @@ fn ranged(e: &SearchEntry, attr: &str) -> Option<(Vec<String>, Option<u64>)> {
     Some((values.clone(), next))
 }
 
+/// What one paged search reads, and how it reports.
+struct Search<'a> {
+    base: &'a str,
+    filter: &'a str,
+    attrs: Vec<String>,
+    /// Which search, and so which fields, for its errors.
+    what: String,
+    /// The progress phase it reports under, every 1,000 entries and at its end.
+    phase: ReadPhase,
+}
+
 /// A paged subtree search, every entry of it or an error.
 ///
 /// A referral (part of the tree held by another server) is a short read, and fails it, unless
@@ -131,37 +142,53 @@ fn ranged(e: &SearchEntry, attr: &str) -> Option<(Vec<String>, Option<u64>)> {
 /// or groups of the domain.
 async fn paged(
     ldap: &mut Ldap,
-    (base, filter, attrs): (&str, &str, Vec<String>),
-    page: i32,
-    timeout: std::time::Duration,
+    search: Search<'_>,
+    (page, timeout): (i32, std::time::Duration),
     referrals_are_partitions: bool,
-    mut each: impl FnMut(SearchEntry) -> Result<(), LdapError>,
+    progress: Progress<'_>,
+    mut each: impl FnMut(SearchEntry),
 ) -> Result<(), LdapError> {
+    let Search {
+        base,
+        filter,
+        attrs,
+        what,
+        phase,
+    } = search;
     let adapters: Vec<Box<dyn Adapter<_, _>>> = vec![Box::new(PagedResults::new(page))];
-    let mut stream = ldap
-        .with_timeout(timeout)
-        .streaming_search_with(adapters, base, Scope::Subtree, filter, attrs)
-        .await?;
-    let mut referrals = 0usize;
-    while let Some(entry) = stream.next().await? {
-        if entry.is_intermediate() {
-            continue;
+    let read = async {
+        let mut stream = ldap
+            .with_timeout(timeout)
+            .streaming_search_with(adapters, base, Scope::Subtree, filter, attrs)
+            .await?;
+        let (mut n, mut referrals) = (0u64, 0usize);
+        while let Some(entry) = stream.next().await? {
+            if entry.is_intermediate() {
+                continue;
+            }
+            if entry.is_ref() {
+                referrals += 1;
+                continue;
+            }
+            each(SearchEntry::construct(entry));
+            n += 1;
+            if n.is_multiple_of(1000) {
+                progress(phase, n);
+            }
         }
-        if entry.is_ref() {
-            referrals += 1;
-            continue;
+        if referrals > 0 && !referrals_are_partitions {
+            let _ = stream.finish().await;
+            return Err(LdapError::AdapterInit(format!(
+                "the directory answered with {referrals} referral(s): part of the tree under {base} is held by another server and was not read, and sync refuses a partial directory"
+            )));
         }
-        each(SearchEntry::construct(entry))?;
-    }
-    if referrals > 0 && !referrals_are_partitions {
-        let _ = stream.finish().await;
-        return Err(LdapError::AdapterInit(format!(
-            "the directory answered with {referrals} referral(s): part of the tree under {base} is held by another server and was not read, and sync refuses a partial directory"
-        )));
-    }
-    // Anything but success (a size limit, a time limit, an unavailable server) is a short read.
-    stream.finish().await.success()?;
-    Ok(())
+        // Anything but success (a size limit, a time limit, an unavailable server) is a short
+        // read.
+        stream.finish().await.success()?;
+        progress(phase, n);
+        Ok(())
+    };
+    read.await.map_err(|e| in_search(e, &what))
 }
 
 /// A search's refusal, saying which search (and so which field) it was; a broken connection is
@@ -254,32 +281,22 @@ impl LdapDirectory {
                 async move {
                     let mut searches = 0u64;
                     let mut groups = Vec::new();
-                    paged(
-                        &mut ldap,
-                        (&c.group_base, &c.group_filter, group_attrs),
-                        c.page_size,
-                        t,
-                        c.preset == Preset::ActiveDirectory,
-                        |e| {
-                            groups.push(e);
-                            if groups.len().is_multiple_of(1000) {
-                                progress(ReadPhase::Groups, groups.len() as u64);
-                            }
-                            Ok(())
-                        },
-                    )
-                    .await
-                    .map_err(|e| {
-                        in_search(
-                            e,
-                            &format!(
-                                "the groups under {} (`directory.groups.base`, `filter`)",
-                                c.group_base
-                            ),
-                        )
-                    })?;
+                    let ad = c.preset == Preset::ActiveDirectory;
+                    let groups_search = Search {
+                        base: &c.group_base,
+                        filter: &c.group_filter,
+                        attrs: group_attrs,
+                        what: format!(
+                            "the groups under {} (`directory.groups.base`, `filter`)",
+                            c.group_base
+                        ),
+                        phase: ReadPhase::Groups,
+                    };
+                    paged(&mut ldap, groups_search, (c.page_size, t), ad, progress, |e| {
+                        groups.push(e);
+                    })
+                    .await?;
                     searches += 1;
-                    progress(ReadPhase::Groups, groups.len() as u64);
                     // Member lists sent in ranges, read to their end.
                     let mut with_members = Vec::with_capacity(groups.len());
                     for g in groups {
@@ -322,48 +339,37 @@ impl LdapDirectory {
                         });
                     }
                     let mut users = Vec::new();
-                    paged(
-                        &mut ldap,
-                        (&c.user_base, &c.user_filter, user_attrs),
-                        c.page_size,
-                        t,
-                        c.preset == Preset::ActiveDirectory,
-                        |e| {
-                            users.push(RawUser {
-                                id: me.stable_id(&e),
-                                name: first(&e, &c.name_attribute),
-                                status: me.status(&e),
-                                member_of: if c.direct == DirectGroups::MemberOf {
-                                    all(&e, "memberOf")
-                                } else {
-                                    Vec::new()
-                                },
-                                dn: e.dn,
-                            });
-                            if users.len().is_multiple_of(1000) {
-                                progress(ReadPhase::Users, users.len() as u64);
-                            }
-                            Ok(())
-                        },
-                    )
-                    .await
-                    .map_err(|e| {
-                        in_search(
-                            e,
-                            &format!(
-                                "the users under {} (`directory.users.base`, `filter`)",
-                                c.user_base
-                            ),
-                        )
-                    })?;
+                    let users_search = Search {
+                        base: &c.user_base,
+                        filter: &c.user_filter,
+                        attrs: user_attrs,
+                        what: format!(
+                            "the users under {} (`directory.users.base`, `filter`)",
+                            c.user_base
+                        ),
+                        phase: ReadPhase::Users,
+                    };
+                    paged(&mut ldap, users_search, (c.page_size, t), ad, progress, |e| {
+                        users.push(RawUser {
+                            id: me.stable_id(&e),
+                            name: first(&e, &c.name_attribute),
+                            status: me.status(&e),
+                            member_of: if c.direct == DirectGroups::MemberOf {
+                                all(&e, "memberOf")
+                            } else {
+                                Vec::new()
+                            },
+                            dn: e.dn,
+                        });
+                    })
+                    .await?;
                     searches += 1;
-                    progress(ReadPhase::Users, users.len() as u64);
                     let id_attr = c.id_attribute.clone();
                     let base = read_entry(&mut ldap, &c.user_base, vec![id_attr], t)
                         .await?
                         .and_then(|b| me.stable_id(&b));
                     searches += 1;
-                    let invocation = if c.preset == Preset::ActiveDirectory {
+                    let invocation = if ad {
                         searches += 2;
                         invocation_id(&mut ldap, t).await?
                     } else {

@@ -431,10 +431,12 @@ impl Runner<'_> {
         mark("plan", &mut phases);
         // The Kubernetes objects: what exists is read before anything is applied, so that a
         // prune that trips the guard stops the whole run.
-        let names = self
-            .directory
-            .token_group_names(snap.groups.iter().map(|g| g.name.as_str()));
-        let groups: std::collections::BTreeSet<String> = names.into_iter().collect();
+        // Every group's name as tokens carry it, from the names worked out for the entries.
+        let groups: std::collections::BTreeSet<String> = names
+            .iter()
+            .flatten()
+            .map(|(token, _)| token.clone())
+            .collect();
         let mut kube_state = None;
         let mut kubernetes = None;
         let mut kube_error: Option<String> = None;

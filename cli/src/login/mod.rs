@@ -453,7 +453,7 @@ fn claims(token: &str) -> Value {
         .unwrap_or(Value::Null)
 }
 
-fn rfc3339(unix: u64) -> anyhow::Result<String> {
+pub(crate) fn rfc3339(unix: u64) -> anyhow::Result<String> {
     Ok(
         time::OffsetDateTime::from_unix_timestamp(i64::try_from(unix)?)?
             .format(&time::format_description::well_known::Rfc3339)?,
