@@ -32,6 +32,8 @@ pub struct Settings {
     pub upstreams: Vec<std::sync::Arc<crate::login::upstream::Upstream>>,
     /// The sync worker, when a `sync` section is configured.
     pub sync: Option<std::sync::Arc<dyn SyncControl>>,
+    /// Workload credentials and pod admission, when a `workloads` section is configured.
+    pub workloads: Option<std::sync::Arc<idbridge_workload::Issuer>>,
 }
 
 /// The sync worker as the admin API and `/metrics` see it. The binary builds it over the sync
@@ -125,6 +127,7 @@ impl Settings {
             kerberos: None,
             upstreams: Vec::new(),
             sync: None,
+            workloads: None,
         }
     }
 

@@ -175,6 +175,90 @@ pub struct RevokeArgs {
     /// With --user: revoke the account's static tokens as well.
     #[arg(long, requires = "user")]
     static_tokens: bool,
+    /// A pod, by UID: its further credential requests are refused, its agent removes the
+    /// credential at its next renewal.
+    #[arg(long, group = "what", value_name = "UID")]
+    pod: Option<String>,
+    /// Every pod of a serviceaccount.
+    #[arg(long, group = "what", value_name = "NAMESPACE/NAME")]
+    serviceaccount: Option<String>,
+    /// Every workload mapped to a Kerberos principal.
+    #[arg(long, group = "what", value_name = "PRINCIPAL")]
+    principal: Option<String>,
+    /// With --serviceaccount or --principal: also give the principal new random keys, so a
+    /// leaked keytab stops working at the KDC (tickets already issued last until they end).
+    #[arg(long)]
+    rotate: bool,
+    /// With a workload: why, recorded and told to the refused agent.
+    #[arg(long)]
+    reason: Option<String>,
+}
+
+impl RevokeArgs {
+    fn workload(&self) -> Option<(idbridge_core::WorkloadTarget, String)> {
+        use idbridge_core::WorkloadTarget as T;
+        match (&self.pod, &self.serviceaccount, &self.principal) {
+            (Some(p), _, _) => Some((T::Pod, p.clone())),
+            (_, Some(s), _) => Some((T::ServiceAccount, s.clone())),
+            (_, _, Some(p)) => Some((T::Principal, p.clone())),
+            _ => None,
+        }
+    }
+}
+
+/// Revokes a workload: through the server (which can rotate keys), or offline in the store.
+async fn revoke_workload(
+    backend: &Backend,
+    target: idbridge_core::WorkloadTarget,
+    value: String,
+    args: &RevokeArgs,
+    as_json: bool,
+) -> anyhow::Result<()> {
+    let reason = args
+        .reason
+        .clone()
+        .unwrap_or_else(|| "revoked by an administrator".into());
+    let done: serde_json::Value = match backend {
+        Backend::Offline(ops, _) => {
+            if args.rotate {
+                bail!("--rotate needs the running server (it holds the key source); run without --offline");
+            }
+            let r = idbridge_core::WorkloadRevocation {
+                target,
+                value,
+                reason,
+                by: "offline".into(),
+                at: idbridge_core::Clock::now(&idbridge_core::SystemClock),
+            };
+            ops.store().revoke_workload(&r).await?;
+            json!({"revocation": r, "rotated_kvno": null})
+        }
+        Backend::Remote { .. } => {
+            backend
+                .call(
+                    reqwest::Method::POST,
+                    "/workloads/revocations",
+                    Some(json!({"target": target, "value": value, "reason": reason, "rotate": args.rotate})),
+                )
+                .await?
+        }
+    };
+    let what = match target {
+        idbridge_core::WorkloadTarget::Pod => "pod",
+        idbridge_core::WorkloadTarget::ServiceAccount => "serviceaccount",
+        idbridge_core::WorkloadTarget::Principal => "principal",
+    };
+    eprintln!(
+        "revoked {what} {}: further credentials are refused; agents remove theirs at their next renewal",
+        done["revocation"]["value"].as_str().unwrap_or_default()
+    );
+    if let Some(v) = done["rotated_kvno"].as_u64() {
+        eprintln!("new keys: key version {v}; keytabs of older versions no longer work at the KDC");
+    }
+    if as_json {
+        outln!("{}", serde_json::to_string_pretty(&done)?);
+    }
+    Ok(())
 }
 
 fn parse_label(s: &str) -> Result<(LabelKey, String), String> {
@@ -323,7 +407,7 @@ fn print_accounts(accounts: &[UserAccount], as_json: bool) -> anyhow::Result<()>
     Ok(())
 }
 
-fn fmt_time(t: Option<i64>) -> String {
+pub(crate) fn fmt_time(t: Option<i64>) -> String {
     t.and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
         .and_then(|d| {
             d.format(&time::format_description::well_known::Rfc3339)
@@ -431,13 +515,23 @@ async fn set_disabled(
 
 /// An HTTP client for idbridge's API, trusting `ca` (a PEM bundle) or else the system's roots.
 pub(crate) fn http_client(ca: Option<&std::path::Path>) -> anyhow::Result<reqwest::Client> {
+    match ca {
+        Some(ca) => {
+            let pem = std::fs::read(ca).with_context(|| format!("cannot read {}", ca.display()))?;
+            http_client_pem(Some(&pem), &ca.display().to_string())
+        }
+        None => http_client_pem(None, ""),
+    }
+}
+
+/// [`http_client`] trusting the PEM bundle `pem` (named `source` in errors).
+pub(crate) fn http_client_pem(pem: Option<&[u8]>, source: &str) -> anyhow::Result<reqwest::Client> {
     let mut b = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(30))
         .user_agent(concat!("idbridge/", env!("CARGO_PKG_VERSION")));
-    if let Some(ca) = ca {
-        let pem = std::fs::read(ca).with_context(|| format!("cannot read {}", ca.display()))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .with_context(|| format!("{}: not a PEM certificate bundle", ca.display()))?;
+    if let Some(pem) = pem {
+        let certs = reqwest::Certificate::from_pem_bundle(pem)
+            .with_context(|| format!("{source}: not a PEM certificate bundle"))?;
         b = b.tls_certs_only(certs);
     }
     Ok(b.build()?)
@@ -663,7 +757,15 @@ pub async fn session(cmd: SessionCmd, target: &Target) -> anyhow::Result<()> {
 }
 
 pub async fn revoke(args: RevokeArgs, target: &Target) -> anyhow::Result<()> {
+    if args.rotate && args.serviceaccount.is_none() && args.principal.is_none() {
+        bail!(
+            "--rotate goes with --serviceaccount or --principal (a pod's principal: revoke the pod, then `--principal P --rotate`)"
+        );
+    }
     let backend = Backend::new(target).await?;
+    if let Some((what, value)) = args.workload() {
+        return revoke_workload(&backend, what, value, &args, target.json).await;
+    }
     if let Some(user) = args.user {
         let done: UserRevocation = match &backend {
             Backend::Offline(ops, _) => ops.revoke_user(&user, args.static_tokens).await?,

@@ -40,6 +40,8 @@ pub struct Config {
     pub sync: Option<idbridge_sync::SyncConfig>,
     /// Kerberos single sign-on (a keytab for the HTTP service); none by default.
     pub kerberos: Option<idbridge_kerberos::KerberosConfig>,
+    /// Workload credentials (the keytab injector; needs `kubernetes.api`); off by default.
+    pub workloads: Option<idbridge_workload::WorkloadsConfig>,
     /// Upstream OpenID providers users may log in through, in the login page's order.
     pub upstreams: Vec<UpstreamConfig>,
     pub kubernetes: KubernetesConfig,
@@ -76,6 +78,7 @@ impl Default for Config {
             directory: None,
             sync: None,
             kerberos: None,
+            workloads: None,
             upstreams: Vec::new(),
             kubernetes: KubernetesConfig::default(),
             webhooks: WebhooksConfig::default(),

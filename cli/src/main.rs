@@ -21,6 +21,7 @@ macro_rules! outln {
 }
 
 mod admin_cmd;
+mod agent;
 mod config;
 mod files;
 mod kubeconfig;
@@ -29,6 +30,7 @@ mod out;
 mod profile;
 mod serve;
 mod sync_cmd;
+mod workload_cmd;
 
 use std::process::ExitCode;
 
@@ -172,6 +174,17 @@ enum Command {
         --method device --cluster-ca-file k8s-ca.crt --context prod\n  \
         kubectl get pods                                 # logs in on first use")]
     Kubeconfig(kubeconfig::KubeconfigArgs),
+    /// List or lift workload revocations (`idbridge revoke --pod|--serviceaccount|--principal`
+    /// makes them).
+    Workload {
+        #[command(subcommand)]
+        cmd: workload_cmd::WorkloadCmd,
+        #[command(flatten)]
+        target: admin_cmd::Target,
+    },
+    /// The pod side of workload credentials: fetch the pod's Kerberos credential cache or
+    /// keytab with its ServiceAccount token, keep it renewed, drop it when revoked.
+    WorkloadAgent(agent::AgentArgs),
 }
 
 fn init_logging(format: LogFormat, client: bool) {
@@ -276,6 +289,8 @@ fn main() -> ExitCode {
             Command::Logout(args) => login::logout(args).await,
             Command::Kubeconfig(args) => kubeconfig::run(&args),
             Command::Sync(args) => sync_cmd::run(args).await,
+            Command::Workload { cmd, target } => workload_cmd::run(cmd, &target).await,
+            Command::WorkloadAgent(args) => agent::run(args).await,
         }
     });
     match result {

@@ -385,6 +385,8 @@ pub fn check_files(cfg: &Config) -> anyhow::Result<()> {
     }
     // The sync rules, checked field by field.
     crate::sync_cmd::check(cfg)?;
+    // The workload mappings, and the files they need.
+    crate::workload_cmd::check(cfg)?;
     if let Some(k) = &cfg.kerberos {
         // Reads the keytab; writes nothing (the replay cache is created at the first login).
         kerberos_login(cfg, k)?;

@@ -1,7 +1,7 @@
 //! `idbridge serve`.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -249,6 +249,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         s.sync = Some(w.clone());
         state.set_settings(s);
     }
+    // Workload credentials: rebuilt on reload.
+    let generated_ca = boot.ca_file.clone();
+    let store: Arc<dyn idbridge_core::Store> = boot.store.clone();
+    if let Some(issuer) =
+        crate::workload_cmd::setup(&cfg, &issuer, generated_ca.as_deref(), store, clock.clone())
+            .await
+            .map_err(|e| config_error(&e))?
+    {
+        let mut s = (*state.settings()).clone();
+        s.workloads = Some(issuer);
+        state.set_settings(s);
+    }
     if cfg.tls.client_ca_file.is_none() && boot.ca_file.is_some() {
         tracing::info!(ca = %boot.ca_file.as_deref().map(|p| p.display().to_string()).unwrap_or_default(), "clients should trust the generated CA");
     }
@@ -264,6 +276,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     let maintenance = tokio::spawn(maintain(state.clone(), cfg.keys.publish_lead.get()));
     let sync_loop = worker.clone().map(|w| tokio::spawn(w.run_loop()));
+    let workload_keys = tokio::spawn(crate::workload_cmd::maintain(state.clone()));
     let mut term = signal(SignalKind::terminate())?;
     let mut hup = signal(SignalKind::hangup())?;
     let reload_state = state.clone();
@@ -279,6 +292,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 &reload_issuer,
                 &reload_state,
                 reload_worker.as_ref(),
+                generated_ca.as_deref(),
             )
             .await;
         }
@@ -309,6 +323,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     .await?;
     reloader.abort();
     maintenance.abort();
+    workload_keys.abort();
     if let Some(l) = sync_loop {
         l.abort();
     }
@@ -350,6 +365,7 @@ async fn reload(
     issuer: &str,
     state: &AppState,
     worker: Option<&Arc<crate::sync_cmd::Worker>>,
+    generated_ca: Option<&Path>,
 ) {
     let result = async {
         let cfg = args.load()?;
@@ -405,6 +421,14 @@ async fn reload(
             }
             (None, None) => {}
         }
+        new.workloads = crate::workload_cmd::setup(
+            &cfg,
+            issuer,
+            generated_ca,
+            state.store().clone(),
+            Arc::new(SystemClock),
+        )
+        .await?;
         state.set_settings(new);
         anyhow::Ok(())
     }

@@ -54,6 +54,7 @@ pub use session::{
 };
 pub use store::{
     AccountChange, AccountChangeOutcome, AccountStore, KeyStore, PendingStore, SessionStore, Store,
-    SyncLease, SyncState, SyncStateStore,
+    SyncLease, SyncState, SyncStateStore, WorkloadKeyState, WorkloadRevocation, WorkloadStore,
+    WorkloadTarget,
 };
 pub use token::{StaticToken, TokenHash, TokenId};

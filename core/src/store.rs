@@ -13,6 +13,8 @@
 //!   (revoked access tokens, the revocations snapshot), and the purge of whatever has ended.
 //! - [`SyncStateStore`]: what the sync worker remembers between runs, and the lease that lets
 //!   one runner at a time sync.
+//! - [`WorkloadStore`]: workload revocations (pods, serviceaccounts, principals refused
+//!   credentials) and the key versions of the principals whose keytabs are handed out.
 //!
 //! [`Store`] is their union, implemented for every type that implements all four; callers hold
 //! an `Arc<dyn Store>` and call any method on it. A caller that holds a concrete store type
@@ -38,6 +40,7 @@ pub trait Store:
     + PendingStore
     + KeyStore
     + SyncStateStore
+    + WorkloadStore
     + Send
     + Sync
     + std::fmt::Debug
@@ -50,6 +53,7 @@ impl<T> Store for T where
         + PendingStore
         + KeyStore
         + SyncStateStore
+        + WorkloadStore
         + Send
         + Sync
         + std::fmt::Debug
@@ -102,6 +106,105 @@ pub trait SyncStateStore: Send + Sync + std::fmt::Debug {
     ) -> Result<SyncLease, StoreError>;
     /// Gives the lease up, if `holder` holds it.
     async fn release_sync_lease(&self, holder: &str) -> Result<(), StoreError>;
+}
+
+/// What a workload revocation names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkloadTarget {
+    /// One pod, by its UID: its tokens are refused, other pods of its serviceaccount go on.
+    Pod,
+    /// A serviceaccount, `namespace/name`: every pod of it.
+    ServiceAccount,
+    /// A Kerberos principal: every workload mapped to it.
+    Principal,
+}
+
+impl WorkloadTarget {
+    /// The name the store and the admin API use (`pod`, `service_account`, `principal`).
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pod => "pod",
+            Self::ServiceAccount => "service_account",
+            Self::Principal => "principal",
+        }
+    }
+
+    /// The target named by [`as_str`](Self::as_str).
+    #[must_use]
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Pod, Self::ServiceAccount, Self::Principal]
+            .into_iter()
+            .find(|t| t.as_str() == s)
+    }
+}
+
+/// A revocation: workloads it names get no credential until it is lifted.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WorkloadRevocation {
+    /// What it names.
+    pub target: WorkloadTarget,
+    /// The pod UID, `namespace/serviceaccount` or principal.
+    pub value: String,
+    /// Why, as the admin said it.
+    pub reason: String,
+    /// Who revoked (the admin's account name).
+    pub by: String,
+    /// When.
+    pub at: UnixTime,
+}
+
+/// The keys of a principal whose keytab is handed out: the version in force, and the previous
+/// version handed-out keytabs keep until `previous_until`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WorkloadKeyState {
+    /// The principal.
+    pub principal: String,
+    /// The key version in force.
+    pub kvno: u32,
+    /// When its keys were last made (or first read).
+    pub rotated_at: UnixTime,
+    /// The version before, kept in keytabs for the overlap window.
+    pub previous_kvno: Option<u32>,
+    /// The overlap window's end.
+    pub previous_until: Option<UnixTime>,
+}
+
+/// Workload revocations and the key versions of keytab principals.
+#[async_trait]
+pub trait WorkloadStore: Send + Sync + std::fmt::Debug {
+    /// Records a revocation; replaces one of the same target and value. Durable on return.
+    async fn revoke_workload(&self, revocation: &WorkloadRevocation) -> Result<(), StoreError>;
+    /// Lifts the revocation of `target` and `value`; whether there was one.
+    async fn lift_workload_revocation(
+        &self,
+        target: WorkloadTarget,
+        value: &str,
+    ) -> Result<bool, StoreError>;
+    /// Every revocation, oldest first.
+    async fn workload_revocations(&self) -> Result<Vec<WorkloadRevocation>, StoreError>;
+    /// The first revocation that names this pod, serviceaccount (`namespace/name`) or principal.
+    async fn workload_revoked(
+        &self,
+        pod_uid: &str,
+        service_account: &str,
+        principal: &str,
+    ) -> Result<Option<WorkloadRevocation>, StoreError>;
+    /// The key state of `principal`, if its keytab was ever handed out.
+    async fn workload_key_state(
+        &self,
+        principal: &str,
+    ) -> Result<Option<WorkloadKeyState>, StoreError>;
+    /// Every key state, by principal.
+    async fn workload_key_states(&self) -> Result<Vec<WorkloadKeyState>, StoreError>;
+    /// Writes `state` if the stored state's `rotated_at` is still `expected` (`None`: there is
+    /// none yet); whether it was written. Two replicas that both decide to rotate: one wins.
+    async fn put_workload_key_state(
+        &self,
+        state: &WorkloadKeyState,
+        expected: Option<UnixTime>,
+    ) -> Result<bool, StoreError>;
 }
 
 /// One change in a batch for [`AccountStore::apply_account_changes`].

@@ -59,7 +59,8 @@ pub struct MitKadmin {
 }
 
 /// Whether `p` is a principal name safe on kadmin's query line.
-fn plain(p: &str) -> bool {
+#[must_use]
+pub fn plain_principal(p: &str) -> bool {
     !p.is_empty()
         && p.len() <= 255
         && !p.starts_with(['-', '/', '@'])
@@ -114,7 +115,7 @@ impl MitKadmin {
     }
 
     fn checked(p: &str) -> Result<&str, KadminError> {
-        if plain(p) {
+        if plain_principal(p) {
             Ok(p)
         } else {
             Err(KadminError::Name(p.to_owned()))
@@ -195,6 +196,20 @@ impl MitKadmin {
     }
 }
 
+impl MitKadmin {
+    /// Deletes the keys of `principal` older than version `keep` (`purgekeys -keepkvno`), once
+    /// nothing handed out needs them.
+    ///
+    /// # Errors
+    /// [`KadminError`].
+    pub async fn purge_before(&self, principal: &str, keep: u32) -> Result<(), KadminError> {
+        let p = Self::checked(principal)?;
+        self.query(&format!("purgekeys -keepkvno {keep} {p}"))
+            .await
+            .map(drop)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,7 +217,7 @@ mod tests {
     #[test]
     fn only_plain_principal_names_reach_kadmin() {
         for ok in ["svc/app.example.com@EXAMPLE.COM", "web", "a_b-c.d/e"] {
-            assert!(plain(ok), "{ok}");
+            assert!(plain_principal(ok), "{ok}");
         }
         for bad in [
             "",
@@ -215,7 +230,7 @@ mod tests {
             "x\ny",
             &"a".repeat(300),
         ] {
-            assert!(!plain(bad), "{bad:?}");
+            assert!(!plain_principal(bad), "{bad:?}");
         }
     }
 }

@@ -42,7 +42,7 @@ use idbridge_core::{
     AccountChange, AccountChangeOutcome, AccountName, AccountUid, Amr, ExternalIdentity, KeyState,
     NewAccount, Pending, PendingKind, RefreshRecord, Session, SessionId, Spend, SpendOutcome,
     StaticToken, Store, StoreError, StoredKey, SyncState, TokenHash, TokenId, UnixTime,
-    UserAccount,
+    UserAccount, WorkloadKeyState, WorkloadRevocation, WorkloadTarget,
 };
 
 /// Makes the stores the suite runs against.
@@ -107,6 +107,8 @@ macro_rules! conformance_cases {
             disabling_in_a_batch_revokes_only_the_accounts_live_sessions
             sync_state_starts_empty_and_is_replaced_whole
             one_runner_holds_the_sync_lease_until_it_ends_or_is_given_up
+            workload_revocations_name_a_pod_a_serviceaccount_or_a_principal
+            workload_key_states_change_only_from_the_state_expected
         }
     };
 }
@@ -1477,6 +1479,105 @@ pub async fn one_runner_holds_the_sync_lease_until_it_ends_or_is_given_up(f: &dy
         holders.insert(t.await.unwrap().holder);
     }
     assert_eq!(holders.len(), 1, "{holders:?}");
+}
+
+/// A revocation is found by whichever of its pod, serviceaccount or principal it names, is
+/// replaced by a second of the same target, listed oldest first, and lifted once.
+pub async fn workload_revocations_name_a_pod_a_serviceaccount_or_a_principal(f: &dyn StoreFactory) {
+    let s = f.fresh().await;
+    let revoked = |target, value: &str, at| WorkloadRevocation {
+        target,
+        value: value.into(),
+        reason: "leaked".into(),
+        by: "admin".into(),
+        at: UnixTime(at),
+    };
+    assert_eq!(
+        s.workload_revoked("u1", "ns/sa", "p@R").await.unwrap(),
+        None
+    );
+    s.revoke_workload(&revoked(WorkloadTarget::ServiceAccount, "ns/sa", 20))
+        .await
+        .unwrap();
+    s.revoke_workload(&revoked(WorkloadTarget::Pod, "u1", 10))
+        .await
+        .unwrap();
+    s.revoke_workload(&revoked(WorkloadTarget::Principal, "p@R", 30))
+        .await
+        .unwrap();
+    // The earliest that applies.
+    let hit = s.workload_revoked("u1", "ns/sa", "p@R").await.unwrap();
+    assert_eq!(hit.map(|r| r.target), Some(WorkloadTarget::Pod));
+    let hit = s.workload_revoked("u2", "ns/sa", "q@R").await.unwrap();
+    assert_eq!(hit.map(|r| r.target), Some(WorkloadTarget::ServiceAccount));
+    let hit = s.workload_revoked("u2", "ns/other", "p@R").await.unwrap();
+    assert_eq!(hit.map(|r| r.target), Some(WorkloadTarget::Principal));
+    // A value of one target does not match another target.
+    assert_eq!(s.workload_revoked("ns/sa", "u1", "x").await.unwrap(), None);
+    // The same target and value again replaces it.
+    let mut again = revoked(WorkloadTarget::Pod, "u1", 40);
+    again.reason = "still leaked".into();
+    s.revoke_workload(&again).await.unwrap();
+    let all = s.workload_revocations().await.unwrap();
+    assert_eq!(all.len(), 3, "{all:?}");
+    assert_eq!(all.last(), Some(&again));
+    assert!(
+        s.lift_workload_revocation(WorkloadTarget::Pod, "u1")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.lift_workload_revocation(WorkloadTarget::Pod, "u1")
+            .await
+            .unwrap()
+    );
+    assert_eq!(s.workload_revocations().await.unwrap().len(), 2);
+}
+
+/// A key state is written first only when there is none, then only over the `rotated_at` the
+/// writer read: of two replicas rotating at once, one wins.
+pub async fn workload_key_states_change_only_from_the_state_expected(f: &dyn StoreFactory) {
+    let s = f.fresh().await;
+    assert_eq!(s.workload_key_state("p@R").await.unwrap(), None);
+    let first = WorkloadKeyState {
+        principal: "p@R".into(),
+        kvno: 1,
+        rotated_at: UnixTime(100),
+        previous_kvno: None,
+        previous_until: None,
+    };
+    assert!(s.put_workload_key_state(&first, None).await.unwrap());
+    assert!(
+        !s.put_workload_key_state(&first, None).await.unwrap(),
+        "a first state only once"
+    );
+    let rotated = WorkloadKeyState {
+        kvno: 2,
+        rotated_at: UnixTime(200),
+        previous_kvno: Some(1),
+        previous_until: Some(UnixTime(260)),
+        ..first.clone()
+    };
+    assert!(
+        s.put_workload_key_state(&rotated, Some(UnixTime(100)))
+            .await
+            .unwrap()
+    );
+    let late = WorkloadKeyState {
+        kvno: 3,
+        ..rotated.clone()
+    };
+    assert!(
+        !s.put_workload_key_state(&late, Some(UnixTime(100)))
+            .await
+            .unwrap(),
+        "the second rotator read a state that is gone"
+    );
+    assert_eq!(
+        s.workload_key_state("p@R").await.unwrap(),
+        Some(rotated.clone())
+    );
+    assert_eq!(s.workload_key_states().await.unwrap(), vec![rotated]);
 }
 
 #[cfg(test)]

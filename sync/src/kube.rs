@@ -63,6 +63,34 @@ pub struct Applied {
     pub seconds: f64,
 }
 
+/// A client for `kubernetes.api` (reads the kubeconfig or the in-cluster files; asks the server
+/// nothing yet).
+///
+/// # Errors
+/// A message naming `kubernetes.api` and what is wrong.
+pub async fn client(api: &ApiConfig) -> Result<kube::Client, String> {
+    let config = match &api.kubeconfig {
+        Some(path) => {
+            let file = Kubeconfig::read_from(path).map_err(|e| {
+                format!("field `kubernetes.api.kubeconfig`: {}: {e}", path.display())
+            })?;
+            let opts = KubeConfigOptions {
+                context: api.context.clone(),
+                ..KubeConfigOptions::default()
+            };
+            kube::Config::from_custom_kubeconfig(file, &opts)
+                .await
+                .map_err(|e| format!("field `kubernetes.api`: {}: {e}", path.display()))?
+        }
+        None => kube::Config::incluster().map_err(|e| {
+            format!(
+                "field `kubernetes.api`: no kubeconfig given and not running in a pod ({e}); set `kubernetes.api.kubeconfig`"
+            )
+        })?,
+    };
+    kube::Client::try_from(config).map_err(|e| format!("field `kubernetes.api`: {e}"))
+}
+
 fn owned_selector(instance: &str) -> String {
     format!("{MANAGED_BY}={MANAGER},{INSTANCE}={instance}")
 }
@@ -77,27 +105,7 @@ impl Cluster {
         instance: String,
         groups_prefix: String,
     ) -> Result<Self, String> {
-        let config = match &api.kubeconfig {
-            Some(path) => {
-                let file = Kubeconfig::read_from(path).map_err(|e| {
-                    format!("field `kubernetes.api.kubeconfig`: {}: {e}", path.display())
-                })?;
-                let opts = KubeConfigOptions {
-                    context: api.context.clone(),
-                    ..KubeConfigOptions::default()
-                };
-                kube::Config::from_custom_kubeconfig(file, &opts)
-                    .await
-                    .map_err(|e| format!("field `kubernetes.api`: {}: {e}", path.display()))?
-            }
-            None => kube::Config::incluster().map_err(|e| {
-                format!(
-                    "field `kubernetes.api`: no kubeconfig given and not running in a pod ({e}); set `kubernetes.api.kubeconfig`"
-                )
-            })?,
-        };
-        let client =
-            kube::Client::try_from(config).map_err(|e| format!("field `kubernetes.api`: {e}"))?;
+        let client = client(api).await?;
         Ok(Self {
             client,
             instance,

@@ -309,7 +309,7 @@ impl ApiServer {
             format!("--tls-private-key-file={}", key.display()),
             "--endpoint-reconciler-type=none".to_owned(),
             "--service-cluster-ip-range=10.96.0.0/12".to_owned(),
-            "--service-account-issuer=https://kubernetes.default.svc.cluster.local".to_owned(),
+            format!("--service-account-issuer={}", Self::SERVICE_ACCOUNT_ISSUER),
             format!("--service-account-key-file={}", sa_pub.display()),
             format!("--service-account-signing-key-file={}", sa_key.display()),
             format!("--token-auth-file={}", tokens.display()),
@@ -377,6 +377,16 @@ impl ApiServer {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+
+    /// The key it signs ServiceAccount tokens with (PKCS#8 PEM, ECDSA P-256), for tests that
+    /// need a token the TokenRequest API does not make (one already expired).
+    #[must_use]
+    pub fn service_account_key(&self) -> PathBuf {
+        self.dir.join("sa.key")
+    }
+
+    /// The issuer of its ServiceAccount tokens.
+    pub const SERVICE_ACCOUNT_ISSUER: &'static str = "https://kubernetes.default.svc.cluster.local";
 
     /// The last lines of its log.
     #[must_use]

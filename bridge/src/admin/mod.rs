@@ -93,6 +93,8 @@ pub(crate) const ROUTES: &[&str] = &[
     "/admin/v1/keys",
     "/admin/v1/keys/rotate",
     "/admin/v1/sync",
+    "/admin/v1/workloads/revocations",
+    "/admin/v1/workloads/revocations/lift",
 ];
 
 pub(crate) fn routes() -> Router<AppState> {
@@ -110,6 +112,141 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/keys", get(list_keys))
         .route("/keys/rotate", post(rotate_keys))
         .route("/sync", get(sync_status).post(sync_now))
+        .route(
+            "/workloads/revocations",
+            get(workload_revocations).post(revoke_workload),
+        )
+        .route("/workloads/revocations/lift", post(lift_workload))
+}
+
+/// What `POST /admin/v1/workloads/revocations` asks for.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WorkloadRevokeRequest {
+    /// `pod`, `service_account` or `principal`.
+    target: idbridge_core::WorkloadTarget,
+    /// The pod UID, `namespace/name` or principal.
+    value: String,
+    /// Why (recorded, and told to the refused workload).
+    #[serde(default)]
+    reason: Option<String>,
+    /// Also give the principal new keys.
+    #[serde(default)]
+    rotate: bool,
+}
+
+/// What `POST /admin/v1/workloads/revocations/lift` asks for.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WorkloadLiftRequest {
+    target: idbridge_core::WorkloadTarget,
+    value: String,
+}
+
+fn check_workload_value(
+    target: idbridge_core::WorkloadTarget,
+    value: &str,
+) -> Result<(), ApiError> {
+    use idbridge_core::WorkloadTarget as T;
+    let ok = match target {
+        T::Pod => {
+            !value.is_empty()
+                && value.len() <= 64
+                && value.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
+        }
+        T::ServiceAccount => value
+            .split_once('/')
+            .is_some_and(|(ns, sa)| !ns.is_empty() && !sa.is_empty() && !sa.contains('/')),
+        T::Principal => idbridge_kerberos::kadmin::plain_principal(value) && value.contains('@'),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::BadRequest(format!(
+            "{value:?} is not a {}",
+            match target {
+                T::Pod => "pod UID",
+                T::ServiceAccount => "serviceaccount NAMESPACE/NAME",
+                T::Principal => "principal NAME@REALM",
+            }
+        )))
+    }
+}
+
+async fn workload_revocations(
+    State(state): State<AppState>,
+    _admin: Admin,
+) -> Result<Json<Vec<idbridge_core::WorkloadRevocation>>, ApiError> {
+    Ok(Json(state.store().workload_revocations().await?))
+}
+
+async fn revoke_workload(
+    State(state): State<AppState>,
+    admin: Admin,
+    body: Result<Json<WorkloadRevokeRequest>, JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Json(req) = body?;
+    check_workload_value(req.target, &req.value)?;
+    let revocation = idbridge_core::WorkloadRevocation {
+        target: req.target,
+        value: req.value.clone(),
+        reason: req
+            .reason
+            .unwrap_or_else(|| "revoked by an administrator".into()),
+        by: admin.name.clone(),
+        at: state.clock().now(),
+    };
+    let rotated = match state.settings().workloads.clone() {
+        Some(issuer) => issuer
+            .revoke(&revocation, req.rotate)
+            .await
+            .map_err(ApiError::Unavailable)?,
+        None if req.rotate => {
+            return Err(ApiError::NotFound(
+                "--rotate needs the key source: this server has no `workloads` section".into(),
+            ));
+        }
+        None => {
+            state.store().revoke_workload(&revocation).await?;
+            None
+        }
+    };
+    let mut ev = admin.ctx.event("workload.revoke", "ok");
+    ev.actor = Some(&admin.name);
+    ev.actor_uid = Some(admin.uid.to_string());
+    ev.object = Some(idbridge_workload::issue::describe(&revocation));
+    let rotation = rotated.map(|v| format!("rotated to key version {v}"));
+    ev.reason = rotation.as_deref().or(Some(&revocation.reason));
+    state.audit().record_durable(&ev).await;
+    Ok(Json(serde_json::json!({
+        "revocation": revocation,
+        "rotated_kvno": rotated,
+    })))
+}
+
+async fn lift_workload(
+    State(state): State<AppState>,
+    admin: Admin,
+    body: Result<Json<WorkloadLiftRequest>, JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Json(req) = body?;
+    let lifted = state
+        .store()
+        .lift_workload_revocation(req.target, &req.value)
+        .await?;
+    if !lifted {
+        return Err(ApiError::NotFound(format!(
+            "no revocation of {} {}",
+            req.target.as_str(),
+            req.value
+        )));
+    }
+    let mut ev = admin.ctx.event("workload.lift", "ok");
+    ev.actor = Some(&admin.name);
+    ev.actor_uid = Some(admin.uid.to_string());
+    ev.object = Some(format!("{} {}", req.target.as_str(), req.value));
+    state.audit().record_durable(&ev).await;
+    Ok(Json(serde_json::json!({"lifted": true})))
 }
 
 /// What `POST /admin/v1/sync` asks for.

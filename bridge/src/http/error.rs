@@ -52,6 +52,16 @@ pub enum ApiError {
     /// A dependency (the store) is unavailable; retry later.
     #[error("{0}")]
     Unavailable(String),
+    /// A refusal with its own status and code (a workload credential refused).
+    #[error("{description}")]
+    Refused {
+        /// The HTTP status.
+        status: StatusCode,
+        /// The `error` code.
+        error: &'static str,
+        /// What the caller is told.
+        description: String,
+    },
     /// Too many attempts (failed logins, revocations); retry after this many seconds.
     #[error("too many attempts; retry in {0} s")]
     Throttled(u64),
@@ -87,7 +97,7 @@ impl ApiError {
     #[must_use]
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::OAuth { status, .. } => *status,
+            Self::OAuth { status, .. } | Self::Refused { status, .. } => *status,
             Self::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -105,7 +115,7 @@ impl ApiError {
     /// The `error` code of the JSON body.
     fn code(&self) -> &'static str {
         match self {
-            Self::OAuth { error, .. } => error,
+            Self::OAuth { error, .. } | Self::Refused { error, .. } => error,
             Self::Throttled(_) => "too_many_requests",
             Self::BadRequest(_) => "bad_request",
             Self::UnsupportedMediaType(_) => "unsupported_media_type",

@@ -85,7 +85,7 @@ pub fn user_info(who: &Authenticated, username_prefix: &str, groups_prefix: &str
 /// A caller allowed to use the webhooks: it presented a verified client certificate (when those
 /// are enabled) or a configured bearer token, compared in constant time. It carries the request's
 /// context, so the handler does not build it again.
-pub(crate) struct WebhookCaller(RequestCtx);
+pub(crate) struct WebhookCaller(pub(crate) RequestCtx);
 
 impl FromRequestParts<AppState> for WebhookCaller {
     type Rejection = ApiError;
@@ -122,7 +122,7 @@ impl FromRequestParts<AppState> for WebhookCaller {
 }
 
 /// A request body that must be JSON, as raw bytes (parsed by the handler, borrowing from it).
-pub(crate) struct JsonBytes(Bytes);
+pub(crate) struct JsonBytes(pub(crate) Bytes);
 
 impl<S: Send + Sync> FromRequest<S> for JsonBytes {
     type Rejection = ApiError;

@@ -16,13 +16,14 @@
 //! `writer` is the writer thread and the checkpointer; `sql` runs statements and decodes rows
 //! for the rest. Each store trait has its file: `accounts` ([`AccountStore`]), `sessions`
 //! ([`SessionStore`]), `pending` ([`PendingStore`]), `keys` ([`KeyStore`]) and `sync`
-//! ([`SyncStateStore`]).
+//! ([`SyncStateStore`]) and `workloads` ([`WorkloadStore`]).
 //!
 //! [`AccountStore`]: idbridge_core::AccountStore
 //! [`SessionStore`]: idbridge_core::SessionStore
 //! [`PendingStore`]: idbridge_core::PendingStore
 //! [`KeyStore`]: idbridge_core::KeyStore
 //! [`SyncStateStore`]: idbridge_core::SyncStateStore
+//! [`WorkloadStore`]: idbridge_core::WorkloadStore
 
 mod accounts;
 mod keys;
@@ -30,6 +31,7 @@ mod pending;
 mod sessions;
 mod sql;
 mod sync;
+mod workloads;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -48,6 +50,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../../migrations/0002_sessions.sql")),
     (3, include_str!("../../migrations/0003_logins.sql")),
     (4, include_str!("../../migrations/0004_sync.sql")),
+    (5, include_str!("../../migrations/0005_workloads.sql")),
 ];
 
 /// How long a statement waits for a lock another process holds (an `--offline` admin command).

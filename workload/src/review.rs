@@ -1,0 +1,143 @@
+//! Attestation: the pod's projected ServiceAccount token, checked by a TokenReview against the
+//! cluster's API server. The API server checks the signature, the audience, the expiry and
+//! that the pod the token is bound to still exists (a deleted pod's token fails within about a
+//! second); what it answers names the workload.
+
+use base64::Engine;
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+use kube::api::{Api, PostParams};
+
+/// A workload the API server vouched for.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Workload {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its serviceaccount.
+    pub serviceaccount: String,
+    /// The serviceaccount's UID.
+    pub serviceaccount_uid: String,
+    /// The pod the token is bound to.
+    pub pod_name: String,
+    /// Its UID.
+    pub pod_uid: String,
+    /// The token's credential id (`JTI=…`), when the API server gives one.
+    pub credential_id: Option<String>,
+    /// When the token expires (Unix seconds).
+    pub expires_at: i64,
+}
+
+impl Workload {
+    /// `namespace/serviceaccount`.
+    #[must_use]
+    pub fn service_account(&self) -> String {
+        format!("{}/{}", self.namespace, self.serviceaccount)
+    }
+}
+
+/// Why a token does not attest a workload.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReviewError {
+    /// The API server refused the token (its reason).
+    #[error("the ServiceAccount token is not valid: {0}")]
+    Refused(String),
+    /// Valid, but not a ServiceAccount's, or not bound to a pod.
+    #[error("{0}")]
+    NotAPod(String),
+    /// The API server could not be asked.
+    #[error("cannot review the token at the Kubernetes API: {0}")]
+    Unavailable(String),
+}
+
+const POD_NAME: &str = "authentication.kubernetes.io/pod-name";
+const POD_UID: &str = "authentication.kubernetes.io/pod-uid";
+const CREDENTIAL_ID: &str = "authentication.kubernetes.io/credential-id";
+
+/// The `exp` claim of a JWT, read without checking it (the API server just did).
+fn expiry(token: &str) -> Option<i64> {
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    claims.get("exp")?.as_i64()
+}
+
+/// Asks the API server about `token` for `audience`.
+///
+/// # Errors
+/// [`ReviewError`].
+pub async fn review(
+    client: &kube::Client,
+    token: &str,
+    audience: &str,
+) -> Result<Workload, ReviewError> {
+    let expires_at = expiry(token)
+        .ok_or_else(|| ReviewError::Refused("it is not a JWT with an `exp` claim".into()))?;
+    let asked = TokenReview {
+        spec: TokenReviewSpec {
+            token: Some(token.to_owned()),
+            audiences: Some(vec![audience.to_owned()]),
+        },
+        ..TokenReview::default()
+    };
+    let answer = Api::<TokenReview>::all(client.clone())
+        .create(&PostParams::default(), &asked)
+        .await
+        .map_err(|e| ReviewError::Unavailable(e.to_string()))?;
+    let status = answer.status.unwrap_or_default();
+    if status.authenticated != Some(true) {
+        return Err(ReviewError::Refused(
+            status.error.unwrap_or_else(|| "not authenticated".into()),
+        ));
+    }
+    if !status
+        .audiences
+        .unwrap_or_default()
+        .iter()
+        .any(|a| a == audience)
+    {
+        return Err(ReviewError::Refused(format!(
+            "it is not valid for the audience {audience:?}"
+        )));
+    }
+    let user = status.user.unwrap_or_default();
+    let username = user.username.unwrap_or_default();
+    let Some((namespace, serviceaccount)) = username
+        .strip_prefix("system:serviceaccount:")
+        .and_then(|rest| rest.split_once(':'))
+    else {
+        return Err(ReviewError::NotAPod(format!(
+            "the token is {username:?}'s, not a ServiceAccount's"
+        )));
+    };
+    let extra = user.extra.unwrap_or_default();
+    let one = |key: &str| extra.get(key).and_then(|v| v.first()).cloned();
+    let (Some(pod_name), Some(pod_uid)) = (one(POD_NAME), one(POD_UID)) else {
+        return Err(ReviewError::NotAPod(format!(
+            "the token of {namespace}/{serviceaccount} is not bound to a pod: a pod's projected token (a `serviceAccountToken` volume with audience idbridge) is"
+        )));
+    };
+    Ok(Workload {
+        namespace: namespace.to_owned(),
+        serviceaccount: serviceaccount.to_owned(),
+        serviceaccount_uid: user.uid.unwrap_or_default(),
+        pod_name,
+        pod_uid,
+        credential_id: one(CREDENTIAL_ID),
+        expires_at,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_expiry_is_read_from_the_payload() {
+        let b = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let t = format!("{}.{}.sig", b("{}"), b(r#"{"exp":1700000000,"aud":["x"]}"#));
+        assert_eq!(expiry(&t), Some(1_700_000_000));
+        assert_eq!(expiry("not-a-jwt"), None);
+        assert_eq!(expiry(&format!("a.{}.c", b(r#"{"aud":"x"}"#))), None);
+    }
+}
