@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use idbridge_core::{Clock, Store, WorkloadTarget};
 use idbridge_kerberos::kadmin::MitKadmin;
-use idbridge_workload::ccache::Kinit;
+use idbridge_workload::ccache::Tickets;
 use idbridge_workload::{AgentSettings, Issuer, IssuerParts, Mappings, WorkloadsConfig};
 
 use crate::config::Config;
@@ -109,8 +109,7 @@ fn parts(
         audience: w.audience.clone(),
         mappings: Mappings::new(w)?,
         keys: Arc::new(kadmin),
-        kinit: Kinit {
-            program: w.kinit.clone(),
+        tickets: Tickets {
             krb5_conf: w.krb5_conf.clone(),
         },
         krb5_conf,

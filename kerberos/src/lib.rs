@@ -35,6 +35,24 @@ pub use config::{GroupSource, KerberosConfig, MappingRule};
 pub use initiator::{CachedTicket, InitError, Initiator, cached_ticket, http_service};
 pub use mapping::{MapError, Mapper};
 
+/// A ticket-granting ticket for `principal` obtained with `keys` (held in memory only, never in
+/// a file), valid for `lifetime_secs`, written as an MIT FILE credential cache at `cache`; the
+/// realm's KDCs come from `krb5_conf` (the environment is not read). Blocking: it talks to the
+/// KDC.
+///
+/// # Errors
+/// The Kerberos library's message for the step that failed (a KDC that cannot be reached, keys
+/// it does not take, ...).
+pub fn initial_ticket(
+    krb5_conf: &std::path::Path,
+    principal: &str,
+    keys: &[keytab::KeytabEntry],
+    lifetime_secs: u32,
+    cache: &std::path::Path,
+) -> Result<(), String> {
+    ffi::initial_ticket(krb5_conf, principal, keys, lifetime_secs, cache)
+}
+
 /// A configuration problem, naming the field at fault.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("field `{field}`: {message}")]

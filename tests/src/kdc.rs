@@ -148,8 +148,8 @@ impl Kdc {
         Ok(())
     }
 
-    /// Starts kadmind with an admin principal `idbridge/admin` that may add, inquire, change
-    /// and extract keys (`aice`), and writes its keytab.
+    /// Starts kadmind with an admin principal `idbridge/admin` that may add, inquire, change,
+    /// extract keys and modify (purge old keys): `aicem`, and writes its keytab.
     ///
     /// # Errors
     /// If kadmind is missing or does not start.
@@ -158,7 +158,7 @@ impl Kdc {
         let principal = format!("idbridge/admin@{}", self.realm);
         std::fs::write(
             self.dir.path().join("kadm5.acl"),
-            format!("{principal} aice\n"),
+            format!("{principal} aicem\n"),
         )?;
         self.kadmin("addprinc -randkey idbridge/admin").await?;
         let keytab = self.dir.path().join("admin.keytab");

@@ -81,18 +81,38 @@ impl FormPoster {
         self
     }
 
+    /// Sends `token` as a bearer token with every request.
+    #[must_use]
+    pub fn bearer(mut self, token: &str) -> Self {
+        self.authorization = Some(format!("Bearer {token}"));
+        self
+    }
+
     /// Posts `form` (URL-encoded) and returns the status and the body.
     ///
     /// # Errors
     /// When the request cannot be sent or the answer read.
     pub async fn post(&mut self, form: &[(&str, &str)]) -> anyhow::Result<(u16, Bytes)> {
+        self.post_body("application/x-www-form-urlencoded", encode_form(form))
+            .await
+    }
+
+    /// Posts `body` as `content_type` and returns the status and the body.
+    ///
+    /// # Errors
+    /// When the request cannot be sent or the answer read.
+    pub async fn post_body(
+        &mut self,
+        content_type: &str,
+        body: Bytes,
+    ) -> anyhow::Result<(u16, Bytes)> {
         let mut req = hyper::Request::post(self.path.as_str())
             .header("host", self.host.as_str())
-            .header("content-type", "application/x-www-form-urlencoded");
+            .header("content-type", content_type);
         if let Some(a) = &self.authorization {
             req = req.header("authorization", a.as_str());
         }
-        let req = req.body(Full::new(encode_form(form)))?;
+        let req = req.body(Full::new(body))?;
         self.tx.ready().await?;
         let resp = self.tx.send_request(req).await?;
         let status = resp.status().as_u16();

@@ -13,11 +13,8 @@ pub struct WorkloadsConfig {
     /// The audience the pod's projected ServiceAccount token must carry [default: `idbridge`].
     #[serde(default = "default_audience")]
     pub audience: String,
-    /// The `krb5.conf` idbridge runs `kinit` and `kadmin` with, and hands to pods.
+    /// The `krb5.conf` idbridge gets tickets and runs `kadmin` with, and hands to pods.
     pub krb5_conf: PathBuf,
-    /// The `kinit` program [default: `kinit` on `PATH`].
-    #[serde(default = "default_kinit")]
-    pub kinit: PathBuf,
     /// Where the principals' keys come from.
     pub mit_kadmin: MitKadminConfig,
     /// Longest lifetime of a handed-out ticket cache [default: 1h]; never past the
@@ -36,10 +33,6 @@ pub struct WorkloadsConfig {
 
 fn default_audience() -> String {
     "idbridge".to_owned()
-}
-
-fn default_kinit() -> PathBuf {
-    PathBuf::from("kinit")
 }
 
 fn default_ccache_lifetime() -> HumanDuration {

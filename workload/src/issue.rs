@@ -8,7 +8,7 @@ use idbridge_core::{Clock, Store, UnixTime, WorkloadKeyState, WorkloadRevocation
 use idbridge_kerberos::keytab::{self, KeytabEntry};
 use serde::Serialize;
 
-use crate::ccache::Kinit;
+use crate::ccache::Tickets;
 use crate::config::{Form, KeytabPolicy};
 use crate::keys::{KeyCache, KeySource, newest};
 use crate::mapping::{Mapped, Mappings};
@@ -116,7 +116,7 @@ pub struct IssuerParts {
     /// Where keys come from.
     pub keys: Arc<dyn KeySource>,
     /// How tickets are obtained.
-    pub kinit: Kinit,
+    pub tickets: Tickets,
     /// The `krb5.conf` handed out.
     pub krb5_conf: String,
     /// Keytab rotation.
@@ -248,16 +248,16 @@ impl Issuer {
         let mut attempt = 0;
         let cache = loop {
             attempt += 1;
-            let newest_only = only_version(&keys, newest(&keys));
+            let newest_only = Arc::new(only_version(&keys, newest(&keys)));
             match self
                 .parts
-                .kinit
-                .obtain(p, &newest_only, lifetime.unsigned_abs())
+                .tickets
+                .obtain(p, newest_only, lifetime.unsigned_abs())
                 .await
             {
                 Ok(c) => break c,
                 // The keys may have changed outside idbridge: read them again, once.
-                Err(crate::ccache::CcacheError::Kinit { .. }) if attempt == 1 => {
+                Err(crate::ccache::CcacheError::Kdc { .. }) if attempt == 1 => {
                     self.cache.forget(p);
                     keys = self.keys(p, None, &workload).await?;
                 }
@@ -406,11 +406,18 @@ impl Issuer {
             if let (Some(_), Some(until)) = (s.previous_kvno, s.previous_until)
                 && now >= until
             {
-                done.push(match self.purge(&s).await {
-                    Ok(()) => format!("{}: keys before version {} purged", s.principal, s.kvno),
-                    Err(e) => format!("{}: cannot purge old keys: {e}", s.principal),
-                });
-                continue;
+                match self.purge(&s).await {
+                    Ok(()) => {
+                        done.push(format!(
+                            "{}: keys before version {} purged",
+                            s.principal, s.kvno
+                        ));
+                        continue;
+                    }
+                    // The old keys stay in the KDC; keytabs no longer hold them, and rotation
+                    // goes on.
+                    Err(e) => done.push(format!("{}: cannot purge old keys: {e}", s.principal)),
+                }
             }
             if now.0 >= s.rotated_at.0 + secs(policy.rotate_every.as_secs()) {
                 done.push(match self.rotate_state(&s, true).await {
