@@ -55,6 +55,7 @@ use clap::{Parser, Subcommand};
         idbridge user disable alice                      # her tokens fail at the next review\n  \
         idbridge session list --user alice\n  \
         idbridge revoke --user alice                     # every session and access token\n  \
+        idbridge revoke --serviceaccount payments/api    # its pods get no more Kerberos credentials\n  \
         idbridge keys rotate                             # next key signs after its publish lead\n  \
         idbridge kubeconfig --server https://k8s.example.com:6443 --issuer https://idbridge.example.com\n  \
         idbridge login --issuer https://idbridge.example.com   # Kerberos, else the browser\n  \
@@ -107,8 +108,10 @@ enum Command {
         #[command(flatten)]
         target: admin_cmd::Target,
     },
-    /// Revoke every session and access token of a user, or one access token by jti; the next
-    /// TokenReview refuses them.
+    /// Revoke every session and access token of a user, or one access token by jti (the next
+    /// TokenReview refuses them); or a workload's Kerberos credentials: a pod, a serviceaccount
+    /// or a principal (further issuance refused at once; `--rotate` also gives the principal
+    /// new keys).
     Revoke {
         #[command(flatten)]
         what: admin_cmd::RevokeArgs,

@@ -309,3 +309,172 @@ pub fn respond(
         decision,
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// Applies JSON Patch `add` operations (the only ones the webhook makes), as the API server
+    /// would.
+    fn apply(mut doc: Value, ops: &[Value]) -> Value {
+        for op in ops {
+            assert_eq!(op["op"], "add", "{op}");
+            let path = op["path"].as_str().unwrap();
+            let parts: Vec<String> = path
+                .split('/')
+                .skip(1)
+                .map(|p| p.replace("~1", "/").replace("~0", "~"))
+                .collect();
+            let (last, parents) = parts.split_last().unwrap();
+            let mut at = &mut doc;
+            for p in parents {
+                at = match at {
+                    Value::Array(a) => &mut a[p.parse::<usize>().unwrap()],
+                    other => &mut other[p.as_str()],
+                };
+            }
+            let value = op["value"].clone();
+            match at {
+                Value::Array(a) if last == "-" => a.push(value),
+                Value::Array(a) => a.insert(last.parse().unwrap(), value),
+                Value::Object(o) => {
+                    assert!(!o.contains_key(last), "{path} exists already");
+                    o.insert(last.clone(), value);
+                }
+                other => panic!("{path}: cannot add to {other}"),
+            }
+        }
+        doc
+    }
+
+    fn mappings() -> Mappings {
+        let c: crate::config::WorkloadsConfig = serde_yaml_ng::from_str(
+            "krb5_conf: /k\nmit_kadmin: {principal: a/admin@R, keytab: /k}\nmappings:\n\
+             - {namespace: pay, serviceaccount: api, principal: api@R}\n\
+             - {namespace: pay, serviceaccount: web, principal: 'HTTP/web.pay.svc@R', form: keytab}\n\
+             - {namespace: '*', serviceaccount: '*', principal: '{sa}.{namespace}@R'}\n",
+        )
+        .unwrap();
+        Mappings::new(&c).unwrap()
+    }
+
+    fn agent() -> AgentSettings {
+        AgentSettings {
+            image: "idbridge:1".into(),
+            server: "https://idbridge.test".into(),
+            ca_pem: Some("PEM".into()),
+            mode: AgentMode::Sidecar,
+            token_lifetime_secs: 3600,
+            audience: "idbridge".into(),
+        }
+    }
+
+    fn request(pod: &Value) -> Value {
+        json!({"uid": "u", "kind": {"kind": "Pod"}, "operation": "CREATE", "namespace": "pay", "object": pod})
+    }
+
+    #[test]
+    fn the_patch_applies_and_a_second_admission_changes_nothing() {
+        let pod = json!({
+            "metadata": {"name": "p", "annotations": {"team": "a"}},
+            "spec": {
+                "serviceAccountName": "web",
+                "initContainers": [{"name": "migrate", "image": "m"}],
+                "containers": [
+                    {"name": "app", "image": "a", "env": [{"name": "KRB5_CONFIG", "value": "/mine"}]},
+                    {"name": "side", "image": "s", "volumeMounts": [{"name": "x", "mountPath": "/x"}]},
+                ],
+                "volumes": [{"name": "x", "emptyDir": {}}],
+            },
+        });
+        let Decision::Patch(ops) = decide(&request(&pod), &mappings(), &agent()) else {
+            panic!("not patched");
+        };
+        let out = apply(pod, &ops);
+        let init = out["spec"]["initContainers"].as_array().unwrap();
+        assert_eq!(init[0]["name"], AGENT_CONTAINER, "the agent goes first");
+        assert_eq!(init[0]["restartPolicy"], "Always");
+        assert_eq!(init[0]["env"][0]["value"], "PEM");
+        assert_eq!(init[1]["name"], "migrate");
+        assert_eq!(
+            init[1]["volumeMounts"][0]["mountPath"], CREDENTIAL_DIR,
+            "the pod's own init containers get it too"
+        );
+        let app = &out["spec"]["containers"][0];
+        let env: Vec<&str> = app["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            env,
+            ["KRB5_CONFIG", "KRB5_CLIENT_KTNAME", "KRB5_KTNAME"],
+            "its own KRB5_CONFIG kept"
+        );
+        assert_eq!(app["env"][0]["value"], "/mine");
+        assert_eq!(
+            out["spec"]["containers"][1]["volumeMounts"][1]["readOnly"],
+            true
+        );
+        assert_eq!(out["spec"]["volumes"].as_array().unwrap().len(), 3);
+        assert_eq!(
+            out["metadata"]["annotations"][INJECTED_ANNOTATION],
+            "HTTP/web.pay.svc@R"
+        );
+        assert_eq!(out["metadata"]["annotations"]["team"], "a");
+        // Admitted again, as the API server would on a copy: unchanged.
+        assert_eq!(
+            decide(&request(&out), &mappings(), &agent()),
+            Decision::Unchanged
+        );
+    }
+
+    #[test]
+    fn who_is_injected_denied_or_left_alone() {
+        let pod = |sa: &str, annotations: Value| json!({"metadata": {"name": "p", "annotations": annotations}, "spec": {"serviceAccountName": sa, "containers": [{"name": "app", "image": "a"}]}});
+        let (m, a) = (mappings(), agent());
+        // A wildcard mapping injects only a pod that asks.
+        assert_eq!(
+            decide(&request(&pod("job", json!({}))), &m, &a),
+            Decision::Unchanged
+        );
+        let asks = pod("job", json!({PRINCIPAL_ANNOTATION: "job.pay@R"}));
+        assert!(matches!(
+            decide(&request(&asks), &m, &a),
+            Decision::Patch(_)
+        ));
+        // Asking for another serviceaccount's principal is refused with the reason.
+        let greedy = pod("api", json!({PRINCIPAL_ANNOTATION: "HTTP/web.pay.svc@R"}));
+        let Decision::Deny(why) = decide(&request(&greedy), &m, &a) else {
+            panic!("not denied");
+        };
+        assert!(
+            why.contains("pay/api may use the Kerberos principal api@R, not HTTP/web.pay.svc@R"),
+            "{why}"
+        );
+        let bad_mode = pod("api", json!({AGENT_ANNOTATION: "daemon"}));
+        assert!(matches!(
+            decide(&request(&bad_mode), &m, &a),
+            Decision::Deny(_)
+        ));
+        // Not a pod create: left alone.
+        let mut update = request(&pod("api", json!({})));
+        update["operation"] = json!("UPDATE");
+        assert_eq!(decide(&update, &m, &a), Decision::Unchanged);
+        // A pod with no spec.volumes, no annotations, default serviceaccount in a classic
+        // sidecar: the lists are made.
+        let plain = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "app", "image": "a"}]}});
+        let classic = json!({"metadata": {"name": "p", "annotations": {AGENT_ANNOTATION: "classic", PRINCIPAL_ANNOTATION: "default.pay@R"}}, "spec": {"containers": [{"name": "app", "image": "a"}]}});
+        assert_eq!(decide(&request(&plain), &m, &a), Decision::Unchanged);
+        let Decision::Patch(ops) = decide(&request(&classic), &m, &a) else {
+            panic!("not patched");
+        };
+        let out = apply(classic, &ops);
+        assert_eq!(out["spec"]["containers"][1]["name"], AGENT_CONTAINER);
+        assert!(out["spec"]["containers"][1]["restartPolicy"].is_null());
+        assert!(out["spec"]["initContainers"].is_null());
+        assert_eq!(out["spec"]["containers"][0]["env"][1]["name"], "KRB5CCNAME");
+    }
+}
