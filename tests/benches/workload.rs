@@ -221,22 +221,7 @@ async fn main() {
         .await
         .unwrap();
     let admin_kc = api.token_kubeconfig(&api.admin_token).unwrap();
-    let rbac = idbridge_tests::repo_root().join("examples/workload-rbac.yaml");
-    kubectl(&api, &admin_kc, &["apply", "-f", rbac.to_str().unwrap()]).await;
-    let sa = kubectl(
-        &api,
-        &admin_kc,
-        &[
-            "create",
-            "token",
-            "idbridge",
-            "-n",
-            "idbridge",
-            "--duration=2h",
-        ],
-    )
-    .await;
-    let idb_kc = api.token_kubeconfig(sa.trim()).unwrap();
+    let idb_kc = api.workload_identity_kubeconfig().await.unwrap();
     kubectl(&api, &admin_kc, &["create", "namespace", "pay"]).await;
     let mut tokens = Vec::new();
     for sa in ["api", "web"] {

@@ -414,6 +414,37 @@ impl ApiServer {
         Ok(p)
     }
 
+    /// Applies `examples/workload-rbac.yaml` as the admin (idbridge's ServiceAccount, allowed
+    /// to create TokenReviews) and returns a kubeconfig with a two-hour token of that
+    /// ServiceAccount: idbridge's identity for workload credentials.
+    ///
+    /// # Errors
+    /// If kubectl fails.
+    pub async fn workload_identity_kubeconfig(&self) -> anyhow::Result<PathBuf> {
+        let admin = self.token_kubeconfig(&self.admin_token)?;
+        let rbac = crate::repo_root().join("examples/workload-rbac.yaml");
+        let rbac = rbac.to_string_lossy().into_owned();
+        let mut token = String::new();
+        for args in [
+            &["apply", "-f", rbac.as_str()][..],
+            &[
+                "create",
+                "token",
+                "idbridge",
+                "-n",
+                "idbridge",
+                "--duration=2h",
+            ][..],
+        ] {
+            let (code, out, err) = self.kubectl(&admin, args, &[]).await?;
+            if code != 0 {
+                anyhow::bail!("kubectl {args:?}: {err}");
+            }
+            token = out;
+        }
+        self.token_kubeconfig(token.trim())
+    }
+
     /// A kubeconfig that presents `token`.
     ///
     /// # Errors

@@ -76,22 +76,7 @@ async fn stack(extra: &str) -> Stack {
     .await
     .unwrap();
     let admin_kc = api.token_kubeconfig(&api.admin_token).unwrap();
-    let rbac = idbridge_tests::repo_root().join("examples/workload-rbac.yaml");
-    k(&api, &admin_kc, &["apply", "-f", rbac.to_str().unwrap()]).await;
-    let sa = k(
-        &api,
-        &admin_kc,
-        &[
-            "create",
-            "token",
-            "idbridge",
-            "-n",
-            "idbridge",
-            "--duration=2h",
-        ],
-    )
-    .await;
-    let idb_kc = api.token_kubeconfig(sa.trim()).unwrap();
+    let idb_kc = api.workload_identity_kubeconfig().await.unwrap();
     let yaml = format!(
         "bootstrap_admin: true\ndata_dir: {data:?}\nwebhooks:\n  bearer_token_file: {hook:?}\nkubernetes:\n  api:\n    kubeconfig: {kc:?}\nworkloads:\n  krb5_conf: {krb5:?}\n  mit_kadmin:\n    principal: {admin}\n    keytab: {keytab:?}\n    server: {server}\n  agent:\n    image: idbridge:test\n  mappings:\n    - {{namespace: pay, serviceaccount: api, principal: 'api.pay@{REALM}'}}\n    - {{namespace: pay, serviceaccount: web, principal: 'HTTP/web.pay.svc@{REALM}', form: keytab}}\n    - {{namespace: '*', serviceaccount: batch, principal: '{{sa}}.{{namespace}}@{REALM}'}}\n{extra}",
         data = dir.path().join("data").display().to_string(),
@@ -185,6 +170,22 @@ impl Stack {
         .await
         .trim()
         .to_owned()
+    }
+
+    /// `idbridge workload-agent` against this idbridge, with `token_file` and `dir`.
+    fn agent(&self, token_file: &Path, dir: &Path, once: bool) -> Command {
+        let mut c = Command::new(idbridge_tests::idbridge_bin());
+        c.args(["workload-agent", "--server", &self.i.base])
+            .arg("--token-file")
+            .arg(token_file)
+            .arg("--dir")
+            .arg(dir)
+            .arg("--ca-file")
+            .arg(self.i.data_dir.join("ca.crt"));
+        if once {
+            c.arg("--once");
+        }
+        c
     }
 
     async fn fetch(&self, token: &str) -> (u16, Value) {
@@ -314,14 +315,8 @@ async fn pods_get_attested_credentials_that_are_refused_and_revoked_as_they_shou
     let token_file = s.dir.path().join("api-1.token");
     std::fs::write(&token_file, &token).unwrap();
     let agent_dir = s.dir.path().join("agent-api");
-    let out = Command::new(idbridge_tests::idbridge_bin())
-        .args(["workload-agent", "--once", "--server", &s.i.base])
-        .arg("--token-file")
-        .arg(&token_file)
-        .arg("--dir")
-        .arg(&agent_dir)
-        .arg("--ca-file")
-        .arg(s.i.data_dir.join("ca.crt"))
+    let out = s
+        .agent(&token_file, &agent_dir, true)
         .output()
         .await
         .unwrap();
@@ -501,17 +496,7 @@ async fn pods_get_attested_credentials_that_are_refused_and_revoked_as_they_shou
     let b1_dir = s.dir.path().join("agent-b1");
     std::fs::create_dir_all(&b1_dir).unwrap();
     std::fs::write(b1_dir.join("krb5cc"), b"stale").unwrap();
-    let out = Command::new(idbridge_tests::idbridge_bin())
-        .args(["workload-agent", "--once", "--server", &s.i.base])
-        .arg("--token-file")
-        .arg(&b1_file)
-        .arg("--dir")
-        .arg(&b1_dir)
-        .arg("--ca-file")
-        .arg(s.i.data_dir.join("ca.crt"))
-        .output()
-        .await
-        .unwrap();
+    let out = s.agent(&b1_file, &b1_dir, true).output().await.unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("revoked"), "{err}");
@@ -686,14 +671,8 @@ async fn rotation_keeps_the_previous_key_for_its_overlap_and_the_agent_replaces_
     let token_file = s.dir.path().join("web.token");
     std::fs::write(&token_file, &token).unwrap();
     let agent_dir = s.dir.path().join("agent-web");
-    let mut agent = Command::new(idbridge_tests::idbridge_bin())
-        .args(["workload-agent", "--server", &s.i.base])
-        .arg("--token-file")
-        .arg(&token_file)
-        .arg("--dir")
-        .arg(&agent_dir)
-        .arg("--ca-file")
-        .arg(s.i.data_dir.join("ca.crt"))
+    let mut agent = s
+        .agent(&token_file, &agent_dir, false)
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()
