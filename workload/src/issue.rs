@@ -569,7 +569,11 @@ impl Issuer {
             .await
             .map_err(|e| e.to_string())?;
         match principal {
-            Some(p) if rotate => self.rotate_now(&p).await.map(Some),
+            Some(p) if rotate => self.rotate_now(&p).await.map(Some).map_err(|e| {
+                format!(
+                    "the revocation is recorded (further issuance is refused), but {p}'s keys were not rotated: {e}; run the same command again to rotate"
+                )
+            }),
             _ => Ok(None),
         }
     }
