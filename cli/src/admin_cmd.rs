@@ -252,6 +252,9 @@ async fn revoke_workload(
         "revoked {what} {}: further credentials are refused; agents remove theirs at their next renewal",
         done["revocation"]["value"].as_str().unwrap_or_default()
     );
+    if let Some(note) = done["note"].as_str() {
+        eprintln!("note: {note}");
+    }
     if let Some(v) = done["rotated_kvno"].as_u64() {
         eprintln!("new keys: key version {v}; keytabs of older versions no longer work at the KDC");
     }

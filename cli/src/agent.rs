@@ -195,9 +195,9 @@ impl Agent {
         else {
             return Outcome::Failed("idbridge's credential is not base64".into());
         };
-        let (name, env) = match answer.form.as_str() {
-            "keytab" => (KEYTAB, "KRB5_CLIENT_KTNAME"),
-            _ => (CCACHE, "KRB5CCNAME"),
+        let (name, vars): (&str, &[&str]) = match answer.form.as_str() {
+            "keytab" => (KEYTAB, &["KRB5_CLIENT_KTNAME", "KRB5_KTNAME"]),
+            _ => (CCACHE, &["KRB5CCNAME"]),
         };
         let written = write_atomically(&self.dir, KRB5_CONF, answer.krb5_conf.as_bytes())
             .and_then(|()| write_atomically(&self.dir, name, &bytes));
@@ -205,13 +205,18 @@ impl Agent {
         if let Err(e) = written {
             return Outcome::Failed(format!("{e:#}"));
         }
+        let file = self.dir.join(name);
+        let exports: Vec<String> = vars
+            .iter()
+            .map(|v| format!("{v}=FILE:{}", file.display()))
+            .collect();
         tracing::info!(
             principal = %answer.principal,
             form = %answer.form,
-            file = %self.dir.join(name).display(),
+            file = %file.display(),
             expires_at = %crate::login::rfc3339(answer.expires_at.unsigned_abs()).unwrap_or_default(),
-            "{env}=FILE:{} KRB5_CONFIG={}",
-            self.dir.join(name).display(),
+            "{} KRB5_CONFIG={}",
+            exports.join(" "),
             self.dir.join(KRB5_CONF).display()
         );
         Outcome::Written {

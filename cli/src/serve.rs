@@ -257,6 +257,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .map_err(|e| config_error(&e))?
     {
+        tracing::info!(
+            mappings = issuer.mappings().len(),
+            audience = %issuer.audience(),
+            "workload credentials on: POST /v1/workload/credentials, admission at POST /webhooks/mutate-pod"
+        );
         let mut s = (*state.settings()).clone();
         s.workloads = Some(issuer);
         state.set_settings(s);

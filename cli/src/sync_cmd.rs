@@ -104,18 +104,8 @@ pub fn check(cfg: &Config) -> anyhow::Result<()> {
             }
         }
     }
-    if let Some(p) = cfg
-        .kubernetes
-        .api
-        .as_ref()
-        .and_then(|a| a.kubeconfig.as_ref())
-    {
-        std::fs::metadata(p).with_context(|| {
-            format!(
-                "field `kubernetes.api.kubeconfig`: cannot read {}",
-                p.display()
-            )
-        })?;
+    if let Some(api) = &cfg.kubernetes.api {
+        idbridge_sync::kube::check(api).map_err(anyhow::Error::msg)?;
     }
     Ok(())
 }

@@ -21,23 +21,52 @@ pub fn check(cfg: &Config) -> anyhow::Result<()> {
         return Ok(());
     };
     Mappings::new(w)?;
-    if cfg.kubernetes.api.is_none() {
+    let Some(api) = &cfg.kubernetes.api else {
         bail!(
             "field `kubernetes.api`: workloads need it, to review pods' ServiceAccount tokens (a kubeconfig, or `{{}}` in a pod)"
         );
-    }
-    std::fs::read_to_string(&w.krb5_conf).with_context(|| {
-        format!(
-            "field `workloads.krb5_conf`: cannot read {}",
-            w.krb5_conf.display()
-        )
-    })?;
-    std::fs::File::open(&w.mit_kadmin.keytab).with_context(|| {
+    };
+    idbridge_sync::kube::check(api).map_err(anyhow::Error::msg)?;
+    idbridge_kerberos::check_krb5_conf(&w.krb5_conf)
+        .map_err(|e| anyhow::anyhow!("field `workloads.krb5_conf`: {e}"))?;
+    let keytab = std::fs::read(&w.mit_kadmin.keytab).with_context(|| {
         format!(
             "field `workloads.mit_kadmin.keytab`: cannot read {}",
             w.mit_kadmin.keytab.display()
         )
     })?;
+    let entries = idbridge_kerberos::keytab::parse(&keytab).with_context(|| {
+        format!(
+            "field `workloads.mit_kadmin.keytab`: {} is not a keytab",
+            w.mit_kadmin.keytab.display()
+        )
+    })?;
+    if !entries
+        .iter()
+        .any(|e| e.principal() == w.mit_kadmin.principal)
+    {
+        let mut held: Vec<String> = entries.iter().map(|e| e.principal()).collect();
+        held.sort();
+        held.dedup();
+        bail!(
+            "field `workloads.mit_kadmin.keytab`: {} holds no key of {} (it holds: {}); extract one with `kadmin.local -q \"ktadd -k FILE {}\"`",
+            w.mit_kadmin.keytab.display(),
+            w.mit_kadmin.principal,
+            if held.is_empty() {
+                "nothing".to_owned()
+            } else {
+                held.join(", ")
+            },
+            w.mit_kadmin.principal
+        );
+    }
+    if w.agent.image == idbridge_workload::config::DEFAULT_AGENT_IMAGE {
+        tracing::warn!(
+            field = "workloads.agent.image",
+            "not set: pods get the agent image {:?}, which must be pullable by every node (set it to your registry's idbridge image)",
+            idbridge_workload::config::DEFAULT_AGENT_IMAGE
+        );
+    }
     if let Some(ca) = &w.agent.ca_file {
         std::fs::read_to_string(ca).with_context(|| {
             format!(

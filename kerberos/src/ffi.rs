@@ -119,6 +119,58 @@ fn krb5_message(ctx: krb5::krb5_context, code: krb5::krb5_error_code, what: &str
     }
 }
 
+/// The library's message for a profile (krb5.conf) error, which comes before any context.
+fn profile_message(code: i64) -> String {
+    let Ok(code32) = krb5::krb5_error_code::try_from(code) else {
+        return format!("profile error {code}");
+    };
+    let mut ctx: krb5::krb5_context = ptr::null_mut();
+    // SAFETY: a context of the system defaults, made only to name the error, then freed.
+    unsafe {
+        if krb5::krb5_init_context_profile(ptr::null_mut(), 1, &raw mut ctx) != 0 {
+            return format!("profile error {code}");
+        }
+        let m = krb5_message(ctx, code32, "");
+        krb5::krb5_free_context(ctx);
+        m.trim_start_matches(": ").to_owned()
+    }
+}
+
+/// `krb5_conf` read and parsed by the library (an empty or missing file would be taken for
+/// none at all, so it must exist and hold something).
+fn read_profile(krb5_conf: &Path, conf: &CString) -> Result<krb5::profile_t, String> {
+    match std::fs::metadata(krb5_conf) {
+        Ok(m) if m.len() > 0 => {}
+        Ok(_) => return Err(format!("{} is empty", krb5_conf.display())),
+        Err(e) => return Err(format!("cannot read {}: {e}", krb5_conf.display())),
+    }
+    let mut profile: krb5::profile_t = ptr::null_mut();
+    // SAFETY: `conf` is a NUL-terminated path that outlives the call; the profile returned is
+    // the caller's to release.
+    let code = unsafe { krb5::profile_init_path(conf.as_ptr(), &raw mut profile) };
+    if code != 0 {
+        return Err(format!(
+            "cannot read {}: {}",
+            krb5_conf.display(),
+            profile_message(code)
+        ));
+    }
+    Ok(profile)
+}
+
+/// Whether the library reads `krb5_conf`: the file exists and parses.
+///
+/// # Errors
+/// The library's message.
+pub(crate) fn check_krb5_conf(krb5_conf: &Path) -> Result<(), String> {
+    let conf = CString::new(krb5_conf.display().to_string())
+        .map_err(|_| "the krb5.conf path holds a NUL byte".to_owned())?;
+    let profile = read_profile(krb5_conf, &conf)?;
+    // SAFETY: the profile was made by `read_profile` and is released once.
+    unsafe { krb5::profile_release(profile) };
+    Ok(())
+}
+
 /// Everything one `initial_ticket` call holds, released in `Drop` whatever failed.
 struct Held {
     ctx: krb5::krb5_context,
@@ -194,14 +246,7 @@ pub(crate) fn initial_ticket(
     // keytab entries point at key bytes borrowed from `keys` only for `krb5_kt_add_entry`,
     // which copies them.
     unsafe {
-        let mut profile: krb5::profile_t = ptr::null_mut();
-        let code = krb5::profile_init_path(conf.as_ptr(), &raw mut profile);
-        if code != 0 {
-            return Err(format!(
-                "cannot read {}: profile error {code}",
-                krb5_conf.display()
-            ));
-        }
+        let profile = read_profile(krb5_conf, &conf)?;
         // Secure: the environment (KRB5_CONFIG, KRB5CCNAME, ...) is not read.
         let code = krb5::krb5_init_context_profile(profile, 1, &raw mut held.ctx);
         krb5::profile_release(profile);

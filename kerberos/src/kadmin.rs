@@ -127,14 +127,26 @@ impl MitKadmin {
     /// # Errors
     /// [`KadminError`].
     pub async fn ensure_principal(&self, principal: &str) -> Result<bool, KadminError> {
+        if self.exists(principal).await? {
+            return Ok(false);
+        }
+        let p = Self::checked(principal)?;
+        self.query(&format!("addprinc -randkey {p}")).await?;
+        Ok(true)
+    }
+
+    /// Whether `principal` is in the database.
+    ///
+    /// # Errors
+    /// [`KadminError`].
+    pub async fn exists(&self, principal: &str) -> Result<bool, KadminError> {
         let p = Self::checked(principal)?;
         match self.query(&format!("getprinc {p}")).await {
-            Ok(_) => Ok(false),
+            Ok(_) => Ok(true),
             Err(KadminError::Failed { message, .. })
                 if message.contains("Principal does not exist") =>
             {
-                self.query(&format!("addprinc -randkey {p}")).await?;
-                Ok(true)
+                Ok(false)
             }
             Err(e) => Err(e),
         }
@@ -155,10 +167,18 @@ impl MitKadmin {
                 source,
             })?;
         let file = dir.path().join("keys.keytab");
+        // Errors name the query without the private file's path.
         self.query(&format!("ktadd -norandkey -k {} {p}", file.display()))
-            .await?;
+            .await
+            .map_err(|e| match e {
+                KadminError::Failed { message, .. } => KadminError::Failed {
+                    query: format!("ktadd -norandkey {p}"),
+                    message: message.replace(&file.display().to_string(), "<keytab>"),
+                },
+                e => e,
+            })?;
         let bytes = std::fs::read(&file).map_err(|source| KadminError::Run {
-            program: format!("reading {}", file.display()),
+            program: "reading the keys kadmin extracted".into(),
             source,
         })?;
         let entries = keytab::parse(&bytes)?;

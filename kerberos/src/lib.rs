@@ -53,6 +53,14 @@ pub fn initial_ticket(
     ffi::initial_ticket(krb5_conf, principal, keys, lifetime_secs, cache)
 }
 
+/// Whether the Kerberos library reads `krb5_conf`: it exists and parses.
+///
+/// # Errors
+/// The library's message (the line at fault, for a syntax error).
+pub fn check_krb5_conf(krb5_conf: &std::path::Path) -> Result<(), String> {
+    ffi::check_krb5_conf(krb5_conf)
+}
+
 /// A configuration problem, naming the field at fault.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("field `{field}`: {message}")]

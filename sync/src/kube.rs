@@ -63,6 +63,58 @@ pub struct Applied {
     pub seconds: f64,
 }
 
+/// Checks `kubernetes.api` without connecting: the kubeconfig reads, and names the context
+/// to use with its cluster and user.
+///
+/// # Errors
+/// A message naming `kubernetes.api` and what is wrong.
+pub fn check(api: &ApiConfig) -> Result<(), String> {
+    let Some(path) = &api.kubeconfig else {
+        return Ok(());
+    };
+    let file = Kubeconfig::read_from(path)
+        .map_err(|e| format!("field `kubernetes.api.kubeconfig`: {}: {e}", path.display()))?;
+    let (field, name) = match (&api.context, &file.current_context) {
+        (Some(c), _) => ("kubernetes.api.context", c),
+        (None, Some(c)) => ("kubernetes.api.kubeconfig", c),
+        (None, None) => {
+            return Err(format!(
+                "field `kubernetes.api.context`: {} has no current-context: name one of its contexts",
+                path.display()
+            ));
+        }
+    };
+    let Some(context) = file
+        .contexts
+        .iter()
+        .find(|c| &c.name == name)
+        .and_then(|c| c.context.as_ref())
+    else {
+        let known: Vec<&str> = file.contexts.iter().map(|c| c.name.as_str()).collect();
+        return Err(format!(
+            "field `{field}`: {} has no context {name:?} (it has: {})",
+            path.display(),
+            known.join(", ")
+        ));
+    };
+    if !file.clusters.iter().any(|c| c.name == context.cluster) {
+        return Err(format!(
+            "field `kubernetes.api.kubeconfig`: context {name:?} of {} names the cluster {:?}, which it does not define",
+            path.display(),
+            context.cluster
+        ));
+    }
+    if let Some(user) = &context.user
+        && !file.auth_infos.iter().any(|u| &u.name == user)
+    {
+        return Err(format!(
+            "field `kubernetes.api.kubeconfig`: context {name:?} of {} names the user {user:?}, which it does not define",
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
 /// A client for `kubernetes.api` (reads the kubeconfig or the in-cluster files; asks the server
 /// nothing yet).
 ///

@@ -363,6 +363,13 @@ async fn pods_get_attested_credentials_that_are_refused_and_revoked_as_they_shou
         .await;
     let (status, body) = s.fetch(&other_aud).await;
     assert_eq!(status, 401, "wrong audience: {body}");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("`audience: idbridge`"),
+        "the refusal says which audience to use: {body}"
+    );
     let unbound = s
         .kubectl(&[
             "create",
@@ -469,6 +476,30 @@ async fn pods_get_attested_credentials_that_are_refused_and_revoked_as_they_shou
     let kt2 = s.save(&answer, "web2.keytab");
     let (ok, out) = s.kinit_keytab(&kt2, &web).await;
     assert!(ok, "{out}");
+
+    // A principal not in the database has no keys to rotate, and says so; a serviceaccount no
+    // mapping names is revoked with a note.
+    let (code, _, err) =
+        s.i.cli(&[
+            "revoke",
+            "--principal",
+            &format!("nobody.pay@{REALM}"),
+            "--rotate",
+        ])
+        .await
+        .unwrap();
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("not in the Kerberos database"), "{err}");
+    assert!(!err.contains("run the same command again"), "{err}");
+    let (code, _, err) =
+        s.i.cli(&["revoke", "--serviceaccount", "pay/nobody"])
+            .await
+            .unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("note: no mapping gives serviceaccount pay/nobody"),
+        "{err}"
+    );
 
     // A pod revoked by UID: refused, its serviceaccount's other pods go on.
     let batch_uid = s.pod("shop", "batch-1", "batch", "").await;
@@ -756,4 +787,127 @@ async fn rotation_keeps_the_previous_key_for_its_overlap_and_the_agent_replaces_
     let (ok, _) = s.kinit_keytab(&kt1, &web).await;
     assert!(!ok, "the v{v1} keytab still gets a TGT after rotations");
     agent.start_kill().unwrap();
+}
+
+/// `serve --check` reads what a `workloads` section names and refuses, by field, what could
+/// never work: a kubeconfig without the context, a krb5.conf that does not parse, a kadmin
+/// keytab without the admin's key, a principal of another realm, an entry that never matches.
+#[tokio::test]
+async fn a_workloads_section_that_cannot_work_is_refused_by_field() {
+    let dir = idbridge_tests::scratch();
+    let p = |name: &str| dir.path().join(name);
+    std::fs::write(
+        p("kubeconfig"),
+        "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: 'https://127.0.0.1:1'}}]\nusers: [{name: u, user: {token: t}}]\ncontexts: [{name: ctx, context: {cluster: c, user: u}}]\ncurrent-context: ctx\n",
+    )
+    .unwrap();
+    std::fs::write(
+        p("krb5.conf"),
+        format!("[libdefaults]\n default_realm = {REALM}\n[realms]\n {REALM} = {{\n  kdc = 127.0.0.1:1\n }}\n"),
+    )
+    .unwrap();
+    std::fs::write(p("broken.conf"), "[libdefaults\n default_realm = X\n").unwrap();
+    let entry =
+        |name: &str| keytab::KeytabEntry::new(REALM, &["idbridge", name], 1, 1, 18, vec![7; 32], 0);
+    std::fs::write(
+        p("kadmin.keytab"),
+        keytab::to_bytes(&[entry("admin")]).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        p("other.keytab"),
+        keytab::to_bytes(&[entry("other")]).unwrap(),
+    )
+    .unwrap();
+    let config = |kubeconfig: &str, krb5: &str, keytab: &str, mappings: &str| {
+        format!(
+            "kubernetes:\n  api: {{kubeconfig: {:?}}}\nworkloads:\n  krb5_conf: {:?}\n  mit_kadmin: {{principal: idbridge/admin@{REALM}, keytab: {:?}}}\n  mappings:\n{mappings}",
+            p(kubeconfig),
+            p(krb5),
+            p(keytab)
+        )
+    };
+    let good =
+        format!("    - {{namespace: pay, serviceaccount: api, principal: 'api.pay@{REALM}'}}\n");
+    let check = |yaml: String| {
+        let path = p("config.yaml");
+        let data = p("data");
+        async move {
+            std::fs::write(&path, yaml).unwrap();
+            idbridge_tests::run_idbridge(&[
+                "serve",
+                "--config",
+                path.to_str().unwrap(),
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--check",
+            ])
+            .await
+            .unwrap()
+        }
+    };
+
+    let (code, out, err) = check(config("kubeconfig", "krb5.conf", "kadmin.keytab", &good)).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("configuration OK"), "{out}");
+    assert!(
+        err.contains("workloads.agent.image"),
+        "the default agent image is not warned about: {err}"
+    );
+
+    std::fs::write(
+        p("nocontext"),
+        "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: 'https://127.0.0.1:1'}}]\ncontexts: [{name: ctx, context: {cluster: c}}]\ncurrent-context: elsewhere\n",
+    )
+    .unwrap();
+    for (yaml, field, says) in [
+        (
+            config("nocontext", "krb5.conf", "kadmin.keytab", &good),
+            "kubernetes.api.kubeconfig",
+            "no context \"elsewhere\"",
+        ),
+        (
+            config("kubeconfig", "broken.conf", "kadmin.keytab", &good),
+            "workloads.krb5_conf",
+            "broken.conf",
+        ),
+        (
+            config("kubeconfig", "krb5.conf", "other.keytab", &good),
+            "workloads.mit_kadmin.keytab",
+            &format!("holds no key of idbridge/admin@{REALM} (it holds: idbridge/other@{REALM})"),
+        ),
+        (
+            config(
+                "kubeconfig",
+                "krb5.conf",
+                "kadmin.keytab",
+                "    - {namespace: pay, serviceaccount: api, principal: 'api.pay@workload.test'}\n",
+            ),
+            "workloads.mappings[0].principal",
+            "case-sensitive",
+        ),
+        (
+            config(
+                "kubeconfig",
+                "krb5.conf",
+                "kadmin.keytab",
+                &format!(
+                    "    - {{namespace: pay, serviceaccount: '*', principal: '{{sa}}@{REALM}'}}\n{good}"
+                ),
+            ),
+            "workloads.mappings[1]",
+            "never used",
+        ),
+    ] {
+        let (code, out, err) = check(yaml.clone()).await;
+        assert_eq!(code, 2, "{yaml}\n{out}{err}");
+        assert!(
+            err.contains(field),
+            "{yaml}\nmessage does not name {field}: {err}"
+        );
+        assert!(
+            err.contains(says),
+            "{yaml}\nmessage does not say {says:?}: {err}"
+        );
+    }
 }

@@ -79,11 +79,15 @@ impl Default for KeytabPolicy {
     }
 }
 
+/// The agent image when `workloads.agent.image` is not set.
+pub const DEFAULT_AGENT_IMAGE: &str = "idbridge:latest";
+
 /// What the admission webhook puts in a pod.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AgentConfig {
-    /// The image of the agent container (one with the `idbridge` binary).
+    /// The image of the agent container (one with the `idbridge` binary) [default:
+    /// `idbridge:latest`, with a warning: name your registry's].
     pub image: String,
     /// The URL pods reach idbridge at [default: the issuer].
     pub server: Option<String>,
@@ -100,7 +104,7 @@ pub struct AgentConfig {
 impl Default for AgentConfig {
     fn default() -> Self {
         Self {
-            image: "idbridge:latest".to_owned(),
+            image: DEFAULT_AGENT_IMAGE.to_owned(),
             server: None,
             ca_file: None,
             mode: AgentMode::Sidecar,

@@ -196,7 +196,7 @@ impl Issuer {
         let workload = review(&self.parts.client, token, &self.parts.audience)
             .await
             .map_err(|e| match e {
-                ReviewError::Unavailable(m) => unavailable(m, None),
+                e @ ReviewError::Unavailable(_) => unavailable(e.to_string(), None),
                 e => Refusal::Unauthenticated(e.to_string()),
             })?;
         let sa = workload.service_account();
@@ -504,34 +504,47 @@ impl Issuer {
     ///
     /// # Errors
     /// The key source's or the store's error.
-    pub async fn rotate_now(&self, principal: &str) -> Result<u32, String> {
+    async fn rotate_now(&self, principal: &str) -> Result<u32, RotateError> {
         let store = &self.parts.store;
         for _ in 0..20 {
             let current = store
                 .workload_key_state(principal)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| RotateError::Failed(e.to_string()))?;
             let Some(s) = current else {
                 // Never handed out as a keytab: rotated all the same (a ccache principal's key
-                // may be what leaked).
+                // may be what leaked), if it exists at all.
+                if !self
+                    .parts
+                    .keys
+                    .exists(principal)
+                    .await
+                    .map_err(|e| RotateError::Failed(e.to_string()))?
+                {
+                    return Err(RotateError::Missing);
+                }
                 let v = self
                     .parts
                     .keys
                     .rotate(principal, false)
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| RotateError::Failed(e.to_string()))?;
                 self.cache.forget(principal);
                 return Ok(v);
             };
-            if let Some(v) = self.rotate_state(&s, false).await? {
+            if let Some(v) = self
+                .rotate_state(&s, false)
+                .await
+                .map_err(RotateError::Failed)?
+            {
                 return Ok(v);
             }
             // Changed this very second, or claimed by another replica: read it again.
             tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         }
-        Err(format!(
-            "the key state of {principal} kept changing under this rotation; try again"
-        ))
+        Err(RotateError::Failed(format!(
+            "the key state of {principal} kept changing under this rotation"
+        )))
     }
 
     /// Records a revocation; with `rotate`, also new keys for the principal it concerns
@@ -569,14 +582,43 @@ impl Issuer {
             .await
             .map_err(|e| e.to_string())?;
         match principal {
-            Some(p) if rotate => self.rotate_now(&p).await.map(Some).map_err(|e| {
-                format!(
-                    "the revocation is recorded (further issuance is refused), but {p}'s keys were not rotated: {e}; run the same command again to rotate"
-                )
+            Some(p) if rotate => self.rotate_now(&p).await.map(Some).map_err(|e| match e {
+                RotateError::Missing => format!(
+                    "the revocation is recorded (no credential is issued for it), but {p} is not in the Kerberos database, so it has no keys to rotate: check the name (`kadmin -q listprincs`)"
+                ),
+                RotateError::Failed(e) => format!(
+                    "the revocation is recorded (further issuance is refused), but {p}'s keys were not rotated: {e}; once that is mended, run the same command again to rotate"
+                ),
             }),
             _ => Ok(None),
         }
     }
+
+    /// What an administrator should know of a revocation of `target`/`value` beyond its
+    /// effect: a serviceaccount or principal no mapping hands out (recorded all the same; it
+    /// applies should a mapping name it later).
+    #[must_use]
+    pub fn revocation_note(&self, target: WorkloadTarget, value: &str) -> Option<String> {
+        match target {
+            WorkloadTarget::ServiceAccount => {
+                let (ns, sa) = value.split_once('/')?;
+                self.parts.mappings.lookup(ns, sa).is_none().then(|| {
+                    format!(
+                        "no mapping gives serviceaccount {value} a principal today: nothing was being issued to it (check the namespace and name)"
+                    )
+                })
+            }
+            WorkloadTarget::Principal | WorkloadTarget::Pod => None,
+        }
+    }
+}
+
+/// Why a rotation asked for did not happen.
+enum RotateError {
+    /// The principal is not in the key source.
+    Missing,
+    /// The key source or the store failed.
+    Failed(String),
 }
 
 fn secs(s: u64) -> i64 {

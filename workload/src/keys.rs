@@ -20,6 +20,8 @@ pub struct KeySourceError(pub String);
 pub trait KeySource: Send + Sync + std::fmt::Debug {
     /// Creates `principal` with random keys if it does not exist; whether it was created.
     async fn ensure(&self, principal: &str) -> Result<bool, KeySourceError>;
+    /// Whether `principal` exists.
+    async fn exists(&self, principal: &str) -> Result<bool, KeySourceError>;
     /// Every key `principal` has, unchanged.
     async fn keys(&self, principal: &str) -> Result<Vec<KeytabEntry>, KeySourceError>;
     /// New random keys (a new version); with `keep_old`, the old keys stay valid until purged.
@@ -37,6 +39,12 @@ fn source_error(e: impl std::fmt::Display) -> KeySourceError {
 impl KeySource for MitKadmin {
     async fn ensure(&self, principal: &str) -> Result<bool, KeySourceError> {
         self.ensure_principal(principal).await.map_err(source_error)
+    }
+
+    async fn exists(&self, principal: &str) -> Result<bool, KeySourceError> {
+        MitKadmin::exists(self, principal)
+            .await
+            .map_err(source_error)
     }
 
     async fn keys(&self, principal: &str) -> Result<Vec<KeytabEntry>, KeySourceError> {

@@ -89,8 +89,37 @@ impl Mappings {
                 "must be shorter than `rotate_every`",
             ));
         }
+        // kadmin manages one realm's database: its admin principal's. A principal of another
+        // realm would be created there as junk, never one the realm's KDC serves.
+        let admin = &config.mit_kadmin.principal;
+        let realm = match admin.rsplit_once('@') {
+            Some((name, realm))
+                if !name.is_empty()
+                    && !realm.is_empty()
+                    && idbridge_kerberos::kadmin::plain_principal(admin) =>
+            {
+                realm
+            }
+            _ => {
+                return Err(err(
+                    "workloads.mit_kadmin.principal".into(),
+                    format!("{admin:?} is not a principal `name[/instance]@REALM` with its realm"),
+                ));
+            }
+        };
         for (i, m) in config.mappings.iter().enumerate() {
             let field = |f: &str| format!("workloads.mappings[{i}].{f}");
+            if let Some(earlier) = config.mappings[..i].iter().position(|e| {
+                (e.namespace == "*" || e.namespace == m.namespace)
+                    && (e.serviceaccount == "*" || e.serviceaccount == m.serviceaccount)
+            }) {
+                return Err(err(
+                    format!("workloads.mappings[{i}]"),
+                    format!(
+                        "never used: workloads.mappings[{earlier}] before it matches every serviceaccount it names (the first match decides: put the narrower entry first)"
+                    ),
+                ));
+            }
             for (name, v) in [
                 ("namespace", &m.namespace),
                 ("serviceaccount", &m.serviceaccount),
@@ -122,6 +151,16 @@ impl Mappings {
                     field("principal"),
                     format!(
                         "{:?} is not a principal `name[/instance]@REALM` (letters, digits, '.', '_', '-', '/', one '@' before the realm)",
+                        m.principal
+                    ),
+                ));
+            }
+            let (_, mapped_realm) = sample.rsplit_once('@').unwrap_or_default();
+            if mapped_realm != realm {
+                return Err(err(
+                    field("principal"),
+                    format!(
+                        "{:?} is in the realm {mapped_realm:?}, but kadmin manages {realm:?} (the realm of `workloads.mit_kadmin.principal`; realms are case-sensitive)",
                         m.principal
                     ),
                 ));
@@ -239,9 +278,30 @@ mod tests {
                 "keytab: {rotate_every: 1h, overlap: 2h}\nmappings: [{namespace: p, serviceaccount: a, principal: a@R}]",
                 "workloads.keytab.overlap",
             ),
+            (
+                "mappings: [{namespace: p, serviceaccount: a, principal: a@r}]",
+                "workloads.mappings[0].principal",
+            ),
+            (
+                "mappings: [{namespace: p, serviceaccount: a, principal: a@OTHER}]",
+                "workloads.mappings[0].principal",
+            ),
+            (
+                "mappings:\n- {namespace: p, serviceaccount: '*', principal: '{sa}@R'}\n- {namespace: p, serviceaccount: a, principal: a@R}",
+                "workloads.mappings[1]",
+            ),
+            (
+                "mappings:\n- {namespace: p, serviceaccount: a, principal: a@R}\n- {namespace: p, serviceaccount: a, principal: b@R}",
+                "workloads.mappings[1]",
+            ),
         ] {
             let e = Mappings::new(&config(yaml)).unwrap_err();
             assert_eq!(e.field, field, "{yaml}: {e}");
         }
+        // The admin principal must say its realm.
+        let mut no_realm = config("mappings: [{namespace: p, serviceaccount: a, principal: a@R}]");
+        no_realm.mit_kadmin.principal = "idbridge/admin".into();
+        let e = Mappings::new(&no_realm).unwrap_err();
+        assert_eq!(e.field, "workloads.mit_kadmin.principal", "{e}");
     }
 }

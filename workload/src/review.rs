@@ -1,7 +1,8 @@
 //! Attestation: the pod's projected ServiceAccount token, checked by a TokenReview against the
 //! cluster's API server. The API server checks the signature, the audience, the expiry and
-//! that the pod the token is bound to still exists (a deleted pod's token fails within about a
-//! second); what it answers names the workload.
+//! that the pod the token is bound to still exists (a deleted pod's token fails within about
+//! ten seconds: the API server caches a successful review that long); what it answers names
+//! the workload.
 
 use base64::Engine;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
@@ -83,12 +84,13 @@ pub async fn review(
     let answer = Api::<TokenReview>::all(client.clone())
         .create(&PostParams::default(), &asked)
         .await
-        .map_err(|e| ReviewError::Unavailable(e.to_string()))?;
+        .map_err(|e| ReviewError::Unavailable(unavailable(&e)))?;
     let status = answer.status.unwrap_or_default();
     if status.authenticated != Some(true) {
-        return Err(ReviewError::Refused(
-            status.error.unwrap_or_else(|| "not authenticated".into()),
-        ));
+        return Err(ReviewError::Refused(refused(
+            status.error.as_deref().unwrap_or("not authenticated"),
+            audience,
+        )));
     }
     if !status
         .audiences
@@ -114,7 +116,7 @@ pub async fn review(
     let one = |key: &str| extra.get(key).and_then(|v| v.first()).cloned();
     let (Some(pod_name), Some(pod_uid)) = (one(POD_NAME), one(POD_UID)) else {
         return Err(ReviewError::NotAPod(format!(
-            "the token of {namespace}/{serviceaccount} is not bound to a pod: a pod's projected token (a `serviceAccountToken` volume with audience idbridge) is"
+            "the token of {namespace}/{serviceaccount} is not bound to a pod: present a pod's projected token (a `serviceAccountToken` volume with audience {audience:?}), or for a test `kubectl create token {serviceaccount} -n {namespace} --audience {audience} --bound-object-kind Pod --bound-object-name POD --bound-object-uid UID`"
         )));
     };
     Ok(Workload {
@@ -128,6 +130,35 @@ pub async fn review(
     })
 }
 
+/// What an API server's refusal says, with a hint when it is about the audience.
+fn refused(error: &str, audience: &str) -> String {
+    if error.contains("audience") {
+        format!(
+            "{error} (the pod's projected token must be made for the audience {audience:?}: \
+             `audience: {audience}` in its `serviceAccountToken` volume, or `workloads.audience` \
+             changed to match)"
+        )
+    } else {
+        error.to_owned()
+    }
+}
+
+/// Why the API server could not be asked, in words: the status and message of its answer (a
+/// 403 with what the identity lacks), or the transport error.
+fn unavailable(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(status) if status.code == 401 || status.code == 403 => format!(
+            "{} {}: {} (give idbridge's identity in `kubernetes.api` the ClusterRole \
+             system:auth-delegator, as examples/workload-rbac.yaml does)",
+            status.code, status.reason, status.message
+        ),
+        kube::Error::Api(status) => {
+            format!("{} {}: {}", status.code, status.reason, status.message)
+        }
+        other => other.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,5 +170,31 @@ mod tests {
         assert_eq!(expiry(&t), Some(1_700_000_000));
         assert_eq!(expiry("not-a-jwt"), None);
         assert_eq!(expiry(&format!("a.{}.c", b(r#"{"aud":"x"}"#))), None);
+    }
+
+    #[test]
+    fn refusals_say_what_to_change() {
+        let audience = refused(
+            r#"[invalid bearer token, token audiences ["other"] is invalid for the target audiences ["idbridge"]]"#,
+            "idbridge",
+        );
+        assert!(audience.starts_with("[invalid bearer token"), "{audience}");
+        assert!(audience.contains("`audience: idbridge`"), "{audience}");
+        assert_eq!(
+            refused("token has expired", "idbridge"),
+            "token has expired"
+        );
+
+        let forbidden = kube::Error::Api(
+            kube::core::Status::failure(
+                "tokenreviews.authentication.k8s.io is forbidden: User \"system:serviceaccount:idbridge:idbridge\" cannot create resource \"tokenreviews\"",
+                "Forbidden",
+            )
+            .with_code(403)
+            .boxed(),
+        );
+        let said = unavailable(&forbidden);
+        assert!(said.starts_with("403 Forbidden: tokenreviews"), "{said}");
+        assert!(said.contains("system:auth-delegator"), "{said}");
     }
 }

@@ -196,11 +196,15 @@ async fn revoke_workload(
         by: admin.name.clone(),
         at: state.clock().now(),
     };
+    let mut note = None;
     let rotated = match state.settings().workloads.clone() {
-        Some(issuer) => issuer
-            .revoke(&revocation, req.rotate)
-            .await
-            .map_err(ApiError::Unavailable)?,
+        Some(issuer) => {
+            note = issuer.revocation_note(req.target, &req.value);
+            issuer
+                .revoke(&revocation, req.rotate)
+                .await
+                .map_err(ApiError::Unavailable)?
+        }
         None if req.rotate => {
             return Err(ApiError::NotFound(
                 "--rotate needs the key source: this server has no `workloads` section".into(),
@@ -221,6 +225,7 @@ async fn revoke_workload(
     Ok(Json(serde_json::json!({
         "revocation": revocation,
         "rotated_kvno": rotated,
+        "note": note,
     })))
 }
 

@@ -75,10 +75,17 @@ pub(crate) async fn credentials(
             if status == StatusCode::SERVICE_UNAVAILABLE {
                 tracing::warn!(error = %message, "a workload credential could not be issued");
             }
+            // A caller whose token was not yet reviewed learns nothing of the server's setup.
+            let description = if matches!(refusal, Refusal::Unavailable { workload: None, .. }) {
+                "idbridge cannot review tokens at the Kubernetes API just now; its log says why"
+                    .to_owned()
+            } else {
+                message
+            };
             Err(ApiError::Refused {
                 status,
                 error,
-                description: message,
+                description,
             })
         }
     }
