@@ -224,6 +224,30 @@ impl Kdc {
         c
     }
 
+    /// Runs a Kerberos client tool (`klist`, `kvno`, `kinit`, …) in this realm, with no
+    /// credential cache from the environment: whether it succeeded, and its standard output
+    /// and error.
+    ///
+    /// # Panics
+    /// If the tool is not installed or cannot be started (`scripts/setup` installs it).
+    pub async fn client(&self, tool: &str, args: &[&str]) -> (bool, String) {
+        let out = self
+            .command(&program(tool).expect("a Kerberos client tool (run scripts/setup)"))
+            .args(args)
+            .env_remove("KRB5CCNAME")
+            .output()
+            .await
+            .expect("run a Kerberos client tool");
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+
     /// Runs one `kadmin.local` query.
     ///
     /// # Errors

@@ -7,23 +7,9 @@
 use idbridge_kerberos::keytab::{self, KeytabEntry};
 use idbridge_tests::kdc::Kdc;
 use idbridge_tests::ldap::program;
-use tokio::process::Command;
 
 async fn run(kdc: &Kdc, tool: &str, args: &[&str]) -> (bool, String) {
-    let out = Command::new(program(tool).unwrap())
-        .args(args)
-        .envs(kdc.env())
-        .output()
-        .await
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    kdc.client(tool, args).await
 }
 
 /// `klist -kteK` without its first line (which names the file).

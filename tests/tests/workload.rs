@@ -17,7 +17,6 @@ use idbridge_kerberos::keytab;
 use idbridge_tests::Idbridge;
 use idbridge_tests::kdc::Kdc;
 use idbridge_tests::kube::{ApiServer, Authn};
-use idbridge_tests::ldap::program;
 use serde_json::Value;
 use tokio::process::Command;
 
@@ -212,21 +211,7 @@ impl Stack {
     }
 
     async fn krb(&self, tool: &str, args: &[&str]) -> (bool, String) {
-        let out = Command::new(program(tool).unwrap())
-            .args(args)
-            .envs(self.kdc.env())
-            .env_remove("KRB5CCNAME")
-            .output()
-            .await
-            .unwrap();
-        (
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
+        self.kdc.client(tool, args).await
     }
 
     /// `kinit -k -t keytab principal` into a fresh cache: whether the KDC took the keys.
