@@ -243,11 +243,7 @@ async fn revoke_workload(
                 .await?
         }
     };
-    let what = match target {
-        idbridge_core::WorkloadTarget::Pod => "pod",
-        idbridge_core::WorkloadTarget::ServiceAccount => "serviceaccount",
-        idbridge_core::WorkloadTarget::Principal => "principal",
-    };
+    let what = crate::workload_cmd::target_word(target);
     eprintln!(
         "revoked {what} {}: further credentials are refused; agents remove theirs at their next renewal",
         done["revocation"]["value"].as_str().unwrap_or_default()

@@ -132,10 +132,13 @@ fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> anyhow::Result<()> 
     result.with_context(|| format!("cannot write {}", dir.join(name).display()))
 }
 
-fn remove_credentials(dir: &Path) {
+/// Removes the credential files; whether there was one.
+fn remove_credentials(dir: &Path) -> bool {
+    let mut removed = false;
     for name in [CCACHE, KEYTAB] {
-        let _ = std::fs::remove_file(dir.join(name));
+        removed |= std::fs::remove_file(dir.join(name)).is_ok();
     }
+    removed
 }
 
 struct Agent {
@@ -256,6 +259,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         dir: args.dir.clone(),
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let started = std::time::Instant::now();
     let deadline = now() + i64::try_from(args.timeout).unwrap_or(i64::MAX);
     let mut backoff = Duration::from_secs(1);
     let mut valid_until: Option<i64> = None;
@@ -283,10 +287,17 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                 Duration::from_secs(secs)
             }
             Outcome::Refused(why) => {
-                remove_credentials(&args.dir);
-                tracing::error!(reason = %why, "credential removed; not renewing");
+                let removed = remove_credentials(&args.dir);
                 if args.once {
+                    if removed {
+                        tracing::warn!("the credential held before was removed");
+                    }
                     bail!("{why}");
+                }
+                if removed {
+                    tracing::error!(reason = %why, "credential removed; not renewing");
+                } else {
+                    tracing::error!(reason = %why, "refused; not asking again (restart the pod once the cause is fixed)");
                 }
                 // Stay up (a sidecar that exits is restarted, and would only be refused
                 // again) until the pod stops.
@@ -295,15 +306,29 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             }
             Outcome::Failed(why) => {
                 if args.once && now() >= deadline {
-                    bail!("{why} (gave up after {}s: --timeout)", args.timeout);
+                    bail!(
+                        "{why} (gave up after {}s, --timeout {}s)",
+                        started.elapsed().as_secs(),
+                        args.timeout
+                    );
                 }
                 if valid_until.is_some_and(|t| now() >= t) {
                     remove_credentials(&args.dir);
                     valid_until = None;
                     tracing::error!("the credential has expired and could not be renewed: removed");
                 }
-                tracing::warn!(error = %why, retry_in_seconds = backoff.as_secs(), "cannot renew; will retry");
-                let w = backoff;
+                let mut w = backoff;
+                if args.once {
+                    // Never sleep past --timeout: the last try is made at it.
+                    let left = u64::try_from((deadline - now()).max(0)).unwrap_or(0);
+                    w = w.min(Duration::from_secs(left.max(1)));
+                }
+                let what = if valid_until.is_some() {
+                    "cannot renew; will retry"
+                } else {
+                    "cannot fetch the credential; will retry"
+                };
+                tracing::warn!(error = %why, retry_in_seconds = w.as_secs(), "{what}");
                 backoff = (backoff * 2).min(Duration::from_secs(60));
                 w
             }

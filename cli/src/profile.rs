@@ -387,6 +387,7 @@ pub fn check_files(cfg: &Config) -> anyhow::Result<()> {
     crate::sync_cmd::check(cfg)?;
     // The workload mappings, and the files they need.
     crate::workload_cmd::check(cfg)?;
+    crate::workload_cmd::warn(cfg);
     if let Some(k) = &cfg.kerberos {
         // Reads the keytab; writes nothing (the replay cache is created at the first login).
         kerberos_login(cfg, k)?;

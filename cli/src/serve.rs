@@ -434,12 +434,17 @@ async fn reload(
             Arc::new(SystemClock),
         )
         .await?;
+        crate::workload_cmd::warn(&cfg);
+        let mappings = new.workloads.as_ref().map(|w| w.mappings().len());
         state.set_settings(new);
-        anyhow::Ok(())
+        anyhow::Ok(mappings)
     }
     .await;
     match result {
-        Ok(()) => tracing::info!("configuration reloaded"),
+        Ok(Some(mappings)) => {
+            tracing::info!(workload_mappings = mappings, "configuration reloaded")
+        }
+        Ok(None) => tracing::info!("configuration reloaded"),
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "reload failed; keeping the running configuration")
         }

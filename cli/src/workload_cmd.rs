@@ -60,13 +60,6 @@ pub fn check(cfg: &Config) -> anyhow::Result<()> {
             w.mit_kadmin.principal
         );
     }
-    if w.agent.image == idbridge_workload::config::DEFAULT_AGENT_IMAGE {
-        tracing::warn!(
-            field = "workloads.agent.image",
-            "not set: pods get the agent image {:?}, which must be pullable by every node (set it to your registry's idbridge image)",
-            idbridge_workload::config::DEFAULT_AGENT_IMAGE
-        );
-    }
     if let Some(ca) = &w.agent.ca_file {
         std::fs::read_to_string(ca).with_context(|| {
             format!(
@@ -79,6 +72,26 @@ pub fn check(cfg: &Config) -> anyhow::Result<()> {
         bail!("field `workloads.agent.token_lifetime`: at least 10m (the API server's minimum)");
     }
     Ok(())
+}
+
+/// Logs what in the `workloads` section works but is likely to fail later (once per reading of
+/// the configuration: at start, `serve --check` and each reload).
+pub fn warn(cfg: &Config) {
+    let Some(w) = &cfg.workloads else {
+        return;
+    };
+    if w.agent.image == idbridge_workload::config::DEFAULT_AGENT_IMAGE {
+        tracing::warn!(
+            field = "workloads.agent.image",
+            "not set: pods get the agent image {:?}, which must be pullable by every node (set it to your registry's idbridge image)",
+            idbridge_workload::config::DEFAULT_AGENT_IMAGE
+        );
+    }
+    if let Some(api) = &cfg.kubernetes.api {
+        for w in idbridge_sync::kube::warnings(api) {
+            tracing::warn!(field = "kubernetes.api.kubeconfig", "{w}");
+        }
+    }
 }
 
 /// The issuer, when a `workloads` section is configured.
@@ -222,6 +235,15 @@ impl WorkloadWhat {
 }
 
 /// `idbridge workload ...`.
+/// A revocation's target as its command-line flag spells it.
+pub fn target_word(t: WorkloadTarget) -> &'static str {
+    match t {
+        WorkloadTarget::Pod => "pod",
+        WorkloadTarget::ServiceAccount => "serviceaccount",
+        WorkloadTarget::Principal => "principal",
+    }
+}
+
 pub async fn run(cmd: WorkloadCmd, target: &crate::admin_cmd::Target) -> anyhow::Result<()> {
     use crate::admin_cmd::Backend;
     let backend = Backend::new(target).await?;
@@ -253,7 +275,7 @@ pub async fn run(cmd: WorkloadCmd, target: &crate::admin_cmd::Target) -> anyhow:
             for r in &list {
                 outln!(
                     "{:<16} {:<40} {:<20} {:<12} {}",
-                    r.target.as_str(),
+                    target_word(r.target),
                     r.value,
                     crate::admin_cmd::fmt_time(Some(r.at.0)),
                     r.by,
@@ -269,7 +291,7 @@ pub async fn run(cmd: WorkloadCmd, target: &crate::admin_cmd::Target) -> anyhow:
             match &backend {
                 Backend::Offline(ops, _) => {
                     if !ops.store().lift_workload_revocation(t, value).await? {
-                        bail!("no revocation of {} {value}", t.as_str());
+                        bail!("no revocation of {} {value}", target_word(t));
                     }
                 }
                 Backend::Remote { .. } => {
@@ -282,7 +304,7 @@ pub async fn run(cmd: WorkloadCmd, target: &crate::admin_cmd::Target) -> anyhow:
                         .await?;
                 }
             }
-            eprintln!("lifted the revocation of {} {value}", t.as_str());
+            eprintln!("lifted the revocation of {} {value}", target_word(t));
             Ok(())
         }
     }

@@ -104,15 +104,71 @@ pub fn check(api: &ApiConfig) -> Result<(), String> {
             context.cluster
         ));
     }
-    if let Some(user) = &context.user
-        && !file.auth_infos.iter().any(|u| &u.name == user)
-    {
-        return Err(format!(
-            "field `kubernetes.api.kubeconfig`: context {name:?} of {} names the user {user:?}, which it does not define",
-            path.display()
-        ));
+    if let Some(user) = &context.user {
+        let Some(info) = file.auth_infos.iter().find(|u| &u.name == user) else {
+            return Err(format!(
+                "field `kubernetes.api.kubeconfig`: context {name:?} of {} names the user {user:?}, which it does not define",
+                path.display()
+            ));
+        };
+        if let Some(token_file) = info
+            .auth_info
+            .as_ref()
+            .filter(|a| a.token.is_none())
+            .and_then(|a| a.token_file.as_deref())
+        {
+            let token = std::fs::read_to_string(token_file).map_err(|e| {
+                format!(
+                    "field `kubernetes.api.kubeconfig`: the tokenFile {token_file} of user {user:?} in {}: {e}",
+                    path.display()
+                )
+            })?;
+            if token.trim().is_empty() {
+                return Err(format!(
+                    "field `kubernetes.api.kubeconfig`: the tokenFile {token_file} of user {user:?} is empty"
+                ));
+            }
+            if token.trim() != token {
+                return Err(format!(
+                    "field `kubernetes.api.kubeconfig`: the tokenFile {token_file} of user {user:?} ends with a newline or space, which would be sent as part of the token: write it without (`kubectl create token … | tr -d '\\n' > {token_file}`)"
+                ));
+            }
+        }
     }
     Ok(())
+}
+
+/// What in `kubernetes.api` works but is likely to fail later: a token written inline in the
+/// kubeconfig, which is read at start and on reload only (a `tokenFile` is read again every
+/// minute, so a replaced token is used without a reload).
+pub fn warnings(api: &ApiConfig) -> Vec<String> {
+    let Some(path) = &api.kubeconfig else {
+        return Vec::new();
+    };
+    let Ok(file) = Kubeconfig::read_from(path) else {
+        return Vec::new();
+    };
+    let name = api.context.as_ref().or(file.current_context.as_ref());
+    let user = file
+        .contexts
+        .iter()
+        .find(|c| Some(&c.name) == name)
+        .and_then(|c| c.context.as_ref())
+        .and_then(|c| c.user.as_ref());
+    let inline = file
+        .auth_infos
+        .iter()
+        .find(|u| Some(&u.name) == user)
+        .and_then(|u| u.auth_info.as_ref())
+        .is_some_and(|a| a.token.is_some());
+    if inline {
+        vec![format!(
+            "the user of {} has its token inline: idbridge reads it at start and on reload (SIGHUP) only, so a token replaced there is not used until then; name a file with `tokenFile` instead and a replaced token is used within a minute",
+            path.display()
+        )]
+    } else {
+        Vec::new()
+    }
 }
 
 /// A client for `kubernetes.api` (reads the kubeconfig or the in-cluster files; asks the server
@@ -413,5 +469,53 @@ where
         if token.is_none() {
             return Ok(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kubeconfig(dir: &std::path::Path, user: &str) -> ApiConfig {
+        let path = dir.join("kubeconfig");
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: v1\nkind: Config\ncurrent-context: c\nclusters:\n- name: k\n  cluster: {{server: 'https://127.0.0.1:6443'}}\ncontexts:\n- name: c\n  context: {{cluster: k, user: u}}\nusers:\n- name: u\n  user: {user}\n"
+            ),
+        )
+        .unwrap();
+        ApiConfig {
+            kubeconfig: Some(path),
+            context: None,
+        }
+    }
+
+    #[test]
+    fn a_token_file_is_read_and_an_inline_token_is_warned_about() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        let api = kubeconfig(dir.path(), "{tokenFile: token}");
+
+        std::fs::write(&token, "eyJhbGciOi.x.y\n").unwrap();
+        let e = check(&api).unwrap_err();
+        assert!(e.contains("ends with a newline"), "{e}");
+        assert!(e.contains("tokenFile"), "{e}");
+
+        std::fs::write(&token, "").unwrap();
+        assert!(check(&api).unwrap_err().contains("is empty"));
+
+        std::fs::remove_file(&token).unwrap();
+        assert!(check(&api).unwrap_err().contains("the tokenFile"));
+
+        std::fs::write(&token, "eyJhbGciOi.x.y").unwrap();
+        check(&api).unwrap();
+        assert!(warnings(&api).is_empty());
+
+        let api = kubeconfig(dir.path(), "{token: eyJhbGciOi.x.y}");
+        check(&api).unwrap();
+        let w = warnings(&api);
+        assert_eq!(w.len(), 1);
+        assert!(w[0].contains("tokenFile"), "{w:?}");
     }
 }

@@ -415,8 +415,8 @@ impl ApiServer {
     }
 
     /// Applies `examples/workload-rbac.yaml` as the admin (idbridge's ServiceAccount, allowed
-    /// to create TokenReviews) and returns a kubeconfig with a two-hour token of that
-    /// ServiceAccount: idbridge's identity for workload credentials.
+    /// to create TokenReviews) and returns a kubeconfig naming a file with a two-hour token of
+    /// that ServiceAccount (`tokenFile`): idbridge's identity for workload credentials.
     ///
     /// # Errors
     /// If kubectl fails.
@@ -442,7 +442,13 @@ impl ApiServer {
             }
             token = out;
         }
-        self.token_kubeconfig(token.trim())
+        // As the example says: the token in a file of its own, without a newline.
+        let file = self.dir.join(format!("idbridge-{:x}.token", rand_u64()));
+        std::fs::write(&file, token.trim())?;
+        self.kubeconfig(
+            &format!("kubeconfig-{:x}", rand_u64()),
+            &format!("    tokenFile: {}\n", file.display()),
+        )
     }
 
     /// A kubeconfig that presents `token`.

@@ -485,6 +485,15 @@ async fn pods_get_attested_credentials_that_are_refused_and_revoked_as_they_shou
         err.contains("note: no mapping gives serviceaccount pay/nobody"),
         "{err}"
     );
+    let (code, _, err) =
+        s.i.cli(&["revoke", "--principal", "api.pay@OTHER.REALM"])
+            .await
+            .unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("note: no mapping can give out the principal api.pay@OTHER.REALM"),
+        "{err}"
+    );
 
     // A pod revoked by UID: refused, its serviceaccount's other pods go on.
     let batch_uid = s.pod("shop", "batch-1", "batch", "").await;
@@ -525,6 +534,13 @@ async fn pods_get_attested_credentials_that_are_refused_and_revoked_as_they_shou
             && l.contains("system:serviceaccount:pay:web")
             && l.contains("web-1")
             && l.contains(&web)),
+        "{audit}"
+    );
+    // A revocation with rotation keeps the administrator's reason beside the new key version.
+    assert!(
+        audit.lines().any(|l| l.contains("workload.revoke")
+            && l.contains(&web)
+            && l.contains("keytab leaked; rotated to key version")),
         "{audit}"
     );
     assert!(!audit.contains(&token), "the token is never logged");

@@ -150,10 +150,16 @@ fn patch(pod: &Value, mapped: &Mapped, agent: &AgentSettings, mode: AgentMode) -
         ops.push(json!({"op": "add", "path": "/spec/volumes", "value": volumes}));
     }
     // The pod's own containers (and init containers) before the agent goes in, so indices
-    // are those of the pod as it came.
+    // are those of the pod as it came. A classic sidecar starts with the main containers, after
+    // every init container: those get nothing that would point at a file not there yet.
     let env = environment(mapped.form);
     let mount = json!({"name": CREDENTIAL_VOLUME, "mountPath": CREDENTIAL_DIR, "readOnly": true});
-    for list in ["initContainers", "containers"] {
+    let lists: &[&str] = if mode == AgentMode::Classic {
+        &["containers"]
+    } else {
+        &["initContainers", "containers"]
+    };
+    for &list in lists {
         for (i, c) in spec[list].as_array().into_iter().flatten().enumerate() {
             let base = format!("/spec/{list}/{i}");
             // A variable the container sets itself is left to it.
@@ -466,7 +472,8 @@ mod tests {
         // A pod with no spec.volumes, no annotations, default serviceaccount in a classic
         // sidecar: the lists are made.
         let plain = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "app", "image": "a"}]}});
-        let classic = json!({"metadata": {"name": "p", "annotations": {AGENT_ANNOTATION: "classic", PRINCIPAL_ANNOTATION: "default.pay@R"}}, "spec": {"containers": [{"name": "app", "image": "a"}]}});
+        let classic_pod = || json!({"metadata": {"name": "p", "annotations": {AGENT_ANNOTATION: "classic", PRINCIPAL_ANNOTATION: "default.pay@R"}}, "spec": {"containers": [{"name": "app", "image": "a"}]}});
+        let classic = classic_pod();
         assert_eq!(decide(&request(&plain), &m, &a), Decision::Unchanged);
         let Decision::Patch(ops) = decide(&request(&classic), &m, &a) else {
             panic!("not patched");
@@ -475,6 +482,18 @@ mod tests {
         assert_eq!(out["spec"]["containers"][1]["name"], AGENT_CONTAINER);
         assert!(out["spec"]["containers"][1]["restartPolicy"].is_null());
         assert!(out["spec"]["initContainers"].is_null());
+        assert_eq!(out["spec"]["containers"][0]["env"][1]["name"], "KRB5CCNAME");
+        // The pod's own init containers run before a classic sidecar: they get nothing.
+        let mut with_init = classic_pod();
+        with_init["spec"]["initContainers"] = json!([{"name": "migrate", "image": "m"}]);
+        let Decision::Patch(ops) = decide(&request(&with_init), &m, &a) else {
+            panic!("not patched");
+        };
+        let out = apply(with_init, &ops);
+        assert_eq!(
+            out["spec"]["initContainers"],
+            json!([{"name": "migrate", "image": "m"}])
+        );
         assert_eq!(out["spec"]["containers"][0]["env"][1]["name"], "KRB5CCNAME");
     }
 }

@@ -365,9 +365,12 @@ impl Issuer {
         let next_rotation = state.rotated_at.0 + secs(policy.rotate_every.as_secs());
         let cap = secs(mapped.lifetime_secs);
         // Back just after the next rotation is due and done (for the new version), at least
-        // every half lifetime (so a revocation is seen), and never in a busy loop.
-        let after_rotation = next_rotation + secs(self.maintain_every().as_secs()) + 1;
-        let renew_after = after_rotation.min(now.0 + cap / 2).max(now.0 + 5);
+        // every half lifetime (so a revocation is seen), and never in a busy loop: a rotation
+        // already due is done by the next maintenance round, so not before that.
+        let round = secs(self.maintain_every().as_secs()) + 1;
+        let after_rotation = next_rotation + round;
+        let soonest = now.0 + if next_rotation <= now.0 { round } else { 5 };
+        let renew_after = after_rotation.min(now.0 + cap / 2).max(soonest);
         Ok(Issued {
             principal: p.clone(),
             form: Form::Keytab,
@@ -608,7 +611,12 @@ impl Issuer {
                     )
                 })
             }
-            WorkloadTarget::Principal | WorkloadTarget::Pod => None,
+            WorkloadTarget::Principal => (!self.parts.mappings.could_give(value)).then(|| {
+                format!(
+                    "no mapping can give out the principal {value}: nothing was being issued under it (check the spelling and the realm)"
+                )
+            }),
+            WorkloadTarget::Pod => None,
         }
     }
 }

@@ -61,6 +61,24 @@ fn expand(template: &str, namespace: &str, sa: &str) -> String {
         .replace("{sa}", sa)
 }
 
+/// Whether `s` is `template` with each placeholder replaced by a Kubernetes name.
+fn template_matches(template: &str, s: &str) -> bool {
+    let next = ["{sa}", "{namespace}"]
+        .iter()
+        .filter_map(|p| template.find(p).map(|i| (i, p.len())))
+        .min();
+    let Some((i, len)) = next else {
+        return template == s;
+    };
+    let Some(tail) = s.strip_prefix(&template[..i]) else {
+        return false;
+    };
+    let rest = &template[i + len..];
+    (1..=tail.len()).any(|n| {
+        tail.is_char_boundary(n) && k8s_name(&tail[..n]) && template_matches(rest, &tail[n..])
+    })
+}
+
 impl Mappings {
     /// Checks `config`'s mappings and lifetimes.
     ///
@@ -199,6 +217,22 @@ impl Mappings {
         })
     }
 
+    /// Whether some entry could give out `principal` (to a serviceaccount that exists or not):
+    /// a revocation of a principal no entry can give is most likely a typing error.
+    #[must_use]
+    pub fn could_give(&self, principal: &str) -> bool {
+        self.entries.iter().any(|m| {
+            let mut t = m.principal.clone();
+            if m.namespace != "*" {
+                t = t.replace("{namespace}", &m.namespace);
+            }
+            if m.serviceaccount != "*" {
+                t = t.replace("{sa}", &m.serviceaccount);
+            }
+            template_matches(&t, principal)
+        })
+    }
+
     /// How many entries there are.
     #[must_use]
     pub fn len(&self) -> usize {
@@ -248,6 +282,26 @@ mod tests {
         // Names Kubernetes would not give never expand into a principal.
         assert_eq!(m.lookup("pay", "a b"), None);
         assert_eq!(m.lookup("pay", "x@EVIL"), None);
+
+        // What a revocation by principal can name.
+        for p in [
+            "api-svc@R",
+            "job.pay@R",
+            "a.b-c.pay@R",
+            "HTTP/web.shop.svc@R",
+        ] {
+            assert!(m.could_give(p), "{p}");
+        }
+        for p in [
+            "api-svc@OTHER",
+            "job.shop@R",
+            ".pay@R",
+            "HTTP/db.shop.svc@R",
+            "HTTP/web.Shop.svc@R",
+            "nobody@R",
+        ] {
+            assert!(!m.could_give(p), "{p}");
+        }
     }
 
     #[test]

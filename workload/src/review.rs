@@ -147,7 +147,14 @@ fn refused(error: &str, audience: &str) -> String {
 /// 403 with what the identity lacks), or the transport error.
 fn unavailable(e: &kube::Error) -> String {
     match e {
-        kube::Error::Api(status) if status.code == 401 || status.code == 403 => format!(
+        kube::Error::Api(status) if status.code == 401 => format!(
+            "{} {}: {} (the API server does not accept idbridge's own credential in \
+             `kubernetes.api`: an expired or replaced token? A token written inline in the \
+             kubeconfig is read at start and on reload only; one named by `tokenFile` is read \
+             again every minute)",
+            status.code, status.reason, status.message
+        ),
+        kube::Error::Api(status) if status.code == 403 => format!(
             "{} {}: {} (give idbridge's identity in `kubernetes.api` the ClusterRole \
              system:auth-delegator, as examples/workload-rbac.yaml does)",
             status.code, status.reason, status.message
@@ -155,7 +162,17 @@ fn unavailable(e: &kube::Error) -> String {
         kube::Error::Api(status) => {
             format!("{} {}: {}", status.code, status.reason, status.message)
         }
-        other => other.to_string(),
+        other => {
+            let said = other.to_string();
+            if said.contains("failed to parse header value") {
+                format!(
+                    "{said} (idbridge's token in `kubernetes.api` is not a valid header value: \
+                     does its tokenFile end with a newline? Write it without one)"
+                )
+            } else {
+                said
+            }
+        }
     }
 }
 
@@ -196,5 +213,15 @@ mod tests {
         let said = unavailable(&forbidden);
         assert!(said.starts_with("403 Forbidden: tokenreviews"), "{said}");
         assert!(said.contains("system:auth-delegator"), "{said}");
+
+        let unauthorized = kube::Error::Api(
+            kube::core::Status::failure("Unauthorized", "Unauthorized")
+                .with_code(401)
+                .boxed(),
+        );
+        let said = unavailable(&unauthorized);
+        assert!(said.starts_with("401 Unauthorized: Unauthorized"), "{said}");
+        assert!(said.contains("tokenFile"), "{said}");
+        assert!(!said.contains("system:auth-delegator"), "{said}");
     }
 }

@@ -219,8 +219,11 @@ async fn revoke_workload(
     ev.actor = Some(&admin.name);
     ev.actor_uid = Some(admin.uid.to_string());
     ev.object = Some(idbridge_workload::issue::describe(&revocation));
-    let rotation = rotated.map(|v| format!("rotated to key version {v}"));
-    ev.reason = rotation.as_deref().or(Some(&revocation.reason));
+    let reason = match rotated {
+        Some(v) => format!("{}; rotated to key version {v}", revocation.reason),
+        None => revocation.reason.clone(),
+    };
+    ev.reason = Some(&reason);
     state.audit().record_durable(&ev).await;
     Ok(Json(serde_json::json!({
         "revocation": revocation,

@@ -34,9 +34,11 @@ pub(crate) async fn credentials(
 ) -> Result<Response, ApiError> {
     let issuer = workloads(&state)?;
     let Some(token) = crate::http::extract::bearer(&headers) else {
-        return Err(ApiError::Unauthorized(
-            "present the pod's projected ServiceAccount token (audience idbridge) as a bearer token",
-        ));
+        return Err(ApiError::Refused {
+            status: StatusCode::UNAUTHORIZED,
+            error: "invalid_token",
+            description: "present the pod's projected ServiceAccount token (audience idbridge) as a bearer token".into(),
+        });
     };
     match issuer.issue(token).await {
         Ok(issued) => {

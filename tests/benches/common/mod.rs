@@ -39,3 +39,28 @@ pub async fn serve_idbridge(
     let tls = tls_client(&std::fs::read(ca).unwrap()).unwrap();
     (state, addr, tls)
 }
+
+/// A floor beside idbridge: a server on the same TLS stack, HTTP stack and certificate (from
+/// `dir`, as [`serve_idbridge`] made them) that reads each POST's body and answers `answer`
+/// with no other work. Returns its address.
+#[allow(dead_code)] // the workload benchmark's alone
+pub async fn serve_static(dir: &Path, answer: bytes::Bytes) -> SocketAddr {
+    let (server_tls, _) = ensure_self_signed(dir, &["localhost".into()]).unwrap();
+    let app =
+        axum::Router::new().fallback(axum::routing::post(move |body: bytes::Bytes| async move {
+            std::hint::black_box(body);
+            (
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                answer.clone(),
+            )
+        }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(idbridge_bridge::serve(
+        listener,
+        server_config(&server_tls).unwrap(),
+        app,
+        std::future::pending(),
+    ));
+    addr
+}
