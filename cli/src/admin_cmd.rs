@@ -243,7 +243,7 @@ async fn revoke_workload(
                 .await?
         }
     };
-    let what = crate::workload_cmd::target_word(target);
+    let what = target.noun();
     eprintln!(
         "revoked {what} {}: further credentials are refused; agents remove theirs at their next renewal",
         done["revocation"]["value"].as_str().unwrap_or_default()
@@ -361,7 +361,7 @@ impl Backend {
                 base,
                 e,
                 ca.as_deref(),
-                " (is `idbridge serve` running? use --offline if not)",
+                " (is `idbridge serve` running there? --config FILE or --server URL names another; --offline works on the store when none runs)",
             )
         })?;
         let status = resp.status();
@@ -527,6 +527,9 @@ pub(crate) fn http_client(ca: Option<&std::path::Path>) -> anyhow::Result<reqwes
 pub(crate) fn http_client_pem(pem: Option<&[u8]>, source: &str) -> anyhow::Result<reqwest::Client> {
     let mut b = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(30))
+        // Idle connections are dropped before the server's `limits.idle_timeout` (60 s by
+        // default) closes them, so a request is never sent on one being closed.
+        .pool_idle_timeout(std::time::Duration::from_secs(20))
         .user_agent(concat!("idbridge/", env!("CARGO_PKG_VERSION")));
     if let Some(pem) = pem {
         let certs = reqwest::Certificate::from_pem_bundle(pem)

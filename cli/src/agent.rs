@@ -30,7 +30,7 @@ const KRB5_CONF: &str = "krb5.conf";
 Run by hand (the token from `kubectl create token SA --audience idbridge --bound-object-kind Pod ...`):\n  \
 idbridge workload-agent --server https://idbridge.example.com --token-file token --dir ./cred --once\n  \
 export KRB5CCNAME=FILE:./cred/krb5cc KRB5_CONFIG=./cred/krb5.conf\n\n\
-Exit codes: 0 fetched (--once) or stopped by a signal; 1 refused, or idbridge unreachable past --timeout (--once);\n\
+Exit codes: 0 fetched (--once) or stopped by a signal; 1 refused, or no credential by --timeout (--once);\n\
 with --check, 0 when the credential is in place and 1 when not."
 )]
 pub struct AgentArgs {
@@ -56,7 +56,8 @@ pub struct AgentArgs {
     /// Fetch once and exit (an init container, a Job).
     #[arg(long)]
     once: bool,
-    /// With --once: how long to keep trying while idbridge cannot be reached.
+    /// With --once: how long to keep trying while the credential cannot be fetched (idbridge
+    /// unreachable or failing, the token file not there yet); a refusal ends at once.
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
     timeout: u64,
     /// Exit 0 if the credential is in place, 1 if not (a startup probe).

@@ -524,15 +524,21 @@ impl Default for LimitsConfig {
 /// Parses YAML into `T`, naming the field path and the line of the first problem.
 pub fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str, origin: &str) -> anyhow::Result<T> {
     let de = serde_yaml_ng::Deserializer::from_str(text);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        if path == "." || path.is_empty() {
-            anyhow::anyhow!("{origin}: {inner}")
-        } else {
-            anyhow::anyhow!("{origin}: field `{path}`: {inner}")
-        }
-    })
+    serde_path_to_error::deserialize(de).map_err(|e| located(origin, &e))
+}
+
+/// A deserialization error with where it is: the origin, then the field (once: the YAML
+/// library may name the path in its own message too).
+fn located<E: std::fmt::Display>(origin: &str, e: &serde_path_to_error::Error<E>) -> anyhow::Error {
+    let path = e.path().to_string();
+    let inner = e.inner().to_string();
+    if path == "." || path.is_empty() {
+        return anyhow::anyhow!("{origin}: {inner}");
+    }
+    let inner = inner
+        .strip_prefix(&format!("{path}: "))
+        .map_or(inner.clone(), str::to_owned);
+    anyhow::anyhow!("{origin}: field `{path}`: {inner}")
 }
 
 fn env_overrides() -> Vec<(String, String)> {
@@ -615,10 +621,7 @@ pub fn load(path: Option<&Path>) -> anyhow::Result<Config> {
     };
     apply_env(&mut value, &overrides)?;
     let origin = format!("{origin} with {ENV_PREFIX}* overrides");
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        anyhow::anyhow!("{origin}: field `{path}`: {}", e.into_inner())
-    })
+    serde_path_to_error::deserialize(value).map_err(|e| located(&origin, &e))
 }
 
 impl Config {
@@ -812,6 +815,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("tokens.access_token_ttl"), "{err}");
+        // The field is named once, though the YAML library names it too.
+        let err = parse_yaml::<Config>(
+            "workloads:\n  krb5_conf: /k\n  mit_kadmin: {principal: a@R, keytab: /k}\n  mappings:\n    - {namespace: a, serviceaccount: b, principal: c@R, form: kt}\n",
+            "c.yaml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(err.matches("mappings[0].form").count(), 1, "{err}");
+        assert!(err.contains("unknown variant"), "{err}");
         let err = parse_yaml::<Config>("admin:\n  groups: [\"system:masters\"]\n", "c.yaml")
             .unwrap_err()
             .to_string();

@@ -87,6 +87,24 @@ pub fn warn(cfg: &Config) {
             idbridge_workload::config::DEFAULT_AGENT_IMAGE
         );
     }
+    if w.agent.server.is_none() {
+        let issuer = cfg.issuer();
+        let host = reqwest::Url::parse(&issuer)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_owned))
+            .unwrap_or_default();
+        let loopback = host == "localhost"
+            || host
+                .trim_matches(['[', ']'])
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if loopback {
+            tracing::warn!(
+                field = "workloads.agent.server",
+                "not set: pods' agents reach idbridge at the issuer {issuer}, a loopback address no pod can reach (set it to idbridge's address as pods see it)"
+            );
+        }
+    }
     if let Some(api) = &cfg.kubernetes.api {
         for w in idbridge_sync::kube::warnings(api) {
             tracing::warn!(field = "kubernetes.api.kubeconfig", "{w}");
@@ -235,15 +253,6 @@ impl WorkloadWhat {
 }
 
 /// `idbridge workload ...`.
-/// A revocation's target as its command-line flag spells it.
-pub fn target_word(t: WorkloadTarget) -> &'static str {
-    match t {
-        WorkloadTarget::Pod => "pod",
-        WorkloadTarget::ServiceAccount => "serviceaccount",
-        WorkloadTarget::Principal => "principal",
-    }
-}
-
 pub async fn run(cmd: WorkloadCmd, target: &crate::admin_cmd::Target) -> anyhow::Result<()> {
     use crate::admin_cmd::Backend;
     let backend = Backend::new(target).await?;
@@ -275,7 +284,7 @@ pub async fn run(cmd: WorkloadCmd, target: &crate::admin_cmd::Target) -> anyhow:
             for r in &list {
                 outln!(
                     "{:<16} {:<40} {:<20} {:<12} {}",
-                    target_word(r.target),
+                    r.target.noun(),
                     r.value,
                     crate::admin_cmd::fmt_time(Some(r.at.0)),
                     r.by,
@@ -291,7 +300,7 @@ pub async fn run(cmd: WorkloadCmd, target: &crate::admin_cmd::Target) -> anyhow:
             match &backend {
                 Backend::Offline(ops, _) => {
                     if !ops.store().lift_workload_revocation(t, value).await? {
-                        bail!("no revocation of {} {value}", target_word(t));
+                        bail!("no revocation of {} {value}", t.noun());
                     }
                 }
                 Backend::Remote { .. } => {
@@ -304,7 +313,7 @@ pub async fn run(cmd: WorkloadCmd, target: &crate::admin_cmd::Target) -> anyhow:
                         .await?;
                 }
             }
-            eprintln!("lifted the revocation of {} {value}", target_word(t));
+            eprintln!("lifted the revocation of {} {value}", t.noun());
             Ok(())
         }
     }

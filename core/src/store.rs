@@ -131,6 +131,17 @@ impl WorkloadTarget {
         }
     }
 
+    /// The word people read, as the command line's flags spell it (`pod`, `serviceaccount`,
+    /// `principal`).
+    #[must_use]
+    pub fn noun(self) -> &'static str {
+        match self {
+            Self::Pod => "pod",
+            Self::ServiceAccount => "serviceaccount",
+            Self::Principal => "principal",
+        }
+    }
+
     /// The target named by [`as_str`](Self::as_str).
     #[must_use]
     pub fn parse(s: &str) -> Option<Self> {

@@ -543,6 +543,13 @@ async fn pods_get_attested_credentials_that_are_refused_and_revoked_as_they_shou
             && l.contains("keytab leaked; rotated to key version")),
         "{audit}"
     );
+    // A rotation that could not happen leaves the revocation in force, and audited.
+    assert!(
+        audit.lines().any(|l| l.contains("workload.revoke")
+            && l.contains(&format!("nobody.pay@{REALM}"))
+            && l.contains("not rotated")),
+        "{audit}"
+    );
     assert!(!audit.contains(&token), "the token is never logged");
 }
 

@@ -560,7 +560,7 @@ impl Issuer {
         &self,
         revocation: &WorkloadRevocation,
         rotate: bool,
-    ) -> Result<Option<u32>, String> {
+    ) -> Result<Option<u32>, RevokeError> {
         let principal = match revocation.target {
             WorkloadTarget::Principal => Some(revocation.value.clone()),
             WorkloadTarget::ServiceAccount => revocation
@@ -571,27 +571,33 @@ impl Issuer {
             WorkloadTarget::Pod => None,
         };
         if rotate && principal.is_none() {
-            return Err(match revocation.target {
+            return Err(RevokeError::Invalid(match revocation.target {
                 WorkloadTarget::Pod => {
                     "--rotate needs the principal: revoke the pod, then `--principal P --rotate`"
                         .into()
                 }
                 _ => format!("{} maps to no principal to rotate", revocation.value),
-            });
+            }));
         }
         self.parts
             .store
             .revoke_workload(revocation)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| RevokeError::Store(e.to_string()))?;
         match principal {
             Some(p) if rotate => self.rotate_now(&p).await.map(Some).map_err(|e| match e {
-                RotateError::Missing => format!(
-                    "the revocation is recorded (no credential is issued for it), but {p} is not in the Kerberos database, so it has no keys to rotate: check the name (`kadmin -q listprincs`)"
-                ),
-                RotateError::Failed(e) => format!(
-                    "the revocation is recorded (further issuance is refused), but {p}'s keys were not rotated: {e}; once that is mended, run the same command again to rotate"
-                ),
+                RotateError::Missing => RevokeError::Unrotated {
+                    missing: true,
+                    message: format!(
+                        "the revocation is recorded (no credential is issued for it), but {p} is not in the Kerberos database, so it has no keys to rotate: check the name (`kadmin -q listprincs`)"
+                    ),
+                },
+                RotateError::Failed(e) => RevokeError::Unrotated {
+                    missing: false,
+                    message: format!(
+                        "the revocation is recorded (further issuance is refused), but {p}'s keys were not rotated: {e}; once that is mended, run the same command again to rotate"
+                    ),
+                },
             }),
             _ => Ok(None),
         }
@@ -621,6 +627,23 @@ impl Issuer {
     }
 }
 
+/// Why a revocation did not do all it was asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RevokeError {
+    /// Nothing done: the request cannot be carried out (`--rotate` of a pod).
+    Invalid(String),
+    /// Nothing done: the store failed.
+    Store(String),
+    /// The revocation is recorded and in force, but the keys were not rotated: the principal
+    /// is not in the key source (`missing`), or the key source failed.
+    Unrotated {
+        /// The principal is not in the Kerberos database.
+        missing: bool,
+        /// What happened, for the administrator.
+        message: String,
+    },
+}
+
 /// Why a rotation asked for did not happen.
 enum RotateError {
     /// The principal is not in the key source.
@@ -643,9 +666,5 @@ fn only_version(keys: &[KeytabEntry], kvno: Option<u32>) -> Vec<KeytabEntry> {
 /// A revocation in words: `pod 1234-…`, `serviceaccount ns/sa`, `principal p@R`.
 #[must_use]
 pub fn describe(r: &WorkloadRevocation) -> String {
-    match r.target {
-        WorkloadTarget::Pod => format!("pod {}", r.value),
-        WorkloadTarget::ServiceAccount => format!("serviceaccount {}", r.value),
-        WorkloadTarget::Principal => format!("principal {}", r.value),
-    }
+    format!("{} {}", r.target.noun(), r.value)
 }

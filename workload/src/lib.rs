@@ -24,6 +24,6 @@ pub mod review;
 
 pub use admission::AgentSettings;
 pub use config::{AgentMode, Form, WorkloadsConfig};
-pub use issue::{Issued, Issuer, IssuerParts, Refusal};
+pub use issue::{Issued, Issuer, IssuerParts, Refusal, RevokeError};
 pub use keys::KeySource;
 pub use mapping::Mappings;

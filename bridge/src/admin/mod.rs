@@ -11,6 +11,7 @@ use idbridge_core::{
     AccountName, AccountUid, HumanDuration, NewAccount, StaticToken, TokenId, UserAccount,
 };
 use idbridge_tokens::{CreatedToken, KeyInfo, Rotate, SessionInfo, UserRevocation};
+use idbridge_workload::RevokeError;
 use serde::Deserialize;
 
 use crate::http::error::ApiError;
@@ -200,10 +201,21 @@ async fn revoke_workload(
     let rotated = match state.settings().workloads.clone() {
         Some(issuer) => {
             note = issuer.revocation_note(req.target, &req.value);
-            issuer
-                .revoke(&revocation, req.rotate)
-                .await
-                .map_err(ApiError::Unavailable)?
+            match issuer.revoke(&revocation, req.rotate).await {
+                Ok(rotated) => rotated,
+                Err(RevokeError::Invalid(e)) => return Err(ApiError::BadRequest(e)),
+                Err(RevokeError::Store(e)) => return Err(ApiError::Unavailable(e)),
+                // In force all the same: audited before the error is answered.
+                Err(RevokeError::Unrotated { missing, message }) => {
+                    let reason = format!("{}; not rotated: {message}", revocation.reason);
+                    audit_revocation(&state, &admin, &revocation, &reason).await;
+                    return Err(if missing {
+                        ApiError::NotFound(message)
+                    } else {
+                        ApiError::Unavailable(message)
+                    });
+                }
+            }
         }
         None if req.rotate => {
             return Err(ApiError::NotFound(
@@ -215,21 +227,30 @@ async fn revoke_workload(
             None
         }
     };
-    let mut ev = admin.ctx.event("workload.revoke", "ok");
-    ev.actor = Some(&admin.name);
-    ev.actor_uid = Some(admin.uid.to_string());
-    ev.object = Some(idbridge_workload::issue::describe(&revocation));
     let reason = match rotated {
         Some(v) => format!("{}; rotated to key version {v}", revocation.reason),
         None => revocation.reason.clone(),
     };
-    ev.reason = Some(&reason);
-    state.audit().record_durable(&ev).await;
+    audit_revocation(&state, &admin, &revocation, &reason).await;
     Ok(Json(serde_json::json!({
         "revocation": revocation,
         "rotated_kvno": rotated,
         "note": note,
     })))
+}
+
+async fn audit_revocation(
+    state: &AppState,
+    admin: &Admin,
+    revocation: &idbridge_core::WorkloadRevocation,
+    reason: &str,
+) {
+    let mut ev = admin.ctx.event("workload.revoke", "ok");
+    ev.actor = Some(&admin.name);
+    ev.actor_uid = Some(admin.uid.to_string());
+    ev.object = Some(idbridge_workload::issue::describe(revocation));
+    ev.reason = Some(reason);
+    state.audit().record_durable(&ev).await;
 }
 
 async fn lift_workload(
@@ -245,14 +266,14 @@ async fn lift_workload(
     if !lifted {
         return Err(ApiError::NotFound(format!(
             "no revocation of {} {}",
-            req.target.as_str(),
+            req.target.noun(),
             req.value
         )));
     }
     let mut ev = admin.ctx.event("workload.lift", "ok");
     ev.actor = Some(&admin.name);
     ev.actor_uid = Some(admin.uid.to_string());
-    ev.object = Some(format!("{} {}", req.target.as_str(), req.value));
+    ev.object = Some(format!("{} {}", req.target.noun(), req.value));
     state.audit().record_durable(&ev).await;
     Ok(Json(serde_json::json!({"lifted": true})))
 }

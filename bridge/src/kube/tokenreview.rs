@@ -116,7 +116,7 @@ impl FromRequestParts<AppState> for WebhookCaller {
         ev.reason = Some("no valid caller credentials");
         state.audit().record(&ev);
         Err(ApiError::Unauthorized(
-            "webhook callers must present a client certificate or bearer token",
+            "webhook callers must present a client certificate or bearer token this server accepts",
         ))
     }
 }

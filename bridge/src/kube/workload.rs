@@ -34,6 +34,9 @@ pub(crate) async fn credentials(
 ) -> Result<Response, ApiError> {
     let issuer = workloads(&state)?;
     let Some(token) = crate::http::extract::bearer(&headers) else {
+        let mut ev = ctx.event("workload.issue", "denied");
+        ev.reason = Some("no bearer token");
+        state.audit().record(&ev);
         return Err(ApiError::Refused {
             status: StatusCode::UNAUTHORIZED,
             error: "invalid_token",
@@ -47,12 +50,18 @@ pub(crate) async fn credentials(
             let mut ev = ctx.event("workload.issue", "ok");
             ev.account = Some(&account);
             ev.uid = Some(w.serviceaccount_uid.clone());
+            let until = time::OffsetDateTime::from_unix_timestamp(issued.expires_at)
+                .ok()
+                .and_then(|t| {
+                    t.format(&time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
+                .unwrap_or_else(|| issued.expires_at.to_string());
             ev.object = Some(format!(
-                "{} principal {} {} until {}",
+                "{} principal {} {} until {until}",
                 pod_of(w),
                 issued.principal,
                 issued.form.as_str(),
-                issued.expires_at
             ));
             state.audit().record(&ev);
             Ok(crate::http::reply::no_store(
