@@ -551,6 +551,35 @@ async fn pods_get_attested_credentials_that_are_refused_and_revoked_as_they_shou
         "{audit}"
     );
     assert!(!audit.contains(&token), "the token is never logged");
+
+    // A stream of refused tokens from one address is cut off before it costs the API server
+    // more reviews: then even a good token from there waits (429 with Retry-After).
+    let mut throttled_after = None;
+    for i in 0..40 {
+        let (status, _) = s.fetch(&format!("not-a-token-{i}")).await;
+        if status == 429 {
+            throttled_after = Some(i);
+            break;
+        }
+        assert_eq!(status, 401);
+    }
+    assert!(
+        throttled_after.is_some_and(|i| i <= 30),
+        "{throttled_after:?}"
+    );
+    let (status, body) = s.fetch(&web_token).await;
+    assert_eq!(status, 429, "{body}");
+    // Refusals are written in batches, a moment later.
+    let mut audited = false;
+    for _ in 0..50 {
+        let audit = std::fs::read_to_string(s.i.data_dir.join("audit.log")).unwrap();
+        audited = audit.contains("too many refused tokens from this address");
+        if audited {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(audited, "the throttled request is audited");
 }
 
 #[tokio::test]

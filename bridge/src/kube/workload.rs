@@ -27,6 +27,11 @@ fn pod_of(w: &idbridge_workload::review::Workload) -> String {
     format!("pod {}/{} ({})", w.namespace, w.pod_name, w.pod_uid)
 }
 
+/// Refused tokens allowed from one address per minute: each may have cost a TokenReview at the
+/// API server, and a pod's agent that is refused stops asking, so a stream of them is somebody
+/// guessing or a client gone wrong.
+const REFUSED_TOKENS_PER_MINUTE: u32 = 30;
+
 pub(crate) async fn credentials(
     State(state): State<AppState>,
     ctx: RequestCtx,
@@ -43,7 +48,25 @@ pub(crate) async fn credentials(
             description: "present the pod's projected ServiceAccount token (audience idbridge) as a bearer token".into(),
         });
     };
-    match issuer.issue(token).await {
+    let source = ctx.source.map(|s| s.ip());
+    let throttle = state.throttle();
+    if let Err(wait) = throttle.count_per_source(
+        "workload",
+        source,
+        REFUSED_TOKENS_PER_MINUTE,
+        std::time::Duration::from_secs(60),
+    ) {
+        let mut ev = ctx.event("workload.issue", "denied");
+        ev.reason = Some("throttled: too many refused tokens from this address");
+        state.audit().record(&ev);
+        return Err(ApiError::Throttled(wait));
+    }
+    let result = issuer.issue(token).await;
+    // Only a token the API server or idbridge found invalid counts against the address.
+    if !matches!(result, Err(Refusal::Unauthenticated(_))) {
+        throttle.forgive_per_source("workload", source);
+    }
+    match result {
         Ok(issued) => {
             let w = &issued.workload;
             let account = format!("system:serviceaccount:{}:{}", w.namespace, w.serviceaccount);
