@@ -36,14 +36,18 @@ struct Count {
     failures: u32,
     /// Attempts reserved and not yet settled.
     in_flight: u32,
+    /// The window this counter counts in: counters of several windows share the map, and a
+    /// sweep keeps each for its own.
+    window: Duration,
 }
 
 impl Count {
-    fn new(now: Instant) -> Self {
+    fn new(now: Instant, window: Duration) -> Self {
         Self {
             since: now,
             failures: 0,
             in_flight: 0,
+            window,
         }
     }
 
@@ -89,12 +93,12 @@ impl Counts {
     /// Drops counters whose window has ended once there are `sweep_at` of them. When many are
     /// still live, the next sweep waits until the map has doubled, so a flood of fresh keys
     /// costs a scan now and then, not one per attempt.
-    fn sweep(&mut self, window: Duration, now: Instant) {
+    fn sweep(&mut self, now: Instant) {
         if self.map.len() < self.sweep_at {
             return;
         }
         self.map
-            .retain(|_, c| c.in_flight > 0 || c.since + window > now);
+            .retain(|_, c| c.in_flight > 0 || c.since + c.window > now);
         self.sweep_at = SWEEP_AT.max(self.map.len() * 2);
     }
 }
@@ -229,8 +233,7 @@ impl Throttle {
         now: Instant,
     ) -> Result<Option<Reservation<'_>>, u64> {
         let mut guard = self.lock();
-        let longest = keys.iter().map(|k| k.2).max().unwrap_or_default();
-        guard.sweep(longest, now);
+        guard.sweep(now);
         let counts = &mut guard.map;
         let mut wait = None::<Duration>;
         let mut busy = false;
@@ -251,10 +254,10 @@ impl Throttle {
         if busy {
             return Ok(None);
         }
-        for (key, _, _) in keys {
+        for (key, _, window) in keys {
             counts
                 .entry(key.clone())
-                .or_insert_with(|| Count::new(now))
+                .or_insert_with(|| Count::new(now, *window))
                 .in_flight += 1;
         }
         Ok(Some(Reservation {
@@ -277,11 +280,11 @@ impl Throttle {
     ) -> Result<(), u64> {
         let now = Instant::now();
         let mut counts = self.lock();
-        counts.sweep(window, now);
+        counts.sweep(now);
         let c = counts
             .map
             .entry(format!("{what}\0{}", source_key(source)))
-            .or_insert_with(|| Count::new(now));
+            .or_insert_with(|| Count::new(now, window));
         c.roll(window, now);
         if c.failures >= limit {
             return Err(wait_secs(c.since + window - now));
@@ -433,5 +436,27 @@ mod tests {
             .settle(Outcome::Undecided);
         drop(t.reserve(&P, ip("::1"), "id:alice").await.unwrap());
         assert!(t.reserve(&P, ip("::1"), "id:alice").await.is_err());
+    }
+
+    #[test]
+    fn a_sweep_keeps_each_counter_for_its_own_window() {
+        let now = Instant::now();
+        let two_minutes_ago = now.checked_sub(Duration::from_secs(120)).unwrap();
+        let mut counts = Counts {
+            map: HashMap::new(),
+            sweep_at: 2,
+        };
+        // A user's failures counted over 15 minutes, and a per-minute count of another kind:
+        // a sweep run for the second must not forget the first.
+        let mut user = Count::new(two_minutes_ago, Duration::from_secs(900));
+        user.failures = 4;
+        counts.map.insert("u\0alice".into(), user);
+        counts.map.insert(
+            "workload\0::1".into(),
+            Count::new(two_minutes_ago, Duration::from_secs(60)),
+        );
+        counts.sweep(now);
+        assert_eq!(counts.map.len(), 1);
+        assert_eq!(counts.map["u\0alice"].failures, 4);
     }
 }
