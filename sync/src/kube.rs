@@ -69,8 +69,13 @@ pub struct Applied {
 /// # Errors
 /// A message naming `kubernetes.api` and what is wrong.
 pub fn check(api: &ApiConfig) -> Result<(), String> {
+    checked_user(api).map(drop)
+}
+
+/// [`check`]'s work: the user of the context to use, when a kubeconfig is given and names one.
+fn checked_user(api: &ApiConfig) -> Result<Option<kube::config::AuthInfo>, String> {
     let Some(path) = &api.kubeconfig else {
-        return Ok(());
+        return Ok(None);
     };
     let file = Kubeconfig::read_from(path)
         .map_err(|e| format!("field `kubernetes.api.kubeconfig`: {}: {e}", path.display()))?;
@@ -134,40 +139,25 @@ pub fn check(api: &ApiConfig) -> Result<(), String> {
                 ));
             }
         }
+        return Ok(info.auth_info.clone());
     }
-    Ok(())
+    Ok(None)
 }
 
 /// What in `kubernetes.api` works but is likely to fail later: a token written inline in the
 /// kubeconfig, which is read at start and on reload only (a `tokenFile` is read again every
 /// minute, so a replaced token is used without a reload).
 pub fn warnings(api: &ApiConfig) -> Vec<String> {
-    let Some(path) = &api.kubeconfig else {
-        return Vec::new();
-    };
-    let Ok(file) = Kubeconfig::read_from(path) else {
-        return Vec::new();
-    };
-    let name = api.context.as_ref().or(file.current_context.as_ref());
-    let user = file
-        .contexts
-        .iter()
-        .find(|c| Some(&c.name) == name)
-        .and_then(|c| c.context.as_ref())
-        .and_then(|c| c.user.as_ref());
-    let inline = file
-        .auth_infos
-        .iter()
-        .find(|u| Some(&u.name) == user)
-        .and_then(|u| u.auth_info.as_ref())
+    let inline = checked_user(api)
+        .ok()
+        .flatten()
         .is_some_and(|a| a.token.is_some());
-    if inline {
-        vec![format!(
+    match &api.kubeconfig {
+        Some(path) if inline => vec![format!(
             "the user of {} has its token inline: idbridge reads it at start and on reload (SIGHUP) only, so a token replaced there is not used until then; name a file with `tokenFile` instead and a replaced token is used within a minute",
             path.display()
-        )]
-    } else {
-        Vec::new()
+        )],
+        _ => Vec::new(),
     }
 }
 
